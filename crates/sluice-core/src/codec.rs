@@ -80,7 +80,10 @@ impl VideoConfig {
 
     /// RFC 6381 codec string, e.g. `avc1.64001f`.
     pub fn codec_string(&self) -> String {
-        format!("avc1.{:02x}{:02x}{:02x}", self.profile, self.compat, self.level)
+        format!(
+            "avc1.{:02x}{:02x}{:02x}",
+            self.profile, self.compat, self.level
+        )
     }
 }
 
@@ -115,12 +118,20 @@ impl AudioConfig {
         if object_type == 0 || sample_rate == 0 {
             return Err(CodecError::BadAsc);
         }
-        Ok(AudioConfig { asc, object_type, sample_rate, channels })
+        Ok(AudioConfig {
+            asc,
+            object_type,
+            sample_rate,
+            channels,
+        })
     }
 
     /// Builds an AAC-LC AudioSpecificConfig for `sample_rate` and `channels`.
     pub fn aac_lc(sample_rate: u32, channels: u8) -> Self {
-        let idx = AAC_RATES.iter().position(|r| *r == sample_rate).unwrap_or(3) as u16;
+        let idx = AAC_RATES
+            .iter()
+            .position(|r| *r == sample_rate)
+            .unwrap_or(3) as u16;
         let v: u16 = (2 << 11) | (idx << 7) | ((channels as u16 & 0xf) << 3);
         AudioConfig {
             asc: Bytes::copy_from_slice(&v.to_be_bytes()),
@@ -132,7 +143,10 @@ impl AudioConfig {
 
     /// The ADTS sampling frequency index, when the rate has one.
     pub fn sampling_index(&self) -> Option<u8> {
-        AAC_RATES.iter().position(|r| *r == self.sample_rate).map(|i| i as u8)
+        AAC_RATES
+            .iter()
+            .position(|r| *r == self.sample_rate)
+            .map(|i| i as u8)
     }
 
     pub fn codec_string(&self) -> String {
@@ -211,7 +225,10 @@ fn parse_sps(rbsp: &[u8]) -> Option<(u32, u32)> {
     r.bits(16)?; // constraint flags, level
     r.ue()?; // seq_parameter_set_id
     let mut chroma_format_idc = 1;
-    if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
         chroma_format_idc = r.ue()?;
         if chroma_format_idc == 3 {
             r.bit()?; // separate_colour_plane_flag
@@ -316,7 +333,10 @@ mod tests {
         let a = AudioConfig::from_asc(Bytes::from_static(&[0x11, 0x90])).unwrap();
         assert_eq!((a.object_type, a.sample_rate, a.channels), (2, 48000, 2));
         assert_eq!(a.codec_string(), "mp4a.40.2");
-        assert_eq!(AudioConfig::aac_lc(48000, 2).asc, Bytes::from_static(&[0x11, 0x90]));
+        assert_eq!(
+            AudioConfig::aac_lc(48000, 2).asc,
+            Bytes::from_static(&[0x11, 0x90])
+        );
         assert!(AudioConfig::from_asc(Bytes::from_static(&[0x11])).is_err());
     }
 }

@@ -79,7 +79,17 @@ mod tests {
         for ok in ["a", "demo", "720p", "reseller-eu", "a_b", &"x".repeat(64)] {
             assert!(Id::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "_a", "A", "a.b", "a/b", "..", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "A",
+            "a.b",
+            "a/b",
+            "..",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(Id::new(bad).is_err(), "{bad}");
         }
     }

@@ -47,5 +47,7 @@ pub enum MediaEvent {
     },
     Frame(Frame),
     /// The session ended (publisher left or was replaced).
-    End { session: u64 },
+    End {
+        session: u64,
+    },
 }

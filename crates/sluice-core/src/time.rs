@@ -23,7 +23,11 @@ pub fn nanos_to_secs_f64(n: MediaTime) -> f64 {
 pub fn rescale(t: MediaTime, timescale: u32) -> i64 {
     let v = t as i128 * timescale as i128;
     let d = NANOS_PER_SEC as i128;
-    (if v >= 0 { (v + d / 2) / d } else { (v - d / 2) / d }) as i64
+    (if v >= 0 {
+        (v + d / 2) / d
+    } else {
+        (v - d / 2) / d
+    }) as i64
 }
 
 /// A source of "now", injected so that timing logic can be tested without sleeping.

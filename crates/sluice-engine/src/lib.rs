@@ -1,1 +1,49 @@
-//! sluice-engine
+//! Sluice engine: the only crate that links GStreamer.
+//!
+//! GStreamer does what it is best at, decoding, scaling and encoding. Encoded
+//! access units leave through appsinks as [`sluice_core::Frame`]s; segmenting,
+//! numbering and playlists happen in pure Rust downstream (`sluice-package`),
+//! so alignment across renditions and engines stays under our control.
+//!
+//! - [`Transcoder`]: one channel input decoded once, scaled and encoded into
+//!   every rendition of a ladder, audio encoded once; keyframes forced on the
+//!   segment grid (from media time) and nowhere else.
+//! - [`TestPattern`]: a built-in live source (moving picture with a clock, and
+//!   a tone), encoded like an encoder would send it.
+
+mod error;
+mod testpattern;
+mod transcode;
+
+pub use error::EngineError;
+pub use testpattern::{TestPattern, TestPatternSettings};
+pub use transcode::{
+    EncodedEvent, EncodedSink, PushOutcome, RenditionSettings, TranscodeSettings, Transcoder,
+};
+
+use std::sync::OnceLock;
+
+/// Initialises GStreamer once for the process.
+pub fn init() -> Result<(), EngineError> {
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| gstreamer::init().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(EngineError::Init)
+}
+
+/// Checks that every GStreamer element the engine uses is installed, so a
+/// missing plugin package is reported at start-up, not at the first publish.
+pub fn check_elements() -> Result<(), EngineError> {
+    init()?;
+    let missing: Vec<&str> = transcode::ELEMENTS
+        .iter()
+        .chain(testpattern::ELEMENTS)
+        .copied()
+        .filter(|e| gstreamer::ElementFactory::find(e).is_none())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::MissingElements(missing.join(", ")))
+    }
+}

@@ -1,1 +1,15 @@
-//! sluice-ingest
+//! Sluice ingest: how media enters a channel.
+//!
+//! - [`bus`]: the bounded per-channel fan-out from the live publisher to engines.
+//! - [`flv`]: FLV tag bodies (RTMP's media payloads), pure parsing.
+//! - [`rtmp_session`]: a publishing RTMP connection without I/O (rml_rtmp inside).
+//! - [`rtmp`]: the tokio listener around it.
+
+pub mod bus;
+pub mod flv;
+pub mod rtmp;
+pub mod rtmp_session;
+
+pub use bus::{BusError, BusReceiver, ChannelBus, DEFAULT_BUS_CAPACITY, Publisher};
+pub use rtmp::{PublishRouter, Refusal, RtmpLimits, serve_rtmp};
+pub use rtmp_session::{RTMP_APP, RtmpAction, RtmpSession};

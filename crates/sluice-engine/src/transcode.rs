@@ -1,0 +1,473 @@
+//! Decode once, scale and encode every rendition, audio encoded once.
+//!
+//! ```text
+//! appsrc(video-in) ! h264parse ! avdec_h264 ! videoconvert ─[keyframe probe]─ tee
+//!   tee. ! queue ! videoscale ! video/x-raw,WxH ! x264enc ! video/x-h264,avc ! appsink(video-N)   (per rendition)
+//! appsrc(audio-in) ! aacparse ! avdec_aac ! audioconvert ! audioresample ! avenc_aac ! appsink(audio-out)
+//! ```
+//!
+//! The probe before the tee sends one downstream force-key-unit event per
+//! segment boundary (the first frame whose pts crosses a multiple of the
+//! segment duration), so every rendition's keyframe falls on the same frame;
+//! x264's own scene-cut keyframes are off.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use sluice_core::{AudioConfig, Frame, MediaTime, TrackKind, VideoConfig};
+
+use crate::EngineError;
+
+pub(crate) const ELEMENTS: &[&str] = &[
+    "appsrc",
+    "appsink",
+    "h264parse",
+    "avdec_h264",
+    "videoconvert",
+    "videoscale",
+    "tee",
+    "queue",
+    "x264enc",
+    "aacparse",
+    "avdec_aac",
+    "audioconvert",
+    "audioresample",
+    "avenc_aac",
+    "capsfilter",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenditionSettings {
+    pub width: u32,
+    pub height: u32,
+    pub video_kbps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscodeSettings {
+    /// Keyframes are forced whenever pts crosses a multiple of this.
+    pub segment_duration: MediaTime,
+    pub renditions: Vec<RenditionSettings>,
+    pub audio_kbps: u32,
+    /// x264 speed preset (ultrafast … veryslow).
+    pub preset: String,
+    /// Compressed input queued in each appsrc before frames are dropped.
+    pub max_queued_bytes: u64,
+}
+
+/// What an engine (or the test pattern) hands downstream.
+#[derive(Debug, Clone)]
+pub enum EncodedEvent {
+    VideoConfig {
+        rendition: usize,
+        config: VideoConfig,
+        fps: Option<f64>,
+    },
+    AudioConfig(AudioConfig),
+    Video {
+        rendition: usize,
+        frame: Frame,
+    },
+    Audio(Frame),
+}
+
+/// Receives encoded output. Called from GStreamer streaming threads: keep it quick.
+pub trait EncodedSink: Send + Sync + 'static {
+    fn on_event(&self, ev: EncodedEvent);
+}
+
+impl<F: Fn(EncodedEvent) + Send + Sync + 'static> EncodedSink for F {
+    fn on_event(&self, ev: EncodedEvent) {
+        self(ev)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Queued,
+    /// Dropped because the engine is behind (queue full) or waiting for a keyframe after a drop.
+    Dropped,
+}
+
+pub struct Transcoder {
+    pipeline: gst::Pipeline,
+    video_src: gst_app::AppSrc,
+    audio_src: Option<gst_app::AppSrc>,
+    max_queued_bytes: u64,
+    skipping_video: AtomicBool,
+}
+
+fn make(factory: &str, name: &str) -> Result<gst::Element, EngineError> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|e| EngineError::Build(format!("{factory}: {e}")))
+}
+
+fn capsfilter(name: &str, caps: gst::Caps) -> Result<gst::Element, EngineError> {
+    let f = make("capsfilter", name)?;
+    f.set_property("caps", caps);
+    Ok(f)
+}
+
+/// x264 settings shared by the ladder and the benchmark's ffmpeg command line:
+/// no B-frames, no lookahead (low latency), no scene-cut keyframes.
+pub(crate) fn x264(
+    name: &str,
+    preset: &str,
+    kbps: u32,
+    key_int_max: u32,
+) -> Result<gst::Element, EngineError> {
+    let enc = make("x264enc", name)?;
+    enc.set_property_from_str("speed-preset", preset);
+    enc.set_property_from_str("tune", "zerolatency");
+    enc.set_property("bitrate", kbps);
+    enc.set_property("key-int-max", key_int_max);
+    enc.set_property("bframes", 0u32);
+    enc.set_property("option-string", "scenecut=0");
+    Ok(enc)
+}
+
+pub(crate) fn clock_time(t: MediaTime) -> Option<gst::ClockTime> {
+    u64::try_from(t).ok().map(gst::ClockTime::from_nseconds)
+}
+
+fn to_media_time(t: Option<gst::ClockTime>) -> Option<MediaTime> {
+    t.and_then(|t| i64::try_from(t.nseconds()).ok())
+}
+
+/// Installs an appsink callback that turns samples into [`Frame`]s and reports
+/// codec configuration from caps whenever it changes.
+pub(crate) fn attach_sink(
+    appsink: &gst_app::AppSink,
+    track: TrackKind,
+    rendition: usize,
+    sink: Arc<dyn EncodedSink>,
+) {
+    let last_codec_data: Mutex<Option<gst::Buffer>> = Mutex::new(None);
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |appsink| {
+                let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(s) = sample.caps().and_then(|c| c.structure(0))
+                    && let Ok(cd) = s.get::<gst::Buffer>("codec_data")
+                {
+                    let mut last = last_codec_data.lock().unwrap_or_else(|e| e.into_inner());
+                    let changed = last.as_ref().map(|l| l.map_readable().ok().map(|m| m.to_vec())) != Some(cd.map_readable().ok().map(|m| m.to_vec()));
+                    if changed {
+                        let bytes = cd.map_readable().map(|m| Bytes::copy_from_slice(&m)).map_err(|_| gst::FlowError::Error)?;
+                        let ev = match track {
+                            TrackKind::Video => match VideoConfig::from_avcc(bytes) {
+                                Ok(config) => {
+                                    let fps = s
+                                        .get::<gst::Fraction>("framerate")
+                                        .ok()
+                                        .filter(|f| f.numer() > 0 && f.denom() > 0)
+                                        .map(|f| f.numer() as f64 / f.denom() as f64);
+                                    Some(EncodedEvent::VideoConfig { rendition, config, fps })
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "encoder produced an unreadable avcC");
+                                    None
+                                }
+                            },
+                            TrackKind::Audio => match AudioConfig::from_asc(bytes) {
+                                Ok(c) => Some(EncodedEvent::AudioConfig(c)),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "encoder produced an unreadable AudioSpecificConfig");
+                                    None
+                                }
+                            },
+                        };
+                        if let Some(ev) = ev {
+                            sink.on_event(ev);
+                        }
+                        *last = Some(cd);
+                    }
+                }
+                let Some(buffer) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
+                // Encoders shift their output segment (x264enc by 1000 hours, so that dts is never
+                // negative); running time undoes that and is the input's media time again.
+                let Some(raw_pts) = to_media_time(buffer.pts()) else { return Ok(gst::FlowSuccess::Ok) };
+                let Some(pts) = sample
+                    .segment()
+                    .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                    .and_then(|s| s.to_running_time_full(buffer.pts()))
+                    .map(|rt| match rt {
+                        gst::Signed::Positive(t) => t.nseconds() as i64,
+                        gst::Signed::Negative(t) => -(t.nseconds() as i64),
+                    })
+                else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let dts = to_media_time(buffer.dts()).map_or(pts, |d| d - raw_pts + pts);
+                let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                let data = buffer.map_readable().map(|m| Bytes::copy_from_slice(&m)).map_err(|_| gst::FlowError::Error)?;
+                let frame = Frame { track, pts, dts, keyframe, data };
+                sink.on_event(match track {
+                    TrackKind::Video => EncodedEvent::Video { rendition, frame },
+                    TrackKind::Audio => EncodedEvent::Audio(frame),
+                });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
+impl Transcoder {
+    /// Builds and starts the pipeline for one input session.
+    pub fn start(
+        settings: &TranscodeSettings,
+        video: &VideoConfig,
+        audio: Option<&AudioConfig>,
+        sink: Arc<dyn EncodedSink>,
+    ) -> Result<Transcoder, EngineError> {
+        crate::init()?;
+        if settings.renditions.is_empty() {
+            return Err(EngineError::Build(
+                "a ladder needs at least one rendition".into(),
+            ));
+        }
+        let pipeline = gst::Pipeline::with_name("engine");
+
+        let video_caps = gst::Caps::builder("video/x-h264")
+            .field("stream-format", "avc")
+            .field("alignment", "au")
+            .field("codec_data", gst::Buffer::from_slice(video.avcc.clone()))
+            .build();
+        let video_src = gst_app::AppSrc::builder()
+            .name("video-in")
+            .caps(&video_caps)
+            .format(gst::Format::Time)
+            .is_live(true)
+            .max_bytes(settings.max_queued_bytes)
+            .block(false)
+            .build();
+        let parse = make("h264parse", "video-parse")?;
+        let decode = make("avdec_h264", "video-decode")?;
+        let convert = make("videoconvert", "video-convert")?;
+        let tee = make("tee", "ladder")?;
+        pipeline.add_many([video_src.upcast_ref(), &parse, &decode, &convert, &tee])?;
+        gst::Element::link_many([video_src.upcast_ref(), &parse, &decode, &convert, &tee])?;
+
+        install_keyframe_probe(&convert, settings.segment_duration)?;
+
+        // Generous: forced keyframes come every segment; this only guards against a missed one.
+        let key_int_max = ((settings.segment_duration as f64 / 1e9) * 120.0)
+            .ceil()
+            .max(60.0) as u32;
+        for (i, r) in settings.renditions.iter().enumerate() {
+            let queue = make("queue", &format!("video-{i}-queue"))?;
+            let scale = make("videoscale", &format!("video-{i}-scale"))?;
+            let size = capsfilter(
+                &format!("video-{i}-size"),
+                gst::Caps::builder("video/x-raw")
+                    .field("width", r.width as i32)
+                    .field("height", r.height as i32)
+                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                    .build(),
+            )?;
+            let enc = x264(
+                &format!("video-{i}-encode"),
+                &settings.preset,
+                r.video_kbps,
+                key_int_max,
+            )?;
+            let out_caps = capsfilter(
+                &format!("video-{i}-format"),
+                gst::Caps::builder("video/x-h264")
+                    .field("stream-format", "avc")
+                    .field("alignment", "au")
+                    .build(),
+            )?;
+            let appsink = gst_app::AppSink::builder()
+                .name(format!("video-{i}-out"))
+                .sync(false)
+                .build();
+            pipeline.add_many([&queue, &scale, &size, &enc, &out_caps, appsink.upcast_ref()])?;
+            gst::Element::link_many([
+                &tee,
+                &queue,
+                &scale,
+                &size,
+                &enc,
+                &out_caps,
+                appsink.upcast_ref(),
+            ])?;
+            attach_sink(&appsink, TrackKind::Video, i, sink.clone());
+        }
+
+        let audio_src = match audio {
+            None => None,
+            Some(a) => {
+                let caps = gst::Caps::builder("audio/mpeg")
+                    .field("mpegversion", 4i32)
+                    .field("stream-format", "raw")
+                    .field("codec_data", gst::Buffer::from_slice(a.asc.clone()))
+                    .build();
+                let src = gst_app::AppSrc::builder()
+                    .name("audio-in")
+                    .caps(&caps)
+                    .format(gst::Format::Time)
+                    .is_live(true)
+                    .max_bytes(settings.max_queued_bytes / 8)
+                    .block(false)
+                    .build();
+                let chain = [
+                    src.clone().upcast::<gst::Element>(),
+                    make("aacparse", "audio-parse")?,
+                    make("avdec_aac", "audio-decode")?,
+                    make("audioconvert", "audio-convert")?,
+                    make("audioresample", "audio-resample")?,
+                    capsfilter(
+                        "audio-format",
+                        gst::Caps::builder("audio/x-raw")
+                            .field("rate", 48000i32)
+                            .field("channels", 2i32)
+                            .build(),
+                    )?,
+                    {
+                        let enc = make("avenc_aac", "audio-encode")?;
+                        enc.set_property("bitrate", settings.audio_kbps as i32 * 1000);
+                        enc
+                    },
+                ];
+                let appsink = gst_app::AppSink::builder()
+                    .name("audio-out")
+                    .sync(false)
+                    .build();
+                pipeline.add_many(chain.iter())?;
+                pipeline.add(&appsink)?;
+                gst::Element::link_many(chain.iter().chain(std::iter::once(appsink.upcast_ref())))?;
+                attach_sink(&appsink, TrackKind::Audio, 0, sink.clone());
+                Some(src)
+            }
+        };
+
+        pipeline.set_state(gst::State::Playing)?;
+        Ok(Transcoder {
+            pipeline,
+            video_src,
+            audio_src,
+            max_queued_bytes: settings.max_queued_bytes,
+            skipping_video: AtomicBool::new(false),
+        })
+    }
+
+    /// Queues one input frame. Never blocks: when the engine is behind, video
+    /// is dropped up to the next keyframe (and counted by the caller).
+    pub fn push(&self, frame: &Frame) -> PushOutcome {
+        let (src, limit) = match frame.track {
+            TrackKind::Video => (&self.video_src, self.max_queued_bytes),
+            TrackKind::Audio => match &self.audio_src {
+                Some(a) => (a, self.max_queued_bytes / 8),
+                None => return PushOutcome::Dropped,
+            },
+        };
+        let (Some(pts), Some(dts)) = (clock_time(frame.pts), clock_time(frame.dts)) else {
+            return PushOutcome::Dropped;
+        };
+        if frame.track == TrackKind::Video {
+            if self.skipping_video.load(Ordering::Relaxed) {
+                if !frame.keyframe {
+                    return PushOutcome::Dropped;
+                }
+                self.skipping_video.store(false, Ordering::Relaxed);
+            }
+            if src.current_level_bytes() >= limit {
+                self.skipping_video.store(true, Ordering::Relaxed);
+                return PushOutcome::Dropped;
+            }
+        } else if src.current_level_bytes() >= limit {
+            return PushOutcome::Dropped;
+        }
+        let mut buffer = gst::Buffer::from_slice(frame.data.clone());
+        {
+            let b = buffer.get_mut().expect("a new buffer is writable");
+            b.set_pts(pts);
+            b.set_dts(dts);
+            if !frame.keyframe {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+        }
+        match src.push_buffer(buffer) {
+            Ok(_) => PushOutcome::Queued,
+            Err(_) => PushOutcome::Dropped,
+        }
+    }
+
+    /// Signals the end of the input; the encoders drain into the sinks.
+    pub fn end_of_stream(&self) {
+        let _ = self.video_src.end_of_stream();
+        if let Some(a) = &self.audio_src {
+            let _ = a.end_of_stream();
+        }
+    }
+
+    /// The first error or end-of-stream the pipeline posted since the last call.
+    pub fn poll(&self) -> Option<Result<(), EngineError>> {
+        let bus = self.pipeline.bus()?;
+        while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
+            match msg.view() {
+                gst::MessageView::Error(e) => {
+                    let src = e
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default();
+                    return Some(Err(EngineError::Pipeline(format!("{src}: {}", e.error()))));
+                }
+                gst::MessageView::Eos(_) => return Some(Ok(())),
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Transcoder {
+    fn drop(&mut self) {
+        // Null is synchronous: once it returns no streaming thread calls the sinks again.
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Forces a keyframe on the first frame of every segment: sends a downstream
+/// force-key-unit event just before the buffer whose pts enters a new segment.
+fn install_keyframe_probe(element: &gst::Element, segment: MediaTime) -> Result<(), EngineError> {
+    let pad = element
+        .static_pad("src")
+        .ok_or_else(|| EngineError::Build("videoconvert has no src pad".into()))?;
+    let segment = segment.max(1);
+    let last: Mutex<Option<i64>> = Mutex::new(None);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let index = (pts.nseconds() as i64).div_euclid(segment);
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != Some(index) {
+            *last = Some(index);
+            // "As soon as possible", i.e. the very next frame, which is this buffer: the event is
+            // serialized just before it. An explicit running time does not work on GStreamer
+            // 1.22, whose video encoders compare it with frame times shifted by their minimum
+            // pts (x264enc: 1000 hours), so the request would be ignored.
+            let ev = gst_video::DownstreamForceKeyUnitEvent::builder()
+                .timestamp(pts)
+                .stream_time(pts)
+                .running_time(Option::<gst::ClockTime>::None)
+                .all_headers(true)
+                .count(index.max(0) as u32)
+                .build();
+            if !pad.push_event(ev) {
+                tracing::debug!("force-key-unit event not handled");
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}

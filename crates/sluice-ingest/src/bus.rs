@@ -1,0 +1,402 @@
+//! The channel bus: the bounded fan-out from a channel's live input to its
+//! engines (and later relays and recorders).
+//!
+//! One publisher at a time feeds a channel. Its timestamps are mapped onto the
+//! channel timeline so that media time only moves forward across reconnects:
+//! a new session starts on the next grid boundary after everything before it,
+//! so segment numbers derived from media time keep increasing.
+//!
+//! The fan-out is a `tokio::sync::broadcast` ring: publishing never waits for a
+//! subscriber. A subscriber that falls behind loses the oldest events, is told
+//! so, and resumes at the next video keyframe (with the session's `Start` again).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sluice_core::{AudioConfig, Frame, Id, MediaEvent, MediaTime, TrackKind, VideoConfig};
+use tokio::sync::broadcast;
+
+/// Events a bus holds for slow subscribers before they lose the oldest.
+/// At 30 fps video plus 47 AAC frames a second this is about 12 s of media.
+pub const DEFAULT_BUS_CAPACITY: usize = 1024;
+
+/// Gap assumed after the last frame of a session when placing the next one.
+const SESSION_GAP: MediaTime = 40_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    #[error("channel {0} already has a publisher")]
+    AlreadyPublishing(Id),
+}
+
+#[derive(Debug, Default)]
+pub struct BusStats {
+    pub sessions: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Events subscribers lost by lagging.
+    pub events_dropped: AtomicU64,
+}
+
+struct BusState {
+    publishing: bool,
+    next_session: u64,
+    /// Where the next session starts on the channel timeline.
+    next_start: MediaTime,
+    /// The live session's `Start`, replayed to late or lagging subscribers.
+    current_start: Option<MediaEvent>,
+}
+
+pub struct ChannelBus {
+    channel: Id,
+    grid: MediaTime,
+    tx: broadcast::Sender<MediaEvent>,
+    state: Mutex<BusState>,
+    pub stats: BusStats,
+}
+
+impl ChannelBus {
+    /// `grid`: sessions start on multiples of it (the channel's segment duration).
+    pub fn new(channel: Id, grid: MediaTime, capacity: usize) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Arc::new(ChannelBus {
+            channel,
+            grid: grid.max(0),
+            tx,
+            state: Mutex::new(BusState {
+                publishing: false,
+                next_session: 1,
+                next_start: 0,
+                current_start: None,
+            }),
+            stats: BusStats::default(),
+        })
+    }
+
+    pub fn channel(&self) -> &Id {
+        &self.channel
+    }
+
+    pub fn is_publishing(&self) -> bool {
+        self.lock().publishing
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BusState> {
+        // A panic while holding this lock cannot leave the state half-written
+        // (every update is a plain assignment), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims the channel for a publisher. Refused while another one is live.
+    pub fn begin_publish(
+        self: &Arc<Self>,
+        source: impl Into<String>,
+    ) -> Result<Publisher, BusError> {
+        let mut st = self.lock();
+        if st.publishing {
+            return Err(BusError::AlreadyPublishing(self.channel.clone()));
+        }
+        st.publishing = true;
+        let session = st.next_session;
+        st.next_session += 1;
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        Ok(Publisher {
+            bus: self.clone(),
+            source: source.into(),
+            session,
+            video: None,
+            audio: None,
+            offset: None,
+            start: st.next_start,
+            max_pts: None,
+        })
+    }
+
+    pub fn subscribe(self: &Arc<Self>) -> BusReceiver {
+        let rx = self.tx.subscribe();
+        let replay = self.lock().current_start.clone();
+        BusReceiver {
+            rx,
+            bus: self.clone(),
+            replay,
+            need_keyframe: true,
+            dropped: 0,
+        }
+    }
+
+    fn send(&self, ev: MediaEvent) {
+        // No receivers is fine: nothing is listening yet.
+        let _ = self.tx.send(ev);
+    }
+}
+
+/// The right to feed a channel, held by one ingest connection. Dropping it ends the session.
+pub struct Publisher {
+    bus: Arc<ChannelBus>,
+    source: String,
+    session: u64,
+    video: Option<VideoConfig>,
+    audio: Option<AudioConfig>,
+    /// Added to source timestamps; set at the first video keyframe.
+    offset: Option<MediaTime>,
+    start: MediaTime,
+    max_pts: Option<MediaTime>,
+}
+
+impl Publisher {
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    pub fn channel(&self) -> &Id {
+        &self.bus.channel
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn has_started(&self) -> bool {
+        self.offset.is_some()
+    }
+
+    /// Sets (or replaces, before the first keyframe) the video configuration.
+    pub fn video_config(&mut self, cfg: VideoConfig) {
+        if self.offset.is_some() && self.video.as_ref() != Some(&cfg) {
+            tracing::warn!(channel = %self.bus.channel, "video configuration changed mid-session; ignored");
+            return;
+        }
+        self.video = Some(cfg);
+    }
+
+    pub fn audio_config(&mut self, cfg: AudioConfig) {
+        if self.offset.is_some() && self.audio.as_ref() != Some(&cfg) {
+            tracing::warn!(channel = %self.bus.channel, "audio configuration changed mid-session; ignored");
+            return;
+        }
+        self.audio = Some(cfg);
+    }
+
+    /// Publishes a frame whose pts/dts are on the source's own clock (ns).
+    /// Frames before the first video keyframe, and audio before there is an
+    /// audio configuration, are dropped.
+    pub fn push(&mut self, mut frame: Frame) {
+        let offset = match self.offset {
+            Some(o) => o,
+            None => {
+                let Some(video) = self.video.clone() else {
+                    return;
+                };
+                if frame.track != TrackKind::Video || !frame.keyframe {
+                    return;
+                }
+                let o = self.start - frame.dts;
+                self.offset = Some(o);
+                let start = MediaEvent::Start {
+                    session: self.session,
+                    video,
+                    audio: self.audio.clone(),
+                };
+                self.bus.lock().current_start = Some(start.clone());
+                self.bus.send(start);
+                tracing::info!(channel = %self.bus.channel, session = self.session, source = %self.source, start_ns = self.start, "session started");
+                o
+            }
+        };
+        if frame.track == TrackKind::Audio && self.audio.is_none() {
+            return;
+        }
+        frame.pts = frame.pts.saturating_add(offset);
+        frame.dts = frame.dts.saturating_add(offset);
+        if frame.dts < self.start - SESSION_GAP {
+            return;
+        }
+        self.max_pts = Some(self.max_pts.map_or(frame.pts, |m| m.max(frame.pts)));
+        self.bus.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.bus
+            .stats
+            .bytes_in
+            .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+        self.bus.send(MediaEvent::Frame(frame));
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let mut st = self.bus.lock();
+        st.publishing = false;
+        if self.offset.is_some() {
+            let end = self.max_pts.unwrap_or(self.start) + SESSION_GAP;
+            let g = self.bus.grid;
+            st.next_start = if g > 0 {
+                (end + g - 1).div_euclid(g) * g
+            } else {
+                end
+            };
+            st.current_start = None;
+            drop(st);
+            self.bus.send(MediaEvent::End {
+                session: self.session,
+            });
+            tracing::info!(channel = %self.bus.channel, session = self.session, "session ended");
+        }
+    }
+}
+
+/// A subscription to a channel bus.
+pub struct BusReceiver {
+    rx: broadcast::Receiver<MediaEvent>,
+    bus: Arc<ChannelBus>,
+    replay: Option<MediaEvent>,
+    need_keyframe: bool,
+    dropped: u64,
+}
+
+impl BusReceiver {
+    /// Events this subscriber lost by falling behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The next event; `None` once the bus is gone.
+    ///
+    /// After a lag (or on joining mid-session) this yields the session's `Start`
+    /// and then skips to the next video keyframe, so a consumer always sees a
+    /// decodable stream.
+    pub async fn recv(&mut self) -> Option<MediaEvent> {
+        loop {
+            if let Some(start) = self.replay.take() {
+                self.need_keyframe = true;
+                return Some(start);
+            }
+            match self.rx.recv().await {
+                Ok(ev) => {
+                    if let Some(ev) = self.filter(ev) {
+                        return Some(ev);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.dropped += n;
+                    self.bus
+                        .stats
+                        .events_dropped
+                        .fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(channel = %self.bus.channel, lost = n, "bus subscriber lagged; resuming at next keyframe");
+                    self.replay = self.bus.lock().current_start.clone();
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    fn filter(&mut self, ev: MediaEvent) -> Option<MediaEvent> {
+        match &ev {
+            MediaEvent::Start { .. } => {
+                self.need_keyframe = true;
+                Some(ev)
+            }
+            MediaEvent::End { .. } => Some(ev),
+            MediaEvent::Frame(f) => {
+                if self.need_keyframe {
+                    if f.track == TrackKind::Video && f.keyframe {
+                        self.need_keyframe = false;
+                    } else {
+                        return None;
+                    }
+                }
+                Some(ev)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    const AVCC: &[u8] = &[
+        0x01, 0x64, 0x00, 0x1f, 0xff, 0xe1, 0x00, 0x1a, 0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40,
+        0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0,
+        0xf1, 0x83, 0x19, 0x60, 0x01, 0x00, 0x04, 0x68, 0xef, 0x8f, 0xcb, 0xfd, 0xf8, 0xf8, 0x00,
+    ];
+
+    fn video(ms: i64, key: bool) -> Frame {
+        Frame {
+            track: TrackKind::Video,
+            pts: ms * 1_000_000,
+            dts: ms * 1_000_000,
+            keyframe: key,
+            data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
+        }
+    }
+
+    fn bus() -> Arc<ChannelBus> {
+        ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 64)
+    }
+
+    #[tokio::test]
+    async fn one_publisher_at_a_time_and_timeline_moves_forward() {
+        let bus = bus();
+        let mut rx = bus.subscribe();
+        let mut p = bus.begin_publish("a").unwrap();
+        assert!(bus.begin_publish("b").is_err());
+        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.push(video(500, false)); // before the first keyframe: dropped
+        p.push(video(1000, true));
+        p.push(video(4500, false));
+        assert!(matches!(
+            rx.recv().await,
+            Some(MediaEvent::Start { session: 1, .. })
+        ));
+        let MediaEvent::Frame(f) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.pts, 0);
+        let MediaEvent::Frame(f) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.pts, 3_500_000_000);
+        drop(p);
+        assert!(matches!(
+            rx.recv().await,
+            Some(MediaEvent::End { session: 1 })
+        ));
+
+        // The publisher comes back with timestamps from zero: it lands on the next grid line.
+        let mut p = bus.begin_publish("a").unwrap();
+        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.push(video(0, true));
+        assert!(matches!(
+            rx.recv().await,
+            Some(MediaEvent::Start { session: 2, .. })
+        ));
+        let MediaEvent::Frame(f) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.pts, 4_000_000_000);
+    }
+
+    #[tokio::test]
+    async fn lagging_subscriber_resumes_at_keyframe_with_start() {
+        let bus = bus();
+        let mut p = bus.begin_publish("a").unwrap();
+        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.push(video(0, true));
+        let mut rx = bus.subscribe(); // joins mid-session
+        for i in 1..200 {
+            p.push(video(i * 33, i % 60 == 0));
+        }
+        // A lagging subscriber may be handed the session's Start more than once.
+        let f = loop {
+            match rx.recv().await.unwrap() {
+                MediaEvent::Start { session: 1, .. } => continue,
+                MediaEvent::Frame(f) => break f,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(f.keyframe);
+        assert!(rx.dropped() > 0);
+        assert!(bus.stats.events_dropped.load(Ordering::Relaxed) > 0);
+    }
+}

@@ -1,0 +1,203 @@
+//! The RTMP listener: the tokio shell around [`RtmpSession`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Publisher;
+use crate::rtmp_session::{RTMP_APP, RtmpAction, RtmpSession};
+
+/// Why a publisher was turned away. Logged; the peer gets an RTMP error status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown stream key")]
+    UnknownKey,
+    #[error("ingest is disabled")]
+    Disabled,
+    #[error("source address not allowed")]
+    AddressNotAllowed,
+    #[error("wrong protocol for this stream key")]
+    WrongProtocol,
+    #[error("channel already has a live publisher")]
+    Busy,
+}
+
+/// Decides who may publish, and where to.
+pub trait PublishRouter: Send + Sync + 'static {
+    fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal>;
+}
+
+#[derive(Debug, Clone)]
+pub struct RtmpLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl Default for RtmpLimits {
+    fn default() -> Self {
+        RtmpLimits {
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Accepts RTMP connections until `cancel` fires.
+pub async fn serve_rtmp(
+    listener: TcpListener,
+    router: Arc<dyn PublishRouter>,
+    limits: RtmpLimits,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = JoinSet::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: wait and retry, never give up the listener.
+                tracing::warn!(error = %e, "RTMP accept failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "RTMP connection limit reached; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let limits = limits.clone();
+        let cancel = cancel.child_token();
+        conns.spawn(async move {
+            let _permit = permit;
+            match connection(stream, peer, router, &limits, cancel).await {
+                Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
+                Err(e) => tracing::info!(%peer, error = %e, "RTMP connection ended"),
+            }
+        });
+    }
+    conns.shutdown().await;
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    router: Arc<dyn PublishRouter>,
+    limits: &RtmpLimits,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut session = RtmpSession::new();
+    let mut publisher: Option<Publisher> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut handshaken = false;
+    loop {
+        let timeout = if handshaken {
+            limits.idle_timeout
+        } else {
+            limits.handshake_timeout
+        };
+        let n = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = tokio::time::timeout(timeout, stream.read(&mut buf)) => match r {
+                Err(_) => return Err("timed out".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+            },
+        };
+        let mut pending = session.handle_input(&buf[..n]).map_err(|e| e.to_string())?;
+        handshaken = true;
+        let mut close_after_send = false;
+        while !pending.is_empty() {
+            let mut next = Vec::new();
+            for action in pending {
+                match action {
+                    RtmpAction::Send(bytes) => {
+                        tokio::time::timeout(limits.write_timeout, stream.write_all(&bytes))
+                            .await
+                            .map_err(|_| "write timed out".to_string())?
+                            .map_err(|e| e.to_string())?;
+                    }
+                    RtmpAction::PublishRequested {
+                        request_id,
+                        app,
+                        stream_key,
+                    } => {
+                        let verdict = if app != RTMP_APP {
+                            Err(Refusal::UnknownKey)
+                        } else if publisher.is_some() {
+                            Err(Refusal::Busy)
+                        } else {
+                            router.authorize_rtmp(&stream_key, peer)
+                        };
+                        match verdict {
+                            Ok(p) => {
+                                tracing::info!(%peer, channel = %p.channel(), "RTMP publish accepted");
+                                publisher = Some(p);
+                                next.extend(
+                                    session
+                                        .accept(request_id, Some(&stream_key))
+                                        .map_err(|e| e.to_string())?,
+                                );
+                            }
+                            Err(refusal) => {
+                                // The key itself is a secret: never log it.
+                                tracing::warn!(%peer, app, reason = %refusal, "RTMP publish refused");
+                                next.extend(
+                                    session
+                                        .reject(request_id, &refusal.to_string())
+                                        .map_err(|e| e.to_string())?,
+                                );
+                                close_after_send = true;
+                            }
+                        }
+                    }
+                    RtmpAction::VideoConfig(cfg) => {
+                        if let Some(p) = publisher.as_mut() {
+                            p.video_config(cfg);
+                        }
+                    }
+                    RtmpAction::AudioConfig(cfg) => {
+                        if let Some(p) = publisher.as_mut() {
+                            p.audio_config(cfg);
+                        }
+                    }
+                    RtmpAction::Frame(f) => {
+                        if let Some(p) = publisher.as_mut() {
+                            p.push(f);
+                        }
+                    }
+                    RtmpAction::PublishFinished => publisher = None,
+                    RtmpAction::Dropped(why) => tracing::debug!(%peer, why, "RTMP data dropped"),
+                }
+            }
+            pending = next;
+        }
+        if close_after_send {
+            let _ = stream.shutdown().await;
+            return Err("publish refused".into());
+        }
+    }
+}

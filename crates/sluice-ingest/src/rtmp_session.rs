@@ -1,0 +1,342 @@
+//! A publishing RTMP connection without I/O: bytes in, [`RtmpAction`]s out.
+//!
+//! Wraps rml_rtmp's handshake and `ServerSession` (both sans-IO) and turns
+//! their events into what Sluice cares about: a publish request to authorise,
+//! codec configurations and frames with timestamps. The socket side lives in
+//! [`crate::rtmp`].
+
+use bytes::Bytes;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+};
+use sluice_core::{AudioConfig, Frame, TrackKind, VideoConfig};
+
+use crate::flv::{self, FlvAudio, FlvVideo};
+
+/// The RTMP application publishers must use: `rtmp://HOST/live/<stream_key>`.
+pub const RTMP_APP: &str = "live";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtmpError {
+    #[error("RTMP handshake failed: {0}")]
+    Handshake(String),
+    #[error("RTMP protocol error: {0}")]
+    Protocol(String),
+}
+
+/// What the connection should do next.
+#[derive(Debug)]
+pub enum RtmpAction {
+    /// Bytes to write to the peer, in order.
+    Send(Vec<u8>),
+    /// The peer asks to publish; answer with [`RtmpSession::accept`] or [`RtmpSession::reject`].
+    PublishRequested {
+        request_id: u32,
+        app: String,
+        stream_key: String,
+    },
+    VideoConfig(VideoConfig),
+    AudioConfig(AudioConfig),
+    /// A frame, timestamps in ns on the publisher's clock (RTMP timestamps extended past 32 bits).
+    Frame(Frame),
+    /// The peer stopped publishing (it may keep the connection open).
+    PublishFinished,
+    /// Something in the stream was dropped (bad tag, unsupported codec); logged by the shell.
+    Dropped(String),
+}
+
+enum State {
+    Handshaking(Box<Handshake>),
+    Session(Box<ServerSession>),
+}
+
+/// Extends 32-bit millisecond RTMP timestamps, which wrap after about 49 days.
+#[derive(Default)]
+struct TimestampExtender {
+    last: Option<u32>,
+    high: i64,
+}
+
+impl TimestampExtender {
+    fn extend(&mut self, ts: u32) -> i64 {
+        if let Some(last) = self.last {
+            // A jump back by more than half the range is a wrap, not reordering.
+            if ts < last && last - ts > u32::MAX / 2 {
+                self.high += 1 << 32;
+            } else if ts > last && ts - last > u32::MAX / 2 && self.high > 0 {
+                self.high -= 1 << 32;
+            }
+        }
+        self.last = Some(ts);
+        self.high + ts as i64
+    }
+}
+
+pub struct RtmpSession {
+    state: State,
+    video: Option<VideoConfig>,
+    audio_ok: bool,
+    video_ts: TimestampExtender,
+    audio_ts: TimestampExtender,
+    publishing: Option<String>,
+}
+
+const MS: i64 = 1_000_000;
+
+impl Default for RtmpSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RtmpSession {
+    pub fn new() -> Self {
+        RtmpSession {
+            state: State::Handshaking(Box::new(Handshake::new(PeerType::Server))),
+            video: None,
+            audio_ok: false,
+            video_ts: TimestampExtender::default(),
+            audio_ts: TimestampExtender::default(),
+            publishing: None,
+        }
+    }
+
+    /// The stream key being published, once accepted.
+    pub fn publishing(&self) -> Option<&str> {
+        self.publishing.as_deref()
+    }
+
+    pub fn handle_input(&mut self, bytes: &[u8]) -> Result<Vec<RtmpAction>, RtmpError> {
+        let mut out = Vec::new();
+        match &mut self.state {
+            State::Handshaking(hs) => {
+                match hs
+                    .process_bytes(bytes)
+                    .map_err(|e| RtmpError::Handshake(format!("{e:?}")))?
+                {
+                    HandshakeProcessResult::InProgress { response_bytes } => {
+                        if !response_bytes.is_empty() {
+                            out.push(RtmpAction::Send(response_bytes));
+                        }
+                    }
+                    HandshakeProcessResult::Completed {
+                        response_bytes,
+                        remaining_bytes,
+                    } => {
+                        if !response_bytes.is_empty() {
+                            out.push(RtmpAction::Send(response_bytes));
+                        }
+                        let (session, results) = ServerSession::new(ServerSessionConfig::new())
+                            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+                        self.state = State::Session(Box::new(session));
+                        self.process(results, &mut out)?;
+                        if !remaining_bytes.is_empty() {
+                            out.extend(self.handle_input(&remaining_bytes)?);
+                        }
+                    }
+                }
+            }
+            State::Session(session) => {
+                let results = session
+                    .handle_input(bytes)
+                    .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+                self.process(results, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn session(&mut self) -> Result<&mut ServerSession, RtmpError> {
+        match &mut self.state {
+            State::Session(s) => Ok(s),
+            State::Handshaking(_) => Err(RtmpError::Protocol("request before handshake".into())),
+        }
+    }
+
+    /// Accepts a pending connect or publish request.
+    pub fn accept(
+        &mut self,
+        request_id: u32,
+        stream_key: Option<&str>,
+    ) -> Result<Vec<RtmpAction>, RtmpError> {
+        let results = self
+            .session()?
+            .accept_request(request_id)
+            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+        if let Some(k) = stream_key {
+            self.publishing = Some(k.to_owned());
+        }
+        let mut out = Vec::new();
+        self.process(results, &mut out)?;
+        Ok(out)
+    }
+
+    /// Refuses a pending request; the shell closes the connection after sending.
+    pub fn reject(
+        &mut self,
+        request_id: u32,
+        description: &str,
+    ) -> Result<Vec<RtmpAction>, RtmpError> {
+        let results = self
+            .session()?
+            .reject_request(request_id, "NetStream.Publish.BadName", description)
+            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+        let mut out = Vec::new();
+        self.process(results, &mut out)?;
+        Ok(out)
+    }
+
+    fn process(
+        &mut self,
+        results: Vec<ServerSessionResult>,
+        out: &mut Vec<RtmpAction>,
+    ) -> Result<(), RtmpError> {
+        for r in results {
+            match r {
+                ServerSessionResult::OutboundResponse(p) => out.push(RtmpAction::Send(p.bytes)),
+                ServerSessionResult::RaisedEvent(ev) => self.event(ev, out)?,
+                ServerSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        ev: ServerSessionEvent,
+        out: &mut Vec<RtmpAction>,
+    ) -> Result<(), RtmpError> {
+        match ev {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
+                if app_name != RTMP_APP {
+                    let rejected = self.reject(request_id, "unknown application")?;
+                    out.extend(rejected);
+                    return Err(RtmpError::Protocol(format!(
+                        "unknown RTMP application {app_name:?}"
+                    )));
+                }
+                let accepted = self.accept(request_id, None)?;
+                out.extend(accepted);
+            }
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                app_name,
+                stream_key,
+                ..
+            } => {
+                out.push(RtmpAction::PublishRequested {
+                    request_id,
+                    app: app_name,
+                    stream_key,
+                });
+            }
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                self.publishing = None;
+                out.push(RtmpAction::PublishFinished);
+            }
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } if self.publishing.is_some() => {
+                let dts = self.video_ts.extend(timestamp.value);
+                self.video_tag(data, dts, out);
+            }
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } if self.publishing.is_some() => {
+                let dts = self.audio_ts.extend(timestamp.value);
+                self.audio_tag(data, dts, out);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn video_tag(&mut self, data: Bytes, dts_ms: i64, out: &mut Vec<RtmpAction>) {
+        match flv::parse_video(&data) {
+            Ok(FlvVideo::SequenceHeader(avcc)) => match VideoConfig::from_avcc(avcc) {
+                Ok(cfg) => {
+                    self.video = Some(cfg.clone());
+                    out.push(RtmpAction::VideoConfig(cfg));
+                }
+                Err(e) => out.push(RtmpAction::Dropped(format!("video sequence header: {e}"))),
+            },
+            Ok(FlvVideo::Nalus {
+                keyframe,
+                composition_ms,
+                data,
+            }) => {
+                let Some(cfg) = &self.video else {
+                    out.push(RtmpAction::Dropped(
+                        "video frame before sequence header".into(),
+                    ));
+                    return;
+                };
+                if !flv::avcc_is_well_formed(&data, cfg.nal_length_size) {
+                    out.push(RtmpAction::Dropped("malformed AVC access unit".into()));
+                    return;
+                }
+                out.push(RtmpAction::Frame(Frame {
+                    track: TrackKind::Video,
+                    dts: dts_ms * MS,
+                    pts: (dts_ms + composition_ms as i64) * MS,
+                    keyframe,
+                    data,
+                }));
+            }
+            Ok(FlvVideo::EndOfSequence | FlvVideo::Ignored) => {}
+            Err(e) => out.push(RtmpAction::Dropped(e.to_string())),
+        }
+    }
+
+    fn audio_tag(&mut self, data: Bytes, dts_ms: i64, out: &mut Vec<RtmpAction>) {
+        match flv::parse_audio(&data) {
+            Ok(FlvAudio::SequenceHeader(asc)) => match AudioConfig::from_asc(asc) {
+                Ok(cfg) => {
+                    self.audio_ok = true;
+                    out.push(RtmpAction::AudioConfig(cfg));
+                }
+                Err(e) => out.push(RtmpAction::Dropped(format!("audio sequence header: {e}"))),
+            },
+            Ok(FlvAudio::Raw(raw)) if self.audio_ok && !raw.is_empty() => {
+                out.push(RtmpAction::Frame(Frame {
+                    track: TrackKind::Audio,
+                    dts: dts_ms * MS,
+                    pts: dts_ms * MS,
+                    keyframe: true,
+                    data: raw,
+                }));
+            }
+            Ok(FlvAudio::Raw(_)) => {}
+            Err(e) => out.push(RtmpAction::Dropped(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_extend_past_wrap() {
+        let mut t = TimestampExtender::default();
+        assert_eq!(t.extend(u32::MAX - 10), (u32::MAX - 10) as i64);
+        assert_eq!(t.extend(5), (1i64 << 32) + 5);
+        assert_eq!(t.extend(3), (1i64 << 32) + 3);
+    }
+
+    #[test]
+    fn garbage_handshake_is_an_error_not_a_panic() {
+        let mut s = RtmpSession::new();
+        // RTMP version byte must be 3.
+        let r = s.handle_input(&[0x06; 1537]);
+        assert!(r.is_err());
+        let mut s = RtmpSession::new();
+        for chunk in [0u8, 3, 255].iter().map(|b| vec![*b; 100]) {
+            let _ = s.handle_input(&chunk);
+        }
+    }
+}
