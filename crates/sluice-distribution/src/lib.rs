@@ -1,1 +1,12 @@
-//! sluice-distribution
+//! Sluice distribution: the HTTP side. Each distribution is an independently
+//! configured view of one channel's engines; requests are decoded into typed
+//! routes ([`path`]) and answered from the engines' in-memory stores.
+//!
+//! Later issues add policy here (tokens, geo, IP, origins, overrides), applied
+//! on the multivariant request; the [`Catalog`] is swapped atomically so a
+//! change never shows a request half of it.
+
+pub mod path;
+mod server;
+
+pub use server::{Catalog, DistributionEntry, HttpLimits, HttpState, serve_http};

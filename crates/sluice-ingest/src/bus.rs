@@ -23,6 +23,11 @@ pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 /// Gap assumed after the last frame of a session when placing the next one.
 const SESSION_GAP: MediaTime = 40_000_000;
 
+/// How long after the first keyframe a session waits for an audio configuration
+/// before it starts without audio, and how many frames it holds meanwhile.
+const AUDIO_CONFIG_WAIT: MediaTime = 1_000_000_000;
+const AUDIO_CONFIG_WAIT_FRAMES: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
     #[error("channel {0} already has a publisher")]
@@ -109,6 +114,7 @@ impl ChannelBus {
             offset: None,
             start: st.next_start,
             max_pts: None,
+            waiting: Vec::new(),
         })
     }
 
@@ -141,6 +147,8 @@ pub struct Publisher {
     offset: Option<MediaTime>,
     start: MediaTime,
     max_pts: Option<MediaTime>,
+    /// Frames held from the first keyframe while the audio configuration is still unknown.
+    waiting: Vec<Frame>,
 }
 
 impl Publisher {
@@ -178,31 +186,51 @@ impl Publisher {
     }
 
     /// Publishes a frame whose pts/dts are on the source's own clock (ns).
-    /// Frames before the first video keyframe, and audio before there is an
-    /// audio configuration, are dropped.
-    pub fn push(&mut self, mut frame: Frame) {
-        let offset = match self.offset {
-            Some(o) => o,
-            None => {
-                let Some(video) = self.video.clone() else {
-                    return;
-                };
-                if frame.track != TrackKind::Video || !frame.keyframe {
-                    return;
-                }
-                let o = self.start - frame.dts;
-                self.offset = Some(o);
-                let start = MediaEvent::Start {
-                    session: self.session,
-                    video,
-                    audio: self.audio.clone(),
-                };
-                self.bus.lock().current_start = Some(start.clone());
-                self.bus.send(start);
-                tracing::info!(channel = %self.bus.channel, session = self.session, source = %self.source, start_ns = self.start, "session started");
-                o
-            }
+    ///
+    /// The session starts at the first video keyframe. Encoders send codec
+    /// configurations first, but a source may only know its audio configuration
+    /// after its first video frame: frames are then held (bounded, up to one
+    /// second) until it arrives, or the session starts without audio.
+    pub fn push(&mut self, frame: Frame) {
+        if self.offset.is_some() {
+            self.forward(frame);
+            return;
+        }
+        if self.video.is_none() {
+            return;
+        }
+        if self.waiting.is_empty() && (frame.track != TrackKind::Video || !frame.keyframe) {
+            return;
+        }
+        let first_dts = self.waiting.first().map_or(frame.dts, |f| f.dts);
+        let waited_enough = frame.dts - first_dts >= AUDIO_CONFIG_WAIT
+            || self.waiting.len() >= AUDIO_CONFIG_WAIT_FRAMES;
+        self.waiting.push(frame);
+        if self.audio.is_some() || waited_enough {
+            self.begin(first_dts);
+        }
+    }
+
+    fn begin(&mut self, first_dts: MediaTime) {
+        let Some(video) = self.video.clone() else {
+            return;
         };
+        self.offset = Some(self.start - first_dts);
+        let start = MediaEvent::Start {
+            session: self.session,
+            video,
+            audio: self.audio.clone(),
+        };
+        self.bus.lock().current_start = Some(start.clone());
+        self.bus.send(start);
+        tracing::info!(channel = %self.bus.channel, session = self.session, source = %self.source, start_ns = self.start, audio = self.audio.is_some(), "session started");
+        for f in std::mem::take(&mut self.waiting) {
+            self.forward(f);
+        }
+    }
+
+    fn forward(&mut self, mut frame: Frame) {
+        let Some(offset) = self.offset else { return };
         if frame.track == TrackKind::Audio && self.audio.is_none() {
             return;
         }
@@ -342,6 +370,7 @@ mod tests {
         let mut p = bus.begin_publish("a").unwrap();
         assert!(bus.begin_publish("b").is_err());
         p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.audio_config(AudioConfig::aac_lc(48_000, 2));
         p.push(video(500, false)); // before the first keyframe: dropped
         p.push(video(1000, true));
         p.push(video(4500, false));
@@ -366,6 +395,7 @@ mod tests {
         // The publisher comes back with timestamps from zero: it lands on the next grid line.
         let mut p = bus.begin_publish("a").unwrap();
         p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.audio_config(AudioConfig::aac_lc(48_000, 2));
         p.push(video(0, true));
         assert!(matches!(
             rx.recv().await,
@@ -375,6 +405,42 @@ mod tests {
             panic!()
         };
         assert_eq!(f.pts, 4_000_000_000);
+    }
+
+    #[tokio::test]
+    async fn waits_briefly_for_a_late_audio_config() {
+        let bus = bus();
+        let mut rx = bus.subscribe();
+        let mut p = bus.begin_publish("a").unwrap();
+        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.push(video(0, true));
+        p.push(video(33, false));
+        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+        p.push(video(67, false));
+        let Some(MediaEvent::Start { audio, .. }) = rx.recv().await else {
+            panic!()
+        };
+        assert!(audio.is_some());
+        for want in [0, 33_000_000, 67_000_000] {
+            let Some(MediaEvent::Frame(f)) = rx.recv().await else {
+                panic!()
+            };
+            assert_eq!(f.pts, want);
+        }
+
+        // Without audio the session starts after a second of media.
+        drop(p);
+        let bus = super::tests::bus();
+        let mut rx = bus.subscribe();
+        let mut p = bus.begin_publish("a").unwrap();
+        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        for i in 0..40 {
+            p.push(video(i * 33, i == 0));
+        }
+        let Some(MediaEvent::Start { audio, .. }) = rx.recv().await else {
+            panic!()
+        };
+        assert!(audio.is_none());
     }
 
     #[tokio::test]

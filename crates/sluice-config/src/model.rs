@@ -1,0 +1,487 @@
+//! The validated configuration model.
+//!
+//! Everything here has passed validation: references resolve, ranges hold, defaults are
+//! filled in. The field docs double as operator documentation (see `config/README.md`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sluice_core::Id;
+
+/// A whole, validated Sluice configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[server]`: listeners, data directory, proxies, GeoIP database.
+    pub server: ServerConfig,
+    /// `[api]`: the control API.
+    pub api: ApiConfig,
+    /// `[ladders.<id>]`: reusable ABR ladders, by id. `passthrough` is built in and
+    /// never appears here. Default: none.
+    pub ladders: BTreeMap<Id, Ladder>,
+    /// `[channels.<id>]`: live events, by id. Default: none.
+    pub channels: BTreeMap<Id, Channel>,
+    /// `[distributions.<id>]`: ways to watch a channel, by id; the id is the first
+    /// path segment of the playback URL (`/live/<id>/...`). Default: none.
+    pub distributions: BTreeMap<Id, Distribution>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// `http_listen`: plain HTTP listener (playback, API, metrics). Default `0.0.0.0:8080`.
+    pub http_listen: SocketAddr,
+    /// `https_listen`: optional HTTPS + HTTP/2 listener; needs `tls_cert` and `tls_key`.
+    /// Default: none.
+    pub https_listen: Option<SocketAddr>,
+    /// `tls_cert`: PEM certificate chain for `https_listen`. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: PEM private key for `https_listen`. Default: none.
+    pub tls_key: Option<PathBuf>,
+    /// `rtmp_listen`: RTMP push listener (TCP). Default `0.0.0.0:1935`.
+    pub rtmp_listen: SocketAddr,
+    /// `srt_listen`: SRT push listener (UDP). Default `0.0.0.0:9000`.
+    pub srt_listen: SocketAddr,
+    /// `data_dir`: recordings and persisted state live under here; relative paths are
+    /// relative to the working directory. Default `data`.
+    pub data_dir: PathBuf,
+    /// `trusted_proxies`: `X-Forwarded-For` is believed only from peers in these
+    /// networks, read right to left. A bare address means that one host. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `geoip_database`: a MaxMind-format country database (`.mmdb`). Without one,
+    /// geo rules fail closed. Default: none.
+    pub geoip_database: Option<PathBuf>,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// `admin_tokens`: bearer tokens accepted by `/api/v1`. Empty: the control API
+    /// answers 403 to everything. Default: none.
+    pub admin_tokens: Vec<String>,
+}
+
+/// `[ladders.<id>]`: an ABR ladder, shared by engines that name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ladder {
+    /// `segment_seconds`: target segment duration; every rendition cuts at the same
+    /// instants. 0.5 to 30. Default 2.0.
+    pub segment_seconds: f64,
+    /// `part_seconds`: LL-HLS part target; 0 turns parts (and LL-HLS) off, otherwise
+    /// 0.1 to `segment_seconds`. Default 0.5.
+    pub part_seconds: f64,
+    /// `window_seconds`: media kept in live playlists (the DVR window); at least
+    /// 3 × `segment_seconds`. Default 60.
+    pub window_seconds: f64,
+    /// `audio_kbps`: AAC bitrate shared by all renditions, 16 to 512. Default 128.
+    pub audio_kbps: u32,
+    /// `encoder_preset`: x264 preset, `ultrafast` to `veryslow`. Default `veryfast`.
+    pub encoder_preset: String,
+    /// `renditions`: the video rungs, highest first by convention. Required, non-empty
+    /// (empty only for the built-in passthrough ladder).
+    pub renditions: Vec<Rendition>,
+}
+
+impl Ladder {
+    /// The built-in `passthrough` ladder: default timing, no renditions (the input's
+    /// video and audio are repackaged as they are).
+    pub fn passthrough() -> Ladder {
+        Ladder {
+            segment_seconds: 2.0,
+            part_seconds: 0.5,
+            window_seconds: 60.0,
+            audio_kbps: 128,
+            encoder_preset: "veryfast".to_owned(),
+            renditions: Vec::new(),
+        }
+    }
+}
+
+/// One rung of a ladder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendition {
+    /// `name`: an id, unique within the ladder; `audio` is reserved. Required.
+    pub name: Id,
+    /// `width`: output width in pixels, even, 16 to 7680. Required.
+    pub width: u32,
+    /// `height`: output height in pixels, even, 16 to 4320. Required.
+    pub height: u32,
+    /// `video_kbps`: H.264 target bitrate, 50 to 100000. Required.
+    pub video_kbps: u32,
+}
+
+/// `[channels.<id>]`: one live event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Channel {
+    /// `name`: human-readable title. Default: the channel's id.
+    pub name: String,
+    /// `[channels.<id>.ingests.<id>]`: how media enters; at least one.
+    pub ingests: BTreeMap<Id, Ingest>,
+    /// `[channels.<id>.engines.<id>]`: transcoders of the live input; at least one.
+    pub engines: BTreeMap<Id, Engine>,
+}
+
+/// `[channels.<id>.ingests.<id>]`: one way media enters a channel. The live ingest with
+/// the lowest `priority` feeds the engines; the others are backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingest {
+    /// `protocol`: `rtmp`, `srt` (push), `rtmp-pull`, `srt-pull` (pull) or
+    /// `test-pattern`. Required.
+    pub protocol: IngestProtocol,
+    /// `stream_key`: push ingests only, and required there: 1 to 128 printable ASCII
+    /// characters without whitespace or any of `/ ? # & =`, unique across the whole
+    /// configuration. `rtmp://HOST:1935/live/<key>`, `srt://HOST:9000?streamid=publish:<key>`.
+    pub stream_key: Option<String>,
+    /// `url`: pull ingests only, and required there: `rtmp://…` for `rtmp-pull`,
+    /// `srt://…` for `srt-pull`.
+    pub url: Option<String>,
+    /// `passphrase`: SRT AES passphrase, 10 to 79 characters; `srt` and `srt-pull`
+    /// only. Default: none (unencrypted).
+    pub passphrase: Option<String>,
+    /// `priority`: lower numbers are preferred. Default 1.
+    pub priority: u32,
+    /// `allow_cidrs`: push ingests only; publishers must connect from one of these
+    /// networks. Empty: anyone holding the key. Default: empty.
+    pub allow_cidrs: Vec<IpNet>,
+    /// `max_kbps`: input bitrate cap; 0: no cap. Default 0.
+    pub max_kbps: u32,
+    /// `enabled`: a disabled ingest refuses publishers and is not pulled. Default true.
+    pub enabled: bool,
+    /// `width`, `height`, `fps`: picture of a `test-pattern` ingest (the keys are
+    /// allowed only there). Default 1280×720 at 30.
+    pub test_pattern: TestPattern,
+}
+
+/// `protocol` of an ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IngestProtocol {
+    /// RTMP push to `rtmp_listen`.
+    Rtmp,
+    /// SRT push (caller) to `srt_listen`.
+    Srt,
+    /// Sluice pulls from an RTMP server.
+    RtmpPull,
+    /// Sluice calls an SRT listener.
+    SrtPull,
+    /// A built-in moving picture with a clock, and a tone.
+    TestPattern,
+}
+
+impl IngestProtocol {
+    /// The name used in the configuration.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IngestProtocol::Rtmp => "rtmp",
+            IngestProtocol::Srt => "srt",
+            IngestProtocol::RtmpPull => "rtmp-pull",
+            IngestProtocol::SrtPull => "srt-pull",
+            IngestProtocol::TestPattern => "test-pattern",
+        }
+    }
+
+    /// True for protocols where the encoder connects to Sluice (`rtmp`, `srt`).
+    pub fn is_push(&self) -> bool {
+        matches!(self, IngestProtocol::Rtmp | IngestProtocol::Srt)
+    }
+
+    /// True for protocols where Sluice connects out (`rtmp-pull`, `srt-pull`).
+    pub fn is_pull(&self) -> bool {
+        matches!(self, IngestProtocol::RtmpPull | IngestProtocol::SrtPull)
+    }
+}
+
+/// Picture of a `test-pattern` ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestPattern {
+    /// `width`: even, 16 to 7680. Default 1280.
+    pub width: u32,
+    /// `height`: even, 16 to 4320. Default 720.
+    pub height: u32,
+    /// `fps`: frames per second, 1 to 120. Default 30.
+    pub fps: u32,
+}
+
+impl Default for TestPattern {
+    fn default() -> Self {
+        TestPattern {
+            width: 1280,
+            height: 720,
+            fps: 30,
+        }
+    }
+}
+
+/// `[channels.<id>.engines.<id>]`: transcodes (or passes through) the channel's live
+/// input and packages it. The healthy engine with the lowest `priority` serves new viewers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Engine {
+    /// `ladder`: a `[ladders.*]` id, or `passthrough`. Required.
+    pub ladder_ref: LadderRef,
+    /// The ladder `ladder_ref` names, resolved; `Ladder::passthrough()` for passthrough.
+    pub ladder: Ladder,
+    /// `outputs`: packagings produced, non-empty, no duplicates. Default `["cmaf", "ts"]`.
+    pub outputs: Vec<Output>,
+    /// `priority`: lower numbers are preferred. Default 1.
+    pub priority: u32,
+}
+
+/// What an engine's `ladder` key names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LadderRef {
+    /// `"passthrough"`: no transcoding.
+    Passthrough,
+    /// A `[ladders.<id>]` table.
+    Named(Id),
+}
+
+/// A packaging of an engine's segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// fMP4/CMAF HLS; LL-HLS when the ladder has parts. `/live/<d>/cmaf/index.m3u8`.
+    Cmaf,
+    /// MPEG-TS HLS. `/live/<d>/ts/index.m3u8`.
+    Ts,
+}
+
+impl Output {
+    /// The name used in the configuration and in playback URLs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Output::Cmaf => "cmaf",
+            Output::Ts => "ts",
+        }
+    }
+}
+
+/// `[distributions.<id>]`: an independently configured way to watch one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distribution {
+    /// `channel`: the channel served. Required.
+    pub channel: Id,
+    /// `engines`: which of the channel's engines may serve it, non-empty, no duplicates.
+    /// Default: all the channel's engines, by priority then id.
+    pub engines: Vec<Id>,
+    /// `outputs`: packagings offered, each produced by at least one of `engines`.
+    /// Default: `cmaf` and `ts`, those of them that the engines produce.
+    pub outputs: Vec<Output>,
+    /// `enabled`: a disabled distribution answers 404. Default true.
+    pub enabled: bool,
+    /// `max_kbps`: renditions above this total bitrate are left out; 0: no cap. Default 0.
+    pub max_kbps: u32,
+    /// `geo`: country rule, e.g. `{ mode = "allow", countries = ["DE", "FR"] }`.
+    /// Default: none (every country).
+    pub geo: Option<GeoRule>,
+    /// `ip`: address rule, e.g. `{ mode = "deny", cidrs = ["203.0.113.0/24"] }`.
+    /// Default: none (every address).
+    pub ip: Option<IpRule>,
+    /// `allowed_origins`: exact `Origin` values (`scheme://host[:port]`) allowed to
+    /// play; empty: any. Default: empty.
+    pub allowed_origins: Vec<String>,
+    /// `target_latency_seconds`: sets the playlists' `PART-HOLD-BACK`/`HOLD-BACK`
+    /// (never below RFC 8216bis minimums); 0: the engine's default. Default 0.
+    pub target_latency_seconds: f64,
+    /// `[distributions.<id>.token]`: viewer JWT settings.
+    pub token: TokenConfig,
+    /// `[[distributions.<id>.overrides]]`: first matching rule wins. Default: none.
+    pub overrides: Vec<OverrideRule>,
+}
+
+/// Whether a rule's list is an allow list or a deny list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    /// Only listed countries/addresses may play.
+    Allow,
+    /// Listed countries/addresses may not play.
+    Deny,
+}
+
+impl RuleMode {
+    /// The name used in the configuration.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RuleMode::Allow => "allow",
+            RuleMode::Deny => "deny",
+        }
+    }
+}
+
+/// `geo = { mode, countries }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoRule {
+    /// `mode`: `allow` or `deny`. Required.
+    pub mode: RuleMode,
+    /// `countries`: ISO 3166-1 alpha-2 codes, uppercase (`XK` for Kosovo is accepted,
+    /// as GeoIP databases use it). Required, non-empty.
+    pub countries: Vec<String>,
+}
+
+/// `ip = { mode, cidrs }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpRule {
+    /// `mode`: `allow` or `deny`. Required.
+    pub mode: RuleMode,
+    /// `cidrs`: networks such as `203.0.113.0/24`; a bare address means one host.
+    /// Required, non-empty.
+    pub cidrs: Vec<IpNet>,
+}
+
+/// `[distributions.<id>.token]`: viewer tokens (JWTs, `?token=` or `Authorization: Bearer`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenConfig {
+    /// `required`: viewers need a valid token with `aud` = the distribution id.
+    /// Default false.
+    pub required: bool,
+    /// `keys`: verification keys, ids unique; non-empty when `required`. The first
+    /// one signs tokens made by `sluice token`. Default: none.
+    pub keys: Vec<TokenKey>,
+}
+
+/// One entry of `token.keys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenKey {
+    /// `id`: non-empty, unique within the distribution; matched against the JWT `kid`.
+    /// Required.
+    pub id: String,
+    /// `algorithm`: `HS256`, `HS384`, `HS512`, `RS256`, `ES256` or `EdDSA`. Required.
+    pub algorithm: TokenAlgorithm,
+    /// `secret`: HMAC secret, at least 16 characters; HS* only, required there.
+    pub secret: Option<String>,
+    /// `public_key_pem`: PEM public key; RS256, ES256 and EdDSA only, required there.
+    pub public_key_pem: Option<String>,
+}
+
+/// JWT signature algorithms (RFC 7518, RFC 8037).
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TokenAlgorithm {
+    /// HMAC with SHA-256.
+    HS256,
+    /// HMAC with SHA-384.
+    HS384,
+    /// HMAC with SHA-512.
+    HS512,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl TokenAlgorithm {
+    /// The JOSE `alg` name, as used in the configuration.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TokenAlgorithm::HS256 => "HS256",
+            TokenAlgorithm::HS384 => "HS384",
+            TokenAlgorithm::HS512 => "HS512",
+            TokenAlgorithm::RS256 => "RS256",
+            TokenAlgorithm::ES256 => "ES256",
+            TokenAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    /// True for the HMAC algorithms, which take a `secret`.
+    pub fn is_hmac(&self) -> bool {
+        matches!(
+            self,
+            TokenAlgorithm::HS256 | TokenAlgorithm::HS384 | TokenAlgorithm::HS512
+        )
+    }
+}
+
+/// `[[distributions.<id>.overrides]]`: viewers matching every given criterion are
+/// served one of `targets` instead. An absent criterion matches anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideRule {
+    /// `device_type`: `tv`, `mobile`, `desktop` or `other`. Default: any.
+    pub device_type: Option<DeviceType>,
+    /// `sdk_type`: `native` or `web`. Default: any.
+    pub sdk_type: Option<SdkType>,
+    /// `os_name`: `apple`, `android`, `windows`, `roku` or `other`. Default: any.
+    pub os_name: Option<OsName>,
+    /// `profile_id`: exact match on the viewer's profile id. Default: any.
+    pub profile_id: Option<String>,
+    /// `targets`: distributions of the same channel, picked by relative weight,
+    /// sticky per viewer. Required, non-empty, at least one weight above 0.
+    pub targets: Vec<OverrideTarget>,
+}
+
+/// Viewer device class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceType {
+    Tv,
+    Mobile,
+    Desktop,
+    Other,
+}
+
+impl DeviceType {
+    /// The name used in the configuration and in query parameters.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeviceType::Tv => "tv",
+            DeviceType::Mobile => "mobile",
+            DeviceType::Desktop => "desktop",
+            DeviceType::Other => "other",
+        }
+    }
+}
+
+/// Viewer player kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdkType {
+    Native,
+    Web,
+}
+
+impl SdkType {
+    /// The name used in the configuration and in query parameters.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SdkType::Native => "native",
+            SdkType::Web => "web",
+        }
+    }
+}
+
+/// Viewer operating system family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OsName {
+    Apple,
+    Android,
+    Windows,
+    Roku,
+    Other,
+}
+
+impl OsName {
+    /// The name used in the configuration and in query parameters.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OsName::Apple => "apple",
+            OsName::Android => "android",
+            OsName::Windows => "windows",
+            OsName::Roku => "roku",
+            OsName::Other => "other",
+        }
+    }
+}
+
+/// One entry of an override's `targets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideTarget {
+    /// `distribution`: a distribution of the same channel (may be the rule's own).
+    /// Required.
+    pub distribution: Id,
+    /// `weight`: relative share, 0 to 100. Required.
+    pub weight: u8,
+}

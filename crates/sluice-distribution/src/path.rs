@@ -1,0 +1,192 @@
+//! Request paths decoded into a typed route by a pure function.
+//!
+//! Every variable path component must be an [`Id`] (or a number), so a path
+//! can never name anything outside the in-memory store: there is no `..`, no
+//! `%2e`, no file system behind these routes.
+
+use sluice_core::Id;
+use sluice_package::OutputKind;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    /// `/live/<dist>/<output>/index.m3u8`
+    Multivariant {
+        dist: Id,
+        output: OutputKind,
+    },
+    /// `/live/<dist>/<output>/<rendition>/index.m3u8`
+    MediaPlaylist {
+        dist: Id,
+        output: OutputKind,
+        rendition: Id,
+    },
+    /// `/live/<dist>/cmaf/<rendition>/init-<version>.mp4`
+    Init {
+        dist: Id,
+        rendition: Id,
+        version: u32,
+    },
+    /// `/live/<dist>/<output>/<rendition>/<msn>.m4s|.ts`
+    Segment {
+        dist: Id,
+        output: OutputKind,
+        rendition: Id,
+        msn: u64,
+    },
+}
+
+fn output(s: &str) -> Option<OutputKind> {
+    match s {
+        "cmaf" => Some(OutputKind::Cmaf),
+        "ts" => Some(OutputKind::Ts),
+        _ => None,
+    }
+}
+
+/// A decimal number without sign, leading `+` or leading zeros (one canonical URL per resource).
+fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    if canonical { s.parse().ok() } else { None }
+}
+
+/// Decodes the path part of a request URI (without the query). `None`: not a route (404).
+pub fn parse(path: &str) -> Option<Route> {
+    if path == "/healthz" {
+        return Some(Route::Health);
+    }
+    let rest = path.strip_prefix("/live/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let dist = || Id::new(parts[0]).ok();
+    match parts.as_slice() {
+        [_, out, "index.m3u8"] => Some(Route::Multivariant {
+            dist: dist()?,
+            output: output(out)?,
+        }),
+        [_, out, rendition, file] => {
+            let output = output(out)?;
+            let rendition = Id::new(rendition).ok()?;
+            let dist = dist()?;
+            if *file == "index.m3u8" {
+                return Some(Route::MediaPlaylist {
+                    dist,
+                    output,
+                    rendition,
+                });
+            }
+            if let Some(v) = file
+                .strip_prefix("init-")
+                .and_then(|f| f.strip_suffix(".mp4"))
+            {
+                return (output == OutputKind::Cmaf).then_some(Route::Init {
+                    dist,
+                    rendition,
+                    version: number(v)?,
+                });
+            }
+            let ext = match output {
+                OutputKind::Cmaf => ".m4s",
+                OutputKind::Ts => ".ts",
+            };
+            let msn = number(file.strip_suffix(ext)?)?;
+            Some(Route::Segment {
+                dist,
+                output,
+                rendition,
+                msn,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Id {
+        Id::new(s).unwrap()
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse("/healthz"), Some(Route::Health));
+        assert_eq!(
+            parse("/live/demo/cmaf/index.m3u8"),
+            Some(Route::Multivariant {
+                dist: id("demo"),
+                output: OutputKind::Cmaf
+            })
+        );
+        assert_eq!(
+            parse("/live/demo/ts/index.m3u8"),
+            Some(Route::Multivariant {
+                dist: id("demo"),
+                output: OutputKind::Ts
+            })
+        );
+        assert_eq!(
+            parse("/live/demo/ts/720p/index.m3u8"),
+            Some(Route::MediaPlaylist {
+                dist: id("demo"),
+                output: OutputKind::Ts,
+                rendition: id("720p")
+            })
+        );
+        assert_eq!(
+            parse("/live/demo/cmaf/audio/init-3.mp4"),
+            Some(Route::Init {
+                dist: id("demo"),
+                rendition: id("audio"),
+                version: 3
+            })
+        );
+        assert_eq!(
+            parse("/live/demo/cmaf/360p/1234.m4s"),
+            Some(Route::Segment {
+                dist: id("demo"),
+                output: OutputKind::Cmaf,
+                rendition: id("360p"),
+                msn: 1234
+            })
+        );
+        assert_eq!(
+            parse("/live/demo/ts/360p/0.ts"),
+            Some(Route::Segment {
+                dist: id("demo"),
+                output: OutputKind::Ts,
+                rendition: id("360p"),
+                msn: 0
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        for p in [
+            "/",
+            "/live",
+            "/live/",
+            "/live/demo",
+            "/live/demo/cmaf",
+            "/live/demo/hls/index.m3u8",
+            "/live/../etc/passwd",
+            "/live/demo/cmaf/../index.m3u8",
+            "/live/demo/cmaf/%2e%2e/index.m3u8",
+            "/live/Demo/cmaf/index.m3u8",
+            "/live/demo/ts/720p/init-1.mp4",
+            "/live/demo/cmaf/720p/1.ts",
+            "/live/demo/ts/720p/1.m4s",
+            "/live/demo/cmaf/720p/01.m4s",
+            "/live/demo/cmaf/720p/-1.m4s",
+            "/live/demo/cmaf/720p/+1.m4s",
+            "/live/demo/cmaf/720p/99999999999999999999999.m4s",
+            "/live/demo/cmaf/720p/index.m3u8/x",
+            "/live//cmaf/index.m3u8",
+            "/live/demo/cmaf//index.m3u8",
+        ] {
+            assert_eq!(parse(p), None, "{p}");
+        }
+    }
+}

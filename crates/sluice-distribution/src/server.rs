@@ -1,0 +1,336 @@
+//! The hyper server and request handling.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sluice_core::Id;
+use sluice_package::{EngineOutput, OutputKind};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::path::{self, Route};
+
+/// One distribution as the HTTP layer sees it.
+#[derive(Clone)]
+pub struct DistributionEntry {
+    pub outputs: Vec<OutputKind>,
+    /// Renditions above this are left out of the multivariant playlist.
+    pub max_kbps: Option<u32>,
+    pub enabled: bool,
+    /// The engines that may serve it, most preferred first.
+    pub engines: Vec<Arc<EngineOutput>>,
+}
+
+/// Everything the HTTP layer serves, replaced as a whole on a configuration change.
+#[derive(Clone, Default)]
+pub struct Catalog {
+    pub distributions: HashMap<Id, DistributionEntry>,
+}
+
+pub struct HttpState {
+    pub catalog: ArcSwap<Catalog>,
+}
+
+impl HttpState {
+    pub fn new(catalog: Catalog) -> Arc<Self> {
+        Arc::new(HttpState {
+            catalog: ArcSwap::from_pointee(catalog),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+const PLAYLIST: &str = "application/vnd.apple.mpegurl";
+/// Media playlists change every segment; a cache may hold one for a second.
+const PLAYLIST_CACHE: &str = "public, max-age=1";
+const MULTIVARIANT_CACHE: &str = "public, max-age=5";
+/// Segment URLs are never reused for other bytes.
+const SEGMENT_CACHE: &str = "public, max-age=31536000, immutable";
+
+fn response(
+    status: StatusCode,
+    content_type: &str,
+    cache: &str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(cache).unwrap_or(HeaderValue::from_static("no-store")),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
+    let mut r = response(
+        status,
+        "text/plain; charset=utf-8",
+        "no-store",
+        Bytes::from_static(message.as_bytes()),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    }
+    r
+}
+
+/// Answers one request. Pure apart from reading the catalog: unit-testable without sockets.
+pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let Some(route) = path::parse(path) else {
+        return error(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let dist_id = match &route {
+        Route::Health => {
+            return response(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "no-store",
+                Bytes::from_static(b"ok\n"),
+            );
+        }
+        Route::Multivariant { dist, .. }
+        | Route::MediaPlaylist { dist, .. }
+        | Route::Init { dist, .. }
+        | Route::Segment { dist, .. } => dist,
+    };
+    let Some(dist) = catalog.distributions.get(dist_id).filter(|d| d.enabled) else {
+        return error(StatusCode::NOT_FOUND, "unknown distribution\n");
+    };
+    let output = match &route {
+        Route::Init { .. } => OutputKind::Cmaf,
+        Route::Multivariant { output, .. }
+        | Route::MediaPlaylist { output, .. }
+        | Route::Segment { output, .. } => *output,
+        Route::Health => unreachable!("answered above"),
+    };
+    if !dist.outputs.contains(&output) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "output not enabled for this distribution\n",
+        );
+    }
+    match route {
+        Route::Multivariant { output, .. } => match dist
+            .engines
+            .iter()
+            .find_map(|e| e.multivariant(output, dist.max_kbps))
+        {
+            Some(body) => response(StatusCode::OK, PLAYLIST, MULTIVARIANT_CACHE, body),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n"),
+        },
+        Route::MediaPlaylist {
+            output, rendition, ..
+        } => {
+            match dist
+                .engines
+                .iter()
+                .find_map(|e| e.media_playlist(output, rendition.as_str()))
+            {
+                Some(body) => response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body),
+                None if dist
+                    .engines
+                    .iter()
+                    .any(|e| e.rendition_names().iter().any(|n| n == rendition.as_str())) =>
+                {
+                    error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n")
+                }
+                None => error(StatusCode::NOT_FOUND, "unknown rendition\n"),
+            }
+        }
+        Route::Init {
+            rendition, version, ..
+        } => match dist
+            .engines
+            .iter()
+            .find_map(|e| e.init_segment(rendition.as_str(), version))
+        {
+            Some(body) => response(StatusCode::OK, "video/mp4", SEGMENT_CACHE, body),
+            None => error(StatusCode::NOT_FOUND, "no such init segment\n"),
+        },
+        Route::Segment {
+            output,
+            rendition,
+            msn,
+            ..
+        } => {
+            match dist
+                .engines
+                .iter()
+                .find_map(|e| e.segment(output, rendition.as_str(), msn))
+            {
+                Some(body) => {
+                    let ct = match output {
+                        OutputKind::Cmaf => "video/iso.segment",
+                        OutputKind::Ts => "video/mp2t",
+                    };
+                    response(StatusCode::OK, ct, SEGMENT_CACHE, body)
+                }
+                None => error(StatusCode::NOT_FOUND, "no such segment\n"),
+            }
+        }
+        Route::Health => unreachable!("answered above"),
+    }
+}
+
+async fn service(
+    state: Arc<HttpState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let catalog = state.catalog.load();
+    let mut resp = handle(&catalog, req.method(), req.uri().path());
+    if req.method() == Method::HEAD {
+        let n = hyper::body::Body::size_hint(resp.body())
+            .exact()
+            .unwrap_or(0);
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        *resp.body_mut() = Full::new(Bytes::new());
+    }
+    tracing::debug!(method = %req.method(), path = req.uri().path(), status = resp.status().as_u16(), "http");
+    Ok(resp)
+}
+
+/// Serves HTTP/1.1 until `cancel` fires.
+pub async fn serve_http(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    limits: HttpLimits,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = JoinSet::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = listener.accept() => r,
+        };
+        let (stream, peer): (_, SocketAddr) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "HTTP connection limit reached; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let cancel = cancel.clone();
+        let header_timeout = limits.header_read_timeout;
+        conns.spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(move |req| service(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "HTTP connection error") },
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    conns.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_without_engines() {
+        let mut c = Catalog::default();
+        c.distributions.insert(
+            Id::new("d").unwrap(),
+            DistributionEntry {
+                outputs: vec![OutputKind::Cmaf],
+                max_kbps: None,
+                enabled: true,
+                engines: vec![],
+            },
+        );
+        c.distributions.insert(
+            Id::new("off").unwrap(),
+            DistributionEntry {
+                outputs: vec![OutputKind::Cmaf],
+                max_kbps: None,
+                enabled: false,
+                engines: vec![],
+            },
+        );
+        let get = |p: &str| handle(&c, &Method::GET, p).status();
+        assert_eq!(get("/healthz"), StatusCode::OK);
+        assert_eq!(
+            get("/live/d/cmaf/index.m3u8"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get("/live/d/ts/index.m3u8"), StatusCode::NOT_FOUND);
+        assert_eq!(get("/live/nope/cmaf/index.m3u8"), StatusCode::NOT_FOUND);
+        assert_eq!(get("/live/off/cmaf/index.m3u8"), StatusCode::NOT_FOUND);
+        assert_eq!(get("/live/d/cmaf/720p/index.m3u8"), StatusCode::NOT_FOUND);
+        assert_eq!(get("/live/d/cmaf/720p/5.m4s"), StatusCode::NOT_FOUND);
+        assert_eq!(get("/etc/passwd"), StatusCode::NOT_FOUND);
+        assert_eq!(
+            handle(&c, &Method::POST, "/healthz").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let r = handle(&c, &Method::GET, "/live/d/cmaf/index.m3u8");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+}

@@ -1,0 +1,755 @@
+//! The segment timeline: cuts video renditions on the media-time grid, makes
+//! audio follow rendition 0's cuts, and writes segments into the store.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice_core::time::{NANOS_PER_SEC, rescale};
+use sluice_core::{AudioConfig, Frame, Id, MediaTime, VideoConfig};
+
+use crate::fmp4::{self, Sample, TrackConfig, VIDEO_TIMESCALE};
+use crate::store::{AUDIO_RENDITION, EngineOutput, StoredSegment, VariantInfo};
+use crate::ts::{TsFrame, TsWriter};
+use crate::{OutputKind, PackageError};
+
+/// An open segment larger than this drops further frames (a keyframe never came).
+const MAX_SEGMENT_BYTES: usize = 64 << 20;
+/// Audio kept waiting for slow video, in bytes.
+const MAX_AUDIO_QUEUE_BYTES: usize = 16 << 20;
+/// Audio kept waiting for slow video, in segment durations of media time.
+const AUDIO_QUEUE_SEGMENTS: i64 = 6;
+/// Closed segments kept waiting for audio, per rendition, before writing anyway.
+const MAX_PENDING_SEGMENTS: usize = 8;
+/// Frame duration assumed when nothing better is known (30 fps).
+const DEFAULT_FRAME_DURATION: MediaTime = NANOS_PER_SEC / 30;
+
+/// How an engine's output is cut and kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackagerSettings {
+    /// Target segment duration `d`; segments are cut on multiples of it.
+    pub segment_duration: MediaTime,
+    /// Media time listed in each media playlist (at least three segments).
+    pub window: MediaTime,
+    /// Produce fMP4/CMAF segments.
+    pub cmaf: bool,
+    /// Produce MPEG-TS segments.
+    pub ts: bool,
+}
+
+/// A video rendition as configured (for passthrough: the input's values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenditionSpec {
+    pub name: Id,
+    pub width: u32,
+    pub height: u32,
+    pub video_kbps: u32,
+}
+
+/// The audio track as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioSpec {
+    pub kbps: u32,
+}
+
+/// A video segment still receiving frames.
+#[derive(Debug)]
+struct OpenSegment {
+    msn: u64,
+    /// `pts.div_euclid(d)` of the first frame.
+    grid: i64,
+    start: MediaTime,
+    discontinuity: bool,
+    cfg: Arc<VideoConfig>,
+    init_version: u32,
+    frames: Vec<Frame>,
+    bytes: usize,
+}
+
+/// A finished video segment: its media interval is known.
+#[derive(Debug)]
+struct ClosedSegment {
+    msn: u64,
+    start: MediaTime,
+    end: MediaTime,
+    discontinuity: bool,
+    cfg: Arc<VideoConfig>,
+    frames: Vec<Frame>,
+}
+
+/// Rendition 0's segment interval, which the CMAF audio segment of the same
+/// msn covers.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    msn: u64,
+    start: MediaTime,
+    end: MediaTime,
+    discontinuity: bool,
+}
+
+#[derive(Debug)]
+struct VideoState {
+    name: String,
+    cfg: Option<Arc<VideoConfig>>,
+    init_version: u32,
+    fps_known: bool,
+    open: Option<OpenSegment>,
+    next_msn: Option<u64>,
+    pending_discontinuity: bool,
+    last_dts: Option<MediaTime>,
+    /// Last positive decode-time step, for the duration of a segment's last
+    /// frame when no next frame will come.
+    frame_duration: MediaTime,
+    fragment_seq: u32,
+    ts: TsWriter,
+    /// Closed segments waiting for audio before their TS segment is written.
+    pending_ts: VecDeque<ClosedSegment>,
+    last_end: Option<MediaTime>,
+}
+
+#[derive(Debug)]
+struct AudioState {
+    cfg: Option<Arc<AudioConfig>>,
+    init_version: u32,
+    fragment_seq: u32,
+    /// Frames in presentation order, not yet written into every output that needs them.
+    queue: VecDeque<Frame>,
+    queue_bytes: usize,
+    dropped: u64,
+    last_pts: Option<MediaTime>,
+    /// How far audio has arrived: last pts plus one frame duration.
+    end: Option<MediaTime>,
+    /// Rendition 0's cuts waiting for audio (CMAF).
+    pending_cuts: VecDeque<Cut>,
+    /// The CMAF audio playlist has its first segment.
+    started: bool,
+    carry_discontinuity: bool,
+}
+
+/// Writer side of one engine's packaged output.
+///
+/// Owned by one engine and called from its threads (behind a `Mutex`). It
+/// never fails its caller: odd input (empty frames, frames before their
+/// config, decode times going backwards) is logged and dropped.
+#[derive(Debug)]
+pub struct Packager {
+    d: MediaTime,
+    cmaf: bool,
+    ts: bool,
+    output: Arc<EngineOutput>,
+    video: Vec<VideoState>,
+    audio: Option<AudioState>,
+    /// Highest pts seen on any video rendition.
+    video_head: Option<MediaTime>,
+    finished: bool,
+}
+
+impl Packager {
+    pub fn new(
+        settings: PackagerSettings,
+        renditions: Vec<RenditionSpec>,
+        audio: Option<AudioSpec>,
+    ) -> (Packager, Arc<EngineOutput>) {
+        let d = if settings.segment_duration > 0 {
+            settings.segment_duration
+        } else {
+            tracing::warn!(
+                d = settings.segment_duration,
+                "segment duration must be positive; using 2 s"
+            );
+            2 * NANOS_PER_SEC
+        };
+        let mut outputs = vec![];
+        if settings.cmaf {
+            outputs.push(OutputKind::Cmaf);
+        }
+        if settings.ts {
+            outputs.push(OutputKind::Ts);
+        }
+        if renditions
+            .iter()
+            .any(|r| r.name.as_str() == AUDIO_RENDITION)
+        {
+            tracing::warn!(
+                "a video rendition named \"audio\" clashes with the CMAF audio rendition"
+            );
+        }
+        let variants = renditions
+            .iter()
+            .map(|r| VariantInfo {
+                name: r.name.to_string(),
+                width: r.width,
+                height: r.height,
+                configured_kbps: r.video_kbps,
+                codec: None,
+                frame_rate: None,
+            })
+            .collect();
+        let output = Arc::new(EngineOutput::new(
+            d,
+            settings.window,
+            outputs,
+            variants,
+            audio.as_ref().map(|a| a.kbps),
+        ));
+        let video = renditions
+            .iter()
+            .map(|r| VideoState {
+                name: r.name.to_string(),
+                cfg: None,
+                init_version: 0,
+                fps_known: false,
+                open: None,
+                next_msn: None,
+                pending_discontinuity: false,
+                last_dts: None,
+                frame_duration: DEFAULT_FRAME_DURATION,
+                fragment_seq: 0,
+                ts: TsWriter::new(),
+                pending_ts: VecDeque::new(),
+                last_end: None,
+            })
+            .collect();
+        let audio = audio.map(|_| AudioState {
+            cfg: None,
+            init_version: 0,
+            fragment_seq: 0,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            dropped: 0,
+            last_pts: None,
+            end: None,
+            pending_cuts: VecDeque::new(),
+            started: false,
+            carry_discontinuity: false,
+        });
+        let packager = Packager {
+            d,
+            cmaf: settings.cmaf,
+            ts: settings.ts,
+            output: output.clone(),
+            video,
+            audio,
+            video_head: None,
+            finished: false,
+        };
+        (packager, output)
+    }
+
+    /// Sets a rendition's codec configuration. Call before its first frame; a
+    /// changed configuration applies from the next segment on and gets a new
+    /// init segment version (so `EXT-X-MAP` changes).
+    pub fn set_video_config(&mut self, rendition: usize, cfg: VideoConfig) {
+        let Some(v) = self.video.get_mut(rendition) else {
+            tracing::warn!(rendition, "set_video_config: no such rendition");
+            return;
+        };
+        if v.cfg.as_deref() == Some(&cfg) {
+            return;
+        }
+        v.init_version += 1;
+        if self.cmaf {
+            self.output.add_init(
+                &v.name,
+                v.init_version,
+                fmp4::init_segment(TrackConfig::Video(&cfg)),
+            );
+        }
+        let (codec, width, height) = (cfg.codec_string(), cfg.width, cfg.height);
+        self.output.update_variant(rendition, |info| {
+            info.codec = Some(codec);
+            if width > 0 && height > 0 {
+                info.width = width;
+                info.height = height;
+            }
+        });
+        v.cfg = Some(Arc::new(cfg));
+    }
+
+    /// Sets the AAC configuration (ignored when the packager has no audio).
+    pub fn set_audio_config(&mut self, cfg: AudioConfig) {
+        let Some(a) = self.audio.as_mut() else {
+            tracing::debug!("set_audio_config: packager has no audio");
+            return;
+        };
+        if a.cfg.as_deref() == Some(&cfg) {
+            return;
+        }
+        a.init_version += 1;
+        if self.cmaf {
+            self.output.add_init(
+                AUDIO_RENDITION,
+                a.init_version,
+                fmp4::init_segment(TrackConfig::Audio(&cfg)),
+            );
+        }
+        self.output.set_audio_codec(cfg.codec_string());
+        a.cfg = Some(Arc::new(cfg));
+    }
+
+    /// States a rendition's frame rate (for `FRAME-RATE`); otherwise it is
+    /// estimated from the first segment's frame timing.
+    pub fn set_frame_rate(&mut self, rendition: usize, fps: f64) {
+        let Some(v) = self.video.get_mut(rendition) else {
+            return;
+        };
+        if !(fps.is_finite() && fps > 0.0 && fps < 1000.0) {
+            tracing::warn!(rendition, fps, "ignoring implausible frame rate");
+            return;
+        }
+        v.fps_known = true;
+        self.output
+            .update_variant(rendition, |info| info.frame_rate = Some(fps));
+    }
+
+    /// Adds a video access unit (AVCC, decode order) of one rendition.
+    pub fn push_video(&mut self, rendition: usize, frame: Frame) {
+        if let Err(e) = self.try_push_video(rendition, frame) {
+            match e {
+                PackageError::WaitingForKeyframe => {
+                    tracing::trace!(rendition, "video frame dropped: {e}")
+                }
+                _ => tracing::warn!(rendition, "video frame dropped: {e}"),
+            }
+        }
+    }
+
+    fn try_push_video(&mut self, r: usize, frame: Frame) -> Result<(), PackageError> {
+        if self.finished {
+            return Err(PackageError::Finished);
+        }
+        let d = self.d;
+        let v = self
+            .video
+            .get_mut(r)
+            .ok_or(PackageError::NoSuchRendition(r))?;
+        if frame.data.is_empty() {
+            return Err(PackageError::EmptyFrame);
+        }
+        let cfg = v.cfg.clone().ok_or(PackageError::NoConfig)?;
+        if let Some(previous) = v.last_dts
+            && frame.dts <= previous
+        {
+            return Err(PackageError::NonMonotonic {
+                dts: frame.dts,
+                previous,
+            });
+        }
+        let grid = frame.pts.div_euclid(d);
+        let cut = match &v.open {
+            None if !frame.keyframe => return Err(PackageError::WaitingForKeyframe),
+            None => true,
+            Some(open) => frame.keyframe && grid > open.grid,
+        };
+        if !cut
+            && let Some(open) = &v.open
+            && open.bytes + frame.data.len() > MAX_SEGMENT_BYTES
+        {
+            return Err(PackageError::SegmentTooLarge(MAX_SEGMENT_BYTES));
+        }
+        if let Some(prev) = v.last_dts {
+            v.frame_duration = frame.dts.saturating_sub(prev).clamp(1, NANOS_PER_SEC);
+        }
+        v.last_dts = Some(frame.dts);
+        self.video_head = Some(self.video_head.map_or(frame.pts, |h| h.max(frame.pts)));
+
+        if cut {
+            self.close_segment(r, Some((frame.pts, frame.dts)));
+            let v = &mut self.video[r];
+            let msn = v.next_msn.unwrap_or_else(|| grid.max(0) as u64);
+            v.next_msn = Some(msn.saturating_add(1));
+            v.open = Some(OpenSegment {
+                msn,
+                grid,
+                start: frame.pts,
+                discontinuity: std::mem::take(&mut v.pending_discontinuity),
+                cfg,
+                init_version: v.init_version,
+                frames: Vec::with_capacity(64),
+                bytes: 0,
+            });
+        }
+        let open = self.video[r]
+            .open
+            .as_mut()
+            .expect("a segment is open after a cut");
+        open.bytes += frame.data.len();
+        open.frames.push(frame);
+        self.release(false);
+        Ok(())
+    }
+
+    /// Adds one raw AAC frame.
+    pub fn push_audio(&mut self, frame: Frame) {
+        if let Err(e) = self.try_push_audio(frame) {
+            tracing::warn!("audio frame dropped: {e}");
+        }
+    }
+
+    fn try_push_audio(&mut self, frame: Frame) -> Result<(), PackageError> {
+        if self.finished {
+            return Err(PackageError::Finished);
+        }
+        let a = self.audio.as_mut().ok_or(PackageError::NoAudio)?;
+        if frame.data.is_empty() {
+            return Err(PackageError::EmptyFrame);
+        }
+        let cfg = a.cfg.as_ref().ok_or(PackageError::NoConfig)?;
+        if let Some(previous) = a.last_pts
+            && frame.pts <= previous
+        {
+            return Err(PackageError::NonMonotonic {
+                dts: frame.pts,
+                previous,
+            });
+        }
+        a.last_pts = Some(frame.pts);
+        a.end = Some(frame.pts.saturating_add(aac_frame_duration(cfg)));
+        a.queue_bytes += frame.cost();
+        a.queue.push_back(frame);
+        self.cap_audio_queue();
+        self.release(false);
+        Ok(())
+    }
+
+    /// The input session changed: open segments are closed, and the next
+    /// segment of every rendition and of audio carries `EXT-X-DISCONTINUITY`
+    /// (RFC 8216bis §4.4.4.3). Numbering continues.
+    pub fn discontinuity(&mut self) {
+        if self.finished {
+            return;
+        }
+        for r in 0..self.video.len() {
+            self.close_segment(r, None);
+            let v = &mut self.video[r];
+            v.pending_discontinuity = v.next_msn.is_some() || v.pending_discontinuity;
+            v.last_dts = None;
+        }
+        self.release(true);
+        if let Some(a) = self.audio.as_mut() {
+            a.queue.clear();
+            a.queue_bytes = 0;
+            a.last_pts = None;
+            a.end = None;
+        }
+        self.video_head = None;
+    }
+
+    /// Flushes open segments; playlists get `EXT-X-ENDLIST`.
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        for r in 0..self.video.len() {
+            self.close_segment(r, None);
+        }
+        self.release(true);
+        self.finished = true;
+        self.output.finish();
+    }
+
+    /// Closes rendition `r`'s open segment. `next` is the (pts, dts) of the
+    /// frame that opens the next one; without it the end is extrapolated.
+    fn close_segment(&mut self, r: usize, next: Option<(MediaTime, MediaTime)>) {
+        let v = &mut self.video[r];
+        let Some(open) = v.open.take() else { return };
+        let Some(last_dts) = open.frames.last().map(|f| f.dts) else {
+            return;
+        };
+        let (end, next_dts) = match next {
+            Some(n) => n,
+            None => {
+                let max_pts = open
+                    .frames
+                    .iter()
+                    .map(|f| f.pts)
+                    .max()
+                    .unwrap_or(open.start);
+                (
+                    max_pts.saturating_add(v.frame_duration),
+                    last_dts.saturating_add(v.frame_duration),
+                )
+            }
+        };
+        let end = end.max(open.start.saturating_add(1));
+        let seg = ClosedSegment {
+            msn: open.msn,
+            start: open.start,
+            end,
+            discontinuity: open.discontinuity,
+            cfg: open.cfg,
+            frames: open.frames,
+        };
+        v.last_end = Some(end);
+
+        if !v.fps_known && seg.frames.len() >= 2 {
+            let span = last_dts.saturating_sub(seg.frames[0].dts);
+            if span > 0 {
+                let fps = (seg.frames.len() - 1) as f64 * NANOS_PER_SEC as f64 / span as f64;
+                v.fps_known = true;
+                self.output
+                    .update_variant(r, |info| info.frame_rate = Some(fps));
+            }
+        }
+        if self.cmaf {
+            let (base, samples) = to_samples(&seg.frames, next_dts, VIDEO_TIMESCALE);
+            v.fragment_seq = v.fragment_seq.wrapping_add(1);
+            let data = media_segment(v.fragment_seq, base, &samples);
+            let stored = StoredSegment {
+                msn: seg.msn,
+                duration: seg.end.saturating_sub(seg.start),
+                discontinuity: seg.discontinuity,
+                init_version: Some(open.init_version),
+                data: Some(data),
+            };
+            self.output.add_segment(OutputKind::Cmaf, &v.name, stored);
+        }
+        if r == 0
+            && self.cmaf
+            && let Some(a) = self.audio.as_mut()
+        {
+            a.pending_cuts.push_back(Cut {
+                msn: seg.msn,
+                start: seg.start,
+                end: seg.end,
+                discontinuity: seg.discontinuity,
+            });
+        }
+        if self.ts {
+            let v = &mut self.video[r];
+            v.pending_ts.push_back(seg);
+        }
+    }
+
+    /// Is audio complete up to `end` (or given up on)?
+    fn audio_ready(&self, start: MediaTime, end: MediaTime) -> bool {
+        let Some(a) = &self.audio else { return true };
+        let arrived = a.end.unwrap_or(start);
+        if arrived >= end {
+            return true;
+        }
+        // Audio far behind (or absent): write video without waiting.
+        self.video_head
+            .is_some_and(|h| h.saturating_sub(arrived) > self.d.saturating_mul(2))
+    }
+
+    /// Writes what no longer waits for audio; `force` writes everything pending.
+    fn release(&mut self, force: bool) {
+        for r in 0..self.video.len() {
+            while let Some(seg) = self.video[r].pending_ts.front() {
+                let ready = force
+                    || self.video[r].pending_ts.len() > MAX_PENDING_SEGMENTS
+                    || self.audio_ready(seg.start, seg.end);
+                if !ready {
+                    break;
+                }
+                let seg = self.video[r].pending_ts.pop_front().expect("front exists");
+                self.write_ts(r, seg);
+            }
+        }
+        while let Some(cut) = self
+            .audio
+            .as_ref()
+            .and_then(|a| a.pending_cuts.front().copied())
+        {
+            let many = self
+                .audio
+                .as_ref()
+                .is_some_and(|a| a.pending_cuts.len() > MAX_PENDING_SEGMENTS);
+            if !(force || many || self.audio_ready(cut.start, cut.end)) {
+                break;
+            }
+            if let Some(a) = self.audio.as_mut() {
+                a.pending_cuts.pop_front();
+            }
+            self.write_cmaf_audio(cut);
+        }
+        self.prune_audio();
+    }
+
+    fn write_ts(&mut self, r: usize, seg: ClosedSegment) {
+        let audio_cfg = self.audio.as_ref().and_then(|a| a.cfg.clone());
+        let audio: Vec<TsFrame> = match &self.audio {
+            Some(a) if audio_cfg.is_some() => audio_in(&a.queue, seg.start, seg.end)
+                .map(|f| TsFrame {
+                    pts: f.pts,
+                    dts: f.dts,
+                    keyframe: true,
+                    data: f.data.clone(),
+                })
+                .collect(),
+            _ => vec![],
+        };
+        let video: Vec<TsFrame> = seg
+            .frames
+            .iter()
+            .map(|f| TsFrame {
+                pts: f.pts,
+                dts: f.dts,
+                keyframe: f.keyframe,
+                data: f.data.clone(),
+            })
+            .collect();
+        let v = &mut self.video[r];
+        let data =
+            v.ts.write_segment(&seg.cfg, &video, audio_cfg.as_deref(), &audio);
+        let stored = StoredSegment {
+            msn: seg.msn,
+            duration: seg.end.saturating_sub(seg.start),
+            discontinuity: seg.discontinuity,
+            init_version: None,
+            data: Some(data),
+        };
+        self.output.add_segment(OutputKind::Ts, &v.name, stored);
+    }
+
+    fn write_cmaf_audio(&mut self, cut: Cut) {
+        let Some(a) = self.audio.as_mut() else { return };
+        let Some(cfg) = a.cfg.clone() else {
+            a.carry_discontinuity |= cut.discontinuity;
+            return;
+        };
+        let frames: Vec<&Frame> = audio_in(&a.queue, cut.start, cut.end).collect();
+        let discontinuity = cut.discontinuity || a.carry_discontinuity;
+        let data = if let (Some(first), Some(last)) = (frames.first(), frames.last()) {
+            let timescale = cfg.sample_rate.max(1);
+            // The frame after the last one, if it has arrived, fixes the last duration.
+            let next_dts = a
+                .queue
+                .iter()
+                .find(|f| f.pts > last.pts)
+                .map_or(last.dts.saturating_add(aac_frame_duration(&cfg)), |f| f.dts);
+            let owned: Vec<Frame> = frames.iter().map(|f| (*f).clone()).collect();
+            let (base, samples) = to_samples(&owned, next_dts, timescale);
+            debug_assert_eq!(first.dts, owned[0].dts);
+            a.fragment_seq = a.fragment_seq.wrapping_add(1);
+            Some(media_segment(a.fragment_seq, base, &samples))
+        } else if a.started {
+            None // a gap in a running audio track
+        } else {
+            a.carry_discontinuity |= cut.discontinuity;
+            return; // audio has not begun: the audio playlist starts later
+        };
+        a.started = true;
+        a.carry_discontinuity = false;
+        let stored = StoredSegment {
+            msn: cut.msn,
+            duration: cut.end.saturating_sub(cut.start),
+            discontinuity,
+            init_version: Some(a.init_version),
+            data,
+        };
+        self.output
+            .add_segment(OutputKind::Cmaf, AUDIO_RENDITION, stored);
+    }
+
+    /// The earliest audio time still needed by some output.
+    fn audio_needed_from(&self) -> Option<MediaTime> {
+        let need = |v: &VideoState, pending: Option<MediaTime>| {
+            pending.or(v.open.as_ref().map(|o| o.start)).or(v.last_end)
+        };
+        let mut from: Option<MediaTime> = None;
+        let mut consider = |t: Option<MediaTime>| {
+            if let Some(t) = t {
+                from = Some(from.map_or(t, |f| f.min(t)));
+            }
+        };
+        if self.ts {
+            for v in &self.video {
+                consider(need(v, v.pending_ts.front().map(|s| s.start)));
+            }
+        }
+        if self.cmaf
+            && let (Some(a), Some(v0)) = (&self.audio, self.video.first())
+        {
+            consider(need(v0, a.pending_cuts.front().map(|c| c.start)));
+        }
+        from
+    }
+
+    fn prune_audio(&mut self) {
+        let Some(from) = self.audio_needed_from() else {
+            return;
+        };
+        let Some(a) = self.audio.as_mut() else { return };
+        while a.queue.front().is_some_and(|f| f.pts < from) {
+            let f = a.queue.pop_front().expect("front exists");
+            a.queue_bytes -= f.cost();
+        }
+    }
+
+    fn cap_audio_queue(&mut self) {
+        let needed_from = self.audio_needed_from();
+        let span_cap = self.d.saturating_mul(AUDIO_QUEUE_SEGMENTS);
+        let Some(a) = self.audio.as_mut() else { return };
+        while let (Some(front), Some(back)) = (a.queue.front(), a.queue.back()) {
+            if back.pts.saturating_sub(front.pts) <= span_cap
+                && a.queue_bytes <= MAX_AUDIO_QUEUE_BYTES
+            {
+                break;
+            }
+            let still_needed = needed_from.is_some_and(|t| front.pts >= t);
+            let f = a.queue.pop_front().expect("front exists");
+            a.queue_bytes -= f.cost();
+            if still_needed {
+                a.dropped += 1;
+                if a.dropped % 100 == 1 {
+                    tracing::warn!(
+                        dropped = a.dropped,
+                        "audio queue full (video far behind): oldest audio dropped"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Duration of one AAC frame (1024 samples).
+fn aac_frame_duration(cfg: &AudioConfig) -> MediaTime {
+    1024 * NANOS_PER_SEC / cfg.sample_rate.max(1) as i64
+}
+
+/// Audio frames with pts in `[start, end)`.
+fn audio_in(
+    queue: &VecDeque<Frame>,
+    start: MediaTime,
+    end: MediaTime,
+) -> impl Iterator<Item = &Frame> {
+    queue.iter().filter(move |f| f.pts >= start && f.pts < end)
+}
+
+/// Converts frames to fMP4 samples: every timestamp is rescaled from its
+/// absolute value, so durations never accumulate rounding drift. Negative
+/// decode times clamp to 0.
+fn to_samples(frames: &[Frame], next_dts: MediaTime, timescale: u32) -> (u64, Vec<Sample>) {
+    let tick = |t: MediaTime| rescale(t.max(0), timescale);
+    let base = frames.first().map_or(0, |f| tick(f.dts)) as u64;
+    let samples = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let next = frames.get(i + 1).map_or(next_dts, |n| n.dts);
+            let dts = tick(f.dts);
+            Sample {
+                duration: tick(next).saturating_sub(dts).clamp(0, u32::MAX as i64) as u32,
+                composition_offset: tick(f.pts)
+                    .saturating_sub(dts)
+                    .clamp(i32::MIN as i64, i32::MAX as i64)
+                    as i32,
+                keyframe: f.keyframe,
+                data: f.data.clone(),
+            }
+        })
+        .collect();
+    (base, samples)
+}
+
+/// A CMAF media segment: `styp` and one fragment.
+fn media_segment(sequence: u32, base: u64, samples: &[Sample]) -> Bytes {
+    let styp = fmp4::styp();
+    let fragment = fmp4::write_fragment(sequence, base, samples);
+    let mut out = Vec::with_capacity(styp.len() + fragment.len());
+    out.extend_from_slice(&styp);
+    out.extend_from_slice(&fragment);
+    Bytes::from(out)
+}

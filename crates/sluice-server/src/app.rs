@@ -1,0 +1,253 @@
+//! Wiring: a validated configuration becomes buses, engines, packagers,
+//! listeners and the HTTP catalog; then supervision until a signal.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use sluice_config::{Config, IngestProtocol, LadderRef, Output};
+use sluice_core::time::secs_f64_to_nanos;
+use sluice_core::{Id, MediaTime};
+use sluice_distribution::{Catalog, DistributionEntry, HttpLimits, HttpState};
+use sluice_engine::{
+    EncodedEvent, RenditionSettings, TestPattern, TestPatternSettings, TranscodeSettings,
+};
+use sluice_ingest::{ChannelBus, DEFAULT_BUS_CAPACITY, RtmpLimits};
+use sluice_package::{
+    AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine_runner::{self, Mode, SharedPackager};
+use crate::router::{KeyEntry, KeyRouter};
+
+/// Compressed input an engine may queue before it drops to the next keyframe.
+const ENGINE_INPUT_BYTES: u64 = 32 << 20;
+
+fn output_kind(o: Output) -> OutputKind {
+    match o {
+        Output::Cmaf => OutputKind::Cmaf,
+        Output::Ts => OutputKind::Ts,
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    sluice_engine::check_elements()?;
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut patterns: Vec<TestPattern> = Vec::new();
+    let mut router = KeyRouter::default();
+    // (channel, engine) -> what the HTTP side reads.
+    let mut outputs: HashMap<(Id, Id), Arc<EngineOutput>> = HashMap::new();
+    let mut packagers: Vec<SharedPackager> = Vec::new();
+
+    for (channel_id, channel) in &cfg.channels {
+        // Sessions start on a multiple of the longest segment so every engine's grid lines up.
+        let grid: MediaTime = channel
+            .engines
+            .values()
+            .map(|e| secs_f64_to_nanos(e.ladder.segment_seconds))
+            .max()
+            .unwrap_or(2_000_000_000);
+        let bus = ChannelBus::new(channel_id.clone(), grid, DEFAULT_BUS_CAPACITY);
+
+        let mut engines: Vec<_> = channel.engines.iter().collect();
+        engines.sort_by_key(|(id, e)| (e.priority, (*id).clone()));
+        for (engine_id, engine) in engines {
+            let ladder = &engine.ladder;
+            let settings = PackagerSettings {
+                segment_duration: secs_f64_to_nanos(ladder.segment_seconds),
+                window: secs_f64_to_nanos(ladder.window_seconds),
+                cmaf: engine.outputs.contains(&Output::Cmaf),
+                ts: engine.outputs.contains(&Output::Ts),
+            };
+            let (mode, renditions, audio) = match &engine.ladder_ref {
+                LadderRef::Passthrough => (
+                    Mode::Passthrough,
+                    vec![RenditionSpec {
+                        name: Id::new("source").expect("valid id"),
+                        width: 0,
+                        height: 0,
+                        video_kbps: 0,
+                    }],
+                    Some(AudioSpec { kbps: 0 }),
+                ),
+                LadderRef::Named(_) => (
+                    Mode::Transcode(TranscodeSettings {
+                        segment_duration: settings.segment_duration,
+                        renditions: ladder
+                            .renditions
+                            .iter()
+                            .map(|r| RenditionSettings {
+                                width: r.width,
+                                height: r.height,
+                                video_kbps: r.video_kbps,
+                            })
+                            .collect(),
+                        audio_kbps: ladder.audio_kbps,
+                        preset: ladder.encoder_preset.clone(),
+                        max_queued_bytes: ENGINE_INPUT_BYTES,
+                    }),
+                    ladder
+                        .renditions
+                        .iter()
+                        .map(|r| RenditionSpec {
+                            name: r.name.clone(),
+                            width: r.width,
+                            height: r.height,
+                            video_kbps: r.video_kbps,
+                        })
+                        .collect(),
+                    Some(AudioSpec {
+                        kbps: ladder.audio_kbps,
+                    }),
+                ),
+            };
+            let (packager, output) = Packager::new(settings, renditions, audio);
+            let packager = Arc::new(Mutex::new(packager));
+            packagers.push(packager.clone());
+            outputs.insert((channel_id.clone(), engine_id.clone()), output);
+            let name = format!("{channel_id}/{engine_id}");
+            tasks.spawn(engine_runner::run(
+                name,
+                mode,
+                bus.subscribe(),
+                packager,
+                cancel.clone(),
+            ));
+        }
+
+        for (ingest_id, ingest) in &channel.ingests {
+            match ingest.protocol {
+                IngestProtocol::Rtmp => {
+                    if let Some(key) = &ingest.stream_key {
+                        router.keys.insert(
+                            key.clone(),
+                            KeyEntry {
+                                ingest: ingest_id.clone(),
+                                protocol: ingest.protocol,
+                                enabled: ingest.enabled,
+                                allow_cidrs: ingest.allow_cidrs.clone(),
+                                bus: bus.clone(),
+                            },
+                        );
+                    }
+                }
+                IngestProtocol::TestPattern if ingest.enabled => {
+                    let publisher = bus.begin_publish(format!("test-pattern:{ingest_id}"))?;
+                    let publisher = Mutex::new(publisher);
+                    let tp = &ingest.test_pattern;
+                    let pattern = TestPattern::start(
+                        &TestPatternSettings {
+                            width: tp.width,
+                            height: tp.height,
+                            fps: tp.fps,
+                            ..Default::default()
+                        },
+                        Arc::new(move |ev: EncodedEvent| {
+                            let mut p = publisher.lock().unwrap_or_else(|e| e.into_inner());
+                            match ev {
+                                EncodedEvent::VideoConfig { config, .. } => p.video_config(config),
+                                EncodedEvent::AudioConfig(c) => p.audio_config(c),
+                                EncodedEvent::Video { frame, .. } | EncodedEvent::Audio(frame) => {
+                                    p.push(frame)
+                                }
+                            }
+                        }),
+                    )
+                    .with_context(|| {
+                        format!("cannot start test pattern {channel_id}/{ingest_id}")
+                    })?;
+                    tracing::info!(channel = %channel_id, ingest = %ingest_id, "test pattern started");
+                    patterns.push(pattern);
+                }
+                IngestProtocol::TestPattern => {}
+                other => {
+                    tracing::warn!(channel = %channel_id, ingest = %ingest_id, protocol = other.as_str(), "ingest protocol not supported yet; ignored");
+                }
+            }
+        }
+    }
+
+    let mut catalog = Catalog::default();
+    for (dist_id, dist) in &cfg.distributions {
+        let engines = dist
+            .engines
+            .iter()
+            .filter_map(|e| outputs.get(&(dist.channel.clone(), e.clone())).cloned())
+            .collect();
+        catalog.distributions.insert(
+            dist_id.clone(),
+            DistributionEntry {
+                outputs: dist.outputs.iter().map(|o| output_kind(*o)).collect(),
+                max_kbps: (dist.max_kbps > 0).then_some(dist.max_kbps),
+                enabled: dist.enabled,
+                engines,
+            },
+        );
+    }
+
+    let http = bind(cfg.server.http_listen, "HTTP").await?;
+    let rtmp = bind(cfg.server.rtmp_listen, "RTMP").await?;
+    tracing::info!(
+        http = %http.local_addr()?,
+        rtmp = %rtmp.local_addr()?,
+        config = %config_path.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
+        channels = cfg.channels.len(),
+        distributions = cfg.distributions.len(),
+        "sluice serving"
+    );
+    let mut servers = JoinSet::new();
+    servers.spawn(sluice_distribution::serve_http(
+        http,
+        HttpState::new(catalog),
+        HttpLimits::default(),
+        cancel.clone(),
+    ));
+    servers.spawn(sluice_ingest::serve_rtmp(
+        rtmp,
+        Arc::new(router),
+        RtmpLimits::default(),
+        cancel.clone(),
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    drop(patterns);
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    while servers.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; keeping the running configuration"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

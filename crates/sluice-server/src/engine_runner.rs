@@ -1,0 +1,172 @@
+//! Runs one engine: bus events in, a GStreamer transcoder (or passthrough) in
+//! the middle, the packager out.
+
+use std::sync::{Arc, Mutex};
+
+use sluice_core::{AudioConfig, MediaEvent, TrackKind, VideoConfig};
+use sluice_engine::{EncodedEvent, PushOutcome, TranscodeSettings, Transcoder};
+use sluice_ingest::BusReceiver;
+use sluice_package::Packager;
+use tokio_util::sync::CancellationToken;
+
+pub type SharedPackager = Arc<Mutex<Packager>>;
+
+fn lock(p: &SharedPackager) -> std::sync::MutexGuard<'_, Packager> {
+    // The packager's methods leave it consistent between calls; keep serving after a panic elsewhere.
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub enum Mode {
+    Transcode(TranscodeSettings),
+    Passthrough,
+}
+
+/// Hands encoder output to the packager.
+fn packager_sink(p: SharedPackager) -> Arc<dyn sluice_engine::EncodedSink> {
+    Arc::new(move |ev: EncodedEvent| {
+        let mut p = lock(&p);
+        match ev {
+            EncodedEvent::VideoConfig {
+                rendition,
+                config,
+                fps,
+            } => {
+                p.set_video_config(rendition, config);
+                if let Some(fps) = fps {
+                    p.set_frame_rate(rendition, fps);
+                }
+            }
+            EncodedEvent::AudioConfig(c) => p.set_audio_config(c),
+            EncodedEvent::Video { rendition, frame } => p.push_video(rendition, frame),
+            EncodedEvent::Audio(frame) => p.push_audio(frame),
+        }
+    })
+}
+
+struct Session {
+    id: u64,
+    video: VideoConfig,
+    audio: Option<AudioConfig>,
+}
+
+pub async fn run(
+    name: String,
+    mode: Mode,
+    mut rx: BusReceiver,
+    packager: SharedPackager,
+    cancel: CancellationToken,
+) {
+    let mut session: Option<Session> = None;
+    let mut transcoder: Option<Transcoder> = None;
+    let mut failed = false;
+    let mut dropped: u64 = 0;
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = poll.tick() => {
+                if let Some(t) = &transcoder
+                    && let Some(Err(e)) = t.poll()
+                {
+                    tracing::error!(engine = %name, error = %e, "pipeline failed; restarting at the next keyframe");
+                    transcoder = None;
+                    failed = true;
+                }
+                continue;
+            }
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+        };
+        match ev {
+            MediaEvent::Start {
+                session: id,
+                video,
+                audio,
+            } => {
+                if session.as_ref().is_some_and(|s| s.id == id) {
+                    continue; // replayed after a lag
+                }
+                // Null is synchronous: the old pipeline's threads are done before the seam.
+                transcoder = None;
+                if session.is_some() {
+                    lock(&packager).discontinuity();
+                }
+                tracing::info!(engine = %name, session = id, width = video.width, height = video.height, audio = audio.is_some(), "input session");
+                if let Mode::Passthrough = mode {
+                    let mut p = lock(&packager);
+                    p.set_video_config(0, video.clone());
+                    if let Some(a) = &audio {
+                        p.set_audio_config(a.clone());
+                    }
+                }
+                session = Some(Session { id, video, audio });
+                failed = false;
+            }
+            MediaEvent::Frame(frame) => {
+                let Some(s) = &session else { continue };
+                match &mode {
+                    Mode::Passthrough => {
+                        let mut p = lock(&packager);
+                        match frame.track {
+                            TrackKind::Video => p.push_video(0, frame),
+                            TrackKind::Audio => p.push_audio(frame),
+                        }
+                    }
+                    Mode::Transcode(settings) => {
+                        if transcoder.is_none() {
+                            if !(frame.track == TrackKind::Video && frame.keyframe) {
+                                continue;
+                            }
+                            if failed {
+                                lock(&packager).discontinuity();
+                            }
+                            match Transcoder::start(
+                                settings,
+                                &s.video,
+                                s.audio.as_ref(),
+                                packager_sink(packager.clone()),
+                            ) {
+                                Ok(t) => transcoder = Some(t),
+                                Err(e) => {
+                                    tracing::error!(engine = %name, error = %e, "cannot start pipeline");
+                                    failed = true;
+                                    continue;
+                                }
+                            }
+                        }
+                        if let Some(t) = &transcoder
+                            && t.push(&frame) == PushOutcome::Dropped
+                        {
+                            dropped += 1;
+                            if dropped.is_power_of_two() {
+                                tracing::warn!(engine = %name, dropped, "engine behind its input; frames dropped");
+                            }
+                        }
+                    }
+                }
+            }
+            MediaEvent::End { session: id } => {
+                if session.as_ref().is_some_and(|s| s.id == id)
+                    && let Some(t) = &transcoder
+                {
+                    t.end_of_stream();
+                }
+            }
+        }
+    }
+    if let Some(t) = &transcoder {
+        t.end_of_stream();
+        // Give the encoders a moment to drain what they hold.
+        for _ in 0..20 {
+            if t.poll().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    drop(transcoder);
+    lock(&packager).finish();
+    tracing::info!(engine = %name, "engine stopped");
+}

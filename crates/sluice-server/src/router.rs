@@ -1,0 +1,103 @@
+//! Who may publish where: stream keys from the configuration, mapped to channel buses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use sluice_config::IngestProtocol;
+use sluice_core::Id;
+use sluice_ingest::{ChannelBus, PublishRouter, Publisher, Refusal};
+
+pub struct KeyEntry {
+    pub ingest: Id,
+    pub protocol: IngestProtocol,
+    pub enabled: bool,
+    pub allow_cidrs: Vec<IpNet>,
+    pub bus: Arc<ChannelBus>,
+}
+
+#[derive(Default)]
+pub struct KeyRouter {
+    pub keys: HashMap<String, KeyEntry>,
+}
+
+impl KeyRouter {
+    fn authorize(
+        &self,
+        protocol: IngestProtocol,
+        key: &str,
+        peer: SocketAddr,
+    ) -> Result<Publisher, Refusal> {
+        let entry = self.keys.get(key).ok_or(Refusal::UnknownKey)?;
+        if entry.protocol != protocol {
+            return Err(Refusal::WrongProtocol);
+        }
+        if !entry.enabled {
+            return Err(Refusal::Disabled);
+        }
+        let ip = peer.ip().to_canonical();
+        if !entry.allow_cidrs.is_empty() && !entry.allow_cidrs.iter().any(|c| c.contains(&ip)) {
+            return Err(Refusal::AddressNotAllowed);
+        }
+        entry
+            .bus
+            .begin_publish(format!("{}:{}/{}", protocol.as_str(), entry.ingest, peer))
+            .map_err(|_| Refusal::Busy)
+    }
+}
+
+impl PublishRouter for KeyRouter {
+    fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal> {
+        self.authorize(IngestProtocol::Rtmp, stream_key, peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> KeyRouter {
+        let bus = ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 64);
+        let mut r = KeyRouter::default();
+        let entry = |enabled, cidrs: Vec<IpNet>| KeyEntry {
+            ingest: Id::new("i").unwrap(),
+            protocol: IngestProtocol::Rtmp,
+            enabled,
+            allow_cidrs: cidrs,
+            bus: bus.clone(),
+        };
+        r.keys.insert("open".into(), entry(true, vec![]));
+        r.keys.insert("off".into(), entry(false, vec![]));
+        r.keys.insert(
+            "lan".into(),
+            entry(true, vec!["10.0.0.0/8".parse().unwrap()]),
+        );
+        r
+    }
+
+    #[test]
+    fn refusals() {
+        let r = router();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(
+            r.authorize_rtmp("nope", local).err(),
+            Some(Refusal::UnknownKey)
+        );
+        assert_eq!(
+            r.authorize_rtmp("off", local).err(),
+            Some(Refusal::Disabled)
+        );
+        assert_eq!(
+            r.authorize_rtmp("lan", local).err(),
+            Some(Refusal::AddressNotAllowed)
+        );
+        let p = r.authorize_rtmp("open", local).unwrap();
+        assert_eq!(r.authorize_rtmp("open", local).err(), Some(Refusal::Busy));
+        drop(p);
+        assert!(
+            r.authorize_rtmp("lan", "10.1.2.3:1".parse().unwrap())
+                .is_ok()
+        );
+    }
+}
