@@ -1,0 +1,347 @@
+//! Helpers for end-to-end tests: the real `sluice` binary, real ffmpeg
+//! publishers, real HTTP, and independent parsers (ffprobe, m3u8-rs, mp4).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use m3u8_rs::{MasterPlaylist, MediaPlaylist, Playlist};
+
+/// Tests that transcode share 2 cores: run them one at a time.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+pub fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub struct Server {
+    child: Child,
+    pub http: u16,
+    pub rtmp: u16,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `sluice serve` on `config` (a TOML body without `[server]`), on free loopback ports.
+    pub fn start(name: &str, config: &str) -> Server {
+        let dir = scratch_dir(name);
+        let (http, rtmp) = (free_port(), free_port());
+        let toml = format!(
+            "[server]\nhttp_listen = \"127.0.0.1:{http}\"\nrtmp_listen = \"127.0.0.1:{rtmp}\"\ndata_dir = \"{}\"\n\n{config}",
+            dir.join("data").display()
+        );
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, toml).unwrap();
+        Self::spawn(
+            &["serve", "--config", path.to_str().unwrap()],
+            http,
+            rtmp,
+            &dir,
+        )
+    }
+
+    pub fn spawn(args: &[&str], http: u16, rtmp: u16, dir: &Path) -> Server {
+        let log = dir.join("server.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("run sluice");
+        let server = Server {
+            child,
+            http,
+            rtmp,
+            log,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if get(&self.url("/healthz")).0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server did not become healthy; log:\n{}", self.log_text());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    pub fn rtmp_url(&self, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/live/{key}", self.rtmp)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `path` until `ok` accepts the body or `timeout` passes.
+    pub fn wait_for(&self, path: &str, timeout: Duration, ok: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, _, body) = get(&self.url(path));
+            if status == 200 && ok(&body) {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {path} (last status {status}); server log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until a media playlist lists at least `n` segments; returns it.
+    pub fn wait_segments(&self, path: &str, n: usize, timeout: Duration) -> MediaPlaylist {
+        let body = self.wait_for(path, timeout, |b| media_playlist(b).segments.len() >= n);
+        media_playlist(&body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET with a 10 s timeout: (status, headers as lowercase name/value pairs, body).
+pub fn get(url: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let resp = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(_) => return (0, vec![], vec![]),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            (
+                n.to_ascii_lowercase(),
+                resp.header(&n).unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let mut body = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut body);
+    (status, headers, body)
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+pub fn get_ok(url: &str) -> Vec<u8> {
+    let (status, _, body) = get(url);
+    assert_eq!(status, 200, "GET {url}");
+    body
+}
+
+pub fn media_playlist(body: &[u8]) -> MediaPlaylist {
+    match m3u8_rs::parse_playlist_res(body) {
+        Ok(Playlist::MediaPlaylist(p)) => p,
+        other => panic!(
+            "not a media playlist: {other:?}\n{}",
+            String::from_utf8_lossy(body)
+        ),
+    }
+}
+
+pub fn master_playlist(body: &[u8]) -> MasterPlaylist {
+    match m3u8_rs::parse_playlist_res(body) {
+        Ok(Playlist::MasterPlaylist(p)) => p,
+        other => panic!(
+            "not a multivariant playlist: {other:?}\n{}",
+            String::from_utf8_lossy(body)
+        ),
+    }
+}
+
+/// An ffmpeg RTMP publisher: a 30 fps test picture and a tone, H.264 + AAC in FLV.
+pub struct Publisher {
+    child: Child,
+}
+
+impl Publisher {
+    pub fn start(url: &str, seconds: u32, size: &str) -> Publisher {
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=size={size}:rate=30"),
+            ])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args(["-t", &seconds.to_string()])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-g",
+                "30",
+                "-pix_fmt",
+                "yuv420p",
+            ])
+            .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
+            .args(["-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ffmpeg on PATH");
+        Publisher { child }
+    }
+
+    /// Waits for ffmpeg to exit: (success, stderr).
+    pub fn wait(mut self, timeout: Duration) -> (bool, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return (status.success(), err);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("ffmpeg did not exit in {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What ffprobe sees in a media file.
+#[derive(Debug)]
+pub struct Probe {
+    pub width: u64,
+    pub height: u64,
+    pub has_audio: bool,
+    /// Video frames: (pts seconds, keyframe).
+    pub frames: Vec<(f64, bool)>,
+}
+
+impl Probe {
+    pub fn first_pts(&self) -> f64 {
+        self.frames.first().map(|f| f.0).unwrap_or(f64::NAN)
+    }
+}
+
+/// Decodes `bytes` (an init segment and a media segment concatenated, or a TS segment) with ffprobe.
+pub fn probe(bytes: &[u8], ext: &str) -> Probe {
+    let mut f = tempfile(ext);
+    f.1.write_all(bytes).unwrap();
+    drop(f.1);
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,width,height",
+            "-show_entries",
+            "frame=media_type,key_frame,pts_time",
+        ])
+        .args(["-of", "json"])
+        .arg(&f.0)
+        .output()
+        .expect("ffprobe on PATH");
+    let _ = std::fs::remove_file(&f.0);
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let video = streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .expect("a video stream");
+    let frames = v["frames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|f| f["media_type"] == "video")
+        .map(|f| {
+            (
+                f["pts_time"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(f64::NAN),
+                f["key_frame"] == 1,
+            )
+        })
+        .collect();
+    Probe {
+        width: video["width"].as_u64().unwrap_or(0),
+        height: video["height"].as_u64().unwrap_or(0),
+        has_audio: streams.iter().any(|s| s["codec_type"] == "audio"),
+        frames,
+    }
+}
+
+fn tempfile(ext: &str) -> (PathBuf, std::fs::File) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "sluice-e2e-{}-{}.{ext}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::File::create(&p).unwrap();
+    (p, f)
+}
+
+/// Media sequence number of each listed segment.
+pub fn msns(p: &MediaPlaylist) -> Vec<u64> {
+    (0..p.segments.len() as u64)
+        .map(|i| p.media_sequence + i)
+        .collect()
+}
