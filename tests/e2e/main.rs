@@ -25,6 +25,21 @@ encoder_preset = "ultrafast"
 renditions = [{ name = "180p", width = 320, height = 180, video_kbps = 300 }]
 "#;
 
+/// Channel `one`, published with key `key-one`, one engine on `ladder`, distribution `one`.
+fn one_channel(ladder: &str) -> String {
+    format!(
+        "{LADDER}
+[channels.one.ingests.main]
+protocol = \"rtmp\"
+stream_key = \"key-one\"
+[channels.one.engines.main]
+ladder = \"{ladder}\"
+[distributions.one]
+channel = \"one\"
+"
+    )
+}
+
 const SEG: f64 = 1.0;
 const FRAME: f64 = 1.0 / 30.0;
 const WAIT: Duration = Duration::from_secs(40);
@@ -38,20 +53,7 @@ fn start_time_of(server: &Server, dist: &str, rendition: &str, init: &[u8], msn:
 #[test]
 fn rtmp_push_becomes_an_aligned_cmaf_and_ts_ladder() {
     let _heavy = heavy();
-    let server = Server::start(
-        "ladder",
-        &format!(
-            "{LADDER}
-[channels.one.ingests.main]
-protocol = \"rtmp\"
-stream_key = \"key-one\"
-[channels.one.engines.main]
-ladder = \"test\"
-[distributions.one]
-channel = \"one\"
-"
-        ),
-    );
+    let server = Server::start("ladder", &one_channel("test"));
     assert_eq!(
         get(&server.url("/live/one/cmaf/index.m3u8")).0,
         503,
@@ -285,20 +287,7 @@ channel = \"two\"
 #[test]
 fn publisher_reconnect_continues_the_sequence_after_a_discontinuity() {
     let _heavy = heavy();
-    let server = Server::start(
-        "reconnect",
-        &format!(
-            "{LADDER}
-[channels.one.ingests.main]
-protocol = \"rtmp\"
-stream_key = \"key-one\"
-[channels.one.engines.main]
-ladder = \"small\"
-[distributions.one]
-channel = \"one\"
-"
-        ),
-    );
+    let server = Server::start("reconnect", &one_channel("small"));
     let path = "/live/one/cmaf/180p/index.m3u8";
     let first = Publisher::start(&server.rtmp_url("key-one"), 5, "320x180");
     assert!(first.wait(WAIT).0);
