@@ -40,6 +40,11 @@ pub struct RtmpLimits {
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    /// Bytes a peer may send before it is publishing (handshake, connect, publish commands).
+    pub max_bytes_before_publish: usize,
+    /// Bytes a publisher may send without completing a frame: bounds what the RTMP
+    /// chunk decoder can be made to buffer for one connection.
+    pub max_bytes_between_frames: usize,
 }
 
 impl Default for RtmpLimits {
@@ -49,6 +54,8 @@ impl Default for RtmpLimits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            max_bytes_before_publish: 1 << 20,
+            max_bytes_between_frames: 32 << 20,
         }
     }
 }
@@ -112,6 +119,8 @@ async fn connection(
     let mut publisher: Option<Publisher> = None;
     let mut buf = vec![0u8; 64 * 1024];
     let mut handshaken = false;
+    // Bytes received since the last complete frame (or since the start, before publishing).
+    let mut unproductive = 0usize;
     loop {
         let timeout = if handshaken {
             limits.idle_timeout
@@ -127,6 +136,17 @@ async fn connection(
                 Ok(Ok(n)) => n,
             },
         };
+        unproductive += n;
+        let cap = if publisher.is_some() {
+            limits.max_bytes_between_frames
+        } else {
+            limits.max_bytes_before_publish
+        };
+        if unproductive > cap {
+            return Err(format!(
+                "sent {unproductive} bytes without a complete frame; closing"
+            ));
+        }
         let mut pending = session.handle_input(&buf[..n]).map_err(|e| e.to_string())?;
         handshaken = true;
         let mut close_after_send = false;
@@ -155,6 +175,7 @@ async fn connection(
                         match verdict {
                             Ok(p) => {
                                 tracing::info!(%peer, channel = %p.channel(), "RTMP publish accepted");
+                                unproductive = 0;
                                 publisher = Some(p);
                                 next.extend(
                                     session
@@ -185,6 +206,7 @@ async fn connection(
                         }
                     }
                     RtmpAction::Frame(f) => {
+                        unproductive = 0;
                         if let Some(p) = publisher.as_mut() {
                             p.push(f);
                         }
