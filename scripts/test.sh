@@ -6,4 +6,11 @@ cd "$(dirname "$0")/.."
 scripts/setup-debian.sh --test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+# Fuzz seeds and past crash inputs, replayed through the fuzz targets' bodies.
+cargo test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a "$log"
+# cargo's last line belongs to whichever crate ran last (often doc-tests with
+# nothing to run); close with the totals over every test binary instead.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -244,7 +244,13 @@ fn parse_sps(rbsp: &[u8]) -> Option<(u32, u32)> {
                     let (mut last, mut next) = (8i32, 8i32);
                     for _ in 0..size {
                         if next != 0 {
-                            next = (last + r.se()? + 256) % 256;
+                            // §7.4.2.1.1.1: delta_scale is in −128..=127; anything
+                            // else is malformed (and would overflow the sum below).
+                            let delta_scale = r.se()?;
+                            if !(-128..=127).contains(&delta_scale) {
+                                return None;
+                            }
+                            next = (last + delta_scale + 256) % 256;
                         }
                         last = if next == 0 { last } else { next };
                     }
@@ -332,6 +338,17 @@ mod tests {
             let _ = VideoConfig::from_avcc(Bytes::copy_from_slice(&AVCC_720P[..n]));
         }
         assert!(VideoConfig::from_avcc(Bytes::from_static(&[1, 2])).is_err());
+    }
+
+    /// Found by the `codec_records` fuzz target: a scaling list delta_scale of
+    /// i32::MAX overflowed `last + delta_scale` (a panic with overflow checks on).
+    #[test]
+    fn out_of_range_delta_scale_is_error_not_panic() {
+        // High profile SPS, scaling matrix present, first list's delta_scale = se(2^32 - 3).
+        let sps = [
+            0x67, 0x64, 0x00, 0x1f, 0xad, 0x80, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xfe, 0x80,
+        ];
+        assert_eq!(sps_dimensions(&sps), Err(CodecError::BadSps));
     }
 
     #[test]

@@ -84,6 +84,18 @@ pub struct RtmpSession {
 
 const MS: i64 = 1_000_000;
 
+/// Runs rml_rtmp on untrusted bytes, turning a panic inside it into an error.
+///
+/// rml_rtmp 0.8.0 panics on some malformed input (found by `fuzz/rtmp_session`):
+/// an unchecked subtraction in its chunk deserializer when a chunk header shrinks a
+/// message already partly received, and `drain(..3)` on an AMF0 command with fewer
+/// than three values. The session is unusable afterwards; the error closes the
+/// connection. Remove once rml_rtmp checks these itself.
+fn contain_panic<T>(parse: impl FnOnce() -> T) -> Result<T, RtmpError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
+        .map_err(|_| RtmpError::Protocol("malformed input made rml_rtmp panic".into()))
+}
+
 impl Default for RtmpSession {
     fn default() -> Self {
         Self::new()
@@ -111,8 +123,7 @@ impl RtmpSession {
         let mut out = Vec::new();
         match &mut self.state {
             State::Handshaking(hs) => {
-                match hs
-                    .process_bytes(bytes)
+                match contain_panic(|| hs.process_bytes(bytes))?
                     .map_err(|e| RtmpError::Handshake(format!("{e:?}")))?
                 {
                     HandshakeProcessResult::InProgress { response_bytes } => {
@@ -138,8 +149,7 @@ impl RtmpSession {
                 }
             }
             State::Session(session) => {
-                let results = session
-                    .handle_input(bytes)
+                let results = contain_panic(|| session.handle_input(bytes))?
                     .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
                 self.process(results, &mut out)?;
             }
@@ -326,6 +336,45 @@ mod tests {
         assert_eq!(t.extend(u32::MAX - 10), (u32::MAX - 10) as i64);
         assert_eq!(t.extend(5), (1i64 << 32) + 5);
         assert_eq!(t.extend(3), (1i64 << 32) + 3);
+    }
+
+    /// C0 and an all-zero C1 and C2: rml_rtmp falls back to the plain handshake.
+    fn handshaken() -> RtmpSession {
+        let mut s = RtmpSession::new();
+        let mut hs = vec![3u8];
+        hs.resize(1 + 2 * 1536, 0);
+        s.handle_input(&hs).expect("handshake");
+        assert!(matches!(s.state, State::Session(_)));
+        s
+    }
+
+    /// A type 0 chunk header on chunk stream 3, message stream 0.
+    fn chunk0(len: u32, type_id: u8) -> Vec<u8> {
+        let mut c = vec![0x03, 0, 0, 0];
+        c.extend_from_slice(&len.to_be_bytes()[1..]);
+        c.extend_from_slice(&[type_id, 0, 0, 0, 0]);
+        c
+    }
+
+    /// Regression (fuzz/rtmp_session): rml_rtmp's `drain(..3)` on a one-value command.
+    #[test]
+    fn short_amf0_command_is_an_error_not_a_panic() {
+        let mut s = handshaken();
+        let mut input = chunk0(10, 20);
+        input.extend_from_slice(b"\x02\x00\x07connect");
+        assert!(s.handle_input(&input).is_err());
+    }
+
+    /// Regression (fuzz/rtmp_session): a type 1 header shrinking a message that is
+    /// already partly received underflowed rml_rtmp's remaining-length subtraction.
+    #[test]
+    fn shrunk_partial_message_is_an_error_not_a_panic() {
+        let mut s = handshaken();
+        let mut input = chunk0(200, 20);
+        input.extend_from_slice(&[0u8; 128]); // the first 128-byte chunk of 200
+        input.extend_from_slice(&[0x43, 0, 0, 0, 0, 0, 10, 20]); // type 1: length 10
+        input.extend_from_slice(&[0u8; 10]);
+        assert!(s.handle_input(&input).is_err());
     }
 
     #[test]
