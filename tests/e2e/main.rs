@@ -291,7 +291,16 @@ fn publisher_reconnect_continues_the_sequence_after_a_discontinuity() {
     let path = "/live/one/cmaf/180p/index.m3u8";
     let first = Publisher::start(&server.rtmp_url("key-one"), 5, "320x180");
     assert!(first.wait(WAIT).0);
-    let before = server.wait_segments(path, 3, WAIT);
+    // Nothing is lost when the publisher leaves: its last, partial segment is
+    // published without waiting for a next session (5 s were pushed).
+    let before = media_playlist(&server.wait_for(path, WAIT, |b| {
+        media_playlist(b)
+            .segments
+            .iter()
+            .map(|s| s.duration as f64)
+            .sum::<f64>()
+            > 5.0 - 2.0 * FRAME
+    }));
     let last_before = *msns(&before).last().unwrap();
     assert!(before.segments.iter().all(|s| !s.discontinuity));
 
@@ -404,4 +413,75 @@ fn embedded_default_serves_the_test_pattern() {
     let pr = probe(&seg, "ts");
     assert_eq!((pr.width, pr.height), (1280, 720));
     assert!(pr.has_audio && pr.frames[0].1);
+}
+
+#[test]
+fn b_frames_and_a_gstreamer_publisher_pass_through() {
+    let _heavy = heavy();
+    let server = Server::start(
+        "passthrough",
+        "[channels.one.ingests.main]
+protocol = \"rtmp\"
+stream_key = \"key-one\"
+[channels.one.engines.copy]
+ladder = \"passthrough\"
+[distributions.one]
+channel = \"one\"
+",
+    );
+    // ffmpeg with B-frames: composition offsets must survive into fMP4 and TS.
+    assert!(
+        Publisher::with_b_frames(&server.rtmp_url("key-one"), 5, "320x180")
+            .wait(WAIT)
+            .0
+    );
+    let p = server.wait_segments("/live/one/cmaf/source/index.m3u8", 2, WAIT);
+    let init = get_ok(&server.url(&format!(
+        "/live/one/cmaf/source/{}",
+        p.segments[0].map.as_ref().unwrap().uri
+    )));
+    for output in ["cmaf", "ts"] {
+        let seg = get_ok(&server.url(&format!(
+            "/live/one/{output}/source/{}.{}",
+            p.media_sequence + 1,
+            if output == "cmaf" { "m4s" } else { "ts" }
+        )));
+        let pr = if output == "cmaf" {
+            probe(&[init.as_slice(), &seg].concat(), "mp4")
+        } else {
+            probe(&seg, "ts")
+        };
+        assert!(
+            pr.pict_types.starts_with('I') && pr.pict_types.contains('B'),
+            "{output}: {}",
+            pr.pict_types
+        );
+        assert!(
+            pr.decode_errors.is_empty(),
+            "{output} decodes cleanly: {}",
+            pr.decode_errors
+        );
+        assert!(
+            pr.frames.windows(2).all(|w| w[1].0 > w[0].0),
+            "{output}: presentation times increase"
+        );
+    }
+
+    // GStreamer's RTMP client is accepted too; its session follows after a discontinuity.
+    let (ok, err) = Publisher::gstreamer(&server.rtmp_url("key-one"), 4).wait(WAIT);
+    assert!(ok, "gst-launch rtmp2sink: {err}");
+    let after = media_playlist(
+        &server.wait_for("/live/one/ts/source/index.m3u8", WAIT, |b| {
+            let p = media_playlist(b);
+            p.segments.iter().position(|s| s.discontinuity).is_some()
+        }),
+    );
+    let seam = after.segments.iter().position(|s| s.discontinuity).unwrap();
+    let seg = get_ok(&server.url(&format!("/live/one/ts/source/{}", after.segments[seam].uri)));
+    let pr = probe(&seg, "ts");
+    assert_eq!((pr.width, pr.height), (320, 180));
+    assert!(
+        pr.has_audio && pr.frames[0].1 && pr.decode_errors.is_empty(),
+        "{pr:?}"
+    );
 }

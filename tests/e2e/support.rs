@@ -198,6 +198,53 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(url: &str, seconds: u32, size: &str) -> Publisher {
+        Self::ffmpeg(
+            url,
+            seconds,
+            size,
+            &["-preset", "ultrafast", "-tune", "zerolatency"],
+        )
+    }
+
+    /// An encoder that sends B-frames (composition time offsets in FLV).
+    pub fn with_b_frames(url: &str, seconds: u32, size: &str) -> Publisher {
+        Self::ffmpeg(
+            url,
+            seconds,
+            size,
+            &[
+                "-preset",
+                "veryfast",
+                "-bf",
+                "2",
+                "-x264-params",
+                "b-adapt=0",
+            ],
+        )
+    }
+
+    /// GStreamer's RTMP client (`rtmp2sink`) instead of ffmpeg's.
+    pub fn gstreamer(url: &str, seconds: u32) -> Publisher {
+        let pipeline = format!(
+            "videotestsrc is-live=true num-buffers={} ! video/x-raw,width=320,height=180,framerate=30/1 \
+             ! x264enc tune=zerolatency key-int-max=30 ! h264parse ! queue ! flvmux name=m streamable=true \
+             ! rtmp2sink location={url} \
+             audiotestsrc is-live=true num-buffers={} ! audioconvert ! avenc_aac ! aacparse ! queue ! m.",
+            seconds * 30,
+            seconds * 47
+        );
+        let child = Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(pipeline.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gst-launch-1.0 on PATH");
+        Publisher { child }
+    }
+
+    fn ffmpeg(url: &str, seconds: u32, size: &str, x264: &[&str]) -> Publisher {
         let child = Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-re"])
             .args([
@@ -208,18 +255,9 @@ impl Publisher {
             ])
             .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
             .args(["-t", &seconds.to_string()])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-                "-g",
-                "30",
-                "-pix_fmt",
-                "yuv420p",
-            ])
+            .args(["-c:v", "libx264"])
+            .args(x264)
+            .args(["-g", "30", "-pix_fmt", "yuv420p"])
             .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
             .args(["-f", "flv", url])
             .stdin(Stdio::null())
@@ -265,6 +303,10 @@ pub struct Probe {
     pub has_audio: bool,
     /// Video frames: (pts seconds, keyframe).
     pub frames: Vec<(f64, bool)>,
+    /// Video picture types (I, P, B) in presentation order.
+    pub pict_types: String,
+    /// What ffmpeg reported while decoding every frame (empty: clean).
+    pub decode_errors: String,
 }
 
 impl Probe {
@@ -285,12 +327,18 @@ pub fn probe(bytes: &[u8], ext: &str) -> Probe {
             "-show_entries",
             "stream=codec_type,width,height",
             "-show_entries",
-            "frame=media_type,key_frame,pts_time",
+            "frame=media_type,key_frame,pts_time,pict_type",
         ])
         .args(["-of", "json"])
         .arg(&f.0)
         .output()
         .expect("ffprobe on PATH");
+    let decode = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&f.0)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg on PATH");
     let _ = std::fs::remove_file(&f.0);
     assert!(
         out.status.success(),
@@ -303,12 +351,19 @@ pub fn probe(bytes: &[u8], ext: &str) -> Probe {
         .iter()
         .find(|s| s["codec_type"] == "video")
         .expect("a video stream");
-    let frames = v["frames"]
+    let video_frames: Vec<serde_json::Value> = v["frames"]
         .as_array()
         .cloned()
         .unwrap_or_default()
-        .iter()
+        .into_iter()
         .filter(|f| f["media_type"] == "video")
+        .collect();
+    let pict_types = video_frames
+        .iter()
+        .map(|f| f["pict_type"].as_str().unwrap_or("?"))
+        .collect();
+    let frames = video_frames
+        .iter()
         .map(|f| {
             (
                 f["pts_time"]
@@ -324,6 +379,8 @@ pub fn probe(bytes: &[u8], ext: &str) -> Probe {
         height: video["height"].as_u64().unwrap_or(0),
         has_audio: streams.iter().any(|s| s["codec_type"] == "audio"),
         frames,
+        pict_types,
+        decode_errors: String::from_utf8_lossy(&decode.stderr).into_owned(),
     }
 }
 

@@ -65,12 +65,19 @@ pub async fn run(
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = poll.tick() => {
-                if let Some(t) = &transcoder
-                    && let Some(Err(e)) = t.poll()
-                {
-                    tracing::error!(engine = %name, error = %e, "pipeline failed; restarting at the next keyframe");
-                    transcoder = None;
-                    failed = true;
+                match transcoder.as_ref().and_then(|t| t.poll()) {
+                    Some(Err(e)) => {
+                        tracing::error!(engine = %name, error = %e, "pipeline failed; restarting at the next keyframe");
+                        transcoder = None;
+                        failed = true;
+                    }
+                    Some(Ok(())) => {
+                        // Drained after the publisher left: publish the last, partial segment
+                        // now rather than when (or if) the next session starts.
+                        transcoder = None;
+                        lock(&packager).discontinuity();
+                    }
+                    None => {}
                 }
                 continue;
             }
@@ -148,10 +155,11 @@ pub async fn run(
                 }
             }
             MediaEvent::End { session: id } => {
-                if session.as_ref().is_some_and(|s| s.id == id)
-                    && let Some(t) = &transcoder
-                {
-                    t.end_of_stream();
+                if session.as_ref().is_some_and(|s| s.id == id) {
+                    match &transcoder {
+                        Some(t) => t.end_of_stream(),
+                        None => lock(&packager).discontinuity(),
+                    }
                 }
             }
         }
