@@ -1026,3 +1026,19 @@ fn deep_nesting_and_many_errors_stay_bounded() {
     assert!(e.errors.last().unwrap().message.contains("too many errors"));
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn window_has_an_upper_bound() {
+    let src = r#"
+[ladders.l]
+window_seconds = 4000
+renditions = [{ name = "360p", width = 640, height = 360, video_kbps = 800 }]
+[channels.c.ingests.i]
+protocol = "test-pattern"
+[channels.c.engines.e]
+ladder = "l"
+[distributions.d]
+channel = "c"
+"#;
+    expect(src, &[("window_seconds = |4000", "at most 3600")]);
+}

@@ -24,6 +24,9 @@ use crate::raw::{
     RawServer, RawToken, S,
 };
 
+/// The longest live window: the store keeps every rendition's window in memory.
+const MAX_WINDOW_SECONDS: f64 = 3600.0;
+
 /// x264's presets, fastest first (`placebo` left out on purpose).
 const PRESETS: [&str; 9] = [
     "ultrafast",
@@ -335,6 +338,10 @@ impl Checker<'_> {
                     3.0 * seg
                 ),
             );
+        } else if w > MAX_WINDOW_SECONDS {
+            // Every rendition's window is held in memory.
+            let span = r.window_seconds.as_ref().map_or(l.span(), |v| v.span());
+            self.err(span, format!("window_seconds ({w}) must be at most {MAX_WINDOW_SECONDS} (segments are kept in memory)"));
         }
         if let Some(v) = &r.audio_kbps {
             ladder.audio_kbps = self.int(v, "audio_kbps", 16..513, false);

@@ -28,6 +28,10 @@ const SESSION_GAP: MediaTime = 40_000_000;
 const AUDIO_CONFIG_WAIT: MediaTime = 1_000_000_000;
 const AUDIO_CONFIG_WAIT_FRAMES: usize = 256;
 
+/// Video timestamp steps beyond which a session is restarted (source clock reset or leap).
+const MAX_CLOCK_STEP_BACK: MediaTime = 1_000_000_000;
+const MAX_CLOCK_STEP_FORWARD: MediaTime = 10_000_000_000;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
     #[error("channel {0} already has a publisher")]
@@ -62,16 +66,34 @@ pub struct ChannelBus {
 
 impl ChannelBus {
     /// `grid`: sessions start on multiples of it (the channel's segment duration).
-    pub fn new(channel: Id, grid: MediaTime, capacity: usize) -> Arc<Self> {
+    /// `timeline_start`: where the first session starts (rounded up to the grid). A server
+    /// anchors it to the wall clock, so that segment numbers (derived from media time) are
+    /// not reused after a restart while caches still hold the old segments as immutable.
+    pub fn new(
+        channel: Id,
+        grid: MediaTime,
+        capacity: usize,
+        timeline_start: MediaTime,
+    ) -> Arc<Self> {
+        let grid = grid.max(0);
+        let start = timeline_start.max(0);
+        let next_start = if grid > 0 {
+            start
+                .div_euclid(grid)
+                .saturating_add(1)
+                .saturating_mul(grid)
+        } else {
+            start
+        };
         let (tx, _) = broadcast::channel(capacity.max(16));
         Arc::new(ChannelBus {
             channel,
-            grid: grid.max(0),
+            grid,
             tx,
             state: Mutex::new(BusState {
                 publishing: false,
                 next_session: 1,
-                next_start: 0,
+                next_start: if start == 0 { 0 } else { next_start },
                 current_start: None,
             }),
             stats: BusStats::default(),
@@ -115,6 +137,7 @@ impl ChannelBus {
             start: st.next_start,
             max_pts: None,
             waiting: Vec::new(),
+            last_video_dts: None,
         })
     }
 
@@ -149,6 +172,8 @@ pub struct Publisher {
     max_pts: Option<MediaTime>,
     /// Frames held from the first keyframe while the audio configuration is still unknown.
     waiting: Vec<Frame>,
+    /// Last video dts on the source's clock, to notice it jumping.
+    last_video_dts: Option<MediaTime>,
 }
 
 impl Publisher {
@@ -168,21 +193,63 @@ impl Publisher {
         self.offset.is_some()
     }
 
-    /// Sets (or replaces, before the first keyframe) the video configuration.
+    /// Sets the video configuration. A different one mid-session (the encoder changed
+    /// resolution or profile) ends the session; the next starts at the next keyframe.
     pub fn video_config(&mut self, cfg: VideoConfig) {
-        if self.offset.is_some() && self.video.as_ref() != Some(&cfg) {
-            tracing::warn!(channel = %self.bus.channel, "video configuration changed mid-session; ignored");
-            return;
-        }
+        let changed = self.video.as_ref() != Some(&cfg);
         self.video = Some(cfg);
+        if changed && self.offset.is_some() {
+            self.restart("video configuration changed");
+        }
     }
 
+    /// Sets the audio configuration; a different one mid-session starts a new session.
     pub fn audio_config(&mut self, cfg: AudioConfig) {
-        if self.offset.is_some() && self.audio.as_ref() != Some(&cfg) {
-            tracing::warn!(channel = %self.bus.channel, "audio configuration changed mid-session; ignored");
+        let changed = self.audio.as_ref() != Some(&cfg);
+        self.audio = Some(cfg);
+        if changed && self.offset.is_some() {
+            self.restart("audio configuration changed");
+        }
+    }
+
+    /// Ends the live session, if it started, and places the next one on the timeline.
+    fn end_session(&mut self) {
+        if self.offset.take().is_none() {
             return;
         }
-        self.audio = Some(cfg);
+        let mut st = self.bus.lock();
+        let end = self
+            .max_pts
+            .unwrap_or(self.start)
+            .saturating_add(SESSION_GAP);
+        let g = self.bus.grid;
+        st.next_start = if g > 0 {
+            end.saturating_add(g - 1).div_euclid(g).saturating_mul(g)
+        } else {
+            end
+        };
+        st.current_start = None;
+        drop(st);
+        self.bus.send(MediaEvent::End {
+            session: self.session,
+        });
+        tracing::info!(channel = %self.bus.channel, session = self.session, "session ended");
+    }
+
+    /// Ends the session and prepares a new one (same publisher) from the next keyframe:
+    /// for a codec change or a clock jump, which downstream handles as a discontinuity.
+    fn restart(&mut self, why: &str) {
+        tracing::info!(channel = %self.bus.channel, session = self.session, why, "input changed; new session");
+        self.end_session();
+        let mut st = self.bus.lock();
+        self.session = st.next_session;
+        st.next_session += 1;
+        self.start = st.next_start;
+        drop(st);
+        self.bus.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        self.max_pts = None;
+        self.last_video_dts = None;
+        self.waiting.clear();
     }
 
     /// Publishes a frame whose pts/dts are on the source's own clock (ns).
@@ -203,7 +270,7 @@ impl Publisher {
             return;
         }
         let first_dts = self.waiting.first().map_or(frame.dts, |f| f.dts);
-        let waited_enough = frame.dts - first_dts >= AUDIO_CONFIG_WAIT
+        let waited_enough = frame.dts.saturating_sub(first_dts) >= AUDIO_CONFIG_WAIT
             || self.waiting.len() >= AUDIO_CONFIG_WAIT_FRAMES;
         self.waiting.push(frame);
         if self.audio.is_some() || waited_enough {
@@ -215,7 +282,7 @@ impl Publisher {
         let Some(video) = self.video.clone() else {
             return;
         };
-        self.offset = Some(self.start - first_dts);
+        self.offset = Some(self.start.saturating_sub(first_dts));
         let start = MediaEvent::Start {
             session: self.session,
             video,
@@ -231,12 +298,25 @@ impl Publisher {
 
     fn forward(&mut self, mut frame: Frame) {
         let Some(offset) = self.offset else { return };
+        if frame.track == TrackKind::Video {
+            // An encoder that resets or leaps its clock without re-publishing: start over
+            // rather than feed the packager timestamps that go backwards or skip ahead.
+            if let Some(last) = self.last_video_dts
+                && (frame.dts < last.saturating_sub(MAX_CLOCK_STEP_BACK)
+                    || frame.dts > last.saturating_add(MAX_CLOCK_STEP_FORWARD))
+            {
+                self.restart("timestamps jumped");
+                self.push(frame);
+                return;
+            }
+            self.last_video_dts = Some(frame.dts);
+        }
         if frame.track == TrackKind::Audio && self.audio.is_none() {
             return;
         }
         frame.pts = frame.pts.saturating_add(offset);
         frame.dts = frame.dts.saturating_add(offset);
-        if frame.dts < self.start - SESSION_GAP {
+        if frame.dts < self.start.saturating_sub(SESSION_GAP) {
             return;
         }
         self.max_pts = Some(self.max_pts.map_or(frame.pts, |m| m.max(frame.pts)));
@@ -251,23 +331,8 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        let mut st = self.bus.lock();
-        st.publishing = false;
-        if self.offset.is_some() {
-            let end = self.max_pts.unwrap_or(self.start) + SESSION_GAP;
-            let g = self.bus.grid;
-            st.next_start = if g > 0 {
-                (end + g - 1).div_euclid(g) * g
-            } else {
-                end
-            };
-            st.current_start = None;
-            drop(st);
-            self.bus.send(MediaEvent::End {
-                session: self.session,
-            });
-            tracing::info!(channel = %self.bus.channel, session = self.session, "session ended");
-        }
+        self.end_session();
+        self.bus.lock().publishing = false;
     }
 }
 
@@ -356,7 +421,7 @@ mod tests {
     }
 
     fn bus() -> Arc<ChannelBus> {
-        ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 64)
+        ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 64, 0)
     }
 
     #[tokio::test]
@@ -437,6 +502,46 @@ mod tests {
             panic!()
         };
         assert!(audio.is_none());
+    }
+
+    #[tokio::test]
+    async fn codec_change_or_clock_reset_starts_a_new_session() {
+        let bus = bus();
+        let mut rx = bus.subscribe();
+        let mut p = bus.begin_publish("a").unwrap();
+        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+        p.push(video(0, true));
+        p.push(video(1500, false));
+        // The encoder's clock goes back to zero: session 2, on the next grid line.
+        p.push(video(0, true));
+        // New audio configuration mid-session: session 3.
+        p.audio_config(AudioConfig::aac_lc(44_100, 2));
+        p.push(video(33, true));
+        let mut seen = Vec::new();
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv()).await
+        {
+            seen.push(match ev {
+                MediaEvent::Start { session, .. } => format!("start {session}"),
+                MediaEvent::End { session } => format!("end {session}"),
+                MediaEvent::Frame(f) => format!("frame {}", f.pts / 1_000_000),
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "start 1",
+                "frame 0",
+                "frame 1500",
+                "end 1",
+                "start 2",
+                "frame 2000",
+                "end 2",
+                "start 3",
+                "frame 4000"
+            ]
+        );
     }
 
     #[tokio::test]

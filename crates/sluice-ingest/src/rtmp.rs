@@ -36,7 +36,9 @@ pub trait PublishRouter: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct RtmpLimits {
     pub max_connections: usize,
-    pub handshake_timeout: Duration,
+    /// From accept to an accepted publish (handshake, connect, createStream, publish):
+    /// a peer that is not publishing by then is closed, so idle peers cannot hold slots.
+    pub publish_timeout: Duration,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
@@ -51,7 +53,7 @@ impl Default for RtmpLimits {
     fn default() -> Self {
         RtmpLimits {
             max_connections: 256,
-            handshake_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_bytes_before_publish: 1 << 20,
@@ -118,18 +120,17 @@ async fn connection(
     let mut session = RtmpSession::new();
     let mut publisher: Option<Publisher> = None;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut handshaken = false;
+    let publish_deadline = tokio::time::Instant::now() + limits.publish_timeout;
     // Bytes received since the last complete frame (or since the start, before publishing).
     let mut unproductive = 0usize;
     loop {
-        let timeout = if handshaken {
-            limits.idle_timeout
-        } else {
-            limits.handshake_timeout
+        let deadline = match publisher {
+            Some(_) => tokio::time::Instant::now() + limits.idle_timeout,
+            None => publish_deadline,
         };
         let n = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            r = tokio::time::timeout(timeout, stream.read(&mut buf)) => match r {
+            r = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match r {
                 Err(_) => return Err("timed out".into()),
                 Ok(Err(e)) => return Err(e.to_string()),
                 Ok(Ok(0)) => return Ok(()),
@@ -148,7 +149,6 @@ async fn connection(
             ));
         }
         let mut pending = session.handle_input(&buf[..n]).map_err(|e| e.to_string())?;
-        handshaken = true;
         let mut close_after_send = false;
         while !pending.is_empty() {
             let mut next = Vec::new();

@@ -291,8 +291,10 @@ impl RtmpSession {
                 }
                 out.push(RtmpAction::Frame(Frame {
                     track: TrackKind::Video,
-                    dts: dts_ms * MS,
-                    pts: (dts_ms + composition_ms as i64) * MS,
+                    dts: dts_ms.saturating_mul(MS),
+                    pts: dts_ms
+                        .saturating_add(composition_ms as i64)
+                        .saturating_mul(MS),
                     keyframe,
                     data,
                 }));
@@ -314,8 +316,8 @@ impl RtmpSession {
             Ok(FlvAudio::Raw(raw)) if self.audio_ok && !raw.is_empty() => {
                 out.push(RtmpAction::Frame(Frame {
                     track: TrackKind::Audio,
-                    dts: dts_ms * MS,
-                    pts: dts_ms * MS,
+                    dts: dts_ms.saturating_mul(MS),
+                    pts: dts_ms.saturating_mul(MS),
                     keyframe: true,
                     data: raw,
                 }));

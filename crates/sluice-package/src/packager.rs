@@ -35,6 +35,15 @@ pub struct PackagerSettings {
     pub cmaf: bool,
     /// Produce MPEG-TS segments.
     pub ts: bool,
+    /// Init segments are numbered from `init_version_base + 1`. A server passes something
+    /// that differs per process start (e.g. the Unix time), so that `init-<v>.mp4`, served
+    /// as immutable, never names other bytes after a restart.
+    pub init_version_base: u32,
+}
+
+/// How far before a grid line a keyframe may fall and still open that line's segment.
+fn grid_tolerance(d: MediaTime) -> MediaTime {
+    (d / 20).min(50_000_000)
 }
 
 /// A video rendition as configured (for passthrough: the input's values).
@@ -197,7 +206,7 @@ impl Packager {
             .map(|r| VideoState {
                 name: r.name.to_string(),
                 cfg: None,
-                init_version: 0,
+                init_version: settings.init_version_base,
                 fps_known: false,
                 open: None,
                 next_msn: None,
@@ -212,7 +221,7 @@ impl Packager {
             .collect();
         let audio = audio.map(|_| AudioState {
             cfg: None,
-            init_version: 0,
+            init_version: settings.init_version_base,
             fragment_seq: 0,
             queue: VecDeque::new(),
             queue_bytes: 0,
@@ -335,7 +344,10 @@ impl Packager {
                 previous,
             });
         }
-        let grid = frame.pts.div_euclid(d);
+        // A keyframe a hair before a grid line (an encoder's GOP of 59.94 frames, millisecond
+        // timestamps) still opens the segment of that line, so a passthrough GOP equal to the
+        // segment duration cuts every time instead of making double-length segments.
+        let grid = frame.pts.saturating_add(grid_tolerance(d)).div_euclid(d);
         let cut = match &v.open {
             None if !frame.keyframe => return Err(PackageError::WaitingForKeyframe),
             None => true,
@@ -356,6 +368,9 @@ impl Packager {
         if cut {
             self.close_segment(r, Some((frame.pts, frame.dts)));
             let v = &mut self.video[r];
+            // The first segment is numbered from media time; after that numbers go up by
+            // one, also across a seam: a playlist's numbering is implicit (MEDIA-SEQUENCE
+            // plus position), so it cannot skip.
             let msn = v.next_msn.unwrap_or_else(|| grid.max(0) as u64);
             v.next_msn = Some(msn.saturating_add(1));
             v.open = Some(OpenSegment {
@@ -419,10 +434,35 @@ impl Packager {
         if self.finished {
             return;
         }
+        // Renditions can be cut off at different points: one encoder had emitted the
+        // keyframe that opens segment N+1, another not yet. A rendition ahead by an open
+        // segment drops it (a frame or so of one rendition), so that every rendition
+        // resumes on one number and segment N keeps meaning the same media everywhere.
+        let last = |v: &VideoState| {
+            v.open
+                .as_ref()
+                .map(|o| o.msn)
+                .or(v.next_msn.map(|n| n.saturating_sub(1)))
+        };
+        if let Some(behind) = self.video.iter().filter_map(last).min() {
+            for v in &mut self.video {
+                if v.open.as_ref().is_some_and(|o| o.msn > behind) {
+                    tracing::debug!(rendition = %v.name, "dropping a segment opened ahead of the other renditions");
+                    v.open = None;
+                    v.next_msn = Some(behind.saturating_add(1));
+                }
+            }
+        }
         for r in 0..self.video.len() {
             self.close_segment(r, None);
             let v = &mut self.video[r];
             v.pending_discontinuity = v.next_msn.is_some() || v.pending_discontinuity;
+        }
+        let shared = self.video.iter().filter_map(|v| v.next_msn).max();
+        for v in &mut self.video {
+            if v.next_msn.is_some() {
+                v.next_msn = shared;
+            }
             v.last_dts = None;
         }
         self.release(true);

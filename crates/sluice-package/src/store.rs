@@ -329,9 +329,12 @@ impl EngineOutput {
                     (Some(pm), None) => pm,
                     (None, _) => (configured, configured),
                 };
+                // CMAF video segments carry no audio: name the audio codec only when
+                // the variant points at the audio group.
+                let with_audio = output == OutputKind::Ts || cmaf_audio;
                 let codecs = match (&v.codec, &st.audio_codec) {
-                    (Some(vc), Some(ac)) => Some(format!("{vc},{ac}")),
-                    (Some(vc), None) => Some(vc.clone()),
+                    (Some(vc), Some(ac)) if with_audio => Some(format!("{vc},{ac}")),
+                    (Some(vc), _) => Some(vc.clone()),
                     _ => None,
                 };
                 let stream = VariantStream {

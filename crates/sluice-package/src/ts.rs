@@ -16,6 +16,8 @@ pub const AUDIO_PID: u16 = 0x101;
 const STREAM_TYPE_H264: u8 = 0x1b;
 const STREAM_TYPE_ADTS: u8 = 0x0f;
 const PTS_MASK: u64 = (1 << 33) - 1;
+/// How far the PCR trails each video frame's DTS.
+const PCR_LEAD: MediaTime = 100_000_000;
 /// Audio frames per PES packet: few enough to keep audio interleaved with video.
 const AUDIO_FRAMES_PER_PES: usize = 4;
 
@@ -75,7 +77,9 @@ impl TsWriter {
             annexb.clear();
             avcc_to_annexb(video_cfg, v, &mut annexb);
             let pes = pes_packet(0xe0, ts90k(v.pts), Some(ts90k(v.dts)), &annexb, false);
-            let pcr = ts90k(v.dts);
+            // The clock runs a little behind decode time, so that every byte of an access
+            // unit arrives before its DTS (the T-STD model, ISO/IEC 13818-1 §2.4.2).
+            let pcr = ts90k(v.dts.saturating_sub(PCR_LEAD));
             write_packets(
                 &mut out,
                 VIDEO_PID,

@@ -94,6 +94,7 @@ fn settings(window: MediaTime) -> PackagerSettings {
         window,
         cmaf: true,
         ts: true,
+        init_version_base: 0,
     }
 }
 
@@ -642,6 +643,7 @@ fn odd_input_never_panics() {
             window: 0,
             cmaf: false,
             ts: false,
+            init_version_base: 0,
         },
         vec![],
         None,
@@ -649,4 +651,56 @@ fn odd_input_never_panics() {
     p.push_audio(frame(0, true, b"x"));
     p.finish();
     assert!(out.multivariant(OutputKind::Cmaf, None).is_none());
+}
+
+/// A pipeline torn down mid-segment can leave renditions cut at different points: one
+/// encoder had emitted the keyframe that opens the next segment, another not yet. After
+/// the seam every rendition must still number the same media the same way.
+#[test]
+fn renditions_resume_on_one_number_after_an_uneven_seam() {
+    let fx = load_fixture();
+    let (mut p, out) = new_packager(vec![spec("360p", 300), spec("180p", 100)], 60 * S, &fx);
+    // Both renditions get the first 4 s; only rendition 0 also gets the keyframe at 4 s,
+    // which opens its next segment.
+    let key = fx
+        .video
+        .iter()
+        .find(|f| f.keyframe && f.pts >= OFFSET + 4 * S)
+        .unwrap()
+        .clone();
+    let mut events: Vec<&Frame> = fx
+        .video
+        .iter()
+        .chain(fx.audio.iter())
+        .filter(|f| f.dts < key.dts)
+        .collect();
+    events.sort_by_key(|f| (f.dts, f.track == TrackKind::Audio));
+    for f in events {
+        match f.track {
+            TrackKind::Video => (0..2).for_each(|r| p.push_video(r, f.clone())),
+            TrackKind::Audio => p.push_audio(f.clone()),
+        }
+    }
+    p.push_video(0, key);
+    p.discontinuity();
+    feed(&mut p, &fx, 2, 20 * S, 0, i64::MIN);
+    p.finish();
+    let a = media(&out, OutputKind::Cmaf, "360p");
+    let b = media(&out, OutputKind::Cmaf, "180p");
+    let seam = |p: &MediaPlaylist| {
+        p.segments
+            .iter()
+            .position(|s| s.discontinuity)
+            .map(|i| p.media_sequence + i as u64)
+    };
+    assert!(seam(&a).is_some(), "{a:?}");
+    assert_eq!(
+        seam(&a),
+        seam(&b),
+        "the first segment after the seam has one number in every rendition"
+    );
+    assert_eq!(
+        a.media_sequence + a.segments.len() as u64,
+        b.media_sequence + b.segments.len() as u64
+    );
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine_runner::{self, Mode, SharedPackager};
+use crate::engine_runner::{self, Mode};
 use crate::router::{KeyEntry, KeyRouter};
 
 /// Compressed input an engine may queue before it drops to the next keyframe.
@@ -32,6 +32,24 @@ fn output_kind(o: Output) -> OutputKind {
         Output::Cmaf => OutputKind::Cmaf,
         Output::Ts => OutputKind::Ts,
     }
+}
+
+/// Sessions start on a common multiple of every engine's segment duration, so that each
+/// engine's first segment after a seam starts on its own grid (capped at a minute, past
+/// which the longest duration is used).
+fn session_grid(segment_seconds: impl Iterator<Item = f64>) -> MediaTime {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let ms: Vec<u64> = segment_seconds
+        .map(|s| (s * 1000.0).round().max(1.0) as u64)
+        .collect();
+    let longest = ms.iter().copied().max().unwrap_or(2000);
+    let lcm = ms.iter().try_fold(1u64, |acc, &m| {
+        let l = acc / gcd(acc, m) * m;
+        (l <= 60_000).then_some(l)
+    });
+    lcm.unwrap_or(longest) as MediaTime * 1_000_000
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -48,17 +66,22 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     let mut router = KeyRouter::default();
     // (channel, engine) -> what the HTTP side reads.
     let mut outputs: HashMap<(Id, Id), Arc<EngineOutput>> = HashMap::new();
-    let mut packagers: Vec<SharedPackager> = Vec::new();
+    // Media time starts at the wall clock: segment numbers and init versions of this run
+    // never repeat those of an earlier run, whose segments caches may hold as immutable.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let timeline_start = sluice_core::time::duration_to_nanos(since_epoch);
+    let init_version_base = u32::try_from(since_epoch.as_secs()).unwrap_or(u32::MAX / 2);
 
     for (channel_id, channel) in &cfg.channels {
-        // Sessions start on a multiple of the longest segment so every engine's grid lines up.
-        let grid: MediaTime = channel
-            .engines
-            .values()
-            .map(|e| secs_f64_to_nanos(e.ladder.segment_seconds))
-            .max()
-            .unwrap_or(2_000_000_000);
-        let bus = ChannelBus::new(channel_id.clone(), grid, DEFAULT_BUS_CAPACITY);
+        let grid = session_grid(channel.engines.values().map(|e| e.ladder.segment_seconds));
+        let bus = ChannelBus::new(
+            channel_id.clone(),
+            grid,
+            DEFAULT_BUS_CAPACITY,
+            timeline_start,
+        );
 
         let mut engines: Vec<_> = channel.engines.iter().collect();
         engines.sort_by_key(|(id, e)| (e.priority, (*id).clone()));
@@ -69,6 +92,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                 window: secs_f64_to_nanos(ladder.window_seconds),
                 cmaf: engine.outputs.contains(&Output::Cmaf),
                 ts: engine.outputs.contains(&Output::Ts),
+                init_version_base,
             };
             let (mode, renditions, audio) = match &engine.ladder_ref {
                 LadderRef::Passthrough => (
@@ -114,7 +138,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             };
             let (packager, output) = Packager::new(settings, renditions, audio);
             let packager = Arc::new(Mutex::new(packager));
-            packagers.push(packager.clone());
             outputs.insert((channel_id.clone(), engine_id.clone()), output);
             let name = format!("{channel_id}/{engine_id}");
             tasks.spawn(engine_runner::run(
@@ -210,7 +233,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     servers.spawn(sluice_distribution::serve_http(
         http,
         HttpState::new(catalog),
-        HttpLimits::default(),
+        http_limits(),
         cancel.clone(),
     ));
     servers.spawn(sluice_ingest::serve_rtmp(
@@ -227,6 +250,30 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     while tasks.join_next().await.is_some() {}
     while servers.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Viewers may hold at most the file descriptors the process has, less a reserve for
+/// encoders (RTMP) and GStreamer: idle viewers can never lock publishers out.
+fn http_limits() -> HttpLimits {
+    const RESERVED: u64 = 512;
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit; assuming 1024");
+            1024
+        }
+    };
+    let mut limits = HttpLimits::default();
+    let cap = nofile.saturating_sub(RESERVED).max(64);
+    limits.max_connections = limits
+        .max_connections
+        .min(usize::try_from(cap).unwrap_or(usize::MAX));
+    tracing::debug!(
+        nofile,
+        max_http_connections = limits.max_connections,
+        "connection limits"
+    );
+    limits
 }
 
 async fn shutdown_signal() {
@@ -250,4 +297,18 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_grid;
+
+    #[test]
+    fn grid_is_a_common_multiple() {
+        assert_eq!(session_grid([2.0, 3.0].into_iter()), 6_000_000_000);
+        assert_eq!(session_grid([2.0, 2.0, 1.0].into_iter()), 2_000_000_000);
+        assert_eq!(session_grid([0.5].into_iter()), 500_000_000);
+        assert_eq!(session_grid([29.0, 30.0].into_iter()), 30_000_000_000);
+        assert_eq!(session_grid(std::iter::empty()), 1_000_000);
+    }
 }

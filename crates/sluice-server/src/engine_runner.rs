@@ -43,6 +43,23 @@ fn packager_sink(p: SharedPackager) -> Arc<dyn sluice_engine::EncodedSink> {
     })
 }
 
+/// Stops a pipeline off the async workers: going to Null joins its streaming threads,
+/// which can wait for a frame in flight in an encoder.
+async fn stop(t: Transcoder) {
+    let _ = tokio::task::spawn_blocking(move || drop(t)).await;
+}
+
+/// Waits (bounded) for a pipeline that was sent end-of-stream to finish encoding and
+/// packaging what it holds.
+async fn drain(t: &Transcoder) {
+    for _ in 0..60 {
+        if t.poll().is_some() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 struct Session {
     id: u64,
     video: VideoConfig,
@@ -59,6 +76,8 @@ pub async fn run(
     let mut session: Option<Session> = None;
     let mut transcoder: Option<Transcoder> = None;
     let mut failed = false;
+    // End-of-stream was sent to the pipeline; it is still encoding what it holds.
+    let mut draining = false;
     let mut dropped: u64 = 0;
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
@@ -68,13 +87,18 @@ pub async fn run(
                 match transcoder.as_ref().and_then(|t| t.poll()) {
                     Some(Err(e)) => {
                         tracing::error!(engine = %name, error = %e, "pipeline failed; restarting at the next keyframe");
-                        transcoder = None;
+                        if let Some(t) = transcoder.take() {
+                            stop(t).await;
+                        }
                         failed = true;
                     }
                     Some(Ok(())) => {
                         // Drained after the publisher left: publish the last, partial segment
                         // now rather than when (or if) the next session starts.
-                        transcoder = None;
+                        if let Some(t) = transcoder.take() {
+                            stop(t).await;
+                        }
+                        draining = false;
                         lock(&packager).discontinuity();
                     }
                     None => {}
@@ -95,8 +119,15 @@ pub async fn run(
                 if session.as_ref().is_some_and(|s| s.id == id) {
                     continue; // replayed after a lag
                 }
-                // Null is synchronous: the old pipeline's threads are done before the seam.
-                transcoder = None;
+                // The old pipeline finishes what it holds, then stops (Null is synchronous:
+                // its threads are done before the seam).
+                if let Some(t) = transcoder.take() {
+                    if draining {
+                        drain(&t).await;
+                    }
+                    stop(t).await;
+                }
+                draining = false;
                 if session.is_some() {
                     lock(&packager).discontinuity();
                 }
@@ -157,24 +188,21 @@ pub async fn run(
             MediaEvent::End { session: id } => {
                 if session.as_ref().is_some_and(|s| s.id == id) {
                     match &transcoder {
-                        Some(t) => t.end_of_stream(),
+                        Some(t) => {
+                            t.end_of_stream();
+                            draining = true;
+                        }
                         None => lock(&packager).discontinuity(),
                     }
                 }
             }
         }
     }
-    if let Some(t) = &transcoder {
+    if let Some(t) = transcoder.take() {
         t.end_of_stream();
-        // Give the encoders a moment to drain what they hold.
-        for _ in 0..20 {
-            if t.poll().is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        drain(&t).await;
+        stop(t).await;
     }
-    drop(transcoder);
     lock(&packager).finish();
     tracing::info!(engine = %name, "engine stopped");
 }

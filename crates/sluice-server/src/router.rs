@@ -58,7 +58,7 @@ mod tests {
     use super::*;
 
     fn router() -> KeyRouter {
-        let bus = ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 64);
+        let bus = ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 64, 0);
         let mut r = KeyRouter::default();
         let entry = |enabled, cidrs: Vec<IpNet>| KeyEntry {
             ingest: Id::new("i").unwrap(),
