@@ -4,13 +4,16 @@
 // Without --page it serves index.html (beside this file) and hls.js (resolved from the
 // current directory's node_modules) itself on a free 127.0.0.1 port.
 // See README.md beside this file.
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+
+// Packages come from node_modules in the current directory (see README), not from
+// beside this file.
+const { chromium } = createRequire(path.join(process.cwd(), 'noop.js'))('playwright-core');
 
 const args = process.argv.slice(2);
 const opt = (name, def) => {
