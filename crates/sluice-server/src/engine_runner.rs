@@ -78,6 +78,8 @@ pub async fn run(
     let mut failed = false;
     // End-of-stream was sent to the pipeline; it is still encoding what it holds.
     let mut draining = false;
+    // After a pipeline failed to start, when to try again.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     let mut dropped: u64 = 0;
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
@@ -157,19 +159,38 @@ pub async fn run(
                             if !(frame.track == TrackKind::Video && frame.keyframe) {
                                 continue;
                             }
+                            if retry_at.is_some_and(|at| tokio::time::Instant::now() < at) {
+                                continue;
+                            }
                             if failed {
                                 lock(&packager).discontinuity();
                             }
-                            match Transcoder::start(
-                                settings,
-                                &s.video,
-                                s.audio.as_ref(),
+                            // Building and starting a pipeline blocks: keep it off the async workers.
+                            let (settings, video, audio, sink) = (
+                                settings.clone(),
+                                s.video.clone(),
+                                s.audio.clone(),
                                 packager_sink(packager.clone()),
-                            ) {
-                                Ok(t) => transcoder = Some(t),
+                            );
+                            let started = tokio::task::spawn_blocking(move || {
+                                Transcoder::start(&settings, &video, audio.as_ref(), sink)
+                            })
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(sluice_engine::EngineError::Pipeline(e.to_string()))
+                            });
+                            match started {
+                                Ok(t) => {
+                                    transcoder = Some(t);
+                                    retry_at = None;
+                                }
                                 Err(e) => {
-                                    tracing::error!(engine = %name, error = %e, "cannot start pipeline");
+                                    tracing::error!(engine = %name, error = %e, "cannot start pipeline; retrying in 5 s");
                                     failed = true;
+                                    retry_at = Some(
+                                        tokio::time::Instant::now()
+                                            + std::time::Duration::from_secs(5),
+                                    );
                                     continue;
                                 }
                             }
