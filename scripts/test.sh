@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 scripts/setup-debian.sh --test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Licences, banned crates and sources of every dependency (deny.toml).
+if ! command -v cargo-deny >/dev/null; then
+  cargo install cargo-deny --locked --version 0.20.2
+fi
+cargo deny check licenses bans sources
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
