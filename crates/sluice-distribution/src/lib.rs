@@ -9,4 +9,4 @@
 pub mod path;
 mod server;
 
-pub use server::{Catalog, DistributionEntry, HttpLimits, HttpState, serve_http};
+pub use server::{Catalog, DistributionEntry, HttpLimits, HttpState, serve_http_connection};

@@ -14,9 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sluice_core::Id;
 use sluice_package::{EngineOutput, OutputKind};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::path::{self, Route};
@@ -52,6 +50,7 @@ impl HttpState {
 
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
+    /// Concurrent connections (enforced by the listener's owner).
     pub max_connections: usize,
     pub header_read_timeout: Duration,
 }
@@ -233,60 +232,29 @@ async fn service(
     Ok(resp)
 }
 
-/// Serves HTTP/1.1 until `cancel` fires.
-pub async fn serve_http(
-    listener: TcpListener,
+/// Serves one accepted HTTP/1.1 connection (keep-alive included) until the client
+/// leaves or `cancel` fires; then finishes the request in flight, bounded.
+pub async fn serve_http_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
     state: Arc<HttpState>,
-    limits: HttpLimits,
+    limits: &HttpLimits,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut conns = JoinSet::new();
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            r = listener.accept() => r,
-        };
-        let (stream, peer): (_, SocketAddr) = match accepted {
-            Ok(x) => {
-                backoff = Duration::from_millis(5);
-                x
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "HTTP connection limit reached; closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let cancel = cancel.clone();
-        let header_timeout = limits.header_read_timeout;
-        conns.spawn(async move {
-            let _permit = permit;
-            let svc = hyper::service::service_fn(move |req| service(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "HTTP connection error") },
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
-        });
+    let _ = stream.set_nodelay(true);
+    let svc = hyper::service::service_fn(move |req| service(state.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "HTTP connection error") },
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
-    conns.shutdown().await;
 }
 
 #[cfg(test)]

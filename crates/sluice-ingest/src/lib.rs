@@ -11,5 +11,5 @@ pub mod rtmp;
 pub mod rtmp_session;
 
 pub use bus::{BusError, BusReceiver, ChannelBus, DEFAULT_BUS_CAPACITY, Publisher};
-pub use rtmp::{PublishRouter, Refusal, RtmpLimits, serve_rtmp};
+pub use rtmp::{PublishRouter, Refusal, RtmpLimits, serve_rtmp_connection};
 pub use rtmp_session::{RTMP_APP, RtmpAction, RtmpSession};

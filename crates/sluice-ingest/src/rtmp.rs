@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Publisher;
@@ -35,6 +33,7 @@ pub trait PublishRouter: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 pub struct RtmpLimits {
+    /// Concurrent connections (enforced by the listener's owner).
     pub max_connections: usize,
     /// From accept to an accepted publish (handshake, connect, createStream, publish):
     /// a peer that is not publishing by then is closed, so idle peers cannot hold slots.
@@ -62,52 +61,20 @@ impl Default for RtmpLimits {
     }
 }
 
-/// Accepts RTMP connections until `cancel` fires.
-pub async fn serve_rtmp(
-    listener: TcpListener,
+/// Serves one accepted RTMP connection until the peer leaves, misbehaves or `cancel`
+/// fires. (The listener, its connection cap and accept back-off live with the caller.)
+pub async fn serve_rtmp_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
     router: Arc<dyn PublishRouter>,
-    limits: RtmpLimits,
+    limits: &RtmpLimits,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut conns = JoinSet::new();
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => {
-                backoff = Duration::from_millis(5);
-                x
-            }
-            Err(e) => {
-                // Out of file descriptors and similar: wait and retry, never give up the listener.
-                tracing::warn!(error = %e, "RTMP accept failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "RTMP connection limit reached; closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let limits = limits.clone();
-        let cancel = cancel.child_token();
-        conns.spawn(async move {
-            let _permit = permit;
-            match connection(stream, peer, router, &limits, cancel).await {
-                Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
-                Err(e) => tracing::info!(%peer, error = %e, "RTMP connection ended"),
-            }
-        });
+    let _ = stream.set_nodelay(true);
+    match connection(stream, peer, router, limits, cancel).await {
+        Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
+        Err(e) => tracing::info!(%peer, error = %e, "RTMP connection ended"),
     }
-    conns.shutdown().await;
 }
 
 async fn connection(

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine_runner::{self, Mode};
+use crate::listen;
 use crate::router::{KeyEntry, KeyRouter};
 
 /// Compressed input an engine may queue before it drops to the next keyframe.
@@ -230,17 +231,34 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         "sluice serving"
     );
     let mut servers = JoinSet::new();
-    servers.spawn(sluice_distribution::serve_http(
+    let state = HttpState::new(catalog);
+    let limits = http_limits();
+    servers.spawn(listen::accept_loop(
+        "HTTP",
         http,
-        HttpState::new(catalog),
-        http_limits(),
+        limits.max_connections,
         cancel.clone(),
+        move |stream, peer, cancel| {
+            let (state, limits) = (state.clone(), limits.clone());
+            async move {
+                sluice_distribution::serve_http_connection(stream, peer, state, &limits, cancel)
+                    .await
+            }
+        },
     ));
-    servers.spawn(sluice_ingest::serve_rtmp(
+    let router: Arc<dyn sluice_ingest::PublishRouter> = Arc::new(router);
+    let limits = RtmpLimits::default();
+    servers.spawn(listen::accept_loop(
+        "RTMP",
         rtmp,
-        Arc::new(router),
-        RtmpLimits::default(),
+        limits.max_connections,
         cancel.clone(),
+        move |stream, peer, cancel| {
+            let (router, limits) = (router.clone(), limits.clone());
+            async move {
+                sluice_ingest::serve_rtmp_connection(stream, peer, router, &limits, cancel).await
+            }
+        },
     ));
 
     shutdown_signal().await;

@@ -2,6 +2,7 @@
 
 mod app;
 mod engine_runner;
+mod listen;
 mod router;
 
 use std::path::PathBuf;
