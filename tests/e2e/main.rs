@@ -418,17 +418,7 @@ fn embedded_default_serves_the_test_pattern() {
 #[test]
 fn b_frames_and_a_gstreamer_publisher_pass_through() {
     let _heavy = heavy();
-    let server = Server::start(
-        "passthrough",
-        "[channels.one.ingests.main]
-protocol = \"rtmp\"
-stream_key = \"key-one\"
-[channels.one.engines.copy]
-ladder = \"passthrough\"
-[distributions.one]
-channel = \"one\"
-",
-    );
+    let server = Server::start("passthrough", &one_channel("passthrough"));
     // ffmpeg with B-frames: composition offsets must survive into fMP4 and TS.
     assert!(
         Publisher::with_b_frames(&server.rtmp_url("key-one"), 5, "320x180")

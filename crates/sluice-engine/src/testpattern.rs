@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 use sluice_core::TrackKind;
 
 use crate::EngineError;
-use crate::transcode::{EncodedSink, attach_sink, x264};
+use crate::transcode::{
+    EncodedSink, aac_encoder, add_chain, capsfilter, encoded_output, h264_avc_caps, make, x264,
+};
 
 pub(crate) const ELEMENTS: &[&str] = &[
     "videotestsrc",
@@ -58,27 +59,19 @@ impl TestPattern {
     ) -> Result<TestPattern, EngineError> {
         crate::init()?;
         let pipeline = gst::Pipeline::with_name("test-pattern");
-        let make = |f: &str, n: &str| {
-            gst::ElementFactory::make(f)
-                .name(n)
-                .build()
-                .map_err(|e| EngineError::Build(format!("{f}: {e}")))
-        };
-
         let vsrc = make("videotestsrc", "pattern")?;
         vsrc.set_property("is-live", true);
         vsrc.set_property_from_str("pattern", "smpte");
         vsrc.set_property("horizontal-speed", 4i32);
-        let vcaps = make("capsfilter", "pattern-format")?;
-        vcaps.set_property(
-            "caps",
+        let vcaps = capsfilter(
+            "pattern-format",
             gst::Caps::builder("video/x-raw")
                 .field("width", settings.width as i32)
                 .field("height", settings.height as i32)
                 .field("framerate", gst::Fraction::new(settings.fps as i32, 1))
                 .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                 .build(),
-        );
+        )?;
         let clock = make("clockoverlay", "pattern-clock")?;
         clock.set_property("time-format", "%H:%M:%S");
         clock.set_property("font-desc", "Sans Bold 48");
@@ -91,38 +84,23 @@ impl TestPattern {
             settings.video_kbps,
             settings.fps.max(1),
         )?;
-        let vout = make("capsfilter", "pattern-h264")?;
-        vout.set_property(
-            "caps",
-            gst::Caps::builder("video/x-h264")
-                .field("stream-format", "avc")
-                .field("alignment", "au")
-                .field("profile", "high")
-                .build(),
-        );
-        let vsink = gst_app::AppSink::builder()
-            .name("pattern-video")
-            .sync(false)
-            .build();
-        pipeline.add_many([
-            &vsrc,
-            &vcaps,
-            &clock,
-            &conv,
-            &enc,
-            &vout,
-            vsink.upcast_ref(),
-        ])?;
-        gst::Element::link_many([
-            &vsrc,
-            &vcaps,
-            &clock,
-            &conv,
-            &enc,
-            &vout,
-            vsink.upcast_ref(),
-        ])?;
-        attach_sink(&vsink, TrackKind::Video, 0, sink.clone());
+        let vout = capsfilter(
+            "pattern-h264",
+            h264_avc_caps().field("profile", "high").build(),
+        )?;
+        let video = encoded_output("pattern-video", TrackKind::Video, 0, sink.clone());
+        add_chain(
+            &pipeline,
+            &[
+                &vsrc,
+                &vcaps,
+                &clock,
+                &conv,
+                &enc,
+                &vout,
+                video.upcast_ref(),
+            ],
+        )?;
 
         let asrc = make("audiotestsrc", "tone")?;
         asrc.set_property("is-live", true);
@@ -130,25 +108,19 @@ impl TestPattern {
         asrc.set_property("volume", 0.2f64);
         // 1024 samples per buffer: one AAC frame each.
         asrc.set_property("samplesperbuffer", 1024i32);
-        let aconv = make("audioconvert", "tone-convert")?;
-        let ares = make("audioresample", "tone-resample")?;
-        let acaps = make("capsfilter", "tone-format")?;
-        acaps.set_property(
-            "caps",
-            gst::Caps::builder("audio/x-raw")
-                .field("rate", 48000i32)
-                .field("channels", 2i32)
-                .build(),
-        );
-        let aenc = make("avenc_aac", "tone-encode")?;
-        aenc.set_property("bitrate", 128_000i32);
-        let asink = gst_app::AppSink::builder()
-            .name("pattern-audio")
-            .sync(false)
-            .build();
-        pipeline.add_many([&asrc, &aconv, &ares, &acaps, &aenc, asink.upcast_ref()])?;
-        gst::Element::link_many([&asrc, &aconv, &ares, &acaps, &aenc, asink.upcast_ref()])?;
-        attach_sink(&asink, TrackKind::Audio, 0, sink);
+        let [convert, resample, format, encode] = aac_encoder("tone", 128)?;
+        let audio = encoded_output("pattern-audio", TrackKind::Audio, 0, sink);
+        add_chain(
+            &pipeline,
+            &[
+                &asrc,
+                &convert,
+                &resample,
+                &format,
+                &encode,
+                audio.upcast_ref(),
+            ],
+        )?;
 
         pipeline.set_state(gst::State::Playing)?;
         Ok(TestPattern { pipeline })

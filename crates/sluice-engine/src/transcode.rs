@@ -102,17 +102,76 @@ pub struct Transcoder {
     skipping_video: AtomicBool,
 }
 
-fn make(factory: &str, name: &str) -> Result<gst::Element, EngineError> {
+pub(crate) fn make(factory: &str, name: &str) -> Result<gst::Element, EngineError> {
     gst::ElementFactory::make(factory)
         .name(name)
         .build()
         .map_err(|e| EngineError::Build(format!("{factory}: {e}")))
 }
 
-fn capsfilter(name: &str, caps: gst::Caps) -> Result<gst::Element, EngineError> {
+pub(crate) fn capsfilter(name: &str, caps: gst::Caps) -> Result<gst::Element, EngineError> {
     let f = make("capsfilter", name)?;
     f.set_property("caps", caps);
     Ok(f)
+}
+
+/// Adds `chain` to the pipeline and links it in order.
+pub(crate) fn add_chain(
+    pipeline: &gst::Pipeline,
+    chain: &[&gst::Element],
+) -> Result<(), EngineError> {
+    pipeline.add_many(chain.iter().copied())?;
+    gst::Element::link_many(chain.iter().copied())?;
+    Ok(())
+}
+
+/// H.264 as the packager takes it: AVCC, one access unit per buffer.
+pub(crate) fn h264_avc_caps() -> gst::caps::Builder<gst::caps::NoFeature> {
+    gst::Caps::builder("video/x-h264")
+        .field("stream-format", "avc")
+        .field("alignment", "au")
+}
+
+/// Raw audio in, AAC-LC 48 kHz stereo out: `audioconvert ! audioresample ! caps ! avenc_aac`.
+pub(crate) fn aac_encoder(prefix: &str, kbps: u32) -> Result<[gst::Element; 4], EngineError> {
+    let enc = make("avenc_aac", &format!("{prefix}-encode"))?;
+    enc.set_property("bitrate", kbps as i32 * 1000);
+    Ok([
+        make("audioconvert", &format!("{prefix}-convert"))?,
+        make("audioresample", &format!("{prefix}-resample"))?,
+        capsfilter(
+            &format!("{prefix}-format"),
+            gst::Caps::builder("audio/x-raw")
+                .field("rate", 48000i32)
+                .field("channels", 2i32)
+                .build(),
+        )?,
+        enc,
+    ])
+}
+
+/// An appsink whose samples become [`EncodedEvent`]s for `sink`.
+pub(crate) fn encoded_output(
+    name: &str,
+    track: TrackKind,
+    rendition: usize,
+    sink: Arc<dyn EncodedSink>,
+) -> gst_app::AppSink {
+    let appsink = gst_app::AppSink::builder().name(name).sync(false).build();
+    attach_sink(&appsink, track, rendition, sink);
+    appsink
+}
+
+/// A live, non-blocking appsrc in time format holding at most `max_bytes`.
+fn live_appsrc(name: &str, caps: &gst::Caps, max_bytes: u64) -> gst_app::AppSrc {
+    gst_app::AppSrc::builder()
+        .name(name)
+        .caps(caps)
+        .format(gst::Format::Time)
+        .is_live(true)
+        .max_bytes(max_bytes)
+        .block(false)
+        .build()
 }
 
 /// x264 settings shared by the ladder and the benchmark's ffmpeg command line:
@@ -143,7 +202,7 @@ fn to_media_time(t: Option<gst::ClockTime>) -> Option<MediaTime> {
 
 /// Installs an appsink callback that turns samples into [`Frame`]s and reports
 /// codec configuration from caps whenever it changes.
-pub(crate) fn attach_sink(
+fn attach_sink(
     appsink: &gst_app::AppSink,
     track: TrackKind,
     rendition: usize,
@@ -235,25 +294,18 @@ impl Transcoder {
         }
         let pipeline = gst::Pipeline::with_name("engine");
 
-        let video_caps = gst::Caps::builder("video/x-h264")
-            .field("stream-format", "avc")
-            .field("alignment", "au")
+        let video_caps = h264_avc_caps()
             .field("codec_data", gst::Buffer::from_slice(video.avcc.clone()))
             .build();
-        let video_src = gst_app::AppSrc::builder()
-            .name("video-in")
-            .caps(&video_caps)
-            .format(gst::Format::Time)
-            .is_live(true)
-            .max_bytes(settings.max_queued_bytes)
-            .block(false)
-            .build();
+        let video_src = live_appsrc("video-in", &video_caps, settings.max_queued_bytes);
         let parse = make("h264parse", "video-parse")?;
         let decode = make("avdec_h264", "video-decode")?;
         let convert = make("videoconvert", "video-convert")?;
         let tee = make("tee", "ladder")?;
-        pipeline.add_many([video_src.upcast_ref(), &parse, &decode, &convert, &tee])?;
-        gst::Element::link_many([video_src.upcast_ref(), &parse, &decode, &convert, &tee])?;
+        add_chain(
+            &pipeline,
+            &[video_src.upcast_ref(), &parse, &decode, &convert, &tee],
+        )?;
 
         install_keyframe_probe(&convert, settings.segment_duration)?;
 
@@ -278,28 +330,13 @@ impl Transcoder {
                 r.video_kbps,
                 key_int_max,
             )?;
-            let out_caps = capsfilter(
-                &format!("video-{i}-format"),
-                gst::Caps::builder("video/x-h264")
-                    .field("stream-format", "avc")
-                    .field("alignment", "au")
-                    .build(),
+            let out_caps = capsfilter(&format!("video-{i}-format"), h264_avc_caps().build())?;
+            let out = encoded_output(&format!("video-{i}-out"), TrackKind::Video, i, sink.clone());
+            add_chain(
+                &pipeline,
+                &[&queue, &scale, &size, &enc, &out_caps, out.upcast_ref()],
             )?;
-            let appsink = gst_app::AppSink::builder()
-                .name(format!("video-{i}-out"))
-                .sync(false)
-                .build();
-            pipeline.add_many([&queue, &scale, &size, &enc, &out_caps, appsink.upcast_ref()])?;
-            gst::Element::link_many([
-                &tee,
-                &queue,
-                &scale,
-                &size,
-                &enc,
-                &out_caps,
-                appsink.upcast_ref(),
-            ])?;
-            attach_sink(&appsink, TrackKind::Video, i, sink.clone());
+            tee.link(&queue)?;
         }
 
         let audio_src = match audio {
@@ -310,41 +347,23 @@ impl Transcoder {
                     .field("stream-format", "raw")
                     .field("codec_data", gst::Buffer::from_slice(a.asc.clone()))
                     .build();
-                let src = gst_app::AppSrc::builder()
-                    .name("audio-in")
-                    .caps(&caps)
-                    .format(gst::Format::Time)
-                    .is_live(true)
-                    .max_bytes(settings.max_queued_bytes / 8)
-                    .block(false)
-                    .build();
-                let chain = [
-                    src.clone().upcast::<gst::Element>(),
-                    make("aacparse", "audio-parse")?,
-                    make("avdec_aac", "audio-decode")?,
-                    make("audioconvert", "audio-convert")?,
-                    make("audioresample", "audio-resample")?,
-                    capsfilter(
-                        "audio-format",
-                        gst::Caps::builder("audio/x-raw")
-                            .field("rate", 48000i32)
-                            .field("channels", 2i32)
-                            .build(),
-                    )?,
-                    {
-                        let enc = make("avenc_aac", "audio-encode")?;
-                        enc.set_property("bitrate", settings.audio_kbps as i32 * 1000);
-                        enc
-                    },
-                ];
-                let appsink = gst_app::AppSink::builder()
-                    .name("audio-out")
-                    .sync(false)
-                    .build();
-                pipeline.add_many(chain.iter())?;
-                pipeline.add(&appsink)?;
-                gst::Element::link_many(chain.iter().chain(std::iter::once(appsink.upcast_ref())))?;
-                attach_sink(&appsink, TrackKind::Audio, 0, sink.clone());
+                let src = live_appsrc("audio-in", &caps, settings.max_queued_bytes / 8);
+                let [convert, resample, format, encode] =
+                    aac_encoder("audio", settings.audio_kbps)?;
+                let out = encoded_output("audio-out", TrackKind::Audio, 0, sink.clone());
+                add_chain(
+                    &pipeline,
+                    &[
+                        src.upcast_ref(),
+                        &make("aacparse", "audio-parse")?,
+                        &make("avdec_aac", "audio-decode")?,
+                        &convert,
+                        &resample,
+                        &format,
+                        &encode,
+                        out.upcast_ref(),
+                    ],
+                )?;
                 Some(src)
             }
         };

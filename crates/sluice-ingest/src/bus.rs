@@ -76,15 +76,6 @@ impl ChannelBus {
         timeline_start: MediaTime,
     ) -> Arc<Self> {
         let grid = grid.max(0);
-        let start = timeline_start.max(0);
-        let next_start = if grid > 0 {
-            start
-                .div_euclid(grid)
-                .saturating_add(1)
-                .saturating_mul(grid)
-        } else {
-            start
-        };
         let (tx, _) = broadcast::channel(capacity.max(16));
         Arc::new(ChannelBus {
             channel,
@@ -93,7 +84,7 @@ impl ChannelBus {
             state: Mutex::new(BusState {
                 publishing: false,
                 next_session: 1,
-                next_start: if start == 0 { 0 } else { next_start },
+                next_start: round_up(timeline_start.max(0), grid),
                 current_start: None,
             }),
             stats: BusStats::default(),
@@ -124,9 +115,7 @@ impl ChannelBus {
             return Err(BusError::AlreadyPublishing(self.channel.clone()));
         }
         st.publishing = true;
-        let session = st.next_session;
-        st.next_session += 1;
-        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let session = self.new_session(&mut st);
         Ok(Publisher {
             bus: self.clone(),
             source: source.into(),
@@ -139,6 +128,13 @@ impl ChannelBus {
             waiting: Vec::new(),
             last_video_dts: None,
         })
+    }
+
+    fn new_session(&self, st: &mut BusState) -> u64 {
+        let session = st.next_session;
+        st.next_session += 1;
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        session
     }
 
     pub fn subscribe(self: &Arc<Self>) -> BusReceiver {
@@ -222,12 +218,7 @@ impl Publisher {
             .max_pts
             .unwrap_or(self.start)
             .saturating_add(SESSION_GAP);
-        let g = self.bus.grid;
-        st.next_start = if g > 0 {
-            end.saturating_add(g - 1).div_euclid(g).saturating_mul(g)
-        } else {
-            end
-        };
+        st.next_start = round_up(end, self.bus.grid);
         st.current_start = None;
         drop(st);
         self.bus.send(MediaEvent::End {
@@ -242,11 +233,9 @@ impl Publisher {
         tracing::info!(channel = %self.bus.channel, session = self.session, why, "input changed; new session");
         self.end_session();
         let mut st = self.bus.lock();
-        self.session = st.next_session;
-        st.next_session += 1;
+        self.session = self.bus.new_session(&mut st);
         self.start = st.next_start;
         drop(st);
-        self.bus.stats.sessions.fetch_add(1, Ordering::Relaxed);
         self.max_pts = None;
         self.last_video_dts = None;
         self.waiting.clear();
@@ -333,6 +322,17 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         self.end_session();
         self.bus.lock().publishing = false;
+    }
+}
+
+/// `t` rounded up to a multiple of `grid` (unchanged when `grid` is 0).
+fn round_up(t: MediaTime, grid: MediaTime) -> MediaTime {
+    if grid > 0 {
+        t.saturating_add(grid - 1)
+            .div_euclid(grid)
+            .saturating_mul(grid)
+    } else {
+        t
     }
 }
 
