@@ -8,6 +8,9 @@
 set -uo pipefail
 
 seconds=${1:?usage: fuzz/run-all.sh SECONDS}
+# libFuzzer's default cap (4 KB) never reaches the deep paths: an RTMP command nesting
+# AMF0 100,000 deep is 500 KB. Every target may grow inputs to 1 MiB.
+max_len="${FUZZ_MAX_LEN:-1048576}"
 cd "$(dirname "$0")/.."
 # cargo-fuzz passes -Z flags; this lets the stable toolchain accept them.
 export RUSTC_BOOTSTRAP="${RUSTC_BOOTSTRAP:-1}"
@@ -19,7 +22,7 @@ for target in $(cargo fuzz list); do
     mkdir -p "fuzz/corpus/$target"
     if ! cargo fuzz run -s "$sanitizer" "$target" \
         "fuzz/corpus/$target" "fuzz/seeds/$target" \
-        -- -max_total_time="$seconds"; then
+        -- -max_total_time="$seconds" -max_len="$max_len"; then
         failed+=("$target")
     fi
 done

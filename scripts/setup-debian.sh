@@ -2,7 +2,11 @@
 # Installs the system packages Sluice needs on Debian 12 / Ubuntu 22.04+, only
 # when something is missing. Idempotent; uses sudo when not root.
 #   scripts/setup-debian.sh          # build + run: GStreamer and its plugins
-#   scripts/setup-debian.sh --test   # also ffmpeg/ffprobe for the test suite
+#   scripts/setup-debian.sh --test   # also every program the test suite runs
+#
+# Programs are checked by command name, not only by package: a package that is
+# "installed" but whose binary is gone still counts as missing. Anything still
+# missing afterwards fails in one line naming it.
 set -euo pipefail
 
 packages=(
@@ -11,26 +15,42 @@ packages=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x fonts-dejavu-core
 )
+# command -> the package that provides it
+declare -A commands=([pkg-config]=pkg-config [cc]=gcc)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(ffmpeg)
+  # ffmpeg: the publishers and decoders of the end-to-end tests; ffprobe: segment
+  # checks; gst-launch-1.0: a GStreamer RTMP publisher; curl: the CI's own checks.
+  packages+=(ffmpeg gstreamer1.0-tools curl)
+  commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl)
 fi
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+for c in "${!commands[@]}"; do
+  command -v "$c" >/dev/null || missing+=("${commands[$c]}")
+done
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null; then
-    echo "sluice: missing system packages (${missing[*]}) and no apt-get: install GStreamer 1.22+ with its base/good/bad/ugly/libav plugins by hand" >&2
+    echo "sluice: missing system packages (${missing[*]}) and no apt-get: install GStreamer 1.22+ with its base/good/bad/ugly/libav plugins (and ffmpeg, gstreamer tools for the tests) by hand" >&2
     exit 1
   fi
   sudo=""
   if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
   echo "sluice: installing ${missing[*]}" >&2
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends --reinstall "${missing[@]}"
 fi
+
+for c in "${!commands[@]}"; do
+  if ! command -v "$c" >/dev/null; then
+    echo "sluice: required program '$c' not found on PATH after installing ${commands[$c]}" >&2
+    exit 1
+  fi
+done
 
 if ! command -v cargo >/dev/null; then
   echo "sluice: no Rust toolchain found. Install one (Rust 1.92 or newer) with rustup: https://rustup.rs" >&2

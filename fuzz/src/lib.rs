@@ -68,6 +68,33 @@ pub fn rtmp_session(data: &[u8]) {
     }
 }
 
+/// An AMF0 value sequence (command and data message bodies), checked two ways: the
+/// non-recursive depth scan that guards rml_amf0 must never let through input whose
+/// recursive parse nests deeper than the limit, and neither may panic. rml_amf0 only
+/// runs on input the scan accepted, as in the server.
+pub fn amf0(data: &[u8]) {
+    if sluice_ingest::rtmp_guard::amf0_scan(data).is_ok() {
+        let mut cursor = std::io::Cursor::new(data);
+        if let Ok(values) = rml_amf0::deserialize(&mut cursor) {
+            let depth = values.iter().map(amf0_depth).max().unwrap_or(0);
+            assert!(
+                depth <= sluice_ingest::rtmp_guard::MAX_AMF0_DEPTH,
+                "scan accepted nesting {depth} deep"
+            );
+        }
+    }
+}
+
+/// Nesting depth of a parsed value (bounded by the scan, so recursion is safe here).
+fn amf0_depth(v: &rml_amf0::Amf0Value) -> usize {
+    use rml_amf0::Amf0Value;
+    match v {
+        Amf0Value::Object(props) => 1 + props.values().map(amf0_depth).max().unwrap_or(0),
+        Amf0Value::StrictArray(vals) => 1 + vals.iter().map(amf0_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// A whole configuration file: TOML syntax, then validation into the checked model.
 pub fn config_toml(data: &[u8]) {
     if let Ok(src) = std::str::from_utf8(data) {
@@ -86,11 +113,52 @@ pub fn http_path(data: &[u8]) {
 mod tests {
     use std::path::Path;
 
+    use sluice_ingest::{RtmpAction, RtmpSession};
+
+    /// The guard in front of rml_rtmp keeps real clients' framing: the captured ffmpeg
+    /// publish still yields a publish request and frames, at every read size.
+    #[test]
+    fn ffmpeg_capture_still_publishes_through_the_guard() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/rtmp_session");
+        for name in [
+            "ffmpeg_publish_26b_reads.bin",
+            "ffmpeg_publish_257b_reads.bin",
+        ] {
+            let data = std::fs::read(dir.join(name)).expect("seed");
+            let (split, stream) = data.split_first().expect("non-empty");
+            let mut session = RtmpSession::new();
+            let (mut published, mut frames) = (false, 0);
+            for read in stream.chunks(1 + (*split as usize).pow(2)) {
+                let mut pending = session.handle_input(read).expect("valid capture");
+                while !pending.is_empty() {
+                    let mut next = Vec::new();
+                    for action in pending {
+                        match action {
+                            RtmpAction::PublishRequested {
+                                request_id,
+                                stream_key,
+                                ..
+                            } => {
+                                published = true;
+                                next.extend(session.accept(request_id, Some(&stream_key)).unwrap());
+                            }
+                            RtmpAction::Frame(_) => frames += 1,
+                            _ => {}
+                        }
+                    }
+                    pending = next;
+                }
+            }
+            assert!(published && frames > 0, "{name}: {published} {frames}");
+        }
+    }
+
     /// Replays every committed seed and regression input through its target.
     #[test]
     fn seeds_do_not_panic() {
-        let targets: [(&str, fn(&[u8])); 5] = [
+        let targets: [(&str, fn(&[u8])); 6] = [
             ("flv_tags", super::flv_tags),
+            ("amf0", super::amf0),
             ("codec_records", super::codec_records),
             ("rtmp_session", super::rtmp_session),
             ("config_toml", super::config_toml),

@@ -17,6 +17,18 @@ pub fn heavy() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A command for an external program the suite needs; a missing one fails the test in
+/// one clear line (never a skipped check). `scripts/setup-debian.sh --test` installs them.
+pub fn tool(program: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()));
+    assert!(
+        found,
+        "required program `{program}` not found on PATH (run scripts/setup-debian.sh --test)"
+    );
+    Command::new(program)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -233,19 +245,19 @@ impl Publisher {
             seconds * 30,
             seconds * 47
         );
-        let child = Command::new("gst-launch-1.0")
+        let child = tool("gst-launch-1.0")
             .arg("-q")
             .args(pipeline.split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("gst-launch-1.0 on PATH");
+            .expect("run gst-launch-1.0");
         Publisher { child }
     }
 
     fn ffmpeg(url: &str, seconds: u32, size: &str, x264: &[&str]) -> Publisher {
-        let child = Command::new("ffmpeg")
+        let child = tool("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-re"])
             .args([
                 "-f",
@@ -264,7 +276,7 @@ impl Publisher {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("ffmpeg on PATH");
+            .expect("run ffmpeg");
         Publisher { child }
     }
 
@@ -320,7 +332,7 @@ pub fn probe(bytes: &[u8], ext: &str) -> Probe {
     let mut f = tempfile(ext);
     f.1.write_all(bytes).unwrap();
     drop(f.1);
-    let out = Command::new("ffprobe")
+    let out = tool("ffprobe")
         .args([
             "-v",
             "error",
@@ -332,13 +344,13 @@ pub fn probe(bytes: &[u8], ext: &str) -> Probe {
         .args(["-of", "json"])
         .arg(&f.0)
         .output()
-        .expect("ffprobe on PATH");
-    let decode = Command::new("ffmpeg")
+        .expect("run ffprobe");
+    let decode = tool("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(&f.0)
         .args(["-f", "null", "-"])
         .output()
-        .expect("ffmpeg on PATH");
+        .expect("run ffmpeg");
     let _ = std::fs::remove_file(&f.0);
     assert!(
         out.status.success(),

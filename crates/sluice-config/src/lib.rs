@@ -16,6 +16,7 @@ mod error;
 mod model;
 mod parse;
 mod raw;
+mod support;
 mod validate;
 
 use std::path::Path;
@@ -26,16 +27,33 @@ pub use model::{
     IpRule, Ladder, LadderRef, OsName, Output, OverrideRule, OverrideTarget, Rendition, RuleMode,
     SdkType, ServerConfig, TestPattern, TokenAlgorithm, TokenConfig, TokenKey,
 };
+pub use support::not_served_yet;
 
 /// The configuration `sluice serve` runs with when no `--config` is given.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../config/default.toml");
 
 impl Config {
-    /// Parses and validates a whole configuration; `origin` is the file name used in
-    /// messages. On failure every problem found is returned, in file order.
+    /// Parses and validates a whole configuration for the server as it is: besides
+    /// every schema error, each key the server does not enforce yet is refused with
+    /// "not supported yet" (never accepted and ignored). `origin` is the file name used
+    /// in messages. On failure every problem found is returned, in file order.
     pub fn from_toml_str(src: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        Self::parse(src, origin, true)
+    }
+
+    /// Validates against the whole schema, including keys the server does not act on
+    /// yet. For tools and tests of the schema; `sluice check` and `serve` use
+    /// [`Config::from_toml_str`].
+    pub fn from_toml_str_full_schema(src: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        Self::parse(src, origin, false)
+    }
+
+    fn parse(src: &str, origin: &str, supported_only: bool) -> Result<Config, ConfigErrors> {
         let mut problems = Vec::new();
         let parsed = parse::parse(src, &mut problems);
+        if supported_only && let Some(raw) = &parsed.raw {
+            support::refuse_unsupported(raw, &mut problems);
+        }
         let config = parsed
             .raw
             .as_ref()

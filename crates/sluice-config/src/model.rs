@@ -61,6 +61,9 @@ pub struct ApiConfig {
     /// `admin_tokens`: bearer tokens accepted by `/api/v1`. Empty: the control API
     /// answers 403 to everything. Default: none.
     pub admin_tokens: Vec<String>,
+    /// `public_status`: `GET /` and `GET /api/v1/status` without a token (ids, states,
+    /// viewer counts; never keys or tokens). Default true.
+    pub public_status: bool,
 }
 
 /// `[ladders.<id>]`: an ABR ladder, shared by engines that name it.
@@ -339,6 +342,8 @@ pub struct TokenConfig {
     /// `keys`: verification keys, ids unique; non-empty when `required`. The first
     /// one signs tokens made by `sluice token`. Default: none.
     pub keys: Vec<TokenKey>,
+    /// `issuer`: when set, a token's `iss` claim must equal it. Default: not checked.
+    pub issuer: Option<String>,
 }
 
 /// One entry of `token.keys`.

@@ -47,6 +47,7 @@ pub(crate) struct RawServer {
 #[serde(deny_unknown_fields, default, expecting = "a table")]
 pub(crate) struct RawApi {
     pub admin_tokens: Vec<S<String>>,
+    pub public_status: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,18 +81,23 @@ pub(crate) struct RawChannel {
     pub ingests: IdMap<RawIngest>,
     #[serde(default)]
     pub engines: IdMap<RawEngine>,
+    /// Extra audio tracks and camera angles: parsed so that `check` can say they are
+    /// not supported yet (`support`), instead of calling them unknown.
+    pub sources: Option<S<toml::Value>>,
+    /// Relays, restreams and pull outputs: the same.
+    pub outputs: Option<S<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(crate) struct RawIngest {
-    pub protocol: IngestProtocol,
+    pub protocol: S<IngestProtocol>,
     pub stream_key: Option<S<String>>,
     pub url: Option<S<String>>,
     pub passphrase: Option<S<String>>,
     pub priority: Option<u32>,
     pub allow_cidrs: Option<S<Vec<S<String>>>>,
-    pub max_kbps: Option<u32>,
+    pub max_kbps: Option<S<u32>>,
     pub enabled: Option<bool>,
     pub width: Option<S<i64>>,
     pub height: Option<S<i64>>,
@@ -104,6 +110,8 @@ pub(crate) struct RawEngine {
     pub ladder: S<String>,
     pub outputs: Option<S<Vec<S<Output>>>>,
     pub priority: Option<u32>,
+    /// Recording: parsed so that `check` can say it is not supported yet.
+    pub record: Option<S<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +152,7 @@ pub(crate) struct RawToken {
     pub required: Option<bool>,
     #[serde(default)]
     pub keys: Vec<S<RawTokenKey>>,
+    pub issuer: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

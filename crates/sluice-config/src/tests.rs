@@ -7,6 +7,9 @@ use sluice_core::Id;
 
 use super::*;
 
+/// The whole schema, with keys the server does not enforce yet.
+const PLANNED: &str = include_str!("../../../config/sluice.planned.toml");
+/// What the server runs today.
 const EXAMPLE: &str = include_str!("../../../config/sluice.example.toml");
 
 /// A minimal valid config that tests append to.
@@ -22,11 +25,12 @@ fn id(s: &str) -> Id {
 }
 
 fn ok(src: &str) -> Config {
-    Config::from_toml_str(src, "t.toml").unwrap_or_else(|e| panic!("expected valid, got:\n{e}"))
+    Config::from_toml_str_full_schema(src, "t.toml")
+        .unwrap_or_else(|e| panic!("expected valid, got:\n{e}"))
 }
 
 fn errors(src: &str) -> Vec<ConfigError> {
-    match Config::from_toml_str(src, "t.toml") {
+    match Config::from_toml_str_full_schema(src, "t.toml") {
         Ok(_) => panic!("expected errors, the config is valid:\n{src}"),
         Err(e) => {
             assert_eq!(e.origin, "t.toml");
@@ -107,8 +111,8 @@ fn default_config_validates() {
 }
 
 #[test]
-fn example_config_validates_with_the_right_values() {
-    let c = ok(EXAMPLE);
+fn planned_config_validates_with_the_right_values() {
+    let c = ok(PLANNED);
     let s = &c.server;
     assert_eq!(s.http_listen, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(s.https_listen, None);
@@ -234,6 +238,98 @@ fn example_config_validates_with_the_right_values() {
     assert_eq!(c.distributions.len(), 5);
 }
 
+/// Every key of the schema that the server does not act on is refused by `check` and
+/// `serve` with its position; the supported example and the embedded default pass.
+#[test]
+fn unenforced_keys_are_refused_with_their_position() {
+    let c = Config::from_toml_str(EXAMPLE, "example.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.channels.len(), 2);
+    Config::from_toml_str(DEFAULT_CONFIG_TOML, "default.toml").unwrap();
+    let got = Config::from_toml_str(PLANNED, "planned.toml")
+        .unwrap_err()
+        .errors;
+    let show = got
+        .iter()
+        .map(|e| format!("{}:{} [{}] {}", e.line, e.column, e.path, e.message))
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("{show}");
+    assert!(
+        got.iter()
+            .all(|e| e.message.starts_with("not supported yet: ")),
+        "{show}"
+    );
+    // Exactly these, in file order: (path, what), each at its value's line and column.
+    let want = [
+        (
+            "channels.final.ingests.primary.max_kbps",
+            "ingest bitrate cap",
+        ),
+        ("channels.final.ingests.backup.protocol", "srt ingests"),
+        ("channels.final.ingests.backup.protocol", "backup ingests"),
+        ("channels.final.ingests.venue.protocol", "srt-pull ingests"),
+        ("channels.final.ingests.venue.protocol", "backup ingests"),
+        ("channels.final.engines.main.record", "recording"),
+        ("channels.final.sources", "extra sources"),
+        ("channels.final.outputs", "channel outputs"),
+        ("distributions.reseller-eu.geo", "geo rules"),
+        ("distributions.reseller-eu.ip", "IP rules"),
+        (
+            "distributions.reseller-eu.allowed_origins[0]",
+            "allowed_origins",
+        ),
+        (
+            "distributions.reseller-eu.target_latency_seconds",
+            "target_latency_seconds",
+        ),
+        ("distributions.reseller-eu.token", "viewer tokens"),
+        ("distributions.reseller-eu.overrides[0]", "override rules"),
+        ("distributions.reseller-eu-mobile.geo", "geo rules"),
+        (
+            "distributions.reseller-eu-lowlatency.target_latency_seconds",
+            "target_latency_seconds",
+        ),
+        ("distributions.reseller-eu-lowlatency.geo", "geo rules"),
+        ("distributions.reseller-us.geo", "geo rules"),
+    ];
+    assert_eq!(got.len(), want.len(), "{show}");
+    for (e, (path, fragment)) in got.iter().zip(want) {
+        assert!(
+            e.path == path && e.message.contains(fragment),
+            "{path} {fragment}:\n{show}"
+        );
+    }
+    let line = |marker: &str| at(PLANNED, marker);
+    assert_eq!((got[0].line, got[0].column), line("max_kbps = |12000"));
+    assert_eq!(
+        (got[3].line, got[3].column),
+        line("protocol = |\"srt-pull\"")
+    );
+    assert_eq!(
+        (got[12].line, got[12].column),
+        line("|[distributions.reseller-eu.token]")
+    );
+}
+
+/// `token.required = true` on its own: refused at the token table, not accepted as public.
+#[test]
+fn a_required_token_is_refused_not_ignored() {
+    let src = format!(
+        "{BASE}[distributions.d]\nchannel = \"c\"\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n"
+    );
+    ok(&src);
+    let e = Config::from_toml_str(&src, "t.toml").unwrap_err().errors;
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].message.contains("not supported yet: viewer tokens"),
+        "{e:?}"
+    );
+    assert_eq!(
+        (e[0].line, e[0].column),
+        at(&src, "|[distributions.d.token]")
+    );
+}
+
 #[test]
 fn load_reads_files_and_reports_read_errors_at_0_0() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
@@ -300,7 +396,8 @@ fn defaults_are_filled_in() {
         d.token,
         TokenConfig {
             required: false,
-            keys: vec![]
+            keys: vec![],
+            issuer: None,
         }
     );
 
@@ -749,7 +846,11 @@ fn stream_key_alphabet() {
         let src = format!(
             "{BASE}[channels.c.ingests.p]\nprotocol = \"rtmp\"\nstream_key = \"{key}\"\nallow_cidrs = [\"10.0.0.0/8\"]\n"
         );
-        assert_eq!(Config::from_toml_str(&src, "t").is_ok(), good, "{key:?}");
+        assert_eq!(
+            Config::from_toml_str_full_schema(&src, "t").is_ok(),
+            good,
+            "{key:?}"
+        );
     }
 }
 
@@ -913,7 +1014,7 @@ fn malformed_items_do_not_cause_follow_on_errors() {
 #[test]
 fn garbage_never_panics() {
     let mut inputs: Vec<String> = Vec::new();
-    let chars: Vec<char> = EXAMPLE.chars().collect();
+    let chars: Vec<char> = PLANNED.chars().collect();
     for n in (0..chars.len()).step_by(37) {
         inputs.push(chars[..n].iter().collect());
     }
@@ -943,7 +1044,7 @@ fn garbage_never_panics() {
         inputs.push(c.into_iter().collect());
     }
     // Line shuffles keep the syntax valid but break the structure.
-    let lines: Vec<&str> = EXAMPLE.lines().collect();
+    let lines: Vec<&str> = PLANNED.lines().collect();
     for k in 1..40 {
         let mut l = lines.clone();
         l.rotate_left(k * 7 % lines.len());
@@ -995,7 +1096,7 @@ fn display_is_origin_line_column_message() {
 
 #[test]
 fn maps_are_keyed_by_id() {
-    let c = ok(EXAMPLE);
+    let c = ok(PLANNED);
     let ids: Vec<&str> = c.channels.keys().map(Id::as_str).collect();
     assert_eq!(ids, ["final", "lobby"]);
     let _: &BTreeMap<Id, Distribution> = &c.distributions;

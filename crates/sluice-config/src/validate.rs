@@ -63,6 +63,11 @@ pub(crate) fn validate(
             .flat_map(|a| &a.admin_tokens)
             .map(|t| c.admin_token(t))
             .collect(),
+        public_status: raw
+            .api
+            .as_ref()
+            .and_then(|a| a.public_status)
+            .unwrap_or(true),
     };
     let mut ladders = BTreeMap::new();
     let mut by_name = HashMap::new();
@@ -442,7 +447,7 @@ impl Checker<'_> {
 
     fn ingest(&mut self, path: &str, ing: &S<RawIngest>) -> Ingest {
         let r = ing.get_ref();
-        let p = r.protocol;
+        let p = *r.protocol.get_ref();
         let proto = p.as_str();
         if let Some(k) = &r.stream_key {
             if p.is_push() {
@@ -530,7 +535,7 @@ impl Checker<'_> {
             passphrase: r.passphrase.as_ref().map(|v| v.get_ref().clone()),
             priority: r.priority.unwrap_or(1),
             allow_cidrs,
-            max_kbps: r.max_kbps.unwrap_or(0),
+            max_kbps: r.max_kbps.as_ref().map_or(0, |k| *k.get_ref()),
             enabled: r.enabled.unwrap_or(true),
             test_pattern,
         }
@@ -860,7 +865,11 @@ impl Checker<'_> {
                 public_key_pem: kr.public_key_pem.as_ref().map(|v| v.get_ref().clone()),
             });
         }
-        TokenConfig { required, keys }
+        TokenConfig {
+            required,
+            keys,
+            issuer: r.issuer.as_ref().map(|i| i.get_ref().clone()),
+        }
     }
 
     fn override_rule(

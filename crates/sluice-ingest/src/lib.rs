@@ -3,11 +3,13 @@
 //! - [`bus`]: the bounded per-channel fan-out from the live publisher to engines.
 //! - [`flv`]: FLV tag bodies (RTMP's media payloads), pure parsing.
 //! - [`rtmp_session`]: a publishing RTMP connection without I/O (rml_rtmp inside).
+//! - [`rtmp_guard`]: a non-recursive check of chunks and AMF0 before rml_rtmp parses them.
 //! - [`rtmp`]: the tokio listener around it.
 
 pub mod bus;
 pub mod flv;
 pub mod rtmp;
+pub mod rtmp_guard;
 pub mod rtmp_session;
 
 pub use bus::{BusError, BusReceiver, ChannelBus, DEFAULT_BUS_CAPACITY, Publisher};

@@ -13,6 +13,7 @@ use rml_rtmp::sessions::{
 use sluice_core::{AudioConfig, Frame, TrackKind, VideoConfig};
 
 use crate::flv::{self, FlvAudio, FlvVideo};
+use crate::rtmp_guard::{ChunkGuard, GuardError};
 
 /// The RTMP application publishers must use: `rtmp://HOST/live/<stream_key>`.
 pub const RTMP_APP: &str = "live";
@@ -23,6 +24,9 @@ pub enum RtmpError {
     Handshake(String),
     #[error("RTMP protocol error: {0}")]
     Protocol(String),
+    /// Input that would crash or mislead rml_rtmp, stopped before it got there.
+    #[error("RTMP input refused: {0}")]
+    Refused(#[from] GuardError),
 }
 
 /// What the connection should do next.
@@ -75,6 +79,7 @@ impl TimestampExtender {
 
 pub struct RtmpSession {
     state: State,
+    guard: ChunkGuard,
     video: Option<VideoConfig>,
     audio_ok: bool,
     video_ts: TimestampExtender,
@@ -86,11 +91,10 @@ const MS: i64 = 1_000_000;
 
 /// Runs rml_rtmp on untrusted bytes, turning a panic inside it into an error.
 ///
-/// rml_rtmp 0.8.0 panics on some malformed input (found by `fuzz/rtmp_session`):
-/// an unchecked subtraction in its chunk deserializer when a chunk header shrinks a
-/// message already partly received, and `drain(..3)` on an AMF0 command with fewer
-/// than three values. The session is unusable afterwards; the error closes the
-/// connection. Remove once rml_rtmp checks these itself.
+/// rml_rtmp 0.8.0 panics on some malformed input (found by `fuzz/rtmp_session`). The
+/// known cases are refused by [`ChunkGuard`] before rml_rtmp sees them; this is the
+/// backstop for unknown ones (a stack overflow, which no unwinding can catch, is the
+/// guard's job alone). The session is unusable afterwards; the error closes the connection.
 fn contain_panic<T>(parse: impl FnOnce() -> T) -> Result<T, RtmpError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
         .map_err(|_| RtmpError::Protocol("malformed input made rml_rtmp panic".into()))
@@ -106,6 +110,7 @@ impl RtmpSession {
     pub fn new() -> Self {
         RtmpSession {
             state: State::Handshaking(Box::new(Handshake::new(PeerType::Server))),
+            guard: ChunkGuard::default(),
             video: None,
             audio_ok: false,
             video_ts: TimestampExtender::default(),
@@ -149,6 +154,7 @@ impl RtmpSession {
                 }
             }
             State::Session(session) => {
+                self.guard.check(bytes)?;
                 let results = contain_panic(|| session.handle_input(bytes))?
                     .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
                 self.process(results, &mut out)?;
@@ -364,7 +370,51 @@ mod tests {
         let mut s = handshaken();
         let mut input = chunk0(10, 20);
         input.extend_from_slice(b"\x02\x00\x07connect");
-        assert!(s.handle_input(&input).is_err());
+        assert!(matches!(
+            s.handle_input(&input),
+            Err(RtmpError::Refused(GuardError::ShortCommand))
+        ));
+    }
+
+    /// One command nesting strict arrays (then objects) 100,000 deep: refused before
+    /// rml_amf0's recursive parser could overflow the stack.
+    #[test]
+    fn deep_amf0_nesting_is_refused() {
+        for inner in [[0x0A, 0, 0, 0, 1].repeat(100_000), {
+            let mut v = vec![0x03];
+            v.extend_from_slice(&[0, 1, b'a', 0x03].repeat(100_000));
+            v
+        }] {
+            let mut s = handshaken();
+            // SetChunkSize 65536 first, so the big message comes in few chunks.
+            let mut input = chunk0(4, 1);
+            input.extend_from_slice(&65536u32.to_be_bytes());
+            let mut body = b"\x02\x00\x07connect\x00".to_vec();
+            body.extend_from_slice(&1f64.to_be_bytes());
+            body.extend_from_slice(&inner);
+            input.extend_from_slice(&chunk0(body.len() as u32, 20));
+            for (i, part) in body.chunks(65536).enumerate() {
+                if i > 0 {
+                    input.push(0xC3);
+                }
+                input.extend_from_slice(part);
+            }
+            assert!(matches!(
+                s.handle_input(&input),
+                Err(RtmpError::Refused(GuardError::Amf0TooDeep { type_id: 20 }))
+            ));
+        }
+    }
+
+    #[test]
+    fn chunk_size_zero_is_refused() {
+        let mut s = handshaken();
+        let mut input = chunk0(4, 1);
+        input.extend_from_slice(&0u32.to_be_bytes());
+        assert!(matches!(
+            s.handle_input(&input),
+            Err(RtmpError::Refused(GuardError::ChunkSizeZero))
+        ));
     }
 
     /// Regression (fuzz/rtmp_session): a type 1 header shrinking a message that is
@@ -376,7 +426,10 @@ mod tests {
         input.extend_from_slice(&[0u8; 128]); // the first 128-byte chunk of 200
         input.extend_from_slice(&[0x43, 0, 0, 0, 0, 0, 10, 20]); // type 1: length 10
         input.extend_from_slice(&[0u8; 10]);
-        assert!(s.handle_input(&input).is_err());
+        assert!(matches!(
+            s.handle_input(&input),
+            Err(RtmpError::Refused(GuardError::ShrunkMessage))
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! End-to-end tests of the packager on a real ffmpeg capture, checked by
 //! independent parsers: `m3u8-rs` for playlists, the `mp4` crate for fMP4,
-//! and `ffprobe` (when installed) for decoding CMAF and TS segments.
+//! and `ffprobe` (required) for decoding CMAF and TS segments.
 
 use std::io::Cursor;
 use std::process::Command;
@@ -193,11 +193,17 @@ fn parse_fmp4(init: &[u8], segment: &[u8]) -> (u32, bool) {
     )
 }
 
-fn have_ffprobe() -> bool {
-    Command::new("ffprobe")
+/// The suite runs ffprobe; without it this test fails in one line instead of passing
+/// with its decoding checks skipped (`scripts/setup-debian.sh --test` installs it).
+fn require_ffprobe() {
+    let found = Command::new("ffprobe")
         .arg("-version")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "required program `ffprobe` not found on PATH (run scripts/setup-debian.sh --test)"
+    );
 }
 
 /// Decodes a file with ffprobe: per stream (codec_type, width, height, decoded frames).
@@ -349,9 +355,7 @@ fn cmaf_and_ts_from_ffmpeg_fixture() {
     assert!(out.segment(OutputKind::Cmaf, "360p", 8).is_none());
     assert!(out.init_segment("360p", 2).is_none());
 
-    if !have_ffprobe() {
-        return;
-    }
+    require_ffprobe();
     for msn in 5..=7u64 {
         let mut file = video_init.to_vec();
         file.extend_from_slice(&out.segment(OutputKind::Cmaf, "360p", msn).unwrap());

@@ -61,6 +61,9 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
 
 pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     sluice_engine::check_elements()?;
+    for what in sluice_config::not_served_yet(&cfg) {
+        tracing::warn!("accepted, not served yet: {what}");
+    }
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut patterns: Vec<TestPattern> = Vec::new();
@@ -195,8 +198,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                     patterns.push(pattern);
                 }
                 IngestProtocol::TestPattern => {}
+                // Refused by `Config::from_toml_str` until they are served.
                 other => {
-                    tracing::warn!(channel = %channel_id, ingest = %ingest_id, protocol = other.as_str(), "ingest protocol not supported yet; ignored");
+                    anyhow::bail!(
+                        "{channel_id}/{ingest_id}: {} ingests are not supported yet",
+                        other.as_str()
+                    )
                 }
             }
         }

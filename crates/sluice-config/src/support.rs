@@ -1,0 +1,125 @@
+//! What the server acts on today, of everything the schema accepts.
+//!
+//! The schema (`validate`) is the whole product; the server grows into it. A key that
+//! grants or restricts access, or changes what viewers and encoders get, is refused
+//! here with its position and "not supported yet" until the server enforces it, so a
+//! rule is never accepted and then ignored (fail closed). When a feature lands, its
+//! line here goes and its tests move to the feature.
+//!
+//! Keys that only say where to listen or store (`srt_listen`, `https_listen`,
+//! `data_dir`, ...) and `part_seconds` stay accepted; [`not_served_yet`] lists them
+//! for a log line at start.
+
+use crate::model::{Config, IngestProtocol};
+use crate::parse::Problem;
+use crate::raw::{RawConfig, S};
+
+fn refuse<T>(problems: &mut Vec<Problem>, at: &S<T>, what: &str) {
+    problems.push(Problem {
+        span: at.span(),
+        message: format!("not supported yet: {what}; remove it until it is (it would be ignored)"),
+    });
+}
+
+/// Appends a problem for every key in `raw` that the server would not enforce.
+pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
+    for ch in raw.channels.values() {
+        let ch = ch.get_ref();
+        if let Some(s) = &ch.sources {
+            refuse(problems, s, "extra sources (audio tracks, camera angles)");
+        }
+        if let Some(o) = &ch.outputs {
+            refuse(
+                problems,
+                o,
+                "channel outputs (relays, restreams, pull outputs)",
+            );
+        }
+        for ing in ch.ingests.values() {
+            let r = ing.get_ref();
+            match r.protocol.get_ref() {
+                IngestProtocol::Rtmp | IngestProtocol::TestPattern => {}
+                p => refuse(problems, &r.protocol, &format!("{} ingests", p.as_str())),
+            }
+            if let Some(k) = &r.max_kbps
+                && *k.get_ref() > 0
+            {
+                refuse(problems, k, "an ingest bitrate cap (max_kbps other than 0)");
+            }
+        }
+        // Backups: every enabled ingest after the one with the lowest priority.
+        let mut live: Vec<_> = ch
+            .ingests
+            .iter()
+            .filter(|(_, i)| i.get_ref().enabled != Some(false))
+            .map(|(id, i)| (i.get_ref().priority.unwrap_or(1), id.get_ref(), i))
+            .collect();
+        live.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (_, _, backup) in live.iter().skip(1) {
+            refuse(
+                problems,
+                &backup.get_ref().protocol,
+                "backup ingests (a second enabled ingest on one channel)",
+            );
+        }
+        for e in ch.engines.values() {
+            if let Some(r) = &e.get_ref().record {
+                refuse(problems, r, "recording");
+            }
+        }
+    }
+    for d in raw.distributions.values() {
+        let d = d.get_ref();
+        if let Some(g) = &d.geo {
+            refuse(problems, g, "geo rules");
+        }
+        if let Some(ip) = &d.ip {
+            refuse(problems, ip, "IP rules");
+        }
+        if let Some(o) = d.allowed_origins.first() {
+            refuse(
+                problems,
+                o,
+                "allowed_origins (an empty list, any origin, is supported)",
+            );
+        }
+        if let Some(t) = &d.token {
+            refuse(problems, t, "viewer tokens");
+        }
+        if let Some(o) = d.overrides.first() {
+            refuse(problems, o, "override rules");
+        }
+        if let Some(l) = &d.target_latency_seconds
+            && *l.get_ref() != 0.0
+        {
+            refuse(problems, l, "target_latency_seconds other than 0");
+        }
+    }
+}
+
+/// Accepted settings the server does not act on yet, one sentence each, for a log line
+/// at start.
+pub fn not_served_yet(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(a) = c.server.https_listen {
+        out.push(format!("https_listen {a}: HTTPS is not served yet"));
+    }
+    out.push(format!(
+        "srt_listen {}: SRT is not served yet (nothing listens there)",
+        c.server.srt_listen
+    ));
+    if !c.api.admin_tokens.is_empty() {
+        out.push("api.admin_tokens: the control API is not served yet".into());
+    }
+    if c.server.geoip_database.is_some() {
+        out.push("geoip_database: geo rules are not enforced yet".into());
+    }
+    for (id, l) in &c.ladders {
+        if l.part_seconds > 0.0 {
+            out.push(format!(
+                "ladders.{id}.part_seconds: LL-HLS parts are not served yet"
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,482 @@
+//! A non-recursive check of RTMP chunks and AMF0 bodies before rml_rtmp parses them.
+//!
+//! rml_rtmp 0.8 and rml_amf0 0.3 trust their input in ways a peer can exploit:
+//! - rml_amf0 parses nested objects and arrays by recursion, so one command message
+//!   nesting strict arrays 100,000 deep (500 KB) overflows the thread's stack. That
+//!   aborts the process; `catch_unwind` cannot stop it.
+//! - A chunk header that shrinks a message already partly received underflows a
+//!   subtraction in the chunk deserializer (a panic).
+//! - An AMF0 command with fewer than three values panics in `drain(..3)`.
+//! - A type 1–3 chunk whose extended timestamp is below `0xFFFFFF` underflows.
+//! - `SetChunkSize 0` is accepted and turns every later chunk into a header alone.
+//!
+//! [`ChunkGuard`] mirrors rml_rtmp's chunk framing exactly (including its single
+//! payload buffer shared by every chunk stream, so both see the same message
+//! boundaries), and checks each complete message before the same bytes reach
+//! rml_rtmp. It copies each payload once and keeps no more than rml_rtmp itself does.
+//! Remove it when rml_rtmp bounds its own recursion and arithmetic.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, BytesMut};
+
+/// Deepest nesting of AMF0 objects and arrays accepted. Real encoders send depth 2
+/// (the connect command object, onMetaData's ECMA array); rml_amf0 recurses about
+/// twice per level, so 32 levels stay far inside any thread's stack.
+pub const MAX_AMF0_DEPTH: usize = 32;
+
+/// rml_rtmp's initial chunk size (RTMP 1.0 §5.4.1).
+const INITIAL_CHUNK_SIZE: usize = 128;
+const MAX_THREE_BYTE_TIMESTAMP: u32 = 0xFF_FFFF;
+
+/// Why a connection's input was refused before it reached rml_rtmp.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    #[error("AMF0 nesting deeper than {MAX_AMF0_DEPTH} in a message of type {type_id}")]
+    Amf0TooDeep { type_id: u8 },
+    #[error("AMF0 command with fewer than three values")]
+    ShortCommand,
+    #[error("chunk header shrinks a message already partly received")]
+    ShrunkMessage,
+    #[error("SetChunkSize 0")]
+    ChunkSizeZero,
+    #[error("extended timestamp below 0xFFFFFF in a continuation header")]
+    BadExtendedTimestamp,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Header {
+    timestamp_field: u32,
+    message_length: u32,
+    type_id: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    BasicHeader,
+    MessageHeader,
+    ExtendedTimestamp,
+    Payload,
+}
+
+/// The chunk framing of rml_rtmp's `ChunkDeserializer`, without its parsing.
+#[derive(Debug)]
+pub struct ChunkGuard {
+    max_chunk_size: usize,
+    previous: HashMap<u32, Header>,
+    current: Header,
+    current_csid: u32,
+    /// Header format of the chunk being read: 0 (full) to 3 (no message header).
+    format: u8,
+    stage: Stage,
+    pending: BytesMut,
+    payload: Vec<u8>,
+}
+
+impl Default for ChunkGuard {
+    fn default() -> Self {
+        ChunkGuard {
+            max_chunk_size: INITIAL_CHUNK_SIZE,
+            previous: HashMap::new(),
+            current: Header::default(),
+            current_csid: 0,
+            format: 0,
+            stage: Stage::BasicHeader,
+            pending: BytesMut::new(),
+            payload: Vec::new(),
+        }
+    }
+}
+
+impl ChunkGuard {
+    /// Takes the bytes rml_rtmp is about to be given (after the handshake); an error
+    /// means they must not reach it and the connection is to be closed.
+    pub fn check(&mut self, bytes: &[u8]) -> Result<(), GuardError> {
+        self.pending.extend_from_slice(bytes);
+        while self.step()? {}
+        Ok(())
+    }
+
+    /// Advances one stage; `false` when more bytes are needed.
+    fn step(&mut self) -> Result<bool, GuardError> {
+        match self.stage {
+            Stage::BasicHeader => {
+                let Some(&first) = self.pending.first() else {
+                    return Ok(false);
+                };
+                let (csid, len) = match first & 0x3F {
+                    0 if self.pending.len() >= 2 => (self.pending[1] as u32 + 64, 2),
+                    1 if self.pending.len() >= 3 => (
+                        self.pending[2] as u32 * 256 + self.pending[1] as u32 + 64,
+                        3,
+                    ),
+                    0 | 1 => return Ok(false),
+                    id => (id as u32, 1),
+                };
+                self.format = first >> 6;
+                // rml_rtmp fails a continuation header without a previous one on its own.
+                self.current = if self.format == 0 {
+                    Header::default()
+                } else {
+                    self.previous.remove(&csid).unwrap_or_default()
+                };
+                self.current_csid = csid;
+                self.pending.advance(len);
+                self.stage = Stage::MessageHeader;
+            }
+            Stage::MessageHeader => {
+                let len = match self.format {
+                    0 => 11,
+                    1 => 7,
+                    2 => 3,
+                    _ => 0,
+                };
+                if self.pending.len() < len {
+                    return Ok(false);
+                }
+                let h = &self.pending[..len];
+                if len >= 3 {
+                    self.current.timestamp_field = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+                }
+                if len >= 7 {
+                    self.current.message_length = u32::from_be_bytes([0, h[3], h[4], h[5]]);
+                    self.current.type_id = h[6];
+                }
+                self.pending.advance(len);
+                self.stage = Stage::ExtendedTimestamp;
+            }
+            Stage::ExtendedTimestamp => {
+                if self.current.timestamp_field >= MAX_THREE_BYTE_TIMESTAMP {
+                    if self.pending.len() < 4 {
+                        return Ok(false);
+                    }
+                    let ext = u32::from_be_bytes([
+                        self.pending[0],
+                        self.pending[1],
+                        self.pending[2],
+                        self.pending[3],
+                    ]);
+                    // rml_rtmp computes `ext - 0xFFFFFF` for a continuation header.
+                    if self.format != 0 && self.payload.is_empty() && ext < MAX_THREE_BYTE_TIMESTAMP
+                    {
+                        return Err(GuardError::BadExtendedTimestamp);
+                    }
+                    self.pending.advance(4);
+                }
+                self.stage = Stage::Payload;
+            }
+            Stage::Payload => {
+                let length = self.current.message_length as usize;
+                let remaining = length
+                    .checked_sub(self.payload.len())
+                    .ok_or(GuardError::ShrunkMessage)?;
+                // rml_rtmp reads a whole message in one chunk when it fits the chunk size,
+                // else min(remaining, chunk size): mirrored, odd as it is.
+                let take = if length > self.max_chunk_size {
+                    remaining.min(self.max_chunk_size)
+                } else {
+                    length
+                };
+                if self.pending.len() < take {
+                    return Ok(false);
+                }
+                self.payload.extend_from_slice(&self.pending[..take]);
+                self.pending.advance(take);
+                if self.payload.len() == length {
+                    let result = self.inspect(self.current.type_id);
+                    self.payload.clear();
+                    result?;
+                }
+                self.previous.insert(self.current_csid, self.current);
+                self.stage = Stage::BasicHeader;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Checks one complete message, as rml_rtmp is about to decode it.
+    fn inspect(&mut self, type_id: u8) -> Result<(), GuardError> {
+        let body = &self.payload[..];
+        match type_id {
+            1 if body.len() >= 4 => {
+                let size = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                if size == 0 {
+                    return Err(GuardError::ChunkSizeZero);
+                }
+                if size < 0x8000_0000 {
+                    self.max_chunk_size = size as usize;
+                }
+            }
+            // AMF0 data and shared objects (rml_rtmp decodes type 15 as AMF0 too).
+            15 | 18 => {
+                amf0_scan(body).map_err(|_| GuardError::Amf0TooDeep { type_id })?;
+            }
+            // Commands: rml_rtmp strips one leading zero from an "AMF3" command.
+            17 | 20 => {
+                let body = match body {
+                    [0, rest @ ..] if type_id == 17 => rest,
+                    _ => body,
+                };
+                let values = amf0_scan(body).map_err(|_| GuardError::Amf0TooDeep { type_id })?;
+                if values < 3 {
+                    return Err(GuardError::ShortCommand);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The nesting limit was exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep;
+
+/// Walks an AMF0 value sequence (AMF0 §2) the way rml_amf0 reads it, with an explicit
+/// stack instead of recursion. Returns the number of top-level values read before the
+/// end or the first malformed byte (where rml_amf0 stops too), or [`TooDeep`] as soon
+/// as objects and arrays nest deeper than [`MAX_AMF0_DEPTH`].
+pub fn amf0_scan(bytes: &[u8]) -> Result<usize, TooDeep> {
+    #[derive(Clone, Copy)]
+    enum Frame {
+        /// Properties (`u16` name, value) until an empty name and the end marker.
+        Object,
+        /// This many more values (an end marker also ends it).
+        Array(u32),
+    }
+    let mut r = Reader(bytes);
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut top_level = 0usize;
+    loop {
+        // Where the next value comes from, given the innermost container.
+        match stack.last_mut() {
+            None => {}
+            Some(Frame::Array(0)) => {
+                stack.pop();
+                continue;
+            }
+            Some(Frame::Array(n)) => *n -= 1,
+            Some(Frame::Object) => {
+                let Some(name_len) = r.u16() else {
+                    return Ok(top_level);
+                };
+                if name_len == 0 {
+                    if r.u8() != Some(0x09) {
+                        return Ok(top_level);
+                    }
+                    stack.pop();
+                    continue;
+                }
+                r.skip_short(name_len as usize);
+            }
+        }
+        let Some(marker) = r.u8() else {
+            // End of input: the end of the sequence at top level or in an array, an
+            // error after a property name. rml_amf0 stops either way.
+            return Ok(top_level);
+        };
+        if stack.is_empty() && marker != 0x09 {
+            top_level += 1;
+        }
+        let ok = match marker {
+            0x00 => r.skip_exact(8),                                     // number
+            0x01 => r.skip_exact(1),                                     // boolean
+            0x02 => r.u16().map(|n| r.skip_short(n as usize)).is_some(), // string
+            0x05 | 0x06 => true,                                         // null, undefined
+            0x03 => {
+                stack.push(Frame::Object);
+                true
+            }
+            0x08 => {
+                // ECMA array: a count rml_amf0 ignores, then properties like an object.
+                let ok = r.skip_exact(4);
+                stack.push(Frame::Object);
+                ok
+            }
+            0x0A => match r.u32() {
+                Some(n) => {
+                    stack.push(Frame::Array(n));
+                    true
+                }
+                None => false,
+            },
+            0x09 => match stack.last() {
+                // Object end: ends the sequence at top level, an array early.
+                None => return Ok(top_level),
+                Some(Frame::Array(_)) => {
+                    stack.pop();
+                    true
+                }
+                Some(Frame::Object) => false,
+            },
+            _ => false, // a marker rml_amf0 does not read
+        };
+        if !ok {
+            return Ok(top_level);
+        }
+        if stack.len() > MAX_AMF0_DEPTH {
+            return Err(TooDeep);
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let b = self.0.get(..2)?;
+        let v = u16::from_be_bytes([b[0], b[1]]);
+        self.0 = &self.0[2..];
+        Some(v)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let b = self.0.get(..4)?;
+        let v = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        self.0 = &self.0[4..];
+        Some(v)
+    }
+    /// A fixed-size field: all of it or an error, as `read_exact`.
+    fn skip_exact(&mut self, n: usize) -> bool {
+        match self.0.get(n..) {
+            Some(rest) => {
+                self.0 = rest;
+                true
+            }
+            None => false,
+        }
+    }
+    /// A string body: rml_amf0 reads what is there (`Read::read`), short or not.
+    fn skip_short(&mut self, n: usize) {
+        self.0 = self.0.get(n..).unwrap_or(&[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `depth` strict arrays of one element each, around a number.
+    fn nested_arrays(depth: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(depth * 5 + 9);
+        for _ in 0..depth {
+            v.extend_from_slice(&[0x0A, 0, 0, 0, 1]);
+        }
+        v.push(0x00);
+        v.extend_from_slice(&1f64.to_be_bytes());
+        v
+    }
+
+    /// `depth` objects, each the value of property "a" of the one outside it.
+    fn nested_objects(depth: usize) -> Vec<u8> {
+        let mut v = vec![0x03];
+        for _ in 1..depth {
+            v.extend_from_slice(&[0, 1, b'a', 0x03]);
+        }
+        for _ in 0..depth {
+            v.extend_from_slice(&[0, 0, 0x09]);
+        }
+        v
+    }
+
+    fn command(name: &str, extra: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x02];
+        v.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        v.extend_from_slice(name.as_bytes());
+        v.push(0x00);
+        v.extend_from_slice(&1f64.to_be_bytes());
+        v.extend_from_slice(extra);
+        v
+    }
+
+    #[test]
+    fn real_commands_pass() {
+        // connect's command object with a nested ECMA array, then a null.
+        let mut obj = vec![
+            0x03, 0, 3, b'a', b'p', b'p', 0x02, 0, 4, b'l', b'i', b'v', b'e',
+        ];
+        obj.extend_from_slice(&[0, 1, b'x', 0x08, 0, 0, 0, 1, 0, 1, b'y', 0x05, 0, 0, 0x09]);
+        obj.extend_from_slice(&[0, 0, 0x09, 0x05]);
+        assert_eq!(amf0_scan(&command("connect", &obj)), Ok(4));
+        assert_eq!(amf0_scan(&nested_arrays(MAX_AMF0_DEPTH)), Ok(1));
+        assert_eq!(amf0_scan(&nested_objects(MAX_AMF0_DEPTH)), Ok(1));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        assert_eq!(amf0_scan(&nested_arrays(MAX_AMF0_DEPTH + 1)), Err(TooDeep));
+        assert_eq!(amf0_scan(&nested_objects(MAX_AMF0_DEPTH + 1)), Err(TooDeep));
+        assert_eq!(amf0_scan(&nested_arrays(100_000)), Err(TooDeep));
+        assert_eq!(amf0_scan(&nested_objects(100_000)), Err(TooDeep));
+        // Unterminated nesting (the tail cut off) is counted the same way.
+        assert_eq!(amf0_scan(&[0x0A, 0, 0, 0, 9].repeat(1000)), Err(TooDeep));
+        // An array that ends early with an object-end marker closes its level.
+        let mut flat = Vec::new();
+        for _ in 0..1000 {
+            flat.extend_from_slice(&[0x0A, 0, 0, 0, 5, 0x09]);
+        }
+        assert_eq!(amf0_scan(&flat), Ok(1000));
+    }
+
+    /// A full (type 0) chunk on stream 3, split at the chunk size.
+    fn message(type_id: u8, body: &[u8], chunk: usize) -> Vec<u8> {
+        let mut out = vec![0x03, 0, 0, 0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[type_id, 0, 0, 0, 0]);
+        for (i, part) in body.chunks(chunk).enumerate() {
+            if i > 0 {
+                out.push(0xC3);
+            }
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    #[test]
+    fn chunks_follow_set_chunk_size() {
+        let mut g = ChunkGuard::default();
+        let body = command("publish", &[0x05, 0x02, 0, 1, b'k']);
+        g.check(&message(20, &body, 128)).unwrap();
+        g.check(&message(1, &4096u32.to_be_bytes(), 128)).unwrap();
+        let big = command("@setDataFrame", &vec![0x05; 3000]);
+        // Fed a byte at a time: framing does not depend on read sizes.
+        for b in message(18, &big, 4096) {
+            g.check(&[b]).unwrap();
+        }
+        g.check(&message(9, &[0x17; 5000], 4096)).unwrap();
+        assert_eq!(
+            g.check(&message(1, &0u32.to_be_bytes(), 4096)),
+            Err(GuardError::ChunkSizeZero)
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let deep = command("connect", &nested_arrays(100_000));
+        let mut g = ChunkGuard::default();
+        g.check(&message(1, &65536u32.to_be_bytes(), 128)).unwrap();
+        assert_eq!(
+            g.check(&message(20, &deep, 65536)),
+            Err(GuardError::Amf0TooDeep { type_id: 20 })
+        );
+        let mut g = ChunkGuard::default();
+        assert_eq!(
+            g.check(&message(18, &nested_objects(40), 128)),
+            Err(GuardError::Amf0TooDeep { type_id: 18 })
+        );
+        let mut g = ChunkGuard::default();
+        assert_eq!(
+            g.check(&message(20, b"\x02\x00\x07connect", 128)),
+            Err(GuardError::ShortCommand)
+        );
+        // A type 1 header shrinking a 200-byte message after its first 128 bytes.
+        let mut g = ChunkGuard::default();
+        let mut input = message(20, &[0u8; 200], 128)[..12 + 128].to_vec();
+        input.extend_from_slice(&[0x43, 0, 0, 0, 0, 0, 10, 20]);
+        assert_eq!(g.check(&input), Err(GuardError::ShrunkMessage));
+    }
+}
