@@ -108,6 +108,23 @@ impl Server {
         format!("rtmp://127.0.0.1:{}/live/{key}", self.rtmp)
     }
 
+    /// Sends a signal (`TERM`, `INT`, ...) to the server process.
+    pub fn signal(&self, name: &str) {
+        send_signal(self.child.id(), name);
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -135,6 +152,15 @@ impl Server {
         let body = self.wait_for(path, timeout, |b| media_playlist(b).segments.len() >= n);
         media_playlist(&body)
     }
+}
+
+/// `kill -<name> <pid>` through the shell's builtin (no extra package needed).
+pub fn send_signal(pid: u32, name: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("kill -{name} {pid}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{name} {pid}");
 }
 
 impl Drop for Server {
@@ -216,6 +242,26 @@ impl Publisher {
             size,
             &["-preset", "ultrafast", "-tune", "zerolatency"],
         )
+    }
+
+    /// Audio only (AAC in FLV, no video track).
+    pub fn audio_only(url: &str, seconds: u32) -> Publisher {
+        let child = tool("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args(["-t", &seconds.to_string()])
+            .args(["-c:a", "aac", "-b:a", "96k", "-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ffmpeg");
+        Publisher { child }
+    }
+
+    /// Sends a signal (`STOP` freezes it mid-stream, `CONT` resumes it).
+    pub fn signal(&self, name: &str) {
+        send_signal(self.child.id(), name);
     }
 
     /// An encoder that sends B-frames (composition time offsets in FLV).

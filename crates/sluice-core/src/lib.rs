@@ -4,9 +4,11 @@
 pub mod codec;
 pub mod id;
 pub mod media;
+pub mod throttle;
 pub mod time;
 
 pub use codec::{AudioConfig, CodecError, VideoConfig};
 pub use id::{Id, IdError};
 pub use media::{Frame, MediaEvent, TrackKind};
+pub use throttle::Throttle;
 pub use time::{Clock, MediaTime, SystemClock};

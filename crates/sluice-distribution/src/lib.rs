@@ -6,6 +6,7 @@
 //! on the multivariant request; the [`Catalog`] is swapped atomically so a
 //! change never shows a request half of it.
 
+mod deadline;
 pub mod path;
 mod server;
 

@@ -17,6 +17,7 @@ use sluice_package::{EngineOutput, OutputKind};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::deadline::WriteDeadline;
 use crate::path::{self, Route};
 
 /// One distribution as the HTTP layer sees it.
@@ -52,14 +53,25 @@ impl HttpState {
 pub struct HttpLimits {
     /// Concurrent connections (enforced by the listener's owner).
     pub max_connections: usize,
+    /// Concurrent connections from one client address, except trusted proxies
+    /// (enforced by the listener's owner). Generous: many viewers can share an address
+    /// behind a NAT.
+    pub max_per_address: usize,
     pub header_read_timeout: Duration,
+    /// A response that makes no write progress for this long closes the connection.
+    pub write_stall_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish.
+    pub drain: Duration,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_connections: 10_000,
+            max_per_address: 256,
             header_read_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(10),
+            drain: Duration::from_secs(5),
         }
     }
 }
@@ -110,17 +122,52 @@ fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
+/// A CORS preflight (Fetch standard, "CORS protocol"): any origin may read, and send
+/// `Authorization` (viewer tokens) and `Range`. Cached by browsers for a day.
+fn preflight() -> Response<Full<Bytes>> {
+    let mut r = response(
+        StatusCode::NO_CONTENT,
+        "text/plain",
+        "no-store",
+        Bytes::new(),
+    );
+    let h = r.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, range"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    h.insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    r
+}
+
 /// Answers one request. Pure apart from reading the catalog: unit-testable without sockets.
 pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    if method != Method::GET && method != Method::HEAD {
-        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
     let Some(route) = path::parse(path) else {
         return error(StatusCode::NOT_FOUND, "not found\n");
     };
+    if method == Method::OPTIONS {
+        return preflight();
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        return r;
+    }
     let dist_id = match &route {
         Route::Health => {
             return response(
@@ -242,18 +289,25 @@ pub async fn serve_http_connection(
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let io = WriteDeadline::new(stream, limits.write_stall_timeout);
+    let stalled = io.stalled.clone();
     let svc = hyper::service::service_fn(move |req| service(state.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(TokioIo::new(stream), svc);
+        .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "HTTP connection error") },
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
         _ = cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            tokio::time::timeout(limits.drain, conn).await.unwrap_or(Ok(()))
         }
+    };
+    if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(%peer, timeout_s = limits.write_stall_timeout.as_secs(), "HTTP viewer stopped reading; connection closed");
+    } else if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection error");
     }
 }
 
@@ -297,6 +351,20 @@ mod tests {
         assert_eq!(
             handle(&c, &Method::POST, "/healthz").status(),
             StatusCode::METHOD_NOT_ALLOWED
+        );
+        // CORS preflight for a playlist (a token in Authorization needs one).
+        let r = handle(&c, &Method::OPTIONS, "/live/d/cmaf/index.m3u8");
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(
+            r.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS]
+                .to_str()
+                .unwrap()
+                .contains("authorization")
+        );
+        assert_eq!(
+            handle(&c, &Method::OPTIONS, "/etc/passwd").status(),
+            StatusCode::NOT_FOUND
         );
         let r = handle(&c, &Method::GET, "/live/d/cmaf/index.m3u8");
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");

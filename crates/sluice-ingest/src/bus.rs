@@ -10,10 +10,13 @@
 //! subscriber. A subscriber that falls behind loses the oldest events, is told
 //! so, and resumes at the next video keyframe (with the session's `Start` again).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use sluice_core::{AudioConfig, Frame, Id, MediaEvent, MediaTime, TrackKind, VideoConfig};
+use sluice_core::{
+    AudioConfig, Frame, Id, MediaEvent, MediaTime, Throttle, TrackKind, VideoConfig,
+};
 use tokio::sync::broadcast;
 
 /// Events a bus holds for slow subscribers before they lose the oldest.
@@ -31,11 +34,31 @@ const AUDIO_CONFIG_WAIT_FRAMES: usize = 256;
 /// Video timestamp steps beyond which a session is restarted (source clock reset or leap).
 const MAX_CLOCK_STEP_BACK: MediaTime = 1_000_000_000;
 const MAX_CLOCK_STEP_FORWARD: MediaTime = 10_000_000_000;
+/// Audio further than this from the video clock is dropped (a jumped timestamp), not
+/// passed on to make every later frame look out of order downstream.
+const MAX_AUDIO_SKEW: MediaTime = 10_000_000_000;
+
+/// A publisher that has sent no frame for this long may be replaced by a new
+/// authorised publish on the same channel (an encoder reconnecting after a network
+/// change while its old connection is half-open).
+pub const STALE_AFTER: Duration = Duration::from_secs(3);
+/// Media (audio) a publisher may send without video before it is refused: the
+/// engines need video, and a channel must not sit on 503 forever.
+const AUDIO_ONLY_LIMIT: MediaTime = 5_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
     #[error("channel {0} already has a publisher")]
     AlreadyPublishing(Id),
+}
+
+/// Why a publisher may no longer feed its channel; its connection is to be closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishEnded {
+    #[error("replaced by a newer publish on the same channel")]
+    Superseded,
+    #[error("audio-only input is not supported: no video within 5 s of media")]
+    NoVideo,
 }
 
 #[derive(Debug, Default)]
@@ -45,10 +68,16 @@ pub struct BusStats {
     pub bytes_in: AtomicU64,
     /// Events subscribers lost by lagging.
     pub events_dropped: AtomicU64,
+    /// Audio frames dropped for a timestamp far from the video clock.
+    pub audio_jumps: AtomicU64,
+    /// Publishers replaced while stale.
+    pub takeovers: AtomicU64,
 }
 
 struct BusState {
-    publishing: bool,
+    /// The id of the publisher that owns the channel.
+    owner: Option<u64>,
+    next_publisher: u64,
     next_session: u64,
     /// Where the next session starts on the channel timeline.
     next_start: MediaTime,
@@ -61,6 +90,13 @@ pub struct ChannelBus {
     grid: MediaTime,
     tx: broadcast::Sender<MediaEvent>,
     state: Mutex<BusState>,
+    /// The owner's id, readable without the lock on every frame.
+    owner: AtomicU64,
+    /// When the owner last sent a frame (ms since `epoch`).
+    last_frame_ms: AtomicU64,
+    /// Highest pts of the live session on the channel timeline (for a takeover).
+    head: AtomicI64,
+    epoch: Instant,
     pub stats: BusStats,
 }
 
@@ -82,13 +118,26 @@ impl ChannelBus {
             grid,
             tx,
             state: Mutex::new(BusState {
-                publishing: false,
+                owner: None,
+                next_publisher: 1,
                 next_session: 1,
                 next_start: round_up(timeline_start.max(0), grid),
                 current_start: None,
             }),
+            owner: AtomicU64::new(0),
+            last_frame_ms: AtomicU64::new(0),
+            head: AtomicI64::new(i64::MIN),
+            epoch: Instant::now(),
             stats: BusStats::default(),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self) {
+        self.last_frame_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     pub fn channel(&self) -> &Id {
@@ -96,7 +145,7 @@ impl ChannelBus {
     }
 
     pub fn is_publishing(&self) -> bool {
-        self.lock().publishing
+        self.lock().owner.is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BusState> {
@@ -105,20 +154,53 @@ impl ChannelBus {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Claims the channel for a publisher. Refused while another one is live.
+    /// Claims the channel for a publisher. Refused while another one is live, unless
+    /// that one has sent nothing for [`STALE_AFTER`]: then the new one takes over (the
+    /// old session ends, and the old publisher learns it was [`PublishEnded::Superseded`]).
     pub fn begin_publish(
         self: &Arc<Self>,
         source: impl Into<String>,
     ) -> Result<Publisher, BusError> {
+        self.begin_publish_stale_after(source, STALE_AFTER)
+    }
+
+    /// [`ChannelBus::begin_publish`] with another staleness threshold.
+    pub fn begin_publish_stale_after(
+        self: &Arc<Self>,
+        source: impl Into<String>,
+        stale_after: Duration,
+    ) -> Result<Publisher, BusError> {
+        let source = source.into();
         let mut st = self.lock();
-        if st.publishing {
-            return Err(BusError::AlreadyPublishing(self.channel.clone()));
+        if let Some(old) = st.owner {
+            let idle = self
+                .now_ms()
+                .saturating_sub(self.last_frame_ms.load(Ordering::Relaxed));
+            if Duration::from_millis(idle) < stale_after {
+                return Err(BusError::AlreadyPublishing(self.channel.clone()));
+            }
+            self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(channel = %self.channel, idle_ms = idle, old_publisher = old, %source, "publisher sent nothing; a new publish takes over");
+            if let Some(MediaEvent::Start { session, .. }) = st.current_start.take() {
+                let head = self.head.load(Ordering::Relaxed);
+                if head != i64::MIN {
+                    st.next_start =
+                        round_up(head.saturating_add(SESSION_GAP), self.grid).max(st.next_start);
+                }
+                self.send(MediaEvent::End { session });
+            }
         }
-        st.publishing = true;
+        let id = st.next_publisher;
+        st.next_publisher += 1;
+        st.owner = Some(id);
+        self.owner.store(id, Ordering::Relaxed);
+        self.head.store(i64::MIN, Ordering::Relaxed);
+        self.touch();
         let session = self.new_session(&mut st);
         Ok(Publisher {
             bus: self.clone(),
-            source: source.into(),
+            id,
+            source,
             session,
             video: None,
             audio: None,
@@ -127,6 +209,9 @@ impl ChannelBus {
             max_pts: None,
             waiting: Vec::new(),
             last_video_dts: None,
+            audio_before_video: None,
+            ended: None,
+            audio_jump_log: Throttle::default(),
         })
     }
 
@@ -158,6 +243,7 @@ impl ChannelBus {
 /// The right to feed a channel, held by one ingest connection. Dropping it ends the session.
 pub struct Publisher {
     bus: Arc<ChannelBus>,
+    id: u64,
     source: String,
     session: u64,
     video: Option<VideoConfig>,
@@ -170,6 +256,10 @@ pub struct Publisher {
     waiting: Vec<Frame>,
     /// Last video dts on the source's clock, to notice it jumping.
     last_video_dts: Option<MediaTime>,
+    /// First audio dts seen while no session has started (no video yet).
+    audio_before_video: Option<MediaTime>,
+    ended: Option<PublishEnded>,
+    audio_jump_log: Throttle,
 }
 
 impl Publisher {
@@ -189,9 +279,21 @@ impl Publisher {
         self.offset.is_some()
     }
 
+    /// Set once this publisher may no longer feed the channel: the shell closes the
+    /// connection with this reason. Every call is a no-op from then on.
+    pub fn ended(&mut self) -> Option<PublishEnded> {
+        if self.ended.is_none() && self.bus.owner.load(Ordering::Relaxed) != self.id {
+            self.ended = Some(PublishEnded::Superseded);
+        }
+        self.ended
+    }
+
     /// Sets the video configuration. A different one mid-session (the encoder changed
     /// resolution or profile) ends the session; the next starts at the next keyframe.
     pub fn video_config(&mut self, cfg: VideoConfig) {
+        if self.ended().is_some() {
+            return;
+        }
         let changed = self.video.as_ref() != Some(&cfg);
         self.video = Some(cfg);
         if changed && self.offset.is_some() {
@@ -201,6 +303,9 @@ impl Publisher {
 
     /// Sets the audio configuration; a different one mid-session starts a new session.
     pub fn audio_config(&mut self, cfg: AudioConfig) {
+        if self.ended().is_some() {
+            return;
+        }
         let changed = self.audio.as_ref() != Some(&cfg);
         self.audio = Some(cfg);
         if changed && self.offset.is_some() {
@@ -248,8 +353,22 @@ impl Publisher {
     /// after its first video frame: frames are then held (bounded, up to one
     /// second) until it arrives, or the session starts without audio.
     pub fn push(&mut self, frame: Frame) {
+        if self.ended().is_some() {
+            return;
+        }
+        self.bus.touch();
         if self.offset.is_some() {
             self.forward(frame);
+            return;
+        }
+        if frame.track == TrackKind::Audio && self.waiting.is_empty() {
+            // No session yet: audio alone is held nowhere, but is watched, so that an
+            // audio-only publisher is refused instead of holding the channel.
+            let first = *self.audio_before_video.get_or_insert(frame.dts);
+            if frame.dts.saturating_sub(first) >= AUDIO_ONLY_LIMIT {
+                tracing::warn!(channel = %self.bus.channel, source = %self.source, "no video after 5 s of audio; refusing the publisher");
+                self.ended = Some(PublishEnded::NoVideo);
+            }
             return;
         }
         if self.video.is_none() {
@@ -272,6 +391,7 @@ impl Publisher {
             return;
         };
         self.offset = Some(self.start.saturating_sub(first_dts));
+        self.audio_before_video = None;
         let start = MediaEvent::Start {
             session: self.session,
             video,
@@ -300,8 +420,21 @@ impl Publisher {
             }
             self.last_video_dts = Some(frame.dts);
         }
-        if frame.track == TrackKind::Audio && self.audio.is_none() {
-            return;
+        if frame.track == TrackKind::Audio {
+            if self.audio.is_none() {
+                return;
+            }
+            // Judged against the video clock: one audio frame with a jumped timestamp
+            // is dropped on its own, not taken as the new "latest" audio downstream.
+            if let Some(video) = self.last_video_dts
+                && (frame.dts.saturating_sub(video)).saturating_abs() > MAX_AUDIO_SKEW
+            {
+                self.bus.stats.audio_jumps.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.audio_jump_log.hit_now() {
+                    tracing::warn!(channel = %self.bus.channel, audio_ms = frame.dts / 1_000_000, video_ms = video / 1_000_000, suppressed, "audio timestamp far from video; frame dropped");
+                }
+                return;
+            }
         }
         frame.pts = frame.pts.saturating_add(offset);
         frame.dts = frame.dts.saturating_add(offset);
@@ -309,6 +442,7 @@ impl Publisher {
             return;
         }
         self.max_pts = Some(self.max_pts.map_or(frame.pts, |m| m.max(frame.pts)));
+        self.bus.head.fetch_max(frame.pts, Ordering::Relaxed);
         self.bus.stats.frames_in.fetch_add(1, Ordering::Relaxed);
         self.bus
             .stats
@@ -320,8 +454,15 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
+        if self.ended() == Some(PublishEnded::Superseded) {
+            return; // the channel and its timeline belong to the new publisher
+        }
         self.end_session();
-        self.bus.lock().publishing = false;
+        let mut st = self.bus.lock();
+        if st.owner == Some(self.id) {
+            st.owner = None;
+            self.bus.owner.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -542,6 +683,117 @@ mod tests {
                 "frame 4000"
             ]
         );
+    }
+
+    fn audio(ms: i64) -> Frame {
+        Frame {
+            track: TrackKind::Audio,
+            pts: ms * 1_000_000,
+            dts: ms * 1_000_000,
+            keyframe: true,
+            data: Bytes::from_static(&[0x21, 0x10]),
+        }
+    }
+
+    fn drain(rx: &mut BusReceiver) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(Some(ev)) = rx.recv().now_or_never_opt() {
+            seen.push(match ev {
+                MediaEvent::Start { session, .. } => format!("start {session}"),
+                MediaEvent::End { session } => format!("end {session}"),
+                MediaEvent::Frame(f) => format!(
+                    "{} {}",
+                    if f.track == TrackKind::Video {
+                        "v"
+                    } else {
+                        "a"
+                    },
+                    f.pts / 1_000_000
+                ),
+            });
+        }
+        seen
+    }
+
+    trait NowOrNever: std::future::Future + Sized {
+        fn now_or_never_opt(self) -> Option<Self::Output> {
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            let mut f = std::pin::pin!(self);
+            match f.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            }
+        }
+    }
+    impl<F: std::future::Future> NowOrNever for F {}
+
+    /// One audio frame an hour off is dropped alone; audio before and after it flows.
+    #[tokio::test]
+    async fn a_jumped_audio_timestamp_drops_one_frame() {
+        let bus = bus();
+        let mut rx = bus.subscribe();
+        let mut p = bus.begin_publish("a").unwrap();
+        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+        p.push(video(0, true));
+        p.push(audio(10));
+        p.push(audio(3_600_000 + 31));
+        p.push(audio(-3_600_000));
+        p.push(audio(52));
+        p.push(video(33, false));
+        assert_eq!(drain(&mut rx), ["start 1", "v 0", "a 10", "a 52", "v 33"]);
+        assert_eq!(bus.stats.audio_jumps.load(Ordering::Relaxed), 2);
+    }
+
+    /// Audio with no video is refused after 5 s of media instead of holding the channel.
+    #[tokio::test]
+    async fn audio_only_is_refused() {
+        let bus = bus();
+        let mut p = bus.begin_publish("a").unwrap();
+        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+        for i in 0..240 {
+            p.push(audio(i * 20));
+        }
+        assert_eq!(p.ended(), None);
+        p.push(audio(5001));
+        assert_eq!(p.ended(), Some(PublishEnded::NoVideo));
+        drop(p);
+        assert!(!bus.is_publishing());
+    }
+
+    /// A publisher that sent nothing for the stale time is replaced by a new publish;
+    /// one that is sending is not. The timeline goes on forward.
+    #[tokio::test]
+    async fn a_stale_publisher_is_replaced() {
+        let bus = bus();
+        let mut rx = bus.subscribe();
+        let mut old = bus.begin_publish("old").unwrap();
+        old.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        old.audio_config(AudioConfig::aac_lc(48_000, 2));
+        old.push(video(0, true));
+        old.push(video(2500, false));
+        let stale = Duration::from_millis(50);
+        assert!(
+            bus.begin_publish_stale_after("new", stale).is_err(),
+            "old one is live"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        let mut new = bus.begin_publish_stale_after("new", stale).unwrap();
+        assert_eq!(old.ended(), Some(PublishEnded::Superseded));
+        old.push(video(2533, false)); // ignored
+        drop(old); // does not end the new owner's claim
+        assert!(bus.is_publishing());
+        new.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        new.audio_config(AudioConfig::aac_lc(48_000, 2));
+        new.push(video(0, true));
+        assert_eq!(
+            drain(&mut rx),
+            ["start 1", "v 0", "v 2500", "end 1", "start 2", "v 4000"]
+        );
+        assert_eq!(bus.stats.takeovers.load(Ordering::Relaxed), 1);
+        drop(new);
+        assert!(!bus.is_publishing());
     }
 
     #[tokio::test]

@@ -12,6 +12,6 @@ pub mod rtmp;
 pub mod rtmp_guard;
 pub mod rtmp_session;
 
-pub use bus::{BusError, BusReceiver, ChannelBus, DEFAULT_BUS_CAPACITY, Publisher};
+pub use bus::{BusError, BusReceiver, ChannelBus, DEFAULT_BUS_CAPACITY, PublishEnded, Publisher};
 pub use rtmp::{PublishRouter, Refusal, RtmpLimits, serve_rtmp_connection};
 pub use rtmp_session::{RTMP_APP, RtmpAction, RtmpSession};

@@ -35,6 +35,13 @@ pub trait PublishRouter: Send + Sync + 'static {
 pub struct RtmpLimits {
     /// Concurrent connections (enforced by the listener's owner).
     pub max_connections: usize,
+    /// Concurrent connections from one address (enforced by the listener's owner).
+    pub max_per_address: usize,
+    /// Of `max_connections`, slots kept for addresses inside some ingest's
+    /// `allow_cidrs` (enforced by the listener's owner).
+    pub reserved_for_allowed: usize,
+    /// From accept to a completed handshake.
+    pub handshake_timeout: Duration,
     /// From accept to an accepted publish (handshake, connect, createStream, publish):
     /// a peer that is not publishing by then is closed, so idle peers cannot hold slots.
     pub publish_timeout: Duration,
@@ -52,7 +59,12 @@ impl Default for RtmpLimits {
     fn default() -> Self {
         RtmpLimits {
             max_connections: 256,
-            publish_timeout: Duration::from_secs(10),
+            max_per_address: 8,
+            reserved_for_allowed: 64,
+            // A handshake is two round trips and a publish about four more: seconds
+            // even over a satellite link, so idle or slow peers are gone quickly.
+            handshake_timeout: Duration::from_secs(3),
+            publish_timeout: Duration::from_secs(6),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_bytes_before_publish: 1 << 20,
@@ -73,9 +85,16 @@ pub async fn serve_rtmp_connection(
     let _ = stream.set_nodelay(true);
     match connection(stream, peer, router, limits, cancel).await {
         Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
+        // Input stopped before it could reach rml_rtmp is an attack or a broken client:
+        // worth a warning. Everything else (timeouts, resets) is routine.
+        Err(e) if e.starts_with(REFUSED) => {
+            tracing::warn!(%peer, error = %e, "RTMP connection refused and closed")
+        }
         Err(e) => tracing::info!(%peer, error = %e, "RTMP connection ended"),
     }
 }
+
+const REFUSED: &str = "RTMP input refused";
 
 async fn connection(
     mut stream: TcpStream,
@@ -87,18 +106,21 @@ async fn connection(
     let mut session = RtmpSession::new();
     let mut publisher: Option<Publisher> = None;
     let mut buf = vec![0u8; 64 * 1024];
-    let publish_deadline = tokio::time::Instant::now() + limits.publish_timeout;
+    let accepted_at = tokio::time::Instant::now();
+    let handshake_deadline = accepted_at + limits.handshake_timeout;
+    let publish_deadline = accepted_at + limits.publish_timeout;
     // Bytes received since the last complete frame (or since the start, before publishing).
     let mut unproductive = 0usize;
     loop {
-        let deadline = match publisher {
-            Some(_) => tokio::time::Instant::now() + limits.idle_timeout,
-            None => publish_deadline,
+        let (deadline, waiting_for) = match publisher {
+            Some(_) => (tokio::time::Instant::now() + limits.idle_timeout, "media"),
+            None if session.is_handshaking() => (handshake_deadline, "the handshake"),
+            None => (publish_deadline, "a publish"),
         };
         let n = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             r = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match r {
-                Err(_) => return Err("timed out".into()),
+                Err(_) => return Err(format!("timed out waiting for {waiting_for}")),
                 Ok(Err(e)) => return Err(e.to_string()),
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
@@ -183,6 +205,10 @@ async fn connection(
                 }
             }
             pending = next;
+        }
+        if let Some(why) = publisher.as_mut().and_then(|p| p.ended()) {
+            let _ = stream.shutdown().await;
+            return Err(format!("publisher closed: {why}"));
         }
         if close_after_send {
             let _ = stream.shutdown().await;

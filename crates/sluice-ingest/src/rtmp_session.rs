@@ -119,6 +119,11 @@ impl RtmpSession {
         }
     }
 
+    /// Still in the RTMP handshake (C0/C1/C2).
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.state, State::Handshaking(_))
+    }
+
     /// The stream key being published, once accepted.
     pub fn publishing(&self) -> Option<&str> {
         self.publishing.as_deref()

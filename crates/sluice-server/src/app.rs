@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{AdmissionPolicy, AdmissionTable};
 use crate::engine_runner::{self, Mode};
 use crate::listen;
 use crate::router::{KeyEntry, KeyRouter};
@@ -227,8 +228,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         );
     }
 
-    let http = bind(cfg.server.http_listen, "HTTP").await?;
-    let rtmp = bind(cfg.server.rtmp_listen, "RTMP").await?;
+    let http = Arc::new(bind(cfg.server.http_listen, "HTTP").await?);
+    let rtmp = Arc::new(bind(cfg.server.rtmp_listen, "RTMP").await?);
     tracing::info!(
         http = %http.local_addr()?,
         rtmp = %rtmp.local_addr()?,
@@ -240,10 +241,22 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     let mut servers = JoinSet::new();
     let state = HttpState::new(catalog);
     let limits = http_limits();
+    let admission = AdmissionTable::new(AdmissionPolicy {
+        max_total: limits.max_connections,
+        // One address may hold at most a quarter of the slots, however it is configured.
+        max_per_address: limits
+            .max_per_address
+            .min(limits.max_connections / 4)
+            .max(1),
+        exempt: cfg.server.trusted_proxies.clone(),
+        reserved: 0,
+        reserved_for: vec![],
+    });
     servers.spawn(listen::accept_loop(
         "HTTP",
         http,
-        limits.max_connections,
+        admission,
+        limits.drain,
         cancel.clone(),
         move |stream, peer, cancel| {
             let (state, limits) = (state.clone(), limits.clone());
@@ -255,10 +268,30 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     ));
     let router: Arc<dyn sluice_ingest::PublishRouter> = Arc::new(router);
     let limits = RtmpLimits::default();
+    // Slots are kept for the encoders an ingest names in allow_cidrs: a flood from
+    // elsewhere cannot lock them out.
+    let allowed: Vec<_> = cfg
+        .channels
+        .values()
+        .flat_map(|c| c.ingests.values())
+        .flat_map(|i| i.allow_cidrs.iter().copied())
+        .collect();
+    let admission = AdmissionTable::new(AdmissionPolicy {
+        max_total: limits.max_connections,
+        max_per_address: limits.max_per_address,
+        exempt: vec![],
+        reserved: if allowed.is_empty() {
+            0
+        } else {
+            limits.reserved_for_allowed
+        },
+        reserved_for: allowed,
+    });
     servers.spawn(listen::accept_loop(
         "RTMP",
         rtmp,
-        limits.max_connections,
+        admission,
+        std::time::Duration::from_secs(1),
         cancel.clone(),
         move |stream, peer, cancel| {
             let (router, limits) = (router.clone(), limits.clone());

@@ -1,5 +1,6 @@
 //! `sluice`: the live streaming server.
 
+mod admission;
 mod app;
 mod engine_runner;
 mod listen;

@@ -1,0 +1,335 @@
+//! Hostile and broken peers against the real server: each is refused or closed with a
+//! log line, and a publisher on the same server keeps its stream advancing.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Two passthrough channels (cheap): `good` (key `good-key`, only from 127.0.0.1) and
+/// `spare` (key `spare-key`, only from 127.0.0.1).
+const TWO_CHANNELS: &str = r#"
+[channels.good.ingests.main]
+protocol = "rtmp"
+stream_key = "good-key"
+allow_cidrs = ["127.0.0.1/32"]
+[channels.good.engines.copy]
+ladder = "passthrough"
+[distributions.good]
+channel = "good"
+
+[channels.spare.ingests.main]
+protocol = "rtmp"
+stream_key = "spare-key"
+allow_cidrs = ["127.0.0.1/32"]
+[channels.spare.engines.copy]
+ladder = "passthrough"
+[distributions.spare]
+channel = "spare"
+"#;
+
+const GOOD: &str = "/live/good/ts/source/index.m3u8";
+
+/// The newest media sequence number listed in `path`.
+fn newest(server: &Server, path: &str) -> u64 {
+    let p = media_playlist(&get_ok(&server.url(path)));
+    p.media_sequence + p.segments.len() as u64 - 1
+}
+
+/// Asserts that the stream at `path` gains segments after `since`.
+fn still_advancing(server: &Server, path: &str, since: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while newest(server, path) <= since {
+        assert!(
+            Instant::now() < deadline,
+            "{path} stopped at {since}; log:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A TCP connection to the server's loopback port from `source` (any 127.0.0.0/8
+/// address works on loopback), so one machine plays many client addresses. std cannot
+/// bind before connecting; tokio's `TcpSocket` can.
+fn connect_from(source: &str, port: u16) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind(SocketAddr::new(source.parse().expect("an address"), 0))?;
+        let stream = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        stream.into_std()
+    })
+    .and_then(|s| {
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(s)
+    })
+}
+
+/// An RTMP peer past the handshake (an all-zero C1: the plain RTMP handshake).
+fn rtmp_handshaken(port: u16) -> TcpStream {
+    let mut s = connect_from("127.0.0.1", port).expect("connect");
+    let mut c0c1 = vec![3u8];
+    c0c1.resize(1537, 0);
+    s.write_all(&c0c1).unwrap();
+    let mut s0s1s2 = vec![0u8; 1 + 2 * 1536];
+    s.read_exact(&mut s0s1s2).expect("S0 S1 S2");
+    s.write_all(&[0u8; 1536]).unwrap();
+    s
+}
+
+/// One RTMP message on chunk stream 3 (a type 0 header, then type 3 continuations).
+fn rtmp_message(type_id: u8, body: &[u8], chunk_size: usize) -> Vec<u8> {
+    let mut out = vec![0x03, 0, 0, 0];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    out.extend_from_slice(&[type_id, 0, 0, 0, 0]);
+    for (i, part) in body.chunks(chunk_size).enumerate() {
+        if i > 0 {
+            out.push(0xC3);
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// `connect` whose command object is `inner`, after SetChunkSize 65536.
+fn connect_with(inner: &[u8]) -> Vec<u8> {
+    let mut out = rtmp_message(1, &65536u32.to_be_bytes(), 128);
+    let mut body = b"\x02\x00\x07connect\x00".to_vec();
+    body.extend_from_slice(&1f64.to_be_bytes());
+    body.extend_from_slice(inner);
+    out.extend(rtmp_message(20, &body, 65536));
+    out
+}
+
+/// Sends `bytes` and expects the server to close the connection.
+fn expect_closed(mut s: TcpStream, bytes: &[u8]) {
+    // The server may close while we are still writing: that is the point.
+    let _ = s.write_all(bytes);
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => assert!(Instant::now() < deadline, "connection stayed open"),
+        }
+    }
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[test]
+fn hostile_rtmp_peers_are_closed_while_a_publisher_carries_on() {
+    let _heavy = heavy();
+    let server = Server::start("hostile-rtmp", TWO_CHANNELS);
+    let _good = Publisher::start(&server.rtmp_url("good-key"), 60, "320x180");
+    server.wait_segments(GOOD, 2, Duration::from_secs(30));
+
+    // AMF0 nested 100,000 deep, as strict arrays and as objects (about 500 KB each).
+    let arrays = [0x0A, 0, 0, 0, 1].repeat(100_000);
+    let mut objects = vec![0x03];
+    objects.extend_from_slice(&[0, 1, b'a', 0x03].repeat(100_000));
+    for inner in [&arrays, &objects] {
+        let before = newest(&server, GOOD);
+        expect_closed(rtmp_handshaken(server.rtmp), &connect_with(inner));
+        still_advancing(&server, GOOD, before);
+    }
+    let log = server.log_text();
+    assert_eq!(count(&log, "AMF0 nesting deeper than 32"), 2, "{log}");
+
+    // SetChunkSize 0.
+    let before = newest(&server, GOOD);
+    expect_closed(
+        rtmp_handshaken(server.rtmp),
+        &rtmp_message(1, &0u32.to_be_bytes(), 128),
+    );
+    still_advancing(&server, GOOD, before);
+    assert!(server.log_text().contains("SetChunkSize 0"));
+
+    // 300 idle connections from one address, then 300 from sixty addresses: the
+    // per-address cap and the slots kept for allowed encoders hold, and a new allowed
+    // encoder publishes in the middle of it. Bounded: 10 s, 3000 connection attempts.
+    let before = newest(&server, GOOD);
+    let flood = std::thread::spawn({
+        let port = server.rtmp;
+        move || {
+            let (mut held, mut attempts) = (Vec::new(), 0);
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) && attempts < 3000 {
+                // Reopen what the server closed (handshake deadline) to keep up the pressure.
+                held.retain(|s: &TcpStream| {
+                    let _ = s.set_nonblocking(true);
+                    !matches!((&*s).read(&mut [0u8; 1]), Ok(0))
+                });
+                while held.len() < 600 && attempts < 3000 {
+                    let source = if attempts % 2 == 0 {
+                        "127.0.0.2".to_owned()
+                    } else {
+                        format!("127.0.1.{}", 1 + attempts % 60)
+                    };
+                    attempts += 1;
+                    if let Ok(s) = connect_from(&source, port) {
+                        held.push(s);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            attempts
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let spare = Publisher::start(&server.rtmp_url("spare-key"), 6, "320x180");
+    server.wait_segments(
+        "/live/spare/ts/source/index.m3u8",
+        2,
+        Duration::from_secs(20),
+    );
+    let attempts = flood.join().unwrap();
+    assert!(attempts >= 600, "{attempts}");
+    still_advancing(&server, GOOD, before);
+    assert!(
+        spare.wait(Duration::from_secs(20)).0,
+        "the allowed encoder was refused"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("per-address connection limit reached"),
+        "{log}"
+    );
+    assert!(
+        log.contains("remaining connections are reserved for allowed encoders"),
+        "{log}"
+    );
+}
+
+/// An encoder whose connection went silent (here: frozen) is replaced by its own
+/// reconnect instead of being refused as busy.
+#[test]
+fn a_stale_publisher_is_replaced_by_a_new_publish() {
+    let _heavy = heavy();
+    let server = Server::start("stale", TWO_CHANNELS);
+    let old = Publisher::start(&server.rtmp_url("good-key"), 60, "320x180");
+    server.wait_segments(GOOD, 2, Duration::from_secs(30));
+    old.signal("STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    let before = newest(&server, GOOD);
+    let new = Publisher::start(&server.rtmp_url("good-key"), 8, "320x180");
+    still_advancing(&server, GOOD, before + 1);
+    let p = media_playlist(&get_ok(&server.url(GOOD)));
+    assert!(
+        p.segments.iter().any(|s| s.discontinuity),
+        "a seam is marked"
+    );
+    assert!(
+        new.wait(Duration::from_secs(30)).0,
+        "the new publish was refused"
+    );
+    let log = server.log_text();
+    assert!(log.contains("a new publish takes over"), "{log}");
+    old.signal("CONT");
+}
+
+/// A publisher with audio and no video is refused (not left holding the channel on 503).
+#[test]
+fn audio_only_publisher_is_refused_with_a_reason() {
+    let _heavy = heavy();
+    let server = Server::start("audio-only", TWO_CHANNELS);
+    let good = Publisher::start(&server.rtmp_url("good-key"), 25, "320x180");
+    server.wait_segments(GOOD, 2, Duration::from_secs(30));
+    let before = newest(&server, GOOD);
+    let audio = Publisher::audio_only(&server.rtmp_url("spare-key"), 20);
+    let (ok, _) = audio.wait(Duration::from_secs(20));
+    assert!(!ok, "the audio-only publisher was kept");
+    assert!(
+        server
+            .log_text()
+            .contains("audio-only input is not supported"),
+        "{}",
+        server.log_text()
+    );
+    still_advancing(&server, GOOD, before);
+    // The channel is free again for a real publisher.
+    let spare = Publisher::start(&server.rtmp_url("spare-key"), 5, "320x180");
+    server.wait_segments(
+        "/live/spare/ts/source/index.m3u8",
+        2,
+        Duration::from_secs(20),
+    );
+    assert!(spare.wait(Duration::from_secs(20)).0 && good.wait(Duration::from_secs(30)).0);
+}
+
+/// A viewer that asks and never reads is closed after the write deadline; SIGTERM with a
+/// viewer mid-download ends the process within the drain time.
+#[test]
+fn viewers_that_stop_reading_are_closed_and_shutdown_is_bounded() {
+    let _heavy = heavy();
+    let mut server = Server::start("never-reads", TWO_CHANNELS);
+    let _good = Publisher::start(&server.rtmp_url("good-key"), 40, "640x360");
+    let p = server.wait_segments(GOOD, 3, Duration::from_secs(30));
+    let seg = format!("/live/good/ts/source/{}", p.segments[0].uri);
+
+    // Pipelined requests for one segment, never read, into a small receive buffer.
+    let slow = || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let s = rt
+            .block_on(async {
+                let s = tokio::net::TcpSocket::new_v4()?;
+                s.set_recv_buffer_size(4096)?;
+                s.connect(SocketAddr::from(([127, 0, 0, 1], server.http)))
+                    .await?
+                    .into_std()
+            })
+            .unwrap();
+        s.set_nonblocking(false).unwrap();
+        let req = format!("GET {seg} HTTP/1.1\r\nHost: x\r\n\r\n").repeat(200);
+        (&s).write_all(req.as_bytes()).unwrap();
+        s
+    };
+    let stuck = slow();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(13));
+    let before = newest(&server, GOOD);
+    // Read what the kernel buffered: the server must have closed after it.
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = loop {
+        match (&stuck).read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        closed,
+        "still open after {:?} ({total} bytes read)",
+        started.elapsed()
+    );
+    assert!(
+        server.log_text().contains("HTTP viewer stopped reading"),
+        "{}",
+        server.log_text()
+    );
+    still_advancing(&server, GOOD, before);
+
+    // SIGTERM while a viewer is mid-download: the server drains and exits in time.
+    let _mid = slow();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some(), "still running 15 s after SIGTERM");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
