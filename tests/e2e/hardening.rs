@@ -333,3 +333,43 @@ fn viewers_that_stop_reading_are_closed_and_shutdown_is_bounded() {
     assert!(status.is_some(), "still running 15 s after SIGTERM");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+/// An engine that dies mid-stream is restarted: playlists go on with a discontinuity and
+/// media sequence numbers only rise.
+#[test]
+fn a_killed_engine_is_restarted_and_playlists_continue() {
+    let _heavy = heavy();
+    let server = Server::start_with_env(
+        "engine-killed",
+        &format!(
+            "{}\n[channels.one.ingests.main]\nprotocol = \"rtmp\"\nstream_key = \"key-one\"\n[channels.one.engines.main]\nladder = \"small\"\n[distributions.one]\nchannel = \"one\"\n",
+            crate::LADDER
+        ),
+        &[("SLUICE_TEST_ENGINE_PANIC_AFTER_SECS", "5")],
+    );
+    let path = "/live/one/cmaf/180p/index.m3u8";
+    let publisher = Publisher::start(&server.rtmp_url("key-one"), 24, "320x180");
+    let mut seen: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut resumed = false;
+    while Instant::now() < deadline && !resumed {
+        let (status, _, body) = get(&server.url(path));
+        if status == 200 {
+            let p = media_playlist(&body);
+            let newest = p.media_sequence + p.segments.len() as u64 - 1;
+            if seen.last() != Some(&newest) {
+                assert!(
+                    seen.last().is_none_or(|&l| newest > l),
+                    "{seen:?} then {newest}"
+                );
+                seen.push(newest);
+            }
+            resumed = server.log_text().contains("task panicked; restarting")
+                && p.segments.iter().any(|s| s.discontinuity)
+                && seen.len() >= 6;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(resumed, "seen {seen:?}; log:\n{}", server.log_text());
+    assert!(publisher.wait(Duration::from_secs(40)).0);
+}

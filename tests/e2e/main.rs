@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::*;
 
-const LADDER: &str = r#"
+pub(crate) const LADDER: &str = r#"
 [ladders.test]
 segment_seconds = 1.0
 window_seconds = 30

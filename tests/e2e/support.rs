@@ -54,6 +54,11 @@ pub struct Server {
 impl Server {
     /// Starts `sluice serve` on `config` (a TOML body without `[server]`), on free loopback ports.
     pub fn start(name: &str, config: &str) -> Server {
+        Self::start_with_env(name, config, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables for the server process.
+    pub fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
         let dir = scratch_dir(name);
         let (http, rtmp) = (free_port(), free_port());
         let toml = format!(
@@ -62,19 +67,32 @@ impl Server {
         );
         let path = dir.join("sluice.toml");
         std::fs::write(&path, toml).unwrap();
-        Self::spawn(
+        Self::spawn_with_env(
             &["serve", "--config", path.to_str().unwrap()],
             http,
             rtmp,
             &dir,
+            env,
         )
     }
 
     pub fn spawn(args: &[&str], http: u16, rtmp: u16, dir: &Path) -> Server {
+        Self::spawn_with_env(args, http, rtmp, dir, &[])
+    }
+
+    fn spawn_with_env(
+        args: &[&str],
+        http: u16,
+        rtmp: u16,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = dir.join("server.log");
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -58,6 +58,9 @@ pub struct TranscodeSettings {
     pub preset: String,
     /// Compressed input queued in each appsrc before frames are dropped.
     pub max_queued_bytes: u64,
+    /// The same bound in media time: an engine more than this behind its input drops
+    /// to the next keyframe instead of serving ever older media (about two segments).
+    pub max_queued_time: MediaTime,
 }
 
 /// What an engine (or the test pattern) hands downstream.
@@ -99,6 +102,7 @@ pub struct Transcoder {
     video_src: gst_app::AppSrc,
     audio_src: Option<gst_app::AppSrc>,
     max_queued_bytes: u64,
+    max_queued_time: Option<gst::ClockTime>,
     skipping_video: AtomicBool,
 }
 
@@ -374,6 +378,7 @@ impl Transcoder {
             video_src,
             audio_src,
             max_queued_bytes: settings.max_queued_bytes,
+            max_queued_time: clock_time(settings.max_queued_time).filter(|t| !t.is_zero()),
             skipping_video: AtomicBool::new(false),
         })
     }
@@ -398,11 +403,11 @@ impl Transcoder {
                 }
                 self.skipping_video.store(false, Ordering::Relaxed);
             }
-            if src.current_level_bytes() >= limit {
+            if self.full(src, limit) {
                 self.skipping_video.store(true, Ordering::Relaxed);
                 return PushOutcome::Dropped;
             }
-        } else if src.current_level_bytes() >= limit {
+        } else if self.full(src, limit) {
             return PushOutcome::Dropped;
         }
         let mut buffer = gst::Buffer::from_slice(frame.data.clone());
@@ -418,6 +423,14 @@ impl Transcoder {
             Ok(_) => PushOutcome::Queued,
             Err(_) => PushOutcome::Dropped,
         }
+    }
+
+    /// Is `src` holding `limit` bytes, or more media time than allowed?
+    fn full(&self, src: &gst_app::AppSrc, limit: u64) -> bool {
+        src.current_level_bytes() >= limit
+            || self
+                .max_queued_time
+                .is_some_and(|max| src.current_level_time() >= max)
     }
 
     /// Signals the end of the input; the encoders drain into the sinks.

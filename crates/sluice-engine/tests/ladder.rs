@@ -73,6 +73,7 @@ fn ladder_keyframes_align_on_the_segment_grid() {
         audio_kbps: 96,
         preset: "ultrafast".into(),
         max_queued_bytes: 16 << 20,
+        max_queued_time: 4_000_000_000,
     };
     let t = Transcoder::start(
         &settings,

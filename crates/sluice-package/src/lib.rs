@@ -35,12 +35,14 @@ pub enum PackageError {
     NonMonotonic { dts: i64, previous: i64 },
     #[error("waiting for a keyframe")]
     WaitingForKeyframe,
-    #[error("open segment exceeds {0} bytes")]
+    #[error("open segment exceeds {0} bytes or its frame limit")]
     SegmentTooLarge(usize),
     #[error("packager has finished")]
     Finished,
     #[error("no audio in this output")]
     NoAudio,
+    #[error("audio timestamp far ahead of the video")]
+    AudioAhead,
 }
 
 /// The two HLS flavours an engine can produce.

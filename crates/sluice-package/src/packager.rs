@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sluice_core::time::{NANOS_PER_SEC, rescale};
-use sluice_core::{AudioConfig, Frame, Id, MediaTime, VideoConfig};
+use sluice_core::{AudioConfig, Frame, Id, MediaTime, Throttle, VideoConfig};
 
 use crate::fmp4::{self, Sample, TrackConfig, VIDEO_TIMESCALE};
 use crate::store::{AUDIO_RENDITION, EngineOutput, StoredSegment, VariantInfo};
@@ -15,6 +15,12 @@ use crate::{OutputKind, PackageError};
 
 /// An open segment larger than this drops further frames (a keyframe never came).
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
+/// The same bound in frames: tiny frames must not grow an open segment without end
+/// (at 120 fps this is over two minutes of video).
+const MAX_SEGMENT_FRAMES: usize = 16_384;
+/// An audio frame this far ahead of the video is a jumped timestamp: dropped alone,
+/// so that it does not make every later frame look out of order.
+const MAX_AUDIO_AHEAD: MediaTime = 10 * NANOS_PER_SEC;
 /// Audio kept waiting for slow video, in bytes.
 const MAX_AUDIO_QUEUE_BYTES: usize = 16 << 20;
 /// Audio kept waiting for slow video, in segment durations of media time.
@@ -151,6 +157,8 @@ pub struct Packager {
     /// Highest pts seen on any video rendition.
     video_head: Option<MediaTime>,
     finished: bool,
+    /// Dropped frames are reported once per 10 s, with a count.
+    drop_log: Throttle,
 }
 
 impl Packager {
@@ -241,6 +249,7 @@ impl Packager {
             audio,
             video_head: None,
             finished: false,
+            drop_log: Throttle::default(),
         };
         (packager, output)
     }
@@ -318,7 +327,11 @@ impl Packager {
                 PackageError::WaitingForKeyframe => {
                     tracing::trace!(rendition, "video frame dropped: {e}")
                 }
-                _ => tracing::warn!(rendition, "video frame dropped: {e}"),
+                _ => {
+                    if let Some(suppressed) = self.drop_log.hit_now() {
+                        tracing::warn!(rendition, suppressed, "video frame dropped: {e}");
+                    }
+                }
             }
         }
     }
@@ -355,7 +368,8 @@ impl Packager {
         };
         if !cut
             && let Some(open) = &v.open
-            && open.bytes + frame.data.len() > MAX_SEGMENT_BYTES
+            && (open.bytes + frame.data.len() > MAX_SEGMENT_BYTES
+                || open.frames.len() >= MAX_SEGMENT_FRAMES)
         {
             return Err(PackageError::SegmentTooLarge(MAX_SEGMENT_BYTES));
         }
@@ -396,8 +410,10 @@ impl Packager {
 
     /// Adds one raw AAC frame.
     pub fn push_audio(&mut self, frame: Frame) {
-        if let Err(e) = self.try_push_audio(frame) {
-            tracing::warn!("audio frame dropped: {e}");
+        if let Err(e) = self.try_push_audio(frame)
+            && let Some(suppressed) = self.drop_log.hit_now()
+        {
+            tracing::warn!(suppressed, "audio frame dropped: {e}");
         }
     }
 
@@ -410,6 +426,11 @@ impl Packager {
             return Err(PackageError::EmptyFrame);
         }
         let cfg = a.cfg.as_ref().ok_or(PackageError::NoConfig)?;
+        if let Some(head) = self.video_head
+            && frame.pts > head.saturating_add(MAX_AUDIO_AHEAD)
+        {
+            return Err(PackageError::AudioAhead);
+        }
         if let Some(previous) = a.last_pts
             && frame.pts <= previous
         {
@@ -792,4 +813,90 @@ fn media_segment(sequence: u32, base: u64, samples: &[Sample]) -> Bytes {
     out.extend_from_slice(&styp);
     out.extend_from_slice(&fragment);
     Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::TrackKind;
+    use sluice_core::codec::testdata::AVCC_720P;
+
+    fn frame(track: TrackKind, ms: i64, keyframe: bool) -> Frame {
+        Frame {
+            track,
+            pts: ms * 1_000_000,
+            dts: ms * 1_000_000,
+            keyframe,
+            data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
+        }
+    }
+
+    fn packager() -> (Packager, Arc<EngineOutput>) {
+        let (mut p, out) = Packager::new(
+            PackagerSettings {
+                segment_duration: NANOS_PER_SEC,
+                window: 10 * NANOS_PER_SEC,
+                cmaf: true,
+                ts: false,
+                init_version_base: 0,
+            },
+            vec![RenditionSpec {
+                name: Id::new("v").unwrap(),
+                width: 1280,
+                height: 720,
+                video_kbps: 1000,
+            }],
+            Some(AudioSpec { kbps: 128 }),
+        );
+        p.set_video_config(
+            0,
+            VideoConfig::from_avcc(Bytes::from_static(AVCC_720P)).unwrap(),
+        );
+        p.set_audio_config(AudioConfig::aac_lc(48_000, 2));
+        (p, out)
+    }
+
+    /// One audio frame an hour ahead is dropped alone; audio after it is kept.
+    #[test]
+    fn a_jumped_audio_frame_does_not_block_later_audio() {
+        let (mut p, out) = packager();
+        for i in 0..=90 {
+            p.push_video(0, frame(TrackKind::Video, i * 33, i % 30 == 0));
+            if i == 40 {
+                p.push_audio(frame(TrackKind::Audio, 3_600_000, true));
+            }
+            p.push_audio(frame(TrackKind::Audio, i * 33 + 5, true));
+        }
+        p.finish();
+        // Audio of the second and third seconds made it into their segments.
+        for msn in 1..=2 {
+            let seg = out.segment(OutputKind::Cmaf, AUDIO_RENDITION, msn);
+            assert!(seg.is_some_and(|s| s.len() > 200), "audio segment {msn}");
+        }
+    }
+
+    /// An open segment stops growing at the frame limit when no keyframe comes.
+    #[test]
+    fn open_segments_are_bounded_in_frames() {
+        let (mut p, _out) = packager();
+        p.push_video(0, frame(TrackKind::Video, 0, true));
+        for i in 1..(MAX_SEGMENT_FRAMES as i64 + 100) {
+            p.push_video(0, frame(TrackKind::Video, i / 1000, false).with_dts_ns(i));
+        }
+        assert_eq!(
+            p.video[0].open.as_ref().map(|o| o.frames.len()),
+            Some(MAX_SEGMENT_FRAMES)
+        );
+    }
+
+    trait WithDts {
+        fn with_dts_ns(self, ns: i64) -> Self;
+    }
+    impl WithDts for Frame {
+        fn with_dts_ns(mut self, ns: i64) -> Self {
+            self.dts = ns;
+            self.pts = ns;
+            self
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! (RFC 8216bis §4.4); a request is a lookup and a clone.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -50,6 +51,10 @@ struct Track {
     target_duration: u64,
     ended: bool,
     playlist: Option<Bytes>,
+    /// Bumped on every change, so a playlist rendered outside the lock is only
+    /// installed if nothing changed meanwhile.
+    version: u64,
+    overlong_reported: bool,
 }
 
 impl Track {
@@ -62,6 +67,8 @@ impl Track {
             target_duration: ceil_secs(segment_duration).max(1),
             ended: false,
             playlist: None,
+            version: 0,
+            overlong_reported: false,
         }
     }
 
@@ -70,7 +77,18 @@ impl Track {
     }
 
     fn push(&mut self, seg: StoredSegment, window: MediaTime) {
-        self.target_duration = self.target_duration.max(round_secs(seg.duration));
+        // EXT-X-TARGETDURATION comes from the configuration and never changes while a
+        // playlist lives (RFC 8216bis §6.2.1 forbids it). A longer segment (a passthrough
+        // GOP longer than segment_seconds) is reported, not let in to the header.
+        if round_secs(seg.duration) > self.target_duration && !self.overlong_reported {
+            self.overlong_reported = true;
+            tracing::warn!(
+                msn = seg.msn,
+                duration_ms = seg.duration / 1_000_000,
+                target_s = self.target_duration,
+                "segment longer than the target duration: make segment_seconds a multiple of the input's keyframe interval"
+            );
+        }
         self.segments.push_back(seg);
 
         // Newest segments whose durations sum to at most the window, at least MIN_LISTED.
@@ -98,10 +116,18 @@ impl Track {
             self.segments.pop_front();
             self.listed_from -= 1;
         }
-        self.render();
+        self.version += 1;
     }
 
-    fn render(&mut self) {
+    /// Renders the playlist in place (tests; the store renders outside its lock).
+    #[cfg(test)]
+    fn render_now(&mut self) {
+        self.playlist = render_media(&self.playlist_value());
+    }
+
+    /// The playlist as an `m3u8-rs` value: a cheap snapshot taken under the store's
+    /// lock; turning it into text happens after the lock is released.
+    fn playlist_value(&self) -> MediaPlaylist {
         let cmaf = self.output == OutputKind::Cmaf;
         let mut segments = Vec::with_capacity(self.segments.len());
         let mut prev_init = None;
@@ -128,7 +154,7 @@ impl Track {
             }
             segments.push(seg);
         }
-        let pl = MediaPlaylist {
+        MediaPlaylist {
             version: Some(if cmaf { 7 } else { 3 }),
             target_duration: self.target_duration,
             media_sequence: self.listed().next().map_or(0, |s| s.msn),
@@ -137,11 +163,6 @@ impl Track {
             end_list: self.ended,
             segments,
             ..MediaPlaylist::default()
-        };
-        let mut out = Vec::with_capacity(256 + 64 * pl.segments.len());
-        match pl.write_to(&mut out) {
-            Ok(()) => self.playlist = Some(Bytes::from(out)),
-            Err(e) => tracing::error!(error = %e, "rendering media playlist failed"),
         }
     }
 
@@ -164,6 +185,17 @@ impl Track {
                 (bits * NANOS_PER_SEC as u128 / time.max(1) as u128) as u64,
             )
         })
+    }
+}
+
+fn render_media(pl: &MediaPlaylist) -> Option<Bytes> {
+    let mut out = Vec::with_capacity(256 + 64 * pl.segments.len());
+    match pl.write_to(&mut out) {
+        Ok(()) => Some(Bytes::from(out)),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering media playlist failed");
+            None
+        }
     }
 }
 
@@ -199,8 +231,9 @@ struct State {
     live: bool,
 }
 
-/// Rendered multivariant playlists by (output, bitrate cap); `None` = not available yet.
-type MultivariantCache = HashMap<(OutputKind, Option<u32>), Option<Bytes>>;
+/// Rendered multivariant playlists by (output, bitrate cap), each with the generation of
+/// the state it was rendered from; `None` = not available yet.
+type MultivariantCache = HashMap<(OutputKind, Option<u32>), (u64, Option<Bytes>)>;
 
 /// Reader side of one engine's packaged output, shared with the HTTP layer.
 ///
@@ -209,8 +242,11 @@ type MultivariantCache = HashMap<(OutputKind, Option<u32>), Option<Bytes>>;
 #[derive(Debug)]
 pub struct EngineOutput {
     state: RwLock<State>,
-    /// Rendered multivariant playlists by (output, cap); cleared on every change.
+    /// Rendered multivariant playlists by (output, cap); an entry is used only while
+    /// `generation` has not moved since its render began.
     multivariant_cache: Mutex<MultivariantCache>,
+    /// Bumped after every change to the state.
+    generation: AtomicU64,
     changes: watch::Sender<u64>,
 }
 
@@ -235,6 +271,7 @@ impl EngineOutput {
                 live: true,
             }),
             multivariant_cache: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             changes: watch::channel(0).0,
         }
     }
@@ -254,7 +291,7 @@ impl EngineOutput {
     }
 
     fn changed(&self) {
-        self.cache().clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -263,11 +300,17 @@ impl EngineOutput {
     /// bitrate (video + audio) exceeds `max_kbps` are left out, but the
     /// lowest one is always kept.
     pub fn multivariant(&self, output: OutputKind, max_kbps: Option<u32>) -> Option<Bytes> {
-        if let Some(hit) = self.cache().get(&(output, max_kbps)) {
+        // The generation is read before the state: a render that raced with a change is
+        // tagged with the older generation and never served once the change is counted.
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((g, hit)) = self.cache().get(&(output, max_kbps))
+            && *g == generation
+        {
             return hit.clone();
         }
         let rendered = self.render_multivariant(output, max_kbps);
-        self.cache().insert((output, max_kbps), rendered.clone());
+        self.cache()
+            .insert((output, max_kbps), (generation, rendered.clone()));
         rendered
     }
 
@@ -462,15 +505,31 @@ impl EngineOutput {
     // ---- writer side (crate-private, called by the packager) ----
 
     pub(crate) fn add_segment(&self, output: OutputKind, rendition: &str, seg: StoredSegment) {
-        {
+        let key = (output, rendition.to_owned());
+        let (value, version) = {
             let mut st = self.write();
             let (d, window) = (st.segment_duration, st.window);
-            st.tracks
-                .entry((output, rendition.to_owned()))
-                .or_insert_with(|| Track::new(output, d))
-                .push(seg, window);
-        }
+            let track = st
+                .tracks
+                .entry(key.clone())
+                .or_insert_with(|| Track::new(output, d));
+            track.push(seg, window);
+            (track.playlist_value(), track.version)
+        };
+        self.install_playlist(&key, &value, version);
         self.changed();
+    }
+
+    /// Renders a playlist snapshot outside the lock, then installs it unless the track
+    /// changed meanwhile (whoever changed it installs a newer one).
+    fn install_playlist(&self, key: &(OutputKind, String), value: &MediaPlaylist, version: u64) {
+        let rendered = render_media(value);
+        let mut st = self.write();
+        if let Some(t) = st.tracks.get_mut(key)
+            && t.version == version
+        {
+            t.playlist = rendered;
+        }
     }
 
     pub(crate) fn add_init(&self, rendition: &str, version: u32, data: Bytes) {
@@ -499,13 +558,20 @@ impl EngineOutput {
     }
 
     pub(crate) fn finish(&self) {
-        {
+        let snapshots: Vec<_> = {
             let mut st = self.write();
             st.live = false;
-            for t in st.tracks.values_mut() {
-                t.ended = true;
-                t.render();
-            }
+            st.tracks
+                .iter_mut()
+                .map(|(k, t)| {
+                    t.ended = true;
+                    t.version += 1;
+                    (k.clone(), t.playlist_value(), t.version)
+                })
+                .collect()
+        };
+        for (key, value, version) in &snapshots {
+            self.install_playlist(key, value, *version);
         }
         self.changed();
     }
@@ -537,6 +603,7 @@ mod tests {
         assert_eq!(t.segments.len(), 5);
         assert_eq!(t.listed().next().unwrap().msn, 7);
         assert_eq!(t.discontinuity_sequence, 1);
+        t.render_now();
         let text = String::from_utf8(t.playlist.clone().unwrap().to_vec()).unwrap();
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:7"), "{text}");
         assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1"), "{text}");
@@ -544,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn target_duration_rises() {
+    fn target_duration_never_changes() {
         let mut t = Track::new(OutputKind::Ts, 2 * S);
         assert_eq!(t.target_duration, 2);
         t.push(
@@ -554,6 +621,10 @@ mod tests {
             },
             6 * S,
         );
-        assert_eq!(t.target_duration, 4);
+        assert_eq!(t.target_duration, 2);
+        assert!(t.overlong_reported);
+        t.render_now();
+        let text = String::from_utf8(t.playlist.clone().unwrap().to_vec()).unwrap();
+        assert!(text.contains("#EXT-X-TARGETDURATION:2"), "{text}");
     }
 }

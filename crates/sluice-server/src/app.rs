@@ -25,8 +25,10 @@ use crate::admission::{AdmissionPolicy, AdmissionTable};
 use crate::engine_runner::{self, Mode};
 use crate::listen;
 use crate::router::{KeyEntry, KeyRouter};
+use crate::supervise::supervise;
 
-/// Compressed input an engine may queue before it drops to the next keyframe.
+/// Compressed input an engine may queue before it drops to the next keyframe (a
+/// backstop: the bound that matters is two segments of media time).
 const ENGINE_INPUT_BYTES: u64 = 32 << 20;
 
 fn output_kind(o: Output) -> OutputKind {
@@ -125,6 +127,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                         audio_kbps: ladder.audio_kbps,
                         preset: ladder.encoder_preset.clone(),
                         max_queued_bytes: ENGINE_INPUT_BYTES,
+                        max_queued_time: settings.segment_duration.saturating_mul(2),
                     }),
                     ladder
                         .renditions
@@ -145,13 +148,21 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             let packager = Arc::new(Mutex::new(packager));
             outputs.insert((channel_id.clone(), engine_id.clone()), output);
             let name = format!("{channel_id}/{engine_id}");
-            tasks.spawn(engine_runner::run(
-                name,
-                mode,
-                bus.subscribe(),
-                packager,
-                cancel.clone(),
-            ));
+            tasks.spawn(supervise(format!("engine {name}"), cancel.clone(), {
+                let (bus, cancel) = (bus.clone(), cancel.clone());
+                let mut runs = 0u64;
+                move || {
+                    runs += 1;
+                    engine_runner::run(
+                        name.clone(),
+                        mode.clone(),
+                        bus.subscribe(),
+                        packager.clone(),
+                        cancel.clone(),
+                        runs > 1,
+                    )
+                }
+            }));
         }
 
         for (ingest_id, ingest) in &channel.ingests {
@@ -252,20 +263,28 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         reserved: 0,
         reserved_for: vec![],
     });
-    servers.spawn(listen::accept_loop(
-        "HTTP",
-        http,
-        admission,
-        limits.drain,
-        cancel.clone(),
-        move |stream, peer, cancel| {
+    servers.spawn(supervise("HTTP listener".into(), cancel.clone(), {
+        let cancel = cancel.clone();
+        move || {
             let (state, limits) = (state.clone(), limits.clone());
-            async move {
-                sluice_distribution::serve_http_connection(stream, peer, state, &limits, cancel)
-                    .await
-            }
-        },
-    ));
+            listen::accept_loop(
+                "HTTP",
+                http.clone(),
+                admission.clone(),
+                limits.drain,
+                cancel.clone(),
+                move |stream, peer, cancel| {
+                    let (state, limits) = (state.clone(), limits.clone());
+                    async move {
+                        sluice_distribution::serve_http_connection(
+                            stream, peer, state, &limits, cancel,
+                        )
+                        .await
+                    }
+                },
+            )
+        }
+    }));
     let router: Arc<dyn sluice_ingest::PublishRouter> = Arc::new(router);
     let limits = RtmpLimits::default();
     // Slots are kept for the encoders an ingest names in allow_cidrs: a flood from
@@ -287,28 +306,56 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         },
         reserved_for: allowed,
     });
-    servers.spawn(listen::accept_loop(
-        "RTMP",
-        rtmp,
-        admission,
-        std::time::Duration::from_secs(1),
-        cancel.clone(),
-        move |stream, peer, cancel| {
+    servers.spawn(supervise("RTMP listener".into(), cancel.clone(), {
+        let cancel = cancel.clone();
+        move || {
             let (router, limits) = (router.clone(), limits.clone());
-            async move {
-                sluice_ingest::serve_rtmp_connection(stream, peer, router, &limits, cancel).await
-            }
-        },
-    ));
+            listen::accept_loop(
+                "RTMP",
+                rtmp.clone(),
+                admission.clone(),
+                std::time::Duration::from_secs(1),
+                cancel.clone(),
+                move |stream, peer, cancel| {
+                    let (router, limits) = (router.clone(), limits.clone());
+                    async move {
+                        sluice_ingest::serve_rtmp_connection(stream, peer, router, &limits, cancel)
+                            .await
+                    }
+                },
+            )
+        }
+    }));
 
     shutdown_signal().await;
     tracing::info!("shutting down");
-    drop(patterns);
+    // Last resort: nothing (a GStreamer state change that never returns, say) may keep
+    // the process alive past the deadline.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_DEADLINE + std::time::Duration::from_secs(5));
+        eprintln!("sluice: shutdown did not finish in time; exiting");
+        std::process::exit(1);
+    });
     cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    while servers.join_next().await.is_some() {}
+    let stopped = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+        // Viewers and encoders drain (bounded by each listener), engines flush.
+        while servers.join_next().await.is_some() {}
+        drop(patterns);
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!(
+            deadline_s = SHUTDOWN_DEADLINE.as_secs(),
+            "shutdown deadline passed; exiting with work still running"
+        );
+    }
     Ok(())
 }
+
+/// How long a clean shutdown may take: connections drain (5 s), engines finish their
+/// last segments, pipelines stop.
+pub const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Viewers may hold at most the file descriptors the process has, less a reserve for
 /// encoders (RTMP) and GStreamer: idle viewers can never lock publishers out.

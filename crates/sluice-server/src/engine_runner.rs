@@ -1,7 +1,9 @@
 //! Runs one engine: bus events in, a GStreamer transcoder (or passthrough) in
 //! the middle, the packager out.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sluice_core::{AudioConfig, MediaEvent, TrackKind, VideoConfig};
 use sluice_engine::{EncodedEvent, PushOutcome, TranscodeSettings, Transcoder};
@@ -16,14 +18,19 @@ fn lock(p: &SharedPackager) -> std::sync::MutexGuard<'_, Packager> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+#[derive(Clone)]
 pub enum Mode {
     Transcode(TranscodeSettings),
     Passthrough,
 }
 
-/// Hands encoder output to the packager.
-fn packager_sink(p: SharedPackager) -> Arc<dyn sluice_engine::EncodedSink> {
+/// Hands encoder output to the packager, counting it for the stall watchdog.
+fn packager_sink(
+    p: SharedPackager,
+    outputs: Arc<AtomicU64>,
+) -> Arc<dyn sluice_engine::EncodedSink> {
     Arc::new(move |ev: EncodedEvent| {
+        outputs.fetch_add(1, Ordering::Relaxed);
         let mut p = lock(&p);
         match ev {
             EncodedEvent::VideoConfig {
@@ -66,13 +73,51 @@ struct Session {
     audio: Option<AudioConfig>,
 }
 
+/// A running pipeline fed input for this long without producing anything is stalled.
+fn stall_limit(mode: &Mode) -> Duration {
+    match mode {
+        Mode::Transcode(s) => {
+            Duration::from_nanos(s.segment_duration.max(0) as u64 * 3).max(Duration::from_secs(10))
+        }
+        Mode::Passthrough => Duration::MAX,
+    }
+}
+
+/// Test builds only: `SLUICE_TEST_ENGINE_PANIC_AFTER_SECS=N` makes the first run of
+/// every engine panic after N seconds of input, so end-to-end tests can check that a
+/// dead engine is noticed and restarted.
+fn injected_panic_after() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var("SLUICE_TEST_ENGINE_PANIC_AFTER_SECS")
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// `resumed`: an earlier run of this engine died; what it packaged stays, and the next
+/// segment is marked as a discontinuity.
 pub async fn run(
     name: String,
     mode: Mode,
     mut rx: BusReceiver,
     packager: SharedPackager,
     cancel: CancellationToken,
+    resumed: bool,
 ) {
+    if resumed {
+        lock(&packager).discontinuity();
+    }
+    let panic_at = injected_panic_after()
+        .filter(|_| !resumed)
+        .map(|d| tokio::time::Instant::now() + d);
+    let stall_after = stall_limit(&mode);
+    // Encoded outputs so far, and when that count last moved while input was flowing.
+    let outputs = Arc::new(AtomicU64::new(0));
+    let mut progress = (0u64, tokio::time::Instant::now());
+    let mut last_input = tokio::time::Instant::now();
     let mut session: Option<Session> = None;
     let mut transcoder: Option<Transcoder> = None;
     let mut failed = false;
@@ -86,6 +131,24 @@ pub async fn run(
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = poll.tick() => {
+                if panic_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    panic!("injected engine failure (SLUICE_TEST_ENGINE_PANIC_AFTER_SECS)");
+                }
+                // Watchdog: input goes in, nothing comes out.
+                let now = tokio::time::Instant::now();
+                let produced = outputs.load(Ordering::Relaxed);
+                let fed = now.duration_since(last_input) < Duration::from_secs(2);
+                if produced != progress.0 || transcoder.is_none() || draining || !fed {
+                    progress = (produced, now);
+                } else if now.duration_since(progress.1) > stall_after {
+                    tracing::error!(engine = %name, stalled_s = stall_after.as_secs(), "pipeline produced nothing while fed; restarting it at the next keyframe");
+                    if let Some(t) = transcoder.take() {
+                        stop(t).await;
+                    }
+                    failed = true;
+                    progress = (produced, now);
+                    continue;
+                }
                 match transcoder.as_ref().and_then(|t| t.poll()) {
                     Some(Err(e)) => {
                         tracing::error!(engine = %name, error = %e, "pipeline failed; restarting at the next keyframe");
@@ -170,7 +233,7 @@ pub async fn run(
                                 settings.clone(),
                                 s.video.clone(),
                                 s.audio.clone(),
-                                packager_sink(packager.clone()),
+                                packager_sink(packager.clone(), outputs.clone()),
                             );
                             let started = tokio::task::spawn_blocking(move || {
                                 Transcoder::start(&settings, &video, audio.as_ref(), sink)
@@ -195,6 +258,7 @@ pub async fn run(
                                 }
                             }
                         }
+                        last_input = tokio::time::Instant::now();
                         if let Some(t) = &transcoder
                             && t.push(&frame) == PushOutcome::Dropped
                         {

@@ -5,6 +5,7 @@ mod app;
 mod engine_runner;
 mod listen;
 mod router;
+mod supervise;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,7 +99,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(app::run(cfg, config)) {
+            let result = runtime.block_on(app::run(cfg, config));
+            // Blocking work still running (a pipeline that will not stop) is left behind
+            // rather than waited for.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
