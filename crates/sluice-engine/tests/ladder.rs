@@ -73,7 +73,8 @@ fn ladder_keyframes_align_on_the_segment_grid() {
         audio_kbps: 96,
         preset: "ultrafast".into(),
         max_queued_bytes: 16 << 20,
-        max_queued_time: 4_000_000_000,
+        // 0: no bound in media time here, where 4.5 s are pushed at once.
+        max_queued_time: 0,
     };
     let t = Transcoder::start(
         &settings,
@@ -92,6 +93,24 @@ fn ladder_keyframes_align_on_the_segment_grid() {
     for f in &input[first_key..] {
         assert_eq!(t.push(f), sluice_engine::PushOutcome::Queued);
     }
+    // The same input pushed at once into an engine bounded to one second of backlog:
+    // video beyond it is dropped (to the next keyframe) instead of queued.
+    let bounded = Transcoder::start(
+        &TranscodeSettings {
+            max_queued_time: SEG,
+            ..settings.clone()
+        },
+        &video,
+        Some(&audio),
+        Arc::new(|_| {}),
+    )
+    .unwrap();
+    let dropped = input[first_key..]
+        .iter()
+        .filter(|f| bounded.push(f) == sluice_engine::PushOutcome::Dropped)
+        .count();
+    assert!(dropped > 30, "only {dropped} frames dropped");
+    drop(bounded);
     t.end_of_stream();
     let deadline = Instant::now() + Duration::from_secs(30);
     let outcome = loop {
