@@ -9,6 +9,6 @@ pub mod time;
 
 pub use codec::{AudioConfig, CodecError, VideoConfig};
 pub use id::{Id, IdError};
-pub use media::{Frame, MediaEvent, TrackKind};
+pub use media::{Frame, MediaEvent, MediaSource, TrackKind};
 pub use throttle::Throttle;
 pub use time::{Clock, MediaTime, SystemClock};

@@ -51,3 +51,9 @@ pub enum MediaEvent {
         session: u64,
     },
 }
+
+/// Where an engine reads a channel's live input from (the channel bus, in a server).
+pub trait MediaSource: Send {
+    /// The next event; `None` once the source is gone for good.
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<MediaEvent>> + Send;
+}

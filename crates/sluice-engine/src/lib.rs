@@ -8,14 +8,18 @@
 //! - [`Transcoder`]: one channel input decoded once, scaled and encoded into
 //!   every rendition of a ladder, audio encoded once; keyframes forced on the
 //!   segment grid (from media time) and nowhere else.
+//! - [`EngineRunner`]: one engine's life as a state machine (idle, running, draining,
+//!   backing off) driven by media events and the pipeline's bus, with a stall watchdog.
 //! - [`TestPattern`]: a built-in live source (moving picture with a clock, and
 //!   a tone), encoded like an encoder would send it.
 
 mod error;
+pub mod runner;
 mod testpattern;
 mod transcode;
 
 pub use error::EngineError;
+pub use runner::{EngineMode, EngineRunner, GstFactory, Packaging, RunnerSettings};
 pub use testpattern::{TestPattern, TestPatternSettings};
 pub use transcode::{
     EncodedEvent, EncodedSink, PushOutcome, RenditionSettings, TranscodeSettings, Transcoder,

@@ -477,6 +477,12 @@ fn round_up(t: MediaTime, grid: MediaTime) -> MediaTime {
     }
 }
 
+impl sluice_core::MediaSource for BusReceiver {
+    async fn recv(&mut self) -> Option<MediaEvent> {
+        BusReceiver::recv(self).await
+    }
+}
+
 /// A subscription to a channel bus.
 pub struct BusReceiver {
     rx: broadcast::Receiver<MediaEvent>,

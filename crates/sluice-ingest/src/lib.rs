@@ -5,13 +5,16 @@
 //! - [`rtmp_session`]: a publishing RTMP connection without I/O (rml_rtmp inside).
 //! - [`rtmp_guard`]: a non-recursive check of chunks and AMF0 before rml_rtmp parses them.
 //! - [`rtmp`]: the tokio listener around it.
+//! - [`router`]: stream-key routing, from the configuration to channel buses.
 
 pub mod bus;
 pub mod flv;
+pub mod router;
 pub mod rtmp;
 pub mod rtmp_guard;
 pub mod rtmp_session;
 
 pub use bus::{BusError, BusReceiver, ChannelBus, DEFAULT_BUS_CAPACITY, PublishEnded, Publisher};
+pub use router::{KeyEntry, KeyRouter};
 pub use rtmp::{PublishRouter, Refusal, RtmpLimits, serve_rtmp_connection};
 pub use rtmp_session::{RTMP_APP, RtmpAction, RtmpSession};

@@ -11,9 +11,10 @@ use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
 use sluice_distribution::{Catalog, DistributionEntry, HttpLimits, HttpState};
 use sluice_engine::{
-    EncodedEvent, RenditionSettings, TestPattern, TestPatternSettings, TranscodeSettings,
+    EncodedEvent, EngineMode, RenditionSettings, TestPattern, TestPatternSettings,
+    TranscodeSettings,
 };
-use sluice_ingest::{ChannelBus, DEFAULT_BUS_CAPACITY, RtmpLimits};
+use sluice_ingest::{ChannelBus, DEFAULT_BUS_CAPACITY, KeyEntry, KeyRouter, RtmpLimits};
 use sluice_package::{
     AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
 };
@@ -22,9 +23,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{AdmissionPolicy, AdmissionTable};
-use crate::engine_runner::{self, Mode};
+use crate::engine_runner;
 use crate::listen;
-use crate::router::{KeyEntry, KeyRouter};
 use crate::supervise::supervise;
 
 /// Compressed input an engine may queue before it drops to the next keyframe (a
@@ -103,7 +103,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             };
             let (mode, renditions, audio) = match &engine.ladder_ref {
                 LadderRef::Passthrough => (
-                    Mode::Passthrough,
+                    EngineMode::Passthrough,
                     vec![RenditionSpec {
                         name: Id::new("source").expect("valid id"),
                         width: 0,
@@ -113,7 +113,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                     Some(AudioSpec { kbps: 0 }),
                 ),
                 LadderRef::Named(_) => (
-                    Mode::Transcode(TranscodeSettings {
+                    EngineMode::Transcode(TranscodeSettings {
                         segment_duration: settings.segment_duration,
                         renditions: ladder
                             .renditions

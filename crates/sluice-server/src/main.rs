@@ -4,7 +4,6 @@ mod admission;
 mod app;
 mod engine_runner;
 mod listen;
-mod router;
 mod supervise;
 
 use std::path::PathBuf;

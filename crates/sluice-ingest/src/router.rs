@@ -1,14 +1,18 @@
 //! Who may publish where: stream keys from the configuration, mapped to channel buses.
+//! Checked in order: the key, the protocol, the ingest enabled, the source address in
+//! `allow_cidrs`, then the channel free (or its publisher stale; see [`crate::bus`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::bus::{ChannelBus, Publisher};
+use crate::rtmp::{PublishRouter, Refusal};
 use ipnet::IpNet;
 use sluice_config::IngestProtocol;
 use sluice_core::Id;
-use sluice_ingest::{ChannelBus, PublishRouter, Publisher, Refusal};
 
+/// One push ingest's stream key, as configured.
 pub struct KeyEntry {
     pub ingest: Id,
     pub protocol: IngestProtocol,
@@ -17,6 +21,7 @@ pub struct KeyEntry {
     pub bus: Arc<ChannelBus>,
 }
 
+/// Stream keys of every push ingest.
 #[derive(Default)]
 pub struct KeyRouter {
     pub keys: HashMap<String, KeyEntry>,
