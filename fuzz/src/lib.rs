@@ -153,9 +153,18 @@ mod tests {
         }
     }
 
-    /// Replays every committed seed and regression input through its target.
+    /// Replays every committed seed and regression input through its target. A panic
+    /// counts even when `RtmpSession` contains it with `catch_unwind` (as libFuzzer counts
+    /// it): past rml_rtmp panics must be stopped by the guard before they happen.
     #[test]
     fn seeds_do_not_panic() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static PANICS: AtomicUsize = AtomicUsize::new(0);
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default_hook(info);
+        }));
         let targets: [(&str, fn(&[u8])); 6] = [
             ("flv_tags", super::flv_tags),
             ("amf0", super::amf0),
@@ -175,7 +184,14 @@ mod tests {
             for file in files {
                 let data = std::fs::read(&file).expect("readable seed");
                 eprintln!("{name}: {}", file.display());
+                let before = PANICS.load(Ordering::SeqCst);
                 target(&data);
+                assert_eq!(
+                    PANICS.load(Ordering::SeqCst),
+                    before,
+                    "{name}: {} panicked (contained or not)",
+                    file.display()
+                );
             }
         }
     }

@@ -9,6 +9,8 @@
 //! - An AMF0 command with fewer than three values panics in `drain(..3)`.
 //! - A type 1–3 chunk whose extended timestamp is below `0xFFFFFF` underflows.
 //! - `SetChunkSize 0` is accepted and turns every later chunk into a header alone.
+//! - `@setDataFrame` with fewer than three values indexes past the end of its
+//!   arguments while publishing (found by `fuzz/rtmp_session`).
 //!
 //! [`ChunkGuard`] mirrors rml_rtmp's chunk framing exactly (including its single
 //! payload buffer shared by every chunk stream, so both see the same message
@@ -24,6 +26,9 @@ use bytes::{Buf, BytesMut};
 /// (the connect command object, onMetaData's ECMA array); rml_amf0 recurses about
 /// twice per level, so 32 levels stay far inside any thread's stack.
 pub const MAX_AMF0_DEPTH: usize = 32;
+
+/// An AMF0 string "@setDataFrame": the first value of a metadata message.
+const SET_DATA_FRAME: &[u8] = b"\x02\x00\x0d@setDataFrame";
 
 /// rml_rtmp's initial chunk size (RTMP 1.0 §5.4.1).
 const INITIAL_CHUNK_SIZE: usize = 128;
@@ -42,6 +47,8 @@ pub enum GuardError {
     ChunkSizeZero,
     #[error("extended timestamp below 0xFFFFFF in a continuation header")]
     BadExtendedTimestamp,
+    #[error("@setDataFrame with fewer than three values")]
+    ShortSetDataFrame,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -209,7 +216,10 @@ impl ChunkGuard {
             }
             // AMF0 data and shared objects (rml_rtmp decodes type 15 as AMF0 too).
             15 | 18 => {
-                amf0_scan(body).map_err(|_| GuardError::Amf0TooDeep { type_id })?;
+                let values = amf0_scan(body).map_err(|_| GuardError::Amf0TooDeep { type_id })?;
+                if body.starts_with(SET_DATA_FRAME) && values < 3 {
+                    return Err(GuardError::ShortSetDataFrame);
+                }
             }
             // Commands: rml_rtmp strips one leading zero from an "AMF3" command.
             17 | 20 => {
@@ -473,6 +483,16 @@ mod tests {
             g.check(&message(20, b"\x02\x00\x07connect", 128)),
             Err(GuardError::ShortCommand)
         );
+        // Metadata without its object (rml_rtmp indexes past the end while publishing).
+        let mut g = ChunkGuard::default();
+        let mut short = SET_DATA_FRAME.to_vec();
+        short.extend_from_slice(b"\x02\x00\x0aonMetaData");
+        assert_eq!(
+            g.check(&message(18, &short, 128)),
+            Err(GuardError::ShortSetDataFrame)
+        );
+        short.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 0, 0x09]);
+        g.check(&message(18, &short, 128)).unwrap();
         // A type 1 header shrinking a 200-byte message after its first 128 bytes.
         let mut g = ChunkGuard::default();
         let mut input = message(20, &[0u8; 200], 128)[..12 + 128].to_vec();
