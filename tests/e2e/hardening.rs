@@ -373,3 +373,43 @@ fn a_killed_engine_is_restarted_and_playlists_continue() {
     assert!(resumed, "seen {seen:?}; log:\n{}", server.log_text());
     assert!(publisher.wait(Duration::from_secs(40)).0);
 }
+
+/// One audio frame an hour ahead, then one an hour behind (an encoder's clock glitch):
+/// each is dropped alone with a rate-limited warning, and audio keeps flowing.
+#[test]
+fn an_audio_timestamp_jump_drops_one_frame_not_the_audio() {
+    let _heavy = heavy();
+    let server = Server::start("audio-jump", TWO_CHANNELS);
+    let good = Publisher::start(&server.rtmp_url("good-key"), 25, "320x180");
+    server.wait_segments(GOOD, 2, Duration::from_secs(30));
+    let before = newest(&server, GOOD);
+    let tags = crate::rtmp_client::ffmpeg_flv(&scratch_dir("audio-jump-flv").join("in.flv"), 10);
+    let audio: Vec<usize> = (0..tags.len()).filter(|&i| tags[i].kind == 8).collect();
+    let (ahead, behind) = (audio[audio.len() / 3], audio[audio.len() / 2]);
+    crate::rtmp_client::publish(server.rtmp, "spare-key", &tags, |i, tag| {
+        if i == ahead {
+            tag.ms + 3_600_000
+        } else if i == behind {
+            // An hour behind the start of the stream: a wrap of the 32-bit field.
+            tag.ms.wrapping_sub(3_600_000)
+        } else {
+            tag.ms
+        }
+    });
+    still_advancing(&server, GOOD, before);
+    // Audio of the whole stream made it out: every CMAF audio segment between the first
+    // and the last holds its two seconds of AAC (96 kbit/s: about 24 KB, so over 8 KB).
+    let p = server.wait_segments(
+        "/live/spare/cmaf/audio/index.m3u8",
+        4,
+        Duration::from_secs(20),
+    );
+    for s in &p.segments[1..p.segments.len() - 1] {
+        let body = get_ok(&server.url(&format!("/live/spare/cmaf/audio/{}", s.uri)));
+        assert!(body.len() > 8_000, "{} holds {} bytes", s.uri, body.len());
+    }
+    let log = server.log_text();
+    let warnings = count(&log, "audio timestamp far from video; frame dropped");
+    assert!((1..=2).contains(&warnings), "{warnings} warnings:\n{log}");
+    assert!(good.wait(Duration::from_secs(30)).0);
+}

@@ -55,26 +55,25 @@ enum State {
     Session(Box<ServerSession>),
 }
 
-/// Extends 32-bit millisecond RTMP timestamps, which wrap after about 49 days.
-#[derive(Default)]
-struct TimestampExtender {
-    last: Option<u32>,
-    high: i64,
-}
-
-impl TimestampExtender {
-    fn extend(&mut self, ts: u32) -> i64 {
-        if let Some(last) = self.last {
-            // A jump back by more than half the range is a wrap, not reordering.
-            if ts < last && last - ts > u32::MAX / 2 {
-                self.high += 1 << 32;
-            } else if ts > last && ts - last > u32::MAX / 2 && self.high > 0 {
-                self.high -= 1 << 32;
-            }
-        }
-        self.last = Some(ts);
-        self.high + ts as i64
-    }
+/// Extends a 32-bit millisecond RTMP timestamp (it wraps after about 49 days) to the
+/// value nearest `reference` on the extended timeline.
+///
+/// Nothing is remembered between calls, so one glitched timestamp cannot shift every
+/// later one by 2^32 ms: audio is placed near the latest video timestamp, video near its
+/// own previous one, and a true wrap lands next to its reference like any other value.
+fn extend_near(ts: u32, reference: Option<i64>) -> i64 {
+    const WRAP: i64 = 1 << 32;
+    let ts = ts as i64;
+    let Some(reference) = reference else {
+        return ts;
+    };
+    let base = reference.div_euclid(WRAP) * WRAP;
+    [base - WRAP, base, base + WRAP]
+        .into_iter()
+        .map(|b| b + ts)
+        .filter(|c| *c >= 0)
+        .min_by_key(|c| (c - reference).abs())
+        .unwrap_or(ts)
 }
 
 pub struct RtmpSession {
@@ -82,8 +81,9 @@ pub struct RtmpSession {
     guard: ChunkGuard,
     video: Option<VideoConfig>,
     audio_ok: bool,
-    video_ts: TimestampExtender,
-    audio_ts: TimestampExtender,
+    /// Last extended timestamps (ms), the references for the next ones.
+    last_video_ms: Option<i64>,
+    last_audio_ms: Option<i64>,
     publishing: Option<String>,
 }
 
@@ -113,8 +113,8 @@ impl RtmpSession {
             guard: ChunkGuard::default(),
             video: None,
             audio_ok: false,
-            video_ts: TimestampExtender::default(),
-            audio_ts: TimestampExtender::default(),
+            last_video_ms: None,
+            last_audio_ms: None,
             publishing: None,
         }
     }
@@ -262,13 +262,15 @@ impl RtmpSession {
             ServerSessionEvent::VideoDataReceived {
                 data, timestamp, ..
             } if self.publishing.is_some() => {
-                let dts = self.video_ts.extend(timestamp.value);
+                let dts = extend_near(timestamp.value, self.last_video_ms);
+                self.last_video_ms = Some(dts);
                 self.video_tag(data, dts, out);
             }
             ServerSessionEvent::AudioDataReceived {
                 data, timestamp, ..
             } if self.publishing.is_some() => {
-                let dts = self.audio_ts.extend(timestamp.value);
+                let dts = extend_near(timestamp.value, self.last_video_ms.or(self.last_audio_ms));
+                self.last_audio_ms = Some(dts);
                 self.audio_tag(data, dts, out);
             }
             _ => {}
@@ -345,10 +347,23 @@ mod tests {
 
     #[test]
     fn timestamps_extend_past_wrap() {
-        let mut t = TimestampExtender::default();
-        assert_eq!(t.extend(u32::MAX - 10), (u32::MAX - 10) as i64);
-        assert_eq!(t.extend(5), (1i64 << 32) + 5);
-        assert_eq!(t.extend(3), (1i64 << 32) + 3);
+        let max = u32::MAX as i64;
+        assert_eq!(extend_near(5, None), 5);
+        assert_eq!(extend_near(u32::MAX - 10, Some(max - 20)), max - 10);
+        assert_eq!(extend_near(5, Some(max - 10)), (1i64 << 32) + 5);
+        assert_eq!(extend_near(3, Some((1i64 << 32) + 5)), (1i64 << 32) + 3);
+        // A value just before the wrap, reordered after it, stays before it.
+        assert_eq!(extend_near(u32::MAX - 1, Some((1i64 << 32) + 5)), max - 1);
+    }
+
+    /// An audio timestamp glitched an hour back (a 32-bit wrap) does not move later
+    /// audio to the other side of the wrap: each is placed next to the video.
+    #[test]
+    fn one_glitched_timestamp_does_not_shift_the_rest() {
+        let video = Some(5_000);
+        let glitch = extend_near(5_000u32.wrapping_sub(3_600_000), video);
+        assert!((glitch - 5_000).abs() > 3_000_000, "{glitch}");
+        assert_eq!(extend_near(5_021, video), 5_021);
     }
 
     /// C0 and an all-zero C1 and C2: rml_rtmp falls back to the plain handshake.

@@ -1,0 +1,153 @@
+//! A scripted RTMP publisher for tests that need what real encoders will not send on
+//! request (a timestamp jumped by an hour): rml_rtmp's client session replays the tags
+//! of an FLV file that ffmpeg wrote, each at its time, with a hook to rewrite them.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
+};
+use rml_rtmp::time::RtmpTimestamp;
+
+use crate::support::tool;
+
+/// One FLV tag: 8 audio, 9 video, 18 script data; timestamp in ms.
+#[derive(Debug, Clone)]
+pub struct Tag {
+    pub kind: u8,
+    pub ms: u32,
+    pub data: Bytes,
+}
+
+/// `seconds` of 320x180 H.264 (a keyframe a second) and AAC, written by ffmpeg as FLV.
+pub fn ffmpeg_flv(path: &Path, seconds: u32) -> Vec<Tag> {
+    let ok = tool("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
+        .arg(path)
+        .status()
+        .expect("run ffmpeg")
+        .success();
+    assert!(ok, "ffmpeg wrote no FLV");
+    parse_flv(&std::fs::read(path).unwrap())
+}
+
+/// FLV tags (FLV 10.1 §E.4): a 9-byte header, then tags each followed by its size.
+fn parse_flv(file: &[u8]) -> Vec<Tag> {
+    let mut tags = Vec::new();
+    let mut at = 9 + 4;
+    while at + 11 <= file.len() {
+        let h = &file[at..at + 11];
+        let size = u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize;
+        let ms = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
+        let body = at + 11;
+        if body + size > file.len() {
+            break;
+        }
+        tags.push(Tag {
+            kind: h[0] & 0x1f,
+            ms,
+            data: Bytes::copy_from_slice(&file[body..body + size]),
+        });
+        at = body + size + 4;
+    }
+    tags
+}
+
+/// Publishes `tags` to `rtmp://127.0.0.1:port/live/key`, each when its (original)
+/// timestamp is due; `rewrite` may change the timestamp sent.
+pub fn publish(port: u16, key: &str, tags: &[Tag], rewrite: impl Fn(usize, &Tag) -> u32) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hs = Handshake::new(PeerType::Client);
+    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap())
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let leftover = loop {
+        let n = s.read(&mut buf).expect("handshake read");
+        assert!(n > 0, "closed during the handshake");
+        match hs.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                s.write_all(&response_bytes).unwrap()
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                s.write_all(&response_bytes).unwrap();
+                break remaining_bytes;
+            }
+        }
+    };
+    let (mut session, initial) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+    let send = |s: &mut TcpStream, results: Vec<ClientSessionResult>| -> Vec<ClientSessionEvent> {
+        let mut events = Vec::new();
+        for r in results {
+            match r {
+                ClientSessionResult::OutboundResponse(p) => s.write_all(&p.bytes).unwrap(),
+                ClientSessionResult::RaisedEvent(e) => events.push(e),
+                ClientSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        events
+    };
+    send(&mut s, initial);
+    let r = session.handle_input(&leftover).unwrap();
+    send(&mut s, r);
+    let r = session.request_connection("live".into()).unwrap();
+    send(&mut s, vec![r]);
+    let mut wait_for = |s: &mut TcpStream,
+                        session: &mut ClientSession,
+                        want: fn(&ClientSessionEvent) -> bool| loop {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed by the server");
+        let r = session.handle_input(&buf[..n]).unwrap();
+        if send(s, r).iter().any(want) {
+            return;
+        }
+    };
+    wait_for(&mut s, &mut session, |e| {
+        matches!(e, ClientSessionEvent::ConnectionRequestAccepted)
+    });
+    let r = session
+        .request_publishing(key.into(), PublishRequestType::Live)
+        .unwrap();
+    send(&mut s, vec![r]);
+    wait_for(&mut s, &mut session, |e| {
+        matches!(e, ClientSessionEvent::PublishRequestAccepted)
+    });
+    let started = Instant::now();
+    for (i, tag) in tags.iter().enumerate() {
+        let due = Duration::from_millis(tag.ms as u64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let ts = RtmpTimestamp::new(rewrite(i, tag));
+        let packet = match tag.kind {
+            8 => session.publish_audio_data(tag.data.clone(), ts, false),
+            9 => session.publish_video_data(tag.data.clone(), ts, false),
+            _ => continue,
+        };
+        if let ClientSessionResult::OutboundResponse(p) = packet.unwrap() {
+            s.write_all(&p.bytes)
+                .expect("the server closed the publisher");
+        }
+    }
+}
