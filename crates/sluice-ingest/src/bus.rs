@@ -567,6 +567,12 @@ mod tests {
         }
     }
 
+    /// The codec configurations an encoder sends first: 720p H.264, AAC 48 kHz stereo.
+    fn configure(p: &mut Publisher) {
+        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
+        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+    }
+
     fn bus() -> Arc<ChannelBus> {
         ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 64, 0)
     }
@@ -577,8 +583,7 @@ mod tests {
         let mut rx = bus.subscribe();
         let mut p = bus.begin_publish("a").unwrap();
         assert!(bus.begin_publish("b").is_err());
-        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
-        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+        configure(&mut p);
         p.push(video(500, false)); // before the first keyframe: dropped
         p.push(video(1000, true));
         p.push(video(4500, false));
@@ -602,8 +607,7 @@ mod tests {
 
         // The publisher comes back with timestamps from zero: it lands on the next grid line.
         let mut p = bus.begin_publish("a").unwrap();
-        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
-        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+        configure(&mut p);
         p.push(video(0, true));
         assert!(matches!(
             rx.recv().await,
@@ -656,8 +660,7 @@ mod tests {
         let bus = bus();
         let mut rx = bus.subscribe();
         let mut p = bus.begin_publish("a").unwrap();
-        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
-        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+        configure(&mut p);
         p.push(video(0, true));
         p.push(video(1500, false));
         // The encoder's clock goes back to zero: session 2, on the next grid line.
@@ -740,8 +743,7 @@ mod tests {
         let bus = bus();
         let mut rx = bus.subscribe();
         let mut p = bus.begin_publish("a").unwrap();
-        p.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
-        p.audio_config(AudioConfig::aac_lc(48_000, 2));
+        configure(&mut p);
         p.push(video(0, true));
         p.push(audio(10));
         p.push(audio(3_600_000 + 31));
@@ -775,8 +777,7 @@ mod tests {
         let bus = bus();
         let mut rx = bus.subscribe();
         let mut old = bus.begin_publish("old").unwrap();
-        old.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
-        old.audio_config(AudioConfig::aac_lc(48_000, 2));
+        configure(&mut old);
         old.push(video(0, true));
         old.push(video(2500, false));
         let stale = Duration::from_millis(50);
@@ -790,8 +791,7 @@ mod tests {
         old.push(video(2533, false)); // ignored
         drop(old); // does not end the new owner's claim
         assert!(bus.is_publishing());
-        new.video_config(VideoConfig::from_avcc(Bytes::from_static(AVCC)).unwrap());
-        new.audio_config(AudioConfig::aac_lc(48_000, 2));
+        configure(&mut new);
         new.push(video(0, true));
         assert_eq!(
             drain(&mut rx),

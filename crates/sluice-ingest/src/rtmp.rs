@@ -8,8 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::PublishEnded;
 use crate::bus::Publisher;
-use crate::rtmp_session::{RTMP_APP, RtmpAction, RtmpSession};
+use crate::rtmp_session::{RTMP_APP, RtmpAction, RtmpError, RtmpSession};
 
 /// Why a publisher was turned away. Logged; the peer gets an RTMP error status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,15 +87,33 @@ pub async fn serve_rtmp_connection(
     match connection(stream, peer, router, limits, cancel).await {
         Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
         // Input stopped before it could reach rml_rtmp is an attack or a broken client:
-        // worth a warning. Everything else (timeouts, resets) is routine.
-        Err(e) if e.starts_with(REFUSED) => {
+        // worth a warning. Everything else (timeouts, resets, refusals logged already) is
+        // routine.
+        Err(e @ ConnectionEnd::Session(RtmpError::Refused(_))) => {
             tracing::warn!(%peer, error = %e, "RTMP connection refused and closed")
         }
         Err(e) => tracing::info!(%peer, error = %e, "RTMP connection ended"),
     }
 }
 
-const REFUSED: &str = "RTMP input refused";
+/// Why a connection was closed by the server.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("write timed out")]
+    WriteTimeout,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Session(#[from] RtmpError),
+    #[error("sent {0} bytes without a complete frame")]
+    Unproductive(usize),
+    #[error("publish refused: {0}")]
+    Refused(Refusal),
+    #[error("publisher closed: {0}")]
+    PublisherEnded(PublishEnded),
+}
 
 async fn connection(
     mut stream: TcpStream,
@@ -102,7 +121,7 @@ async fn connection(
     router: Arc<dyn PublishRouter>,
     limits: &RtmpLimits,
     cancel: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), ConnectionEnd> {
     let mut session = RtmpSession::new();
     let mut publisher: Option<Publisher> = None;
     let mut buf = vec![0u8; 64 * 1024];
@@ -120,8 +139,8 @@ async fn connection(
         let n = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             r = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match r {
-                Err(_) => return Err(format!("timed out waiting for {waiting_for}")),
-                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(ConnectionEnd::Timeout(waiting_for)),
+                Ok(Err(e)) => return Err(e.into()),
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
             },
@@ -133,12 +152,10 @@ async fn connection(
             limits.max_bytes_before_publish
         };
         if unproductive > cap {
-            return Err(format!(
-                "sent {unproductive} bytes without a complete frame; closing"
-            ));
+            return Err(ConnectionEnd::Unproductive(unproductive));
         }
-        let mut pending = session.handle_input(&buf[..n]).map_err(|e| e.to_string())?;
-        let mut close_after_send = false;
+        let mut pending = session.handle_input(&buf[..n])?;
+        let mut refused: Option<Refusal> = None;
         while !pending.is_empty() {
             let mut next = Vec::new();
             for action in pending {
@@ -146,8 +163,7 @@ async fn connection(
                     RtmpAction::Send(bytes) => {
                         tokio::time::timeout(limits.write_timeout, stream.write_all(&bytes))
                             .await
-                            .map_err(|_| "write timed out".to_string())?
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|_| ConnectionEnd::WriteTimeout)??;
                     }
                     RtmpAction::PublishRequested {
                         request_id,
@@ -166,21 +182,13 @@ async fn connection(
                                 tracing::info!(%peer, channel = %p.channel(), "RTMP publish accepted");
                                 unproductive = 0;
                                 publisher = Some(p);
-                                next.extend(
-                                    session
-                                        .accept(request_id, Some(&stream_key))
-                                        .map_err(|e| e.to_string())?,
-                                );
+                                next.extend(session.accept(request_id, Some(&stream_key))?);
                             }
                             Err(refusal) => {
                                 // The key itself is a secret: never log it.
                                 tracing::warn!(%peer, app, reason = %refusal, "RTMP publish refused");
-                                next.extend(
-                                    session
-                                        .reject(request_id, &refusal.to_string())
-                                        .map_err(|e| e.to_string())?,
-                                );
-                                close_after_send = true;
+                                next.extend(session.reject(request_id, &refusal.to_string())?);
+                                refused = Some(refusal);
                             }
                         }
                     }
@@ -208,11 +216,11 @@ async fn connection(
         }
         if let Some(why) = publisher.as_mut().and_then(|p| p.ended()) {
             let _ = stream.shutdown().await;
-            return Err(format!("publisher closed: {why}"));
+            return Err(ConnectionEnd::PublisherEnded(why));
         }
-        if close_after_send {
+        if let Some(refusal) = refused {
             let _ = stream.shutdown().await;
-            return Err("publish refused".into());
+            return Err(ConnectionEnd::Refused(refusal));
         }
     }
 }

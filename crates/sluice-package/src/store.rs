@@ -610,6 +610,37 @@ mod tests {
         assert_eq!(text.matches("#EXT-X-MAP").count(), 1);
     }
 
+    /// A render that raced with a change (inserted after it, tagged with the older
+    /// generation) is never served; the next request renders the new state.
+    #[test]
+    fn multivariant_cache_never_serves_a_stale_render() {
+        let out = EngineOutput::new(
+            2 * S,
+            6 * S,
+            vec![OutputKind::Ts],
+            vec![VariantInfo {
+                name: "v".into(),
+                width: 640,
+                height: 360,
+                configured_kbps: 800,
+                codec: Some("avc1.64001f".into()),
+                frame_rate: None,
+            }],
+            None,
+        );
+        assert!(
+            out.multivariant(OutputKind::Ts, None).is_none(),
+            "no segment yet"
+        );
+        out.add_segment(OutputKind::Ts, "v", seg(0, false));
+        let stale = out.generation.load(Ordering::Acquire) - 1;
+        out.cache().insert((OutputKind::Ts, None), (stale, None));
+        let text = out
+            .multivariant(OutputKind::Ts, None)
+            .expect("live after a segment");
+        assert!(String::from_utf8_lossy(&text).contains("v/index.m3u8"));
+    }
+
     #[test]
     fn target_duration_never_changes() {
         let mut t = Track::new(OutputKind::Ts, 2 * S);
