@@ -413,3 +413,63 @@ fn an_audio_timestamp_jump_drops_one_frame_not_the_audio() {
     assert!((1..=2).contains(&warnings), "{warnings} warnings:\n{log}");
     assert!(good.wait(Duration::from_secs(30)).0);
 }
+
+/// One address cannot take every HTTP slot (a cache in `trusted_proxies` can), and an
+/// idle connection that never sends a request is closed.
+#[test]
+fn http_connections_are_capped_per_address_except_trusted_proxies() {
+    let _heavy = heavy();
+    let server = Server::start_with_server_keys(
+        "http-per-address",
+        "trusted_proxies = [\"127.0.0.4/32\"]",
+        TWO_CHANNELS,
+    );
+    rlimit::increase_nofile_limit(4096).expect("raise the open-files limit");
+    let _good = Publisher::start(&server.rtmp_url("good-key"), 30, "320x180");
+    server.wait_segments(GOOD, 2, Duration::from_secs(30));
+    let log = server.log_text();
+    let per_address: usize = log
+        .split("http_per_address=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no limits logged:\n{log}"));
+    let open = |source: &str, n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .filter_map(|_| connect_from(source, server.http).ok())
+            .collect()
+    };
+    let alive = |conns: &[TcpStream]| {
+        conns
+            .iter()
+            .filter(|s| {
+                s.set_nonblocking(true).unwrap();
+                let open = !matches!((&**s).read(&mut [0u8; 1]), Ok(0));
+                s.set_nonblocking(false).unwrap();
+                open
+            })
+            .count()
+    };
+    let flood = open("127.0.0.3", per_address + 40);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        alive(&flood),
+        per_address,
+        "one address holds at most {per_address}"
+    );
+    // Everyone else is still served.
+    let before = newest(&server, GOOD);
+    still_advancing(&server, GOOD, before);
+    let cache = open("127.0.0.4", per_address + 40);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        alive(&cache),
+        per_address + 40,
+        "a trusted proxy is not capped"
+    );
+    let log = server.log_text();
+    assert!(log.contains("HTTP connection refused"), "{log}");
+    // Idle connections (no request) are closed by the header deadline.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(alive(&flood) + alive(&cache), 0, "idle connections kept");
+}

@@ -59,10 +59,19 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables for the server process.
     pub fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_full(name, "", config, env)
+    }
+
+    /// [`Server::start`] with more keys in `[server]`.
+    pub fn start_with_server_keys(name: &str, server_keys: &str, config: &str) -> Server {
+        Self::start_full(name, server_keys, config, &[])
+    }
+
+    fn start_full(name: &str, server_keys: &str, config: &str, env: &[(&str, &str)]) -> Server {
         let dir = scratch_dir(name);
         let (http, rtmp) = (free_port(), free_port());
         let toml = format!(
-            "[server]\nhttp_listen = \"127.0.0.1:{http}\"\nrtmp_listen = \"127.0.0.1:{rtmp}\"\ndata_dir = \"{}\"\n\n{config}",
+            "[server]\nhttp_listen = \"127.0.0.1:{http}\"\nrtmp_listen = \"127.0.0.1:{rtmp}\"\ndata_dir = \"{}\"\n{server_keys}\n\n{config}",
             dir.join("data").display()
         );
         let path = dir.join("sluice.toml");

@@ -373,10 +373,16 @@ fn http_limits() -> HttpLimits {
     limits.max_connections = limits
         .max_connections
         .min(usize::try_from(cap).unwrap_or(usize::MAX));
-    tracing::debug!(
+    // One address may hold at most a quarter of the slots, however it is configured.
+    limits.max_per_address = limits
+        .max_per_address
+        .min(limits.max_connections / 4)
+        .max(1);
+    tracing::info!(
         nofile,
-        max_http_connections = limits.max_connections,
-        "connection limits"
+        http_max = limits.max_connections,
+        http_per_address = limits.max_per_address,
+        "HTTP connection limits"
     );
     limits
 }
