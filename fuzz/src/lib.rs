@@ -102,10 +102,53 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
-/// The path of an HTTP request, decoded into a route.
+/// The path of an HTTP request, decoded into a route (with or without a session
+/// component), and the session checked.
 pub fn http_path(data: &[u8]) {
     if let Ok(path) = std::str::from_utf8(data) {
         let _ = sluice_distribution::path::parse(path);
+        if let Some((route, Some(session))) = sluice_distribution::path::parse_request(path) {
+            let key = sluice_distribution::SessionKey::from_secret(b"fuzz");
+            let dist = sluice_core::Id::new("d").expect("valid id");
+            let _ = (route, key.verify(&dist, session, 1_800_000_000));
+        }
+    }
+}
+
+/// A viewer token (JWT) from the query string or `Authorization`, through the whole
+/// admission: parameter parsing, header, key choice, signature and claims. The first
+/// byte picks HS256 keys with or without `kid` matching and an issuer.
+pub fn viewer_token(data: &[u8]) {
+    use std::sync::OnceLock;
+    use sluice_config::{TokenAlgorithm, TokenConfig, TokenKey};
+    use sluice_distribution::Policy;
+    use sluice_distribution::policy::TokenParam;
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    let policy = POLICY.get_or_init(|| {
+        let key = |id: &str| TokenKey {
+            id: id.into(),
+            algorithm: TokenAlgorithm::HS256,
+            secret: Some("0123456789abcdef0123".into()),
+            public_key_pem: None,
+        };
+        let cfg = TokenConfig {
+            required: true,
+            keys: vec![key("a"), key("b")],
+            issuer: Some("https://auth.example.com".into()),
+        };
+        Policy::new(None, vec![], &cfg).expect("valid keys")
+    });
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let dist = sluice_core::Id::new("d").expect("valid id");
+    let client = std::net::IpAddr::from([192, 0, 2, 1]);
+    for param in [
+        TokenParam::from_request(Some(text), None),
+        TokenParam::from_request(None, Some(text)),
+        TokenParam::One(text),
+    ] {
+        let _ = policy.admit(&dist, client, Some(text), param);
     }
 }
 
@@ -165,7 +208,8 @@ mod tests {
             PANICS.fetch_add(1, Ordering::SeqCst);
             default_hook(info);
         }));
-        let targets: [(&str, fn(&[u8])); 6] = [
+        let targets: [(&str, fn(&[u8])); 7] = [
+            ("viewer_token", super::viewer_token),
             ("flv_tags", super::flv_tags),
             ("amf0", super::amf0),
             ("codec_records", super::codec_records),

@@ -50,26 +50,6 @@ fn still_advancing(server: &Server, path: &str, since: u64) {
     }
 }
 
-/// A TCP connection to the server's loopback port from `source` (any 127.0.0.0/8
-/// address works on loopback), so one machine plays many client addresses. std cannot
-/// bind before connecting; tokio's `TcpSocket` can.
-fn connect_from(source: &str, port: u16) -> std::io::Result<TcpStream> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4()?;
-        s.bind(SocketAddr::new(source.parse().expect("an address"), 0))?;
-        let stream = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-        stream.into_std()
-    })
-    .and_then(|s| {
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(s)
-    })
-}
-
 /// An RTMP peer past the handshake (an all-zero C1: the plain RTMP handshake).
 fn rtmp_handshaken(port: u16) -> TcpStream {
     let mut s = connect_from("127.0.0.1", port).expect("connect");

@@ -2,6 +2,7 @@
 //! and independent parsers (ffprobe, m3u8-rs, the mp4 crate) on the output.
 
 mod hardening;
+mod policy;
 mod rtmp_client;
 mod support;
 
@@ -376,23 +377,24 @@ fn check_reports_every_config_error_with_its_position() {
         assert!(stderr.contains(pos), "missing an error at {pos}:\n{stderr}");
     }
     // A rule the server does not enforce yet is refused by check and by serve, with its
-    // position, instead of being accepted and ignored (this distribution would be public).
-    let token = dir.join("token.toml");
+    // position, instead of being accepted and ignored (this distribution would be open to
+    // every country).
+    let geo = dir.join("geo.toml");
     std::fs::write(
-        &token,
-        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\n[channels.c.engines.e]\nladder = \"passthrough\"\n\n[distributions.d]\nchannel = \"c\"\n[distributions.d.token]\nrequired = true\nkeys = [{ id = \"k\", algorithm = \"HS256\", secret = \"a-long-random-secret\" }]\n",
+        &geo,
+        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\n[channels.c.engines.e]\nladder = \"passthrough\"\n\n[distributions.d]\nchannel = \"c\"\ngeo = { mode = \"allow\", countries = [\"DE\"] }\n",
     )
     .unwrap();
     for command in ["check", "serve"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([command, "--config"])
-            .arg(&token)
+            .arg(&geo)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
         assert!(
-            stderr.contains("token.toml:8:1: not supported yet: viewer tokens"),
+            stderr.contains("geo.toml:8:7: not supported yet: geo rules"),
             "{command}: {stderr}"
         );
     }

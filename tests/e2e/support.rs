@@ -2,7 +2,7 @@
 //! publishers, real HTTP, and independent parsers (ffprobe, m3u8-rs, mp4).
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -486,4 +486,60 @@ pub fn msns(p: &MediaPlaylist) -> Vec<u64> {
     (0..p.segments.len() as u64)
         .map(|i| p.media_sequence + i)
         .collect()
+}
+
+/// A TCP connection to the server's loopback port from `source` (any 127.0.0.0/8
+/// address works on loopback), so one machine plays many client addresses. std cannot
+/// bind before connecting; tokio's `TcpSocket` can.
+pub fn connect_from(source: &str, port: u16) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind(SocketAddr::new(source.parse().expect("an address"), 0))?;
+        let stream = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        stream.into_std()
+    })
+    .and_then(|s| {
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(s)
+    })
+}
+
+/// A GET over a connection from `source` with extra headers: (status, lowercase
+/// headers, body). For what ureq cannot do: choose the client address.
+pub fn raw_get(
+    source: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = connect_from(source, port).expect("connect");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, raw[split + 4..].to_vec())
 }

@@ -6,6 +6,9 @@
 //! rule is never accepted and then ignored (fail closed). When a feature lands, its
 //! line here goes and its tests move to the feature.
 //!
+//! Enforced so far, so no longer refused: viewer tokens (`token`), IP rules (`ip`) and
+//! `allowed_origins` (sluice-distribution's `policy`).
+//!
 //! Keys that only say where to listen or store (`srt_listen`, `https_listen`,
 //! `data_dir`, ...) and `part_seconds` stay accepted; [`not_served_yet`] lists them
 //! for a log line at start.
@@ -72,19 +75,6 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
         let d = d.get_ref();
         if let Some(g) = &d.geo {
             refuse(problems, g, "geo rules");
-        }
-        if let Some(ip) = &d.ip {
-            refuse(problems, ip, "IP rules");
-        }
-        if let Some(o) = d.allowed_origins.first() {
-            refuse(
-                problems,
-                o,
-                "allowed_origins (an empty list, any origin, is supported)",
-            );
-        }
-        if let Some(t) = &d.token {
-            refuse(problems, t, "viewer tokens");
         }
         if let Some(o) = d.overrides.first() {
             refuse(problems, o, "override rules");

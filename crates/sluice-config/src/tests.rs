@@ -273,16 +273,10 @@ fn unenforced_keys_are_refused_with_their_position() {
         ("channels.final.sources", "extra sources"),
         ("channels.final.outputs", "channel outputs"),
         ("distributions.reseller-eu.geo", "geo rules"),
-        ("distributions.reseller-eu.ip", "IP rules"),
-        (
-            "distributions.reseller-eu.allowed_origins[0]",
-            "allowed_origins",
-        ),
         (
             "distributions.reseller-eu.target_latency_seconds",
             "target_latency_seconds",
         ),
-        ("distributions.reseller-eu.token", "viewer tokens"),
         ("distributions.reseller-eu.overrides[0]", "override rules"),
         ("distributions.reseller-eu-mobile.geo", "geo rules"),
         (
@@ -306,28 +300,27 @@ fn unenforced_keys_are_refused_with_their_position() {
         line("protocol = |\"srt-pull\"")
     );
     assert_eq!(
-        (got[12].line, got[12].column),
-        line("|[distributions.reseller-eu.token]")
+        (got[10].line, got[10].column),
+        line("|[[distributions.reseller-eu.overrides]]\ndevice_type = \"mobile\"")
     );
 }
 
-/// `token.required = true` on its own: refused at the token table, not accepted as public.
+/// A geo rule on its own: refused at its value (geo is not enforced yet), not accepted
+/// as if the distribution were restricted. Viewer tokens, IP rules and allowed origins
+/// are enforced, so they pass.
 #[test]
-fn a_required_token_is_refused_not_ignored() {
+fn a_geo_rule_is_refused_not_ignored() {
     let src = format!(
-        "{BASE}[distributions.d]\nchannel = \"c\"\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n"
+        "{BASE}[distributions.d]\nchannel = \"c\"\ngeo = {{ mode = \"allow\", countries = [\"DE\"] }}\nip = {{ mode = \"deny\", cidrs = [\"203.0.113.0/24\"] }}\nallowed_origins = [\"https://eu.example.com\"]\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n"
     );
     ok(&src);
     let e = Config::from_toml_str(&src, "t.toml").unwrap_err().errors;
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
-        e[0].message.contains("not supported yet: viewer tokens"),
+        e[0].message.contains("not supported yet: geo rules"),
         "{e:?}"
     );
-    assert_eq!(
-        (e[0].line, e[0].column),
-        at(&src, "|[distributions.d.token]")
-    );
+    assert_eq!((e[0].line, e[0].column), at(&src, "geo = |{"));
 }
 
 #[test]

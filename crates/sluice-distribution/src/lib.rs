@@ -8,6 +8,13 @@
 
 mod deadline;
 pub mod path;
+pub mod policy;
 mod server;
+pub mod session;
 
-pub use server::{Catalog, DistributionEntry, HttpLimits, HttpState, serve_http_connection};
+pub use policy::{Policy, Refusal, SignError, sign_token};
+pub use server::{
+    Catalog, DistributionEntry, HttpLimits, HttpState, RefusalCounts, RequestFacts, handle,
+    serve_http_connection,
+};
+pub use session::SessionKey;

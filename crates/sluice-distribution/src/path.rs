@@ -51,6 +51,34 @@ fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
     if canonical { s.parse().ok() } else { None }
 }
 
+/// Decodes a request path that may carry a viewer session after the distribution
+/// (`/live/<dist>/s-<expires>-<mac>/<output>/...`, see [`crate::session`]). Only child
+/// routes (media playlists, init segments, segments) take one. The session is returned
+/// as written, for the caller to verify.
+pub fn parse_request(path: &str) -> Option<(Route, Option<&str>)> {
+    if let Some(rest) = path.strip_prefix("/live/") {
+        let mut parts = rest.splitn(3, '/');
+        let (dist, second, tail) = (parts.next()?, parts.next(), parts.next());
+        if let (Some(session), Some(tail)) = (second, tail)
+            && session.starts_with("s-")
+        {
+            let plausible = session.len() <= 64
+                && session
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !plausible {
+                return None;
+            }
+            let route = parse(&format!("/live/{dist}/{tail}"))?;
+            return match route {
+                Route::Health | Route::Multivariant { .. } => None,
+                child => Some((child, Some(session))),
+            };
+        }
+    }
+    parse(path).map(|r| (r, None))
+}
+
 /// Decodes the path part of a request URI (without the query). `None`: not a route (404).
 pub fn parse(path: &str) -> Option<Route> {
     if path == "/healthz" {
@@ -160,6 +188,42 @@ mod tests {
                 msn: 0
             })
         );
+    }
+
+    #[test]
+    fn sessions_sit_after_the_distribution_on_child_routes_only() {
+        let s = "s-1800000060-00112233445566778899aabbccddeeff";
+        assert_eq!(
+            parse_request(&format!("/live/demo/{s}/cmaf/360p/12.m4s")),
+            Some((
+                Route::Segment {
+                    dist: id("demo"),
+                    output: OutputKind::Cmaf,
+                    rendition: id("360p"),
+                    msn: 12
+                },
+                Some(s)
+            ))
+        );
+        assert_eq!(
+            parse_request("/live/demo/cmaf/index.m3u8"),
+            Some((
+                Route::Multivariant {
+                    dist: id("demo"),
+                    output: OutputKind::Cmaf
+                },
+                None
+            ))
+        );
+        for bad in [
+            format!("/live/demo/{s}/cmaf/index.m3u8"),
+            format!("/live/demo/{s}/{s}/cmaf/360p/1.m4s"),
+            "/live/demo/s-1/../cmaf/360p/1.m4s".to_owned(),
+            "/live/demo/s-%2e/cmaf/360p/1.m4s".to_owned(),
+            format!("/live/demo/s-{}/cmaf/360p/1.m4s", "0".repeat(80)),
+        ] {
+            assert_eq!(parse_request(&bad), None, "{bad}");
+        }
     }
 
     #[test]

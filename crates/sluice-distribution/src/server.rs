@@ -1,8 +1,8 @@
 //! The hyper server and request handling.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -17,12 +17,18 @@ use sluice_package::{EngineOutput, OutputKind};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use ipnet::IpNet;
+
 use crate::deadline::WriteDeadline;
 use crate::path::{self, Route};
+use crate::policy::{self, Policy, Refusal, TokenParam};
+use crate::session::{SESSION_SECONDS, SessionKey};
 
 /// One distribution as the HTTP layer sees it.
 #[derive(Clone)]
 pub struct DistributionEntry {
+    /// Who may watch it.
+    pub policy: Arc<Policy>,
     pub outputs: Vec<OutputKind>,
     /// Renditions above this are left out of the multivariant playlist.
     pub max_kbps: Option<u32>,
@@ -35,16 +41,22 @@ pub struct DistributionEntry {
 #[derive(Clone, Default)]
 pub struct Catalog {
     pub distributions: HashMap<Id, DistributionEntry>,
+    /// Peers whose `X-Forwarded-For` is believed (a cache or load balancer in front).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 pub struct HttpState {
     pub catalog: ArcSwap<Catalog>,
+    pub sessions: SessionKey,
+    pub refusals: RefusalCounts,
 }
 
 impl HttpState {
-    pub fn new(catalog: Catalog) -> Arc<Self> {
+    pub fn new(catalog: Catalog, sessions: SessionKey) -> Arc<Self> {
         Arc::new(HttpState {
             catalog: ArcSwap::from_pointee(catalog),
+            sessions,
+            refusals: RefusalCounts::default(),
         })
     }
 }
@@ -80,6 +92,8 @@ const PLAYLIST: &str = "application/vnd.apple.mpegurl";
 /// Media playlists change every segment; a cache may hold one for a second.
 const PLAYLIST_CACHE: &str = "public, max-age=1";
 const MULTIVARIANT_CACHE: &str = "public, max-age=5";
+/// A multivariant playlist made for one viewer (it names the viewer's session).
+const PRIVATE_MULTIVARIANT_CACHE: &str = "private, no-store";
 /// Segment URLs are never reused for other bytes.
 const SEGMENT_CACHE: &str = "public, max-age=31536000, immutable";
 
@@ -152,15 +166,101 @@ fn preflight() -> Response<Full<Bytes>> {
     r
 }
 
-/// Answers one request. Pure apart from reading the catalog: unit-testable without sockets.
-pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    let Some(route) = path::parse(path) else {
+/// What a request says about itself, taken from the socket and the headers.
+#[derive(Debug, Clone)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The socket peer.
+    pub peer: IpAddr,
+    pub forwarded_for: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub referer: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+}
+
+impl<'a> RequestFacts<'a> {
+    /// A plain GET from `peer` with no headers (tests and tools).
+    pub fn get(path: &'a str, peer: IpAddr) -> Self {
+        RequestFacts {
+            method: &Method::GET,
+            path,
+            query: None,
+            peer,
+            forwarded_for: None,
+            origin: None,
+            referer: None,
+            authorization: None,
+        }
+    }
+}
+
+/// Refusals counted by distribution and reason (a later issue exports them as metrics).
+#[derive(Debug, Default)]
+pub struct RefusalCounts(Mutex<HashMap<(Id, Refusal), u64>>);
+
+impl RefusalCounts {
+    fn count(&self, dist: &Id, why: Refusal) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((dist.clone(), why)).or_default() += 1;
+    }
+
+    /// How many requests to `dist` were refused for `why`.
+    pub fn get(&self, dist: &Id, why: Refusal) -> u64 {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(dist.clone(), why)).copied().unwrap_or(0)
+    }
+}
+
+fn refuse(state: &HttpState, dist: &Id, why: Refusal) -> Response<Full<Bytes>> {
+    state.refusals.count(dist, why);
+    // The reason is counted and logged, never the token itself.
+    tracing::debug!(distribution = %dist, reason = why.as_str(), "viewer refused");
+    match why.status() {
+        403 => error(StatusCode::FORBIDDEN, "forbidden\n"),
+        _ => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
+}
+
+/// `uri` lines and `URI="..."` attributes of a multivariant playlist, prefixed (to send
+/// a viewer's child requests through its session path).
+fn prefix_uris(body: &[u8], prefix: &str) -> Bytes {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::with_capacity(text.len() + 16 * prefix.len());
+    for line in text.lines() {
+        if line.is_empty() {
+        } else if !line.starts_with('#') {
+            out.push_str(prefix);
+            out.push_str(line);
+        } else {
+            out.push_str(&line.replace("URI=\"", &format!("URI=\"{prefix}")));
+        }
+        out.push('\n');
+    }
+    Bytes::from(out)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Answers one request. Pure apart from reading the state: unit-testable without sockets.
+pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<Full<Bytes>> {
+    let Some((route, session)) = path::parse_request(req.path) else {
         return error(StatusCode::NOT_FOUND, "not found\n");
     };
-    if method == Method::OPTIONS {
+    if req.method == Method::OPTIONS {
         return preflight();
     }
-    if method != Method::GET && method != Method::HEAD {
+    if req.method != Method::GET && req.method != Method::HEAD {
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         r.headers_mut().insert(
             header::ALLOW,
@@ -182,15 +282,73 @@ pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<B
         | Route::Init { dist, .. }
         | Route::Segment { dist, .. } => dist,
     };
+    let catalog = state.catalog.load();
     let Some(dist) = catalog.distributions.get(dist_id).filter(|d| d.enabled) else {
         return error(StatusCode::NOT_FOUND, "unknown distribution\n");
     };
-    let output = match &route {
+    // The viewer's rules are judged before anything about the stream is revealed.
+    let origin = policy::request_origin(req.origin, req.referer);
+    let mut minted = None;
+    if !dist.policy.is_open() {
+        let client = policy::client_address(req.peer, req.forwarded_for, &catalog.trusted_proxies);
+        let verdict = match (&route, session) {
+            (Route::Multivariant { .. }, _) => dist
+                .policy
+                .admit(
+                    dist_id,
+                    client,
+                    origin,
+                    TokenParam::from_request(req.query, req.authorization),
+                )
+                .map(|_| {
+                    minted = Some(
+                        state
+                            .sessions
+                            .mint(dist_id, now.saturating_add(SESSION_SECONDS)),
+                    );
+                }),
+            (_, None) => Err(Refusal::SessionMissing),
+            (_, Some(s)) => dist
+                .policy
+                .check_address_and_origin(client, origin)
+                .and_then(|()| {
+                    state
+                        .sessions
+                        .verify(dist_id, s, now)
+                        .map_err(|_| Refusal::SessionInvalid)
+                }),
+        };
+        if let Err(why) = verdict {
+            return refuse(state, dist_id, why);
+        }
+    }
+    let mut resp = serve_route(dist, &route, minted.as_deref());
+    if dist.policy.restricts_origins() {
+        // Allowed (or no Origin at all, as from a native player): name it, and tell
+        // caches the answer depends on it.
+        let h = resp.headers_mut();
+        match origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+            Some(o) => h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o),
+            None => h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+        };
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+/// The response for an admitted request. `session`: the multivariant's child URIs go
+/// through it, and the playlist is the viewer's own (`private`).
+fn serve_route(
+    dist: &DistributionEntry,
+    route: &Route,
+    session: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let output = match route {
         Route::Init { .. } => OutputKind::Cmaf,
         Route::Multivariant { output, .. }
         | Route::MediaPlaylist { output, .. }
         | Route::Segment { output, .. } => *output,
-        Route::Health => unreachable!("answered above"),
+        Route::Health => return error(StatusCode::NOT_FOUND, "not found\n"),
     };
     if !dist.outputs.contains(&output) {
         return error(
@@ -202,9 +360,17 @@ pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<B
         Route::Multivariant { output, .. } => match dist
             .engines
             .iter()
-            .find_map(|e| e.multivariant(output, dist.max_kbps))
+            .find_map(|e| e.multivariant(*output, dist.max_kbps))
         {
-            Some(body) => response(StatusCode::OK, PLAYLIST, MULTIVARIANT_CACHE, body),
+            Some(body) => match session {
+                Some(s) => response(
+                    StatusCode::OK,
+                    PLAYLIST,
+                    PRIVATE_MULTIVARIANT_CACHE,
+                    prefix_uris(&body, &format!("../{s}/{}/", output.as_str())),
+                ),
+                None => response(StatusCode::OK, PLAYLIST, MULTIVARIANT_CACHE, body),
+            },
             None => error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n"),
         },
         Route::MediaPlaylist {
@@ -213,7 +379,7 @@ pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<B
             match dist
                 .engines
                 .iter()
-                .find_map(|e| e.media_playlist(output, rendition.as_str()))
+                .find_map(|e| e.media_playlist(*output, rendition.as_str()))
             {
                 Some(body) => response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body),
                 None if dist
@@ -231,7 +397,7 @@ pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<B
         } => match dist
             .engines
             .iter()
-            .find_map(|e| e.init_segment(rendition.as_str(), version))
+            .find_map(|e| e.init_segment(rendition.as_str(), *version))
         {
             Some(body) => response(StatusCode::OK, "video/mp4", SEGMENT_CACHE, body),
             None => error(StatusCode::NOT_FOUND, "no such init segment\n"),
@@ -245,7 +411,7 @@ pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<B
             match dist
                 .engines
                 .iter()
-                .find_map(|e| e.segment(output, rendition.as_str(), msn))
+                .find_map(|e| e.segment(*output, rendition.as_str(), *msn))
             {
                 Some(body) => {
                     let ct = match output {
@@ -257,16 +423,30 @@ pub fn handle(catalog: &Catalog, method: &Method, path: &str) -> Response<Full<B
                 None => error(StatusCode::NOT_FOUND, "no such segment\n"),
             }
         }
-        Route::Health => unreachable!("answered above"),
+        Route::Health => error(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 async fn service(
     state: Arc<HttpState>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let catalog = state.catalog.load();
-    let mut resp = handle(&catalog, req.method(), req.uri().path());
+    let facts = RequestFacts {
+        method: req.method(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        peer: peer.ip(),
+        forwarded_for: header_str(&req, header::HeaderName::from_static("x-forwarded-for")),
+        origin: header_str(&req, header::ORIGIN),
+        referer: header_str(&req, header::REFERER),
+        authorization: header_str(&req, header::AUTHORIZATION),
+    };
+    let mut resp = handle(&state, &facts, unix_now());
     if req.method() == Method::HEAD {
         let n = hyper::body::Body::size_hint(resp.body())
             .exact()
@@ -275,6 +455,7 @@ async fn service(
             .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         *resp.body_mut() = Full::new(Bytes::new());
     }
+    // The path only: a query may hold a token.
     tracing::debug!(method = %req.method(), path = req.uri().path(), status = resp.status().as_u16(), "http");
     Ok(resp)
 }
@@ -291,7 +472,7 @@ pub async fn serve_http_connection(
     let _ = stream.set_nodelay(true);
     let io = WriteDeadline::new(stream, limits.write_stall_timeout);
     let stalled = io.stalled.clone();
-    let svc = hyper::service::service_fn(move |req| service(state.clone(), req));
+    let svc = hyper::service::service_fn(move |req| service(state.clone(), peer, req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -314,29 +495,65 @@ pub async fn serve_http_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_config::{IpRule, RuleMode, TokenAlgorithm, TokenConfig, TokenKey};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn entry(enabled: bool, policy: Policy) -> DistributionEntry {
+        DistributionEntry {
+            policy: Arc::new(policy),
+            outputs: vec![OutputKind::Cmaf],
+            max_kbps: None,
+            enabled,
+            engines: vec![],
+        }
+    }
+
+    fn state() -> Arc<HttpState> {
+        let mut c = Catalog::default();
+        c.distributions
+            .insert(Id::new("d").unwrap(), entry(true, Policy::open()));
+        c.distributions
+            .insert(Id::new("off").unwrap(), entry(false, Policy::open()));
+        let token = TokenConfig {
+            required: true,
+            keys: vec![TokenKey {
+                id: "k".into(),
+                algorithm: TokenAlgorithm::HS256,
+                secret: Some("0123456789abcdef0123".into()),
+                public_key_pem: None,
+            }],
+            issuer: None,
+        };
+        let ip = IpRule {
+            mode: RuleMode::Allow,
+            cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        c.distributions.insert(
+            Id::new("paid").unwrap(),
+            entry(true, Policy::new(Some(ip), vec![], &token).unwrap()),
+        );
+        HttpState::new(c, SessionKey::from_secret(b"test"))
+    }
+
+    fn local() -> IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
 
     #[test]
     fn statuses_without_engines() {
-        let mut c = Catalog::default();
-        c.distributions.insert(
-            Id::new("d").unwrap(),
-            DistributionEntry {
-                outputs: vec![OutputKind::Cmaf],
-                max_kbps: None,
-                enabled: true,
-                engines: vec![],
-            },
-        );
-        c.distributions.insert(
-            Id::new("off").unwrap(),
-            DistributionEntry {
-                outputs: vec![OutputKind::Cmaf],
-                max_kbps: None,
-                enabled: false,
-                engines: vec![],
-            },
-        );
-        let get = |p: &str| handle(&c, &Method::GET, p).status();
+        let st = state();
+        let get = |p: &str| handle(&st, &RequestFacts::get(p, local()), NOW).status();
+        let with = |method: &'static Method, p: &str| {
+            handle(
+                &st,
+                &RequestFacts {
+                    method,
+                    ..RequestFacts::get(p, local())
+                },
+                NOW,
+            )
+        };
         assert_eq!(get("/healthz"), StatusCode::OK);
         assert_eq!(
             get("/live/d/cmaf/index.m3u8"),
@@ -349,11 +566,11 @@ mod tests {
         assert_eq!(get("/live/d/cmaf/720p/5.m4s"), StatusCode::NOT_FOUND);
         assert_eq!(get("/etc/passwd"), StatusCode::NOT_FOUND);
         assert_eq!(
-            handle(&c, &Method::POST, "/healthz").status(),
+            with(&Method::POST, "/healthz").status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
         // CORS preflight for a playlist (a token in Authorization needs one).
-        let r = handle(&c, &Method::OPTIONS, "/live/d/cmaf/index.m3u8");
+        let r = with(&Method::OPTIONS, "/live/d/cmaf/index.m3u8");
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
         assert!(
@@ -363,10 +580,66 @@ mod tests {
                 .contains("authorization")
         );
         assert_eq!(
-            handle(&c, &Method::OPTIONS, "/etc/passwd").status(),
+            with(&Method::OPTIONS, "/etc/passwd").status(),
             StatusCode::NOT_FOUND
         );
-        let r = handle(&c, &Method::GET, "/live/d/cmaf/index.m3u8");
+        let r = handle(
+            &st,
+            &RequestFacts::get("/live/d/cmaf/index.m3u8", local()),
+            NOW,
+        );
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+
+    /// Rules are judged before anything about the stream is revealed (401 or 403 even
+    /// though nothing is live), and child requests need a valid session.
+    #[test]
+    fn rules_come_before_the_stream() {
+        let st = state();
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        let paid = Id::new("paid").unwrap();
+        let get = |p: &str, peer: IpAddr| handle(&st, &RequestFacts::get(p, peer), NOW).status();
+        assert_eq!(
+            get("/live/paid/cmaf/index.m3u8", inside),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get("/live/paid/cmaf/index.m3u8", local()),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            get("/live/paid/cmaf/720p/index.m3u8", inside),
+            StatusCode::UNAUTHORIZED
+        );
+        let s = st.sessions.mint(&paid, NOW + 60);
+        let child = format!("/live/paid/{s}/cmaf/720p/index.m3u8");
+        // A valid session passes the rules; the rendition is then simply unknown.
+        assert_eq!(get(&child, inside), StatusCode::NOT_FOUND);
+        // The address rule still holds with a session.
+        assert_eq!(get(&child, local()), StatusCode::FORBIDDEN);
+        // A session of another distribution, or an expired one.
+        let other = st.sessions.mint(&Id::new("d").unwrap(), NOW + 60);
+        assert_eq!(
+            get(&format!("/live/paid/{other}/cmaf/720p/index.m3u8"), inside),
+            StatusCode::UNAUTHORIZED
+        );
+        let old = st.sessions.mint(&paid, NOW - 1);
+        assert_eq!(
+            get(&format!("/live/paid/{old}/cmaf/720p/index.m3u8"), inside),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(st.refusals.get(&paid, Refusal::TokenMissing), 1);
+        assert_eq!(st.refusals.get(&paid, Refusal::Ip), 2);
+        assert_eq!(st.refusals.get(&paid, Refusal::SessionInvalid), 2);
+    }
+
+    #[test]
+    fn multivariant_uris_go_through_the_session() {
+        let body = b"#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",URI=\"audio/index.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\n720p/index.m3u8\n";
+        let out = prefix_uris(body, "../s-1-ab/cmaf/");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",URI=\"../s-1-ab/cmaf/audio/index.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\n../s-1-ab/cmaf/720p/index.m3u8\n"
+        );
     }
 }

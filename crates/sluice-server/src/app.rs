@@ -9,7 +9,7 @@ use anyhow::Context;
 use sluice_config::{Config, IngestProtocol, LadderRef, Output};
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
-use sluice_distribution::{Catalog, DistributionEntry, HttpLimits, HttpState};
+use sluice_distribution::{Catalog, DistributionEntry, HttpLimits, HttpState, Policy, SessionKey};
 use sluice_engine::{
     EncodedEvent, EngineMode, RenditionSettings, TestPattern, TestPatternSettings,
     TranscodeSettings,
@@ -221,16 +221,22 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         }
     }
 
-    let mut catalog = Catalog::default();
+    let mut catalog = Catalog {
+        trusted_proxies: cfg.server.trusted_proxies.clone(),
+        ..Catalog::default()
+    };
     for (dist_id, dist) in &cfg.distributions {
         let engines = dist
             .engines
             .iter()
             .filter_map(|e| outputs.get(&(dist.channel.clone(), e.clone())).cloned())
             .collect();
+        let policy = Policy::new(dist.ip.clone(), dist.allowed_origins.clone(), &dist.token)
+            .with_context(|| format!("distribution {dist_id}"))?;
         catalog.distributions.insert(
             dist_id.clone(),
             DistributionEntry {
+                policy: Arc::new(policy),
                 outputs: dist.outputs.iter().map(|o| output_kind(*o)).collect(),
                 max_kbps: (dist.max_kbps > 0).then_some(dist.max_kbps),
                 enabled: dist.enabled,
@@ -250,7 +256,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         "sluice serving"
     );
     let mut servers = JoinSet::new();
-    let state = HttpState::new(catalog);
+    // Sessions are signed with a key made at start: they end with the process (viewers
+    // then re-enter through the multivariant playlist, with their token).
+    let sessions = SessionKey::random().context("no randomness for the session key")?;
+    let state = HttpState::new(catalog, sessions);
     let limits = http_limits();
     let admission = AdmissionTable::new(AdmissionPolicy {
         max_total: limits.max_connections,

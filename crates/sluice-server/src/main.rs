@@ -44,8 +44,44 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print a viewer token (JWT) for a distribution, signed with its first key.
+    Token {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The distribution the token is for (its `aud`).
+        #[arg(long, short)]
+        distribution: String,
+        /// Lifetime: seconds, or a number with s, m, h or d (`90s`, `30m`, `1h`, `2d`).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// The viewer (`sub`), for sticky choices and logs of your own.
+        #[arg(long)]
+        sub: Option<String>,
+    },
     /// Print the embedded default configuration.
     DefaultConfig,
+}
+
+/// `90`, `90s`, `30m`, `1h`, `2d` as seconds.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: a number with s, m, h or d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    match n.checked_mul(unit) {
+        Some(0) | None => Err(format!("{s:?}: between 1 s and many years")),
+        Some(t) => Ok(t),
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -75,6 +111,44 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Token {
+            config,
+            distribution,
+            ttl,
+            sub,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let dist = cfg
+                .distributions
+                .iter()
+                .find(|(id, _)| id.as_str() == distribution);
+            let Some((id, dist)) = dist else {
+                eprintln!(
+                    "sluice: no distribution {distribution:?} in {}",
+                    config.display()
+                );
+                return ExitCode::FAILURE;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match sluice_distribution::sign_token(id, &dist.token, now, ttl, sub.as_deref()) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice: distribution {distribution:?}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DefaultConfig => {
             print!("{}", sluice_config::DEFAULT_CONFIG_TOML);
             ExitCode::SUCCESS
@@ -110,6 +184,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ttl_units() {
+        assert_eq!(super::parse_ttl("90"), Ok(90));
+        assert_eq!(super::parse_ttl("30m"), Ok(1800));
+        assert_eq!(super::parse_ttl("1h"), Ok(3600));
+        assert_eq!(super::parse_ttl("2d"), Ok(172_800));
+        for bad in ["", "0", "h", "1w", "-1h", "99999999999999999999d"] {
+            assert!(super::parse_ttl(bad).is_err(), "{bad}");
         }
     }
 }

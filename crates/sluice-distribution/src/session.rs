@@ -1,0 +1,187 @@
+//! Viewer sessions: how a viewer admitted on the multivariant request is recognised on
+//! every child request without sending its token again.
+//!
+//! A session is one path component, `s-<expires>-<mac>`, placed after the distribution:
+//! `/live/<dist>/s-1795640000-3f1c…/cmaf/720p/12.m4s`. Being in the path, it is carried by
+//! every relative URL of the playlists with no per-viewer rewriting: media playlists and
+//! segments stay identical bytes for all viewers, and a cache in front can cache them by
+//! the path without the session component (see `docker/nginx-cache.conf`).
+//!
+//! `<mac>` is HMAC-SHA256 over the distribution id and the expiry under a server secret,
+//! truncated to 128 bits, compared in constant time: a session cannot be forged, moved to
+//! another distribution, or extended (the expiry is signed).
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use sluice_core::Id;
+
+/// How long a session lasts after the multivariant request that made it: a match plus
+/// extra time. Tokens may be short-lived entry tickets; the session is what keeps playing.
+pub const SESSION_SECONDS: u64 = 6 * 3600;
+
+const MAC_BYTES: usize = 16;
+const DOMAIN: &[u8] = b"sluice-session-v1\0";
+
+/// Why a session component was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("malformed session")]
+    Malformed,
+    #[error("session expired")]
+    Expired,
+    #[error("session signature does not match")]
+    BadSignature,
+}
+
+/// The server's secret for sessions.
+#[derive(Clone)]
+pub struct SessionKey([u8; 32]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+impl SessionKey {
+    /// A fresh random key (sessions then last until the process restarts, or their expiry).
+    pub fn random() -> Result<Self, getrandom::Error> {
+        let mut k = [0u8; 32];
+        getrandom::getrandom(&mut k)?;
+        Ok(SessionKey(k))
+    }
+
+    /// A key derived from an operator's secret (sessions survive restarts and are shared by
+    /// every node configured with the same secret).
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"sluice-session-key-v1")
+            .expect("HMAC takes any key length");
+        mac.update(secret);
+        SessionKey(mac.finalize().into_bytes().into())
+    }
+
+    fn mac(&self, dist: &Id, expires: u64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(DOMAIN);
+        mac.update(dist.as_str().as_bytes());
+        mac.update(b"\0");
+        mac.update(expires.to_string().as_bytes());
+        mac
+    }
+
+    /// The session component for `dist`, valid until `expires` (Unix seconds).
+    pub fn mint(&self, dist: &Id, expires: u64) -> String {
+        let tag = self.mac(dist, expires).finalize().into_bytes();
+        format!("s-{expires}-{}", hex(&tag[..MAC_BYTES]))
+    }
+
+    /// Checks a session component for `dist` at `now` (Unix seconds).
+    pub fn verify(&self, dist: &Id, session: &str, now: u64) -> Result<(), SessionError> {
+        let rest = session.strip_prefix("s-").ok_or(SessionError::Malformed)?;
+        let (expires, tag) = rest.split_once('-').ok_or(SessionError::Malformed)?;
+        let canonical = !expires.is_empty()
+            && expires.len() <= 20
+            && expires.bytes().all(|b| b.is_ascii_digit())
+            && !expires.starts_with('0');
+        let expires: u64 = match expires.parse() {
+            Ok(e) if canonical => e,
+            _ => return Err(SessionError::Malformed),
+        };
+        let tag = unhex(tag).ok_or(SessionError::Malformed)?;
+        if tag.len() != MAC_BYTES {
+            return Err(SessionError::Malformed);
+        }
+        // The signature first: an expiry is only believed once it is known to be ours.
+        self.mac(dist, expires)
+            .verify_truncated_left(&tag)
+            .map_err(|_| SessionError::BadSignature)?;
+        if now >= expires {
+            return Err(SessionError::Expired);
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 64 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            let pair = s.get(i..i + 2)?;
+            if !pair.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return None;
+            }
+            u8::from_str_radix(pair, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Id {
+        Id::new(s).unwrap()
+    }
+
+    #[test]
+    fn sessions_cannot_be_forged_moved_extended_or_replayed() {
+        let key = SessionKey::from_secret(b"test secret");
+        let now = 1_800_000_000;
+        let s = key.mint(&id("eu"), now + 60);
+        assert!(
+            s.starts_with("s-1800000060-") && s.len() == 2 + 10 + 1 + 32,
+            "{s}"
+        );
+        assert_eq!(key.verify(&id("eu"), &s, now), Ok(()));
+        // Another distribution.
+        assert_eq!(
+            key.verify(&id("us"), &s, now),
+            Err(SessionError::BadSignature)
+        );
+        // Extended: a later expiry with the same signature.
+        let extended = s.replacen("1800000060", "1800009999", 1);
+        assert_eq!(
+            key.verify(&id("eu"), &extended, now),
+            Err(SessionError::BadSignature)
+        );
+        // Tampered signature, other key, after expiry.
+        let mut tampered = s.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'0' { b'1' } else { b'0' };
+        assert_eq!(
+            key.verify(&id("eu"), std::str::from_utf8(&tampered).unwrap(), now),
+            Err(SessionError::BadSignature)
+        );
+        assert_eq!(
+            SessionKey::from_secret(b"other").verify(&id("eu"), &s, now),
+            Err(SessionError::BadSignature)
+        );
+        assert_eq!(
+            key.verify(&id("eu"), &s, now + 60),
+            Err(SessionError::Expired)
+        );
+        for bad in [
+            "",
+            "s-",
+            "s-1-",
+            "x-1800000060-00",
+            "s-01800000060-0011223344556677",
+            "s-1800000060-GG112233445566778899aabbccddeeff",
+            "s-1800000060-00112233445566778899AABBCCDDEEFF",
+            "s-99999999999999999999999-00112233445566778899aabbccddeeff",
+        ] {
+            assert_eq!(
+                key.verify(&id("eu"), bad, now),
+                Err(SessionError::Malformed),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Distributions with rules, over real HTTP: viewer tokens (and the attack table), the
+//! session carried to child requests, IP rules behind a trusted proxy, allowed origins,
+//! and a real HLS client (ffmpeg) playing through it all.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+
+use crate::support::*;
+
+const SECRET: &str = "a-long-random-secret-for-paid";
+const RSA_PUBLIC: &str =
+    include_str!("../../crates/sluice-distribution/testdata/test_rsa_public.pem");
+
+fn config() -> String {
+    let keys = format!(
+        "keys = [\n  {{ id = \"hs\", algorithm = \"HS256\", secret = \"{SECRET}\" }},\n  {{ id = \"rs\", algorithm = \"RS256\", public_key_pem = '''\n{RSA_PUBLIC}''' }},\n]\n"
+    );
+    format!(
+        r#"
+[channels.pay.ingests.main]
+protocol = "rtmp"
+stream_key = "pay-key"
+[channels.pay.engines.copy]
+ladder = "passthrough"
+
+[distributions.paid]
+channel = "pay"
+ip = {{ mode = "allow", cidrs = ["127.0.0.0/8", "2001:db8::/32"] }}
+allowed_origins = ["https://eu.example.com"]
+[distributions.paid.token]
+required = true
+{keys}
+[distributions.other]
+channel = "pay"
+[distributions.other.token]
+required = true
+{keys}
+[distributions.open]
+channel = "pay"
+
+[distributions.office]
+channel = "pay"
+ip = {{ mode = "allow", cidrs = ["203.0.113.0/24"] }}
+"#
+    )
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn hs(claims: serde_json::Value, kid: &str) -> String {
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some(kid.into());
+    encode(&h, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+fn status(server: &Server, path: &str, headers: &[(&str, &str)]) -> u16 {
+    raw_get("127.0.0.1", server.http, path, headers).0
+}
+
+/// The child URI of the first variant, resolved against the multivariant's path.
+fn first_child(multivariant_path: &str, body: &[u8]) -> String {
+    let m = master_playlist(body);
+    let uri = &m.variants[0].uri;
+    let base = multivariant_path.rsplit_once('/').unwrap().0;
+    let rel = uri
+        .strip_prefix("../")
+        .expect("the session path is relative");
+    format!("{}/{rel}", base.rsplit_once('/').unwrap().0)
+}
+
+#[test]
+fn tokens_sessions_ip_and_origin_rules_over_http() {
+    let _heavy = heavy();
+    let server =
+        Server::start_with_server_keys("policy", "trusted_proxies = [\"127.0.0.2/32\"]", &config());
+    let mv = "/live/paid/cmaf/index.m3u8";
+    // Rules come before the stream: 401 while nothing is live (an open one says 503).
+    assert_eq!(status(&server, mv, &[]), 401);
+    assert_eq!(status(&server, "/live/open/cmaf/index.m3u8", &[]), 503);
+
+    let _publisher = Publisher::start(&server.rtmp_url("pay-key"), 40, "320x180");
+    server.wait_segments(
+        "/live/open/cmaf/source/index.m3u8",
+        2,
+        Duration::from_secs(30),
+    );
+
+    // `sluice token` signs a token the server admits.
+    let cfg_path = server.log.parent().unwrap().join("sluice.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["token", "--config"])
+        .arg(&cfg_path)
+        .args([
+            "--distribution",
+            "paid",
+            "--ttl",
+            "10m",
+            "--sub",
+            "viewer-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (code, headers, body) = raw_get(
+        "127.0.0.1",
+        server.http,
+        &format!("{mv}?token={token}"),
+        &[],
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&headers, "cache-control"), Some("private, no-store"));
+    let child = first_child(mv, &body);
+    assert!(child.starts_with("/live/paid/s-"), "{child}");
+    // The same through `Authorization: Bearer`.
+    let bearer = format!("Bearer {token}");
+    assert_eq!(status(&server, mv, &[("Authorization", &bearer)]), 200);
+
+    // Child requests go through the session: playlist, init and segment, which decode.
+    let (code, _, media) = raw_get("127.0.0.1", server.http, &child, &[]);
+    assert_eq!(code, 200);
+    let p = media_playlist(&media);
+    let dir = child.rsplit_once('/').unwrap().0;
+    let init_uri = &p.segments[0].map.as_ref().unwrap().uri;
+    let (c1, _, init) = raw_get("127.0.0.1", server.http, &format!("{dir}/{init_uri}"), &[]);
+    let (c2, h2, seg) = raw_get(
+        "127.0.0.1",
+        server.http,
+        &format!("{dir}/{}", p.segments[0].uri),
+        &[],
+    );
+    assert_eq!((c1, c2), (200, 200));
+    assert!(header(&h2, "cache-control").unwrap().contains("immutable"));
+    let pr = probe(&[init.as_slice(), &seg].concat(), "mp4");
+    assert_eq!((pr.width, pr.height), (320, 180));
+
+    // Sessions: missing, moved to another distribution, extended, tampered.
+    let session = child.split('/').nth(3).unwrap().to_owned();
+    let tail = child.splitn(5, '/').nth(4).unwrap().to_owned();
+    assert_eq!(status(&server, &format!("/live/paid/{tail}"), &[]), 401);
+    assert_eq!(
+        status(&server, &format!("/live/other/{session}/{tail}"), &[]),
+        401
+    );
+    let (exp, mac) = session["s-".len()..].split_once('-').unwrap();
+    let later = exp.parse::<u64>().unwrap() + 86_400;
+    assert_eq!(
+        status(&server, &format!("/live/paid/s-{later}-{mac}/{tail}"), &[]),
+        401
+    );
+    let flipped = if mac.starts_with('0') { "1" } else { "0" };
+    assert_eq!(
+        status(
+            &server,
+            &format!("/live/paid/s-{exp}-{flipped}{}/{tail}", &mac[1..]),
+            &[]
+        ),
+        401
+    );
+
+    // The attack table on tokens.
+    let good = |aud: &str| json!({ "exp": now() + 60, "aud": aud });
+    // {"alg":"none","kid":"hs"} . valid claims . no signature
+    let none = format!(
+        "eyJhbGciOiJub25lIiwia2lkIjoiaHMifQ.{}.",
+        hs(good("paid"), "hs").split('.').nth(1).unwrap()
+    );
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some("rs".into());
+    let confused = encode(
+        &h,
+        &good("paid"),
+        &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
+    )
+    .unwrap();
+    let valid = hs(good("paid"), "hs");
+    let (head, sig) = valid.rsplit_once('.').unwrap();
+    let tampered = format!(
+        "{head}.{}{}",
+        if sig.starts_with('A') { "B" } else { "A" },
+        &sig[1..]
+    );
+    for (what, t, want) in [
+        ("alg none", none, 401),
+        ("HS256 with the RSA public key", confused, 401),
+        (
+            "expired by 1 s",
+            hs(json!({ "exp": now() - 1, "aud": "paid" }), "hs"),
+            401,
+        ),
+        (
+            "nbf in the future",
+            hs(
+                json!({ "exp": now() + 60, "nbf": now() + 60, "aud": "paid" }),
+                "hs",
+            ),
+            401,
+        ),
+        ("no exp", hs(json!({ "aud": "paid" }), "hs"), 401),
+        ("another distribution's token", hs(good("other"), "hs"), 403),
+        ("unknown kid", hs(good("paid"), "nope"), 401),
+        ("tampered signature", tampered, 401),
+        ("empty", String::new(), 401),
+    ] {
+        assert_eq!(
+            status(&server, &format!("{mv}?token={t}"), &[]),
+            want,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        status(&server, &format!("{mv}?token={valid}&token={valid}"), &[]),
+        401,
+        "twice"
+    );
+
+    // Allowed origins: exact scheme://host[:port] from Origin (or Referer).
+    let with_origin = |o: &str| {
+        raw_get(
+            "127.0.0.1",
+            server.http,
+            &format!("{mv}?token={valid}"),
+            &[("Origin", o)],
+        )
+    };
+    let (code, headers, _) = with_origin("https://eu.example.com");
+    assert_eq!(code, 200);
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some("https://eu.example.com")
+    );
+    assert_eq!(header(&headers, "vary"), Some("Origin"));
+    for bad in [
+        "https://eu.example.com.evil.com",
+        "https://evileu.example.com",
+        "null",
+        "https://eu.example.com:8443",
+    ] {
+        assert_eq!(with_origin(bad).0, 403, "{bad}");
+    }
+    assert_eq!(
+        status(
+            &server,
+            &format!("{mv}?token={valid}"),
+            &[("Referer", "https://evil.example.net/x")]
+        ),
+        403
+    );
+
+    // IP rules: X-Forwarded-For is believed from a trusted proxy only.
+    let office = "/live/office/cmaf/index.m3u8";
+    let xff = [("X-Forwarded-For", "203.0.113.5")];
+    assert_eq!(
+        raw_get("127.0.0.1", server.http, office, &xff).0,
+        403,
+        "untrusted peer"
+    );
+    assert_eq!(
+        raw_get("127.0.0.2", server.http, office, &xff).0,
+        200,
+        "trusted proxy"
+    );
+    assert_eq!(raw_get("127.0.0.2", server.http, office, &[]).0, 403);
+    let v6 = [("X-Forwarded-For", "2001:db8::5")];
+    assert_eq!(raw_get("127.0.0.2", server.http, office, &v6).0, 403);
+
+    // A real HLS client plays the protected URL: it follows the session paths by itself.
+    let played = tool("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(server.url(&format!("{mv}?token={token}")))
+        .args(["-t", "3", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        played.status.success(),
+        "{}",
+        String::from_utf8_lossy(&played.stderr)
+    );
+
+    assert!(
+        !server.log_text().contains(&token[..40]),
+        "tokens are never logged"
+    );
+}
