@@ -27,6 +27,10 @@ const MAX_AUDIO_QUEUE_BYTES: usize = 16 << 20;
 const AUDIO_QUEUE_SEGMENTS: i64 = 6;
 /// Closed segments kept waiting for audio, per rendition, before writing anyway.
 const MAX_PENDING_SEGMENTS: usize = 8;
+/// How far decode times may go back and still be taken as rounding (FLV milliseconds).
+const DTS_ROUNDING: MediaTime = 2_000_000;
+/// One tick of the 90 kHz clock that MPEG-TS and the fMP4 video track use, rounded up.
+const ONE_TICK: MediaTime = 11_112;
 /// Frame duration assumed when nothing better is known (30 fps).
 const DEFAULT_FRAME_DURATION: MediaTime = NANOS_PER_SEC / 30;
 
@@ -349,13 +353,22 @@ impl Packager {
             return Err(PackageError::EmptyFrame);
         }
         let cfg = v.cfg.clone().ok_or(PackageError::NoConfig)?;
+        let mut frame = frame;
         if let Some(previous) = v.last_dts
             && frame.dts <= previous
         {
-            return Err(PackageError::NonMonotonic {
-                dts: frame.dts,
-                previous,
-            });
+            // FLV carries milliseconds: two frames can land on one (GStreamer's flvmux does
+            // it now and then). Nudge such a frame one 90 kHz tick later rather than drop
+            // it and break the references of every frame after it; a real step back is
+            // still dropped.
+            if previous - frame.dts > DTS_ROUNDING {
+                return Err(PackageError::NonMonotonic {
+                    dts: frame.dts,
+                    previous,
+                });
+            }
+            frame.dts = previous + ONE_TICK;
+            frame.pts = frame.pts.max(frame.dts);
         }
         // A keyframe a hair before a grid line (an encoder's GOP of 59.94 frames, millisecond
         // timestamps) still opens the segment of that line, so a passthrough GOP equal to the
@@ -873,6 +886,21 @@ mod tests {
             let seg = out.segment(OutputKind::Cmaf, AUDIO_RENDITION, msn);
             assert!(seg.is_some_and(|s| s.len() > 200), "audio segment {msn}");
         }
+    }
+
+    /// A frame on the same millisecond as the one before is kept one tick later; one
+    /// that goes back further is dropped.
+    #[test]
+    fn equal_decode_times_are_nudged_not_dropped() {
+        let (mut p, out) = packager();
+        p.push_video(0, frame(TrackKind::Video, 0, true));
+        p.push_video(0, frame(TrackKind::Video, 33, false));
+        p.push_video(0, frame(TrackKind::Video, 33, false));
+        p.push_video(0, frame(TrackKind::Video, 20, false));
+        p.push_video(0, frame(TrackKind::Video, 66, false));
+        assert_eq!(p.video[0].open.as_ref().map(|o| o.frames.len()), Some(4));
+        assert_eq!(p.video[0].open.as_ref().unwrap().frames[2].dts, 33_011_112);
+        drop(out);
     }
 
     /// An open segment stops growing at the frame limit when no keyframe comes.
