@@ -136,7 +136,7 @@ pub fn viewer_token(data: &[u8]) {
             keys: vec![key("a"), key("b")],
             issuer: Some("https://auth.example.com".into()),
         };
-        Policy::new(None, vec![], &cfg).expect("valid keys")
+        Policy::new(None, None, vec![], &cfg).expect("valid keys")
     });
     let Ok(text) = std::str::from_utf8(data) else {
         return;

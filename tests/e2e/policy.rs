@@ -293,3 +293,85 @@ fn tokens_sessions_ip_and_origin_rules_over_http() {
         "tokens are never logged"
     );
 }
+
+/// Geo rules judged with a country database the test builds; without one they fail
+/// closed. Admission is visible without a stream: admitted viewers get 503 (not live
+/// yet), refused ones 403.
+#[test]
+fn geo_rules_allow_deny_and_fail_closed() {
+    let dir = scratch_dir("geo-db");
+    let db = dir.join("country.mmdb");
+    {
+        use mmdb_writer::{Value, Writer};
+        let mut w = Writer::new("Sluice-Test-Country");
+        for (net, code) in [
+            ("81.2.69.0/24", "GB"),
+            ("2001:db8:de::/48", "DE"),
+            ("85.214.0.0/16", "DE"),
+        ] {
+            w.insert_value(
+                net.parse::<ipnet::IpNet>().unwrap(),
+                Value::map([("country", Value::map([("iso_code", Value::from(code))]))]),
+            )
+            .unwrap();
+        }
+        std::fs::write(&db, w.to_bytes().unwrap()).unwrap();
+    }
+    let rules = r#"
+[channels.c.ingests.main]
+protocol = "rtmp"
+stream_key = "c-key"
+[channels.c.engines.copy]
+ladder = "passthrough"
+[distributions.gb-only]
+channel = "c"
+geo = { mode = "allow", countries = ["GB"] }
+[distributions.no-de]
+channel = "c"
+geo = { mode = "deny", countries = ["DE"] }
+"#;
+    let server = Server::start_with_server_keys(
+        "geo",
+        &format!(
+            "trusted_proxies = [\"127.0.0.2/32\"]\ngeoip_database = \"{}\"",
+            db.display()
+        ),
+        rules,
+    );
+    let from = |dist: &str, client: &str| {
+        raw_get(
+            "127.0.0.2",
+            server.http,
+            &format!("/live/{dist}/cmaf/index.m3u8"),
+            &[("X-Forwarded-For", client)],
+        )
+        .0
+    };
+    for (client, gb_only, no_de) in [
+        ("81.2.69.142", 503, 503),
+        ("85.214.132.117", 403, 403),
+        ("2001:db8:de::7", 403, 403),
+        ("192.0.2.55", 403, 503), // unknown country: not on either list
+    ] {
+        assert_eq!(from("gb-only", client), gb_only, "gb-only from {client}");
+        assert_eq!(from("no-de", client), no_de, "no-de from {client}");
+    }
+    drop(server);
+
+    // No database: geo rules refuse everyone, and the server says so at start.
+    let blind =
+        Server::start_with_server_keys("geo-blind", "trusted_proxies = [\"127.0.0.2/32\"]", rules);
+    let status = raw_get(
+        "127.0.0.2",
+        blind.http,
+        "/live/no-de/cmaf/index.m3u8",
+        &[("X-Forwarded-For", "81.2.69.142")],
+    )
+    .0;
+    assert_eq!(status, 403);
+    assert!(
+        blind.log_text().contains("every viewer is refused"),
+        "{}",
+        blind.log_text()
+    );
+}

@@ -6,8 +6,8 @@
 //! rule is never accepted and then ignored (fail closed). When a feature lands, its
 //! line here goes and its tests move to the feature.
 //!
-//! Enforced so far, so no longer refused: viewer tokens (`token`), IP rules (`ip`) and
-//! `allowed_origins` (sluice-distribution's `policy`).
+//! Enforced so far, so no longer refused: viewer tokens (`token`), geo rules (`geo`), IP
+//! rules (`ip`) and `allowed_origins` (sluice-distribution's `policy`).
 //!
 //! Keys that only say where to listen or store (`srt_listen`, `https_listen`,
 //! `data_dir`, ...) and `part_seconds` stay accepted; [`not_served_yet`] lists them
@@ -73,9 +73,6 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
     }
     for d in raw.distributions.values() {
         let d = d.get_ref();
-        if let Some(g) = &d.geo {
-            refuse(problems, g, "geo rules");
-        }
         if let Some(o) = d.overrides.first() {
             refuse(problems, o, "override rules");
         }
@@ -100,9 +97,6 @@ pub fn not_served_yet(c: &Config) -> Vec<String> {
     ));
     if !c.api.admin_tokens.is_empty() {
         out.push("api.admin_tokens: the control API is not served yet".into());
-    }
-    if c.server.geoip_database.is_some() {
-        out.push("geoip_database: geo rules are not enforced yet".into());
     }
     for (id, l) in &c.ladders {
         if l.part_seconds > 0.0 {

@@ -272,19 +272,15 @@ fn unenforced_keys_are_refused_with_their_position() {
         ("channels.final.engines.main.record", "recording"),
         ("channels.final.sources", "extra sources"),
         ("channels.final.outputs", "channel outputs"),
-        ("distributions.reseller-eu.geo", "geo rules"),
         (
             "distributions.reseller-eu.target_latency_seconds",
             "target_latency_seconds",
         ),
         ("distributions.reseller-eu.overrides[0]", "override rules"),
-        ("distributions.reseller-eu-mobile.geo", "geo rules"),
         (
             "distributions.reseller-eu-lowlatency.target_latency_seconds",
             "target_latency_seconds",
         ),
-        ("distributions.reseller-eu-lowlatency.geo", "geo rules"),
-        ("distributions.reseller-us.geo", "geo rules"),
     ];
     assert_eq!(got.len(), want.len(), "{show}");
     for (e, (path, fragment)) in got.iter().zip(want) {
@@ -300,27 +296,30 @@ fn unenforced_keys_are_refused_with_their_position() {
         line("protocol = |\"srt-pull\"")
     );
     assert_eq!(
-        (got[10].line, got[10].column),
+        (got[9].line, got[9].column),
         line("|[[distributions.reseller-eu.overrides]]\ndevice_type = \"mobile\"")
     );
 }
 
-/// A geo rule on its own: refused at its value (geo is not enforced yet), not accepted
-/// as if the distribution were restricted. Viewer tokens, IP rules and allowed origins
-/// are enforced, so they pass.
+/// An override rule: refused at its table (overrides are not enforced yet), not accepted
+/// and ignored. Viewer tokens, geo and IP rules and allowed origins are enforced, so
+/// they pass.
 #[test]
-fn a_geo_rule_is_refused_not_ignored() {
+fn an_override_is_refused_not_ignored() {
     let src = format!(
-        "{BASE}[distributions.d]\nchannel = \"c\"\ngeo = {{ mode = \"allow\", countries = [\"DE\"] }}\nip = {{ mode = \"deny\", cidrs = [\"203.0.113.0/24\"] }}\nallowed_origins = [\"https://eu.example.com\"]\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n"
+        "{BASE}[distributions.d]\nchannel = \"c\"\ngeo = {{ mode = \"allow\", countries = [\"DE\"] }}\nip = {{ mode = \"deny\", cidrs = [\"203.0.113.0/24\"] }}\nallowed_origins = [\"https://eu.example.com\"]\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n[[distributions.d.overrides]]\ndevice_type = \"mobile\"\ntargets = [{{ distribution = \"d\", weight = 1 }}]\n"
     );
     ok(&src);
     let e = Config::from_toml_str(&src, "t.toml").unwrap_err().errors;
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
-        e[0].message.contains("not supported yet: geo rules"),
+        e[0].message.contains("not supported yet: override rules"),
         "{e:?}"
     );
-    assert_eq!((e[0].line, e[0].column), at(&src, "geo = |{"));
+    assert_eq!(
+        (e[0].line, e[0].column),
+        at(&src, "|[[distributions.d.overrides]]")
+    );
 }
 
 #[test]

@@ -7,12 +7,14 @@
 //! change never shows a request half of it.
 
 mod deadline;
+pub mod geo;
 pub mod path;
 pub mod policy;
 mod server;
 pub mod session;
 
-pub use policy::{Policy, Refusal, SignError, sign_token};
+pub use geo::{GeoDb, GeoDbError};
+pub use policy::{Geo, Policy, Refusal, SignError, sign_token};
 pub use server::{
     Catalog, DistributionEntry, HttpLimits, HttpState, RefusalCounts, RequestFacts, handle,
     serve_http_connection,

@@ -8,7 +8,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use sluice_config::{IpRule, RuleMode, TokenAlgorithm, TokenConfig};
+use std::sync::Arc;
+
+use sluice_config::{GeoRule, IpRule, RuleMode, TokenAlgorithm, TokenConfig};
+
+use crate::geo::GeoDb;
 use sluice_core::Id;
 
 /// Longest token accepted, in bytes: real ones are a few hundred.
@@ -37,6 +41,8 @@ pub enum Refusal {
     TokenAddress,
     #[error("address not allowed")]
     Ip,
+    #[error("country not allowed")]
+    Geo,
     #[error("origin not allowed")]
     Origin,
     #[error("session missing")]
@@ -50,7 +56,11 @@ impl Refusal {
     /// IP, origin or a token for another distribution.
     pub fn status(self) -> u16 {
         match self {
-            Refusal::TokenAudience | Refusal::TokenAddress | Refusal::Ip | Refusal::Origin => 403,
+            Refusal::TokenAudience
+            | Refusal::TokenAddress
+            | Refusal::Ip
+            | Refusal::Geo
+            | Refusal::Origin => 403,
             _ => 401,
         }
     }
@@ -68,6 +78,7 @@ impl Refusal {
             Refusal::TokenAudience => "token_audience",
             Refusal::TokenAddress => "token_address",
             Refusal::Ip => "ip",
+            Refusal::Geo => "geo",
             Refusal::Origin => "origin",
             Refusal::SessionMissing => "session_missing",
             Refusal::SessionInvalid => "session_invalid",
@@ -164,8 +175,16 @@ pub struct Claims {
     pub ip: Option<String>,
 }
 
+/// A geo rule and the database it is judged with (`None`: no database, so the rule
+/// refuses everyone: it fails closed).
+pub struct Geo {
+    pub rule: GeoRule,
+    pub db: Option<Arc<GeoDb>>,
+}
+
 /// One distribution's rules.
 pub struct Policy {
+    geo: Option<Geo>,
     ip: Option<IpRule>,
     origins: Vec<String>,
     token_required: bool,
@@ -196,6 +215,7 @@ impl Policy {
     /// A distribution with no rules.
     pub fn open() -> Self {
         Policy {
+            geo: None,
             ip: None,
             origins: Vec::new(),
             token_required: false,
@@ -205,6 +225,7 @@ impl Policy {
     }
 
     pub fn new(
+        geo: Option<Geo>,
         ip: Option<IpRule>,
         origins: Vec<String>,
         token: &TokenConfig,
@@ -244,6 +265,7 @@ impl Policy {
             })
             .collect::<Result<_, _>>()?;
         Ok(Policy {
+            geo,
             ip,
             origins,
             token_required: token.required,
@@ -254,7 +276,11 @@ impl Policy {
 
     /// No rule at all: no session needed either.
     pub fn is_open(&self) -> bool {
-        self.ip.is_none() && self.origins.is_empty() && !self.token_required && self.keys.is_empty()
+        self.geo.is_none()
+            && self.ip.is_none()
+            && self.origins.is_empty()
+            && !self.token_required
+            && self.keys.is_empty()
     }
 
     /// Origins are restricted: CORS answers name the origin (with `Vary: Origin`).
@@ -262,12 +288,22 @@ impl Policy {
         !self.origins.is_empty()
     }
 
-    /// The address and origin rules, judged on every request of the distribution.
+    /// The address, country and origin rules, judged on every request of the distribution.
     pub fn check_address_and_origin(
         &self,
         client: IpAddr,
         origin: Option<&str>,
     ) -> Result<(), Refusal> {
+        if let Some(geo) = &self.geo {
+            // No database: nobody's country is known, and the rule fails closed.
+            let db = geo.db.as_ref().ok_or(Refusal::Geo)?;
+            let listed = db
+                .country(client)
+                .is_some_and(|c| geo.rule.countries.contains(&c));
+            if listed != (geo.rule.mode == RuleMode::Allow) {
+                return Err(Refusal::Geo);
+            }
+        }
         if let Some(rule) = &self.ip {
             let listed = rule.cidrs.iter().any(|n| n.contains(&client));
             if listed != (rule.mode == RuleMode::Allow) {
@@ -428,6 +464,7 @@ mod tests {
 
     fn policy() -> Policy {
         Policy::new(
+            None,
             None,
             vec![],
             &TokenConfig {
@@ -699,6 +736,7 @@ mod tests {
     fn ip_rules_v4_and_v6() {
         let rule = |mode, cidrs: &[&str]| {
             Policy::new(
+                None,
                 Some(IpRule {
                     mode,
                     cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
@@ -731,8 +769,59 @@ mod tests {
     }
 
     #[test]
+    fn geo_rules_allow_deny_and_fail_closed() {
+        let geo = |mode, db: bool| {
+            Policy::new(
+                Some(Geo {
+                    rule: GeoRule {
+                        mode,
+                        countries: vec!["GB".into(), "DE".into()],
+                    },
+                    db: db.then(|| Arc::new(crate::geo::tests::test_db())),
+                }),
+                None,
+                vec![],
+                &TokenConfig::default(),
+            )
+            .unwrap()
+        };
+        let (allow, deny, blind) = (
+            geo(RuleMode::Allow, true),
+            geo(RuleMode::Deny, true),
+            geo(RuleMode::Allow, false),
+        );
+        for (addr, in_list) in [
+            ("81.2.69.142", true),
+            ("2001:db8:de::1", true),
+            ("::ffff:81.2.69.142", true),
+            ("198.51.100.9", false),
+            ("203.0.113.1", false),
+        ] {
+            let a: IpAddr = addr.parse().unwrap();
+            let a = a.to_canonical();
+            assert_eq!(
+                allow.check_address_and_origin(a, None).is_ok(),
+                in_list,
+                "{addr}"
+            );
+            assert_eq!(
+                deny.check_address_and_origin(a, None).is_ok(),
+                !in_list,
+                "{addr}"
+            );
+            assert_eq!(
+                blind.check_address_and_origin(a, None),
+                Err(Refusal::Geo),
+                "{addr}"
+            );
+        }
+        assert!(!blind.is_open());
+    }
+
+    #[test]
     fn origins_match_exactly() {
         let p = Policy::new(
+            None,
             None,
             vec!["https://eu.example.com".into()],
             &TokenConfig::default(),

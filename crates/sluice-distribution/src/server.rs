@@ -531,7 +531,7 @@ mod tests {
         };
         c.distributions.insert(
             Id::new("paid").unwrap(),
-            entry(true, Policy::new(Some(ip), vec![], &token).unwrap()),
+            entry(true, Policy::new(None, Some(ip), vec![], &token).unwrap()),
         );
         HttpState::new(c, SessionKey::from_secret(b"test"))
     }

@@ -9,7 +9,9 @@ use anyhow::Context;
 use sluice_config::{Config, IngestProtocol, LadderRef, Output};
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
-use sluice_distribution::{Catalog, DistributionEntry, HttpLimits, HttpState, Policy, SessionKey};
+use sluice_distribution::{
+    Catalog, DistributionEntry, Geo, GeoDb, HttpLimits, HttpState, Policy, SessionKey,
+};
 use sluice_engine::{
     EncodedEvent, EngineMode, RenditionSettings, TestPattern, TestPatternSettings,
     TranscodeSettings,
@@ -221,6 +223,17 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         }
     }
 
+    // Geo rules fail closed: without a readable database they refuse every viewer.
+    let geodb = match &cfg.server.geoip_database {
+        Some(path) => match GeoDb::open(path) {
+            Ok(db) => Some(Arc::new(db)),
+            Err(e) => {
+                tracing::error!(error = %e, "geo rules will refuse every viewer");
+                None
+            }
+        },
+        None => None,
+    };
     let mut catalog = Catalog {
         trusted_proxies: cfg.server.trusted_proxies.clone(),
         ..Catalog::default()
@@ -231,8 +244,20 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             .iter()
             .filter_map(|e| outputs.get(&(dist.channel.clone(), e.clone())).cloned())
             .collect();
-        let policy = Policy::new(dist.ip.clone(), dist.allowed_origins.clone(), &dist.token)
-            .with_context(|| format!("distribution {dist_id}"))?;
+        if dist.geo.is_some() && geodb.is_none() {
+            tracing::warn!(distribution = %dist_id, "geo rule without a country database (server.geoip_database): every viewer is refused");
+        }
+        let geo = dist.geo.clone().map(|rule| Geo {
+            rule,
+            db: geodb.clone(),
+        });
+        let policy = Policy::new(
+            geo,
+            dist.ip.clone(),
+            dist.allowed_origins.clone(),
+            &dist.token,
+        )
+        .with_context(|| format!("distribution {dist_id}"))?;
         catalog.distributions.insert(
             dist_id.clone(),
             DistributionEntry {
