@@ -377,12 +377,12 @@ fn check_reports_every_config_error_with_its_position() {
         assert!(stderr.contains(pos), "missing an error at {pos}:\n{stderr}");
     }
     // A rule the server does not enforce yet is refused by check and by serve, with its
-    // position, instead of being accepted and ignored (mobile viewers would silently get
-    // the wrong distribution).
-    let geo = dir.join("overrides.toml");
+    // position, instead of being accepted and ignored (players would not get the latency
+    // asked for).
+    let geo = dir.join("latency.toml");
     std::fs::write(
         &geo,
-        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\n[channels.c.engines.e]\nladder = \"passthrough\"\n\n[distributions.d]\nchannel = \"c\"\n[[distributions.d.overrides]]\ndevice_type = \"mobile\"\ntargets = [{ distribution = \"d\", weight = 1 }]\n",
+        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\n[channels.c.engines.e]\nladder = \"passthrough\"\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
     )
     .unwrap();
     for command in ["check", "serve"] {
@@ -394,7 +394,7 @@ fn check_reports_every_config_error_with_its_position() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
         assert!(
-            stderr.contains("overrides.toml:8:1: not supported yet: override rules"),
+            stderr.contains("latency.toml:8:26: not supported yet: target_latency_seconds"),
             "{command}: {stderr}"
         );
     }

@@ -375,3 +375,112 @@ geo = { mode = "deny", countries = ["DE"] }
         blind.log_text()
     );
 }
+
+/// Override rules over HTTP: viewers are sent to other distributions by User-Agent and
+/// query, with no redirect; weighted picks are sticky; the target's own rules apply.
+#[test]
+fn overrides_send_viewers_to_other_distributions() {
+    let _heavy = heavy();
+    let server = Server::start(
+        "overrides",
+        r#"
+[channels.c.ingests.main]
+protocol = "rtmp"
+stream_key = "c-key"
+[channels.c.engines.copy]
+ladder = "passthrough"
+
+[distributions.eu]
+channel = "c"
+[[distributions.eu.overrides]]
+device_type = "mobile"
+targets = [{ distribution = "eu-mobile", weight = 1 }]
+[[distributions.eu.overrides]]
+os_name = "roku"
+targets = [{ distribution = "eu-blocked", weight = 1 }]
+[[distributions.eu.overrides]]
+device_type = "desktop"
+targets = [{ distribution = "eu", weight = 80 }, { distribution = "eu-low", weight = 20 }]
+
+[distributions.eu-mobile]
+channel = "c"
+outputs = ["cmaf"]
+[distributions.eu-low]
+channel = "c"
+[distributions.eu-blocked]
+channel = "c"
+ip = { mode = "deny", cidrs = ["127.0.0.0/8"] }
+"#,
+    );
+    let _publisher = Publisher::start(&server.rtmp_url("c-key"), 40, "320x180");
+    server.wait_segments(
+        "/live/eu/cmaf/source/index.m3u8",
+        2,
+        Duration::from_secs(30),
+    );
+    const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+    const WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+    const ROKU: &str = "Roku/DVP-12.5 (12.5.0.4178-88)";
+    let served = |query: &str, ua: &str| {
+        let (code, headers, body) = raw_get(
+            "127.0.0.1",
+            server.http,
+            &format!("/live/eu/cmaf/index.m3u8{query}"),
+            &[("User-Agent", ua)],
+        );
+        if code != 200 {
+            return (code, String::new());
+        }
+        assert_eq!(header(&headers, "cache-control"), Some("private, no-store"));
+        let uri = master_playlist(&body).variants[0].uri.clone();
+        let dist = match uri.strip_prefix("../../") {
+            Some(rest) => rest.split('/').next().unwrap().to_owned(),
+            None => "eu".to_owned(),
+        };
+        (code, dist)
+    };
+    assert_eq!(served("", IPHONE), (200, "eu-mobile".to_owned()));
+    // The target's own outputs: eu-mobile has no TS.
+    let ts = raw_get(
+        "127.0.0.1",
+        server.http,
+        "/live/eu/ts/index.m3u8",
+        &[("User-Agent", IPHONE)],
+    );
+    assert_eq!(ts.0, 404);
+    // The target's own rules: eu-blocked refuses loopback.
+    assert_eq!(served("", ROKU).0, 403);
+    // An SDK states its platform in the query.
+    assert_eq!(
+        served("?device_type=mobile", ROKU),
+        (200, "eu-mobile".to_owned())
+    );
+    // No rule matches: the entry distribution itself.
+    assert_eq!(served("", "Lavf/59.27.100"), (200, "eu".to_owned()));
+    // The child URL of an overridden viewer resolves to the target and plays.
+    let (_, _, body) = raw_get(
+        "127.0.0.1",
+        server.http,
+        "/live/eu/cmaf/index.m3u8",
+        &[("User-Agent", IPHONE)],
+    );
+    let uri = master_playlist(&body).variants[0].uri.clone();
+    let child = format!("/live/{}", uri.trim_start_matches("../../"));
+    assert_eq!(
+        raw_get("127.0.0.1", server.http, &child, &[]).0,
+        200,
+        "{child}"
+    );
+
+    // 80/20 by viewer id, sticky: 400 desktop viewers, each asked twice.
+    let mut low = 0;
+    for i in 0..400 {
+        let q = format!("?viewer=v{i}");
+        let first = served(&q, WINDOWS);
+        assert_eq!(first, served(&q, WINDOWS), "viewer {i} moved");
+        assert!(first.1 == "eu" || first.1 == "eu-low", "{first:?}");
+        low += (first.1 == "eu-low") as u32;
+    }
+    // 20% of 400 is 80; three standard deviations (8) either side.
+    assert!((56..=104).contains(&low), "{low} of 400 on the 20% target");
+}

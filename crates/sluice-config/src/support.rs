@@ -7,7 +7,8 @@
 //! line here goes and its tests move to the feature.
 //!
 //! Enforced so far, so no longer refused: viewer tokens (`token`), geo rules (`geo`), IP
-//! rules (`ip`) and `allowed_origins` (sluice-distribution's `policy`).
+//! rules (`ip`), `allowed_origins` (sluice-distribution's `policy`) and `overrides`
+//! (its `overrides`).
 //!
 //! Keys that only say where to listen or store (`srt_listen`, `https_listen`,
 //! `data_dir`, ...) and `part_seconds` stay accepted; [`not_served_yet`] lists them
@@ -73,9 +74,6 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
     }
     for d in raw.distributions.values() {
         let d = d.get_ref();
-        if let Some(o) = d.overrides.first() {
-            refuse(problems, o, "override rules");
-        }
         if let Some(l) = &d.target_latency_seconds
             && *l.get_ref() != 0.0
         {

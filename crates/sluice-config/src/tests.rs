@@ -276,7 +276,6 @@ fn unenforced_keys_are_refused_with_their_position() {
             "distributions.reseller-eu.target_latency_seconds",
             "target_latency_seconds",
         ),
-        ("distributions.reseller-eu.overrides[0]", "override rules"),
         (
             "distributions.reseller-eu-lowlatency.target_latency_seconds",
             "target_latency_seconds",
@@ -296,29 +295,30 @@ fn unenforced_keys_are_refused_with_their_position() {
         line("protocol = |\"srt-pull\"")
     );
     assert_eq!(
-        (got[9].line, got[9].column),
-        line("|[[distributions.reseller-eu.overrides]]\ndevice_type = \"mobile\"")
+        (got[8].line, got[8].column),
+        line("target_latency_seconds = |3.0")
     );
 }
 
-/// An override rule: refused at its table (overrides are not enforced yet), not accepted
-/// and ignored. Viewer tokens, geo and IP rules and allowed origins are enforced, so
-/// they pass.
+/// A latency target: refused at its value (not acted on yet), not accepted and ignored.
+/// Viewer tokens, geo and IP rules, allowed origins and overrides are enforced, so they
+/// pass.
 #[test]
-fn an_override_is_refused_not_ignored() {
+fn a_latency_target_is_refused_not_ignored() {
     let src = format!(
-        "{BASE}[distributions.d]\nchannel = \"c\"\ngeo = {{ mode = \"allow\", countries = [\"DE\"] }}\nip = {{ mode = \"deny\", cidrs = [\"203.0.113.0/24\"] }}\nallowed_origins = [\"https://eu.example.com\"]\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n[[distributions.d.overrides]]\ndevice_type = \"mobile\"\ntargets = [{{ distribution = \"d\", weight = 1 }}]\n"
+        "{BASE}[distributions.d]\nchannel = \"c\"\ngeo = {{ mode = \"allow\", countries = [\"DE\"] }}\nip = {{ mode = \"deny\", cidrs = [\"203.0.113.0/24\"] }}\nallowed_origins = [\"https://eu.example.com\"]\ntarget_latency_seconds = 2.5\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n[[distributions.d.overrides]]\ndevice_type = \"mobile\"\ntargets = [{{ distribution = \"d\", weight = 1 }}]\n"
     );
     ok(&src);
     let e = Config::from_toml_str(&src, "t.toml").unwrap_err().errors;
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
-        e[0].message.contains("not supported yet: override rules"),
+        e[0].message
+            .contains("not supported yet: target_latency_seconds"),
         "{e:?}"
     );
     assert_eq!(
         (e[0].line, e[0].column),
-        at(&src, "|[[distributions.d.overrides]]")
+        at(&src, "target_latency_seconds = |2.5")
     );
 }
 

@@ -8,6 +8,7 @@
 
 mod deadline;
 pub mod geo;
+pub mod overrides;
 pub mod path;
 pub mod policy;
 mod server;

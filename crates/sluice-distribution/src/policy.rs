@@ -330,6 +330,17 @@ impl Policy {
         token: TokenParam<'_>,
     ) -> Result<Option<Claims>, Refusal> {
         self.check_address_and_origin(client, origin)?;
+        self.check_token(dist, client, token)
+    }
+
+    /// The token rule alone (a viewer sent on to another distribution by an override is
+    /// judged by the entry distribution's token and the target's other rules).
+    pub fn check_token(
+        &self,
+        dist: &Id,
+        client: IpAddr,
+        token: TokenParam<'_>,
+    ) -> Result<Option<Claims>, Refusal> {
         let token = match token {
             TokenParam::None if self.token_required => return Err(Refusal::TokenMissing),
             TokenParam::None => return Ok(None),

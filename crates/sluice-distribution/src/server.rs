@@ -18,8 +18,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use ipnet::IpNet;
+use sluice_config::OverrideRule;
 
 use crate::deadline::WriteDeadline;
+use crate::overrides;
 use crate::path::{self, Route};
 use crate::policy::{self, Policy, Refusal, TokenParam};
 use crate::session::{SESSION_SECONDS, SessionKey};
@@ -29,6 +31,8 @@ use crate::session::{SESSION_SECONDS, SessionKey};
 pub struct DistributionEntry {
     /// Who may watch it.
     pub policy: Arc<Policy>,
+    /// Viewers sent on to other distributions (first match wins; one hop).
+    pub overrides: Vec<OverrideRule>,
     pub outputs: Vec<OutputKind>,
     /// Renditions above this are left out of the multivariant playlist.
     pub max_kbps: Option<u32>,
@@ -178,6 +182,7 @@ pub struct RequestFacts<'a> {
     pub origin: Option<&'a str>,
     pub referer: Option<&'a str>,
     pub authorization: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
 }
 
 impl<'a> RequestFacts<'a> {
@@ -192,6 +197,7 @@ impl<'a> RequestFacts<'a> {
             origin: None,
             referer: None,
             authorization: None,
+            user_agent: None,
         }
     }
 }
@@ -288,27 +294,16 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
     };
     // The viewer's rules are judged before anything about the stream is revealed.
     let origin = policy::request_origin(req.origin, req.referer);
-    let mut minted = None;
+    let client = policy::client_address(req.peer, req.forwarded_for, &catalog.trusted_proxies);
+    if let Route::Multivariant { output, .. } = &route {
+        return multivariant(
+            state, &catalog, req, dist_id, dist, *output, client, origin, now,
+        );
+    }
     if !dist.policy.is_open() {
-        let client = policy::client_address(req.peer, req.forwarded_for, &catalog.trusted_proxies);
-        let verdict = match (&route, session) {
-            (Route::Multivariant { .. }, _) => dist
-                .policy
-                .admit(
-                    dist_id,
-                    client,
-                    origin,
-                    TokenParam::from_request(req.query, req.authorization),
-                )
-                .map(|_| {
-                    minted = Some(
-                        state
-                            .sessions
-                            .mint(dist_id, now.saturating_add(SESSION_SECONDS)),
-                    );
-                }),
-            (_, None) => Err(Refusal::SessionMissing),
-            (_, Some(s)) => dist
+        let verdict = match session {
+            None => Err(Refusal::SessionMissing),
+            Some(s) => dist
                 .policy
                 .check_address_and_origin(client, origin)
                 .and_then(|()| {
@@ -322,10 +317,17 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
             return refuse(state, dist_id, why);
         }
     }
-    let mut resp = serve_route(dist, &route, minted.as_deref());
-    if dist.policy.restricts_origins() {
-        // Allowed (or no Origin at all, as from a native player): name it, and tell
-        // caches the answer depends on it.
+    with_cors(serve_route(dist, &route), &dist.policy, origin)
+}
+
+/// Restricted origins: CORS names the (allowed, or absent) origin, and caches are told the
+/// answer depends on it.
+fn with_cors(
+    mut resp: Response<Full<Bytes>>,
+    policy: &Policy,
+    origin: Option<&str>,
+) -> Response<Full<Bytes>> {
+    if policy.restricts_origins() {
         let h = resp.headers_mut();
         match origin.and_then(|o| HeaderValue::from_str(o).ok()) {
             Some(o) => h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o),
@@ -336,13 +338,96 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
     resp
 }
 
-/// The response for an admitted request. `session`: the multivariant's child URIs go
-/// through it, and the playlist is the viewer's own (`private`).
-fn serve_route(
-    dist: &DistributionEntry,
-    route: &Route,
-    session: Option<&str>,
+/// The multivariant request: the entry distribution's token, its override rules, then
+/// the served distribution's own rules and playlist. Child URIs point at the served
+/// distribution, through a session when it has rules.
+#[allow(clippy::too_many_arguments)]
+fn multivariant(
+    state: &HttpState,
+    catalog: &Catalog,
+    req: &RequestFacts<'_>,
+    entry_id: &Id,
+    entry: &DistributionEntry,
+    output: OutputKind,
+    client: IpAddr,
+    origin: Option<&str>,
+    now: u64,
 ) -> Response<Full<Bytes>> {
+    let token = TokenParam::from_request(req.query, req.authorization);
+    let (served_id, served) = if entry.overrides.is_empty() {
+        if let Err(why) = entry.policy.admit(entry_id, client, origin, token) {
+            return refuse(state, entry_id, why);
+        }
+        (entry_id, entry)
+    } else {
+        // The entry's token (its `sub` makes the pick sticky), then the served
+        // distribution's own address and origin rules.
+        let claims = match entry.policy.check_token(entry_id, client, token) {
+            Ok(c) => c,
+            Err(why) => return refuse(state, entry_id, why),
+        };
+        let traits = overrides::viewer_traits(req.user_agent, req.query);
+        let client_key = client.to_string();
+        let viewer = claims
+            .as_ref()
+            .and_then(|c| c.sub.as_deref())
+            .or_else(|| overrides::viewer_param(req.query))
+            .unwrap_or(&client_key);
+        let (served_id, served) = overrides::resolve(entry_id, &entry.overrides, &traits, viewer)
+            .and_then(|id| catalog.distributions.get_key_value(id))
+            .filter(|(_, d)| d.enabled)
+            .unwrap_or((entry_id, entry));
+        if let Err(why) = served.policy.check_address_and_origin(client, origin) {
+            return refuse(state, served_id, why);
+        }
+        (served_id, served)
+    };
+    if !served.outputs.contains(&output) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "output not enabled for this distribution\n",
+        );
+    }
+    let Some(body) = served
+        .engines
+        .iter()
+        .find_map(|e| e.multivariant(output, served.max_kbps))
+    else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n");
+    };
+    let session = (!served.policy.is_open()).then(|| {
+        state
+            .sessions
+            .mint(served_id, now.saturating_add(SESSION_SECONDS))
+    });
+    let moved = served_id != entry_id;
+    // Child URIs, relative to /live/<entry>/<output>/index.m3u8.
+    let prefix = match (moved, &session) {
+        (false, None) => None,
+        (false, Some(s)) => Some(format!("../{s}/{}/", output.as_str())),
+        (true, Some(s)) => Some(format!("../../{served_id}/{s}/{}/", output.as_str())),
+        (true, None) => Some(format!("../../{served_id}/{}/", output.as_str())),
+    };
+    // A playlist that depends on the viewer (a session, an override) is theirs alone.
+    let private = !entry.overrides.is_empty() || session.is_some();
+    let resp = response(
+        StatusCode::OK,
+        PLAYLIST,
+        if private {
+            PRIVATE_MULTIVARIANT_CACHE
+        } else {
+            MULTIVARIANT_CACHE
+        },
+        match prefix {
+            Some(p) => prefix_uris(&body, &p),
+            None => body,
+        },
+    );
+    with_cors(resp, &served.policy, origin)
+}
+
+/// The response for an admitted child request (media playlist, init, segment).
+fn serve_route(dist: &DistributionEntry, route: &Route) -> Response<Full<Bytes>> {
     let output = match route {
         Route::Init { .. } => OutputKind::Cmaf,
         Route::Multivariant { output, .. }
@@ -357,22 +442,8 @@ fn serve_route(
         );
     }
     match route {
-        Route::Multivariant { output, .. } => match dist
-            .engines
-            .iter()
-            .find_map(|e| e.multivariant(*output, dist.max_kbps))
-        {
-            Some(body) => match session {
-                Some(s) => response(
-                    StatusCode::OK,
-                    PLAYLIST,
-                    PRIVATE_MULTIVARIANT_CACHE,
-                    prefix_uris(&body, &format!("../{s}/{}/", output.as_str())),
-                ),
-                None => response(StatusCode::OK, PLAYLIST, MULTIVARIANT_CACHE, body),
-            },
-            None => error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n"),
-        },
+        // Answered by `multivariant`, which applies overrides and sessions.
+        Route::Multivariant { .. } => error(StatusCode::NOT_FOUND, "not found\n"),
         Route::MediaPlaylist {
             output, rendition, ..
         } => {
@@ -445,6 +516,7 @@ async fn service(
         origin: header_str(&req, header::ORIGIN),
         referer: header_str(&req, header::REFERER),
         authorization: header_str(&req, header::AUTHORIZATION),
+        user_agent: header_str(&req, header::USER_AGENT),
     };
     let mut resp = handle(&state, &facts, unix_now());
     if req.method() == Method::HEAD {
@@ -502,6 +574,7 @@ mod tests {
     fn entry(enabled: bool, policy: Policy) -> DistributionEntry {
         DistributionEntry {
             policy: Arc::new(policy),
+            overrides: vec![],
             outputs: vec![OutputKind::Cmaf],
             max_kbps: None,
             enabled,

@@ -262,6 +262,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             dist_id.clone(),
             DistributionEntry {
                 policy: Arc::new(policy),
+                overrides: dist.overrides.clone(),
                 outputs: dist.outputs.iter().map(|o| output_kind(*o)).collect(),
                 max_kbps: (dist.max_kbps > 0).then_some(dist.max_kbps),
                 enabled: dist.enabled,
