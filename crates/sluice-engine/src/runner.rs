@@ -42,6 +42,12 @@ pub enum EngineMode {
 pub trait Packaging: EncodedSink {
     /// Continuity is lost: the next segment of every rendition starts after a seam.
     fn discontinuity(&self);
+    /// The engine was down and lost media (a failed or stalled pipeline): a
+    /// discontinuity, with the missed segments listed as gaps so that numbering stays on
+    /// media time, like the channel's other engines.
+    fn outage(&self) {
+        self.discontinuity();
+    }
     /// The engine stops for good: close open segments, end the playlists.
     fn finish(&self);
 }
@@ -293,7 +299,7 @@ impl<F: PipelineFactory> EngineRunner<F> {
         tracing::error!(engine = %self.name, why, backoff_ms = self.backoff.as_millis() as u64, "pipeline failed; restarting after the back-off at the next keyframe");
         self.backoff = (self.backoff * 2).min(self.timing.max_backoff);
         self.stop_pipeline(State::BackingOff { until }).await;
-        self.packaging.discontinuity();
+        self.packaging.outage();
     }
 
     pub async fn on_tick(&mut self) {

@@ -21,6 +21,9 @@ const MAX_SEGMENT_FRAMES: usize = 16_384;
 /// An audio frame this far ahead of the video is a jumped timestamp: dropped alone,
 /// so that it does not make every later frame look out of order.
 const MAX_AUDIO_AHEAD: MediaTime = 10 * NANOS_PER_SEC;
+/// Most missing segments listed as `EXT-X-GAP` to keep an engine's numbering on media
+/// time after it was down; a longer hole keeps counting by one.
+const MAX_GAP_FILL: MediaTime = 64;
 /// Audio kept waiting for slow video, in bytes.
 const MAX_AUDIO_QUEUE_BYTES: usize = 16 << 20;
 /// Audio kept waiting for slow video, in segment durations of media time.
@@ -124,6 +127,8 @@ struct VideoState {
     /// Closed segments waiting for audio before their TS segment is written.
     pending_ts: VecDeque<ClosedSegment>,
     last_end: Option<MediaTime>,
+    /// The engine was down: the next cut lists what it missed as gaps.
+    after_outage: bool,
 }
 
 #[derive(Debug)]
@@ -229,6 +234,7 @@ impl Packager {
                 ts: TsWriter::new(),
                 pending_ts: VecDeque::new(),
                 last_end: None,
+                after_outage: false,
             })
             .collect();
         let audio = audio.map(|_| AudioState {
@@ -394,10 +400,13 @@ impl Packager {
 
         if cut {
             self.close_segment(r, Some((frame.pts, frame.dts)));
+            self.fill_gap(r, frame.pts);
             let v = &mut self.video[r];
             // The first segment is numbered from media time; after that numbers go up by
             // one, also across a seam: a playlist's numbering is implicit (MEDIA-SEQUENCE
-            // plus position), so it cannot skip.
+            // plus position), so it cannot skip. Whole segments of media that never came
+            // (an engine down for a while) were listed as gaps just above, so the numbers
+            // stay those of every other engine on the same input.
             let msn = v.next_msn.unwrap_or_else(|| grid.max(0) as u64);
             v.next_msn = Some(msn.saturating_add(1));
             v.open = Some(OpenSegment {
@@ -419,6 +428,67 @@ impl Packager {
         open.frames.push(frame);
         self.release(false);
         Ok(())
+    }
+
+    /// After an outage, lists `EXT-X-GAP` segments for the whole segment durations missing
+    /// between the end of rendition `r`'s last segment and `start` (RFC 8216bis §4.4.4.7),
+    /// when the hole is at most [`MAX_GAP_FILL`] segments. (A new input session is not an
+    /// outage: every engine sees the same seam and numbers across it the same way.)
+    fn fill_gap(&mut self, r: usize, start: MediaTime) {
+        let d = self.d;
+        let v = &mut self.video[r];
+        if !std::mem::take(&mut v.after_outage) {
+            return;
+        }
+        let (Some(next), Some(end), Some(cfg)) = (v.next_msn, v.last_end, v.cfg.clone()) else {
+            return;
+        };
+        if v.open.is_some() || start <= end {
+            return;
+        }
+        let missing = (start - end).saturating_add(grid_tolerance(d)) / d;
+        if missing <= 0 || missing > MAX_GAP_FILL {
+            return;
+        }
+        for i in 0..missing as u64 {
+            let gap_start = end.saturating_add(i as MediaTime * d);
+            let gap = ClosedSegment {
+                msn: next + i,
+                start: gap_start,
+                end: gap_start.saturating_add(d),
+                discontinuity: false,
+                cfg: cfg.clone(),
+                frames: Vec::new(),
+            };
+            if self.cmaf {
+                let stored = StoredSegment {
+                    msn: gap.msn,
+                    duration: d,
+                    discontinuity: false,
+                    init_version: Some(self.video[r].init_version),
+                    data: None,
+                };
+                self.output
+                    .add_segment(OutputKind::Cmaf, &self.video[r].name, stored);
+                if r == 0
+                    && let Some(a) = self.audio.as_mut()
+                {
+                    a.pending_cuts.push_back(Cut {
+                        msn: gap.msn,
+                        start: gap.start,
+                        end: gap.end,
+                        discontinuity: false,
+                    });
+                }
+            }
+            if self.ts {
+                self.video[r].pending_ts.push_back(gap);
+            }
+        }
+        let v = &mut self.video[r];
+        v.next_msn = Some(next + missing as u64);
+        v.last_end = Some(end.saturating_add(missing * d));
+        tracing::info!(rendition = %v.name, from = next, count = missing, "media missing: segments listed as gaps");
     }
 
     /// Adds one raw AAC frame.
@@ -507,6 +577,16 @@ impl Packager {
             a.end = None;
         }
         self.video_head = None;
+    }
+
+    /// The engine was down (its pipeline failed or stalled, and media was lost): a
+    /// discontinuity, and the segments it missed are listed as gaps at the next cut, so
+    /// its numbers stay those of the other engines on the same input.
+    pub fn outage(&mut self) {
+        self.discontinuity();
+        for v in &mut self.video {
+            v.after_outage = true;
+        }
     }
 
     /// Flushes open segments; playlists get `EXT-X-ENDLIST`.
@@ -642,6 +722,19 @@ impl Packager {
     }
 
     fn write_ts(&mut self, r: usize, seg: ClosedSegment) {
+        if seg.frames.is_empty() {
+            // A gap: listed, no media.
+            let stored = StoredSegment {
+                msn: seg.msn,
+                duration: seg.end.saturating_sub(seg.start),
+                discontinuity: seg.discontinuity,
+                init_version: None,
+                data: None,
+            };
+            self.output
+                .add_segment(OutputKind::Ts, &self.video[r].name, stored);
+            return;
+        }
         let audio_cfg = self.audio.as_ref().and_then(|a| a.cfg.clone());
         let audio: Vec<TsFrame> = match &self.audio {
             Some(a) if audio_cfg.is_some() => audio_in(&a.queue, seg.start, seg.end)
@@ -901,6 +994,33 @@ mod tests {
         assert_eq!(p.video[0].open.as_ref().map(|o| o.frames.len()), Some(4));
         assert_eq!(p.video[0].open.as_ref().unwrap().frames[2].dts, 33_011_112);
         drop(out);
+    }
+
+    /// An engine down for three segments (its pipeline restarted: a discontinuity) lists
+    /// them as gaps and resumes on the number media time gives, like every other engine.
+    #[test]
+    fn missing_segments_are_gaps_and_numbers_follow_media_time() {
+        let (mut p, out) = packager();
+        for i in 0..60 {
+            p.push_video(0, frame(TrackKind::Video, i * 33 + 33_000, i % 30 == 0));
+        }
+        p.outage(); // the pipeline died at 35 s
+        for i in 0..60 {
+            p.push_video(0, frame(TrackKind::Video, i * 33 + 39_000, i % 30 == 0));
+        }
+        p.finish();
+        let text =
+            String::from_utf8(out.media_playlist(OutputKind::Cmaf, "v").unwrap().to_vec()).unwrap();
+        for msn in 33..=40 {
+            assert!(text.contains(&format!("{msn}.m4s")), "{msn}:\n{text}");
+        }
+        assert_eq!(
+            text.matches("#EXT-X-GAP").count(),
+            4,
+            "35..38 are gaps:\n{text}"
+        );
+        assert!(out.segment(OutputKind::Cmaf, "v", 36).is_none());
+        assert!(out.segment(OutputKind::Cmaf, "v", 39).is_some());
     }
 
     /// An open segment stops growing at the frame limit when no keyframe comes.

@@ -46,6 +46,9 @@ impl Packaging for ToPackager {
     fn discontinuity(&self) {
         lock(&self.0).discontinuity();
     }
+    fn outage(&self) {
+        lock(&self.0).outage();
+    }
     fn finish(&self) {
         lock(&self.0).finish();
     }
@@ -77,7 +80,7 @@ pub async fn run(
 ) {
     let packaging = Arc::new(ToPackager(packager));
     if resumed {
-        packaging.discontinuity();
+        packaging.outage();
     }
     let timing = match &mode {
         EngineMode::Transcode(s) => {
