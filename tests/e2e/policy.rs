@@ -484,3 +484,102 @@ ip = { mode = "deny", cidrs = ["127.0.0.0/8"] }
     // 20% of 400 is 80; three standard deviations (8) either side.
     assert!((56..=104).contains(&low), "{low} of 400 on the 20% target");
 }
+
+/// Two engines on one channel: the preferred one goes down while ffmpeg plays the
+/// distribution; playback goes on from the spare with no player error, the newest
+/// media sequence number a viewer sees never goes back, and when the preferred engine is
+/// back new viewers start on it again.
+#[test]
+fn a_distribution_fails_over_between_engines() {
+    let _heavy = heavy();
+    let t0 = std::time::Instant::now();
+    let server = Server::start_with_env(
+        "failover",
+        r#"
+[channels.c.ingests.main]
+protocol = "rtmp"
+stream_key = "c-key"
+[channels.c.engines.main]
+ladder = "passthrough"
+priority = 1
+[channels.c.engines.spare]
+ladder = "passthrough"
+priority = 2
+[distributions.d]
+channel = "c"
+"#,
+        &[("SLUICE_TEST_ENGINE_OUTAGE", "c/main:10:10")],
+    );
+    let _publisher = Publisher::start(&server.rtmp_url("c-key"), 40, "320x180");
+    let mv = master_playlist(&server.wait_for(
+        "/live/d/cmaf/index.m3u8",
+        Duration::from_secs(30),
+        |_| true,
+    ));
+    let child = mv.variants[0].uri.clone();
+    assert!(
+        child.starts_with("../e-main/"),
+        "new viewers start on the preferred engine: {child}"
+    );
+    let media = format!("/live/d/{}", child.trim_start_matches("../"));
+
+    // A real HLS client plays through the outage (10 s to 20 s after start).
+    let player = tool("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(server.url("/live/d/cmaf/index.m3u8"))
+        .args(["-t", "24", "-f", "null", "-"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Meanwhile the viewer's media playlist, every 300 ms.
+    let mut newest_seen = 0u64;
+    let mut seen_spare = false;
+    // When the newest segment advanced, in seconds after the server started.
+    let mut advanced_at = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(26) {
+        let (status, _, body) = get(&server.url(&media));
+        if status == 200 {
+            let p = media_playlist(&body);
+            let newest = p.media_sequence + p.segments.len() as u64 - 1;
+            assert!(
+                newest >= newest_seen,
+                "went back from {newest_seen} to {newest}"
+            );
+            if newest > newest_seen {
+                advanced_at.push(t0.elapsed().as_secs_f64());
+            }
+            newest_seen = newest;
+        }
+        seen_spare |= server.log_text().contains("planned outage");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = player.wait_with_output().unwrap();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{errors}");
+    assert!(errors.trim().is_empty(), "player errors: {errors}");
+    assert!(seen_spare, "the outage happened");
+    // While the preferred engine was down (10 s to 20 s; noticed within 5 s) the
+    // playlist still advanced: the spare served it.
+    assert!(
+        advanced_at.iter().any(|t| (15.5..20.0).contains(t)),
+        "no progress while main was down: {advanced_at:?} (media {media}, newest {newest_seen})"
+    );
+    // The preferred engine is back: new viewers start on it again.
+    let mv = master_playlist(&get_ok(&server.url("/live/d/cmaf/index.m3u8")));
+    assert!(
+        mv.variants[0].uri.starts_with("../e-main/"),
+        "{}",
+        mv.variants[0].uri
+    );
+    // Its playlist lists what it missed as gaps, on the same numbers as the spare.
+    let main_pl = media_playlist(&get_ok(&server.url(&media)));
+    assert!(
+        main_pl
+            .segments
+            .iter()
+            .any(|s| s.unknown_tags.iter().any(|t| t.tag == "X-GAP")),
+        "gaps listed"
+    );
+}

@@ -51,32 +51,60 @@ fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
     if canonical { s.parse().ok() } else { None }
 }
 
-/// Decodes a request path that may carry a viewer session after the distribution
-/// (`/live/<dist>/s-<expires>-<mac>/<output>/...`, see [`crate::session`]). Only child
-/// routes (media playlists, init segments, segments) take one. The session is returned
-/// as written, for the caller to verify.
-pub fn parse_request(path: &str) -> Option<(Route, Option<&str>)> {
-    if let Some(rest) = path.strip_prefix("/live/") {
-        let mut parts = rest.splitn(3, '/');
-        let (dist, second, tail) = (parts.next()?, parts.next(), parts.next());
-        if let (Some(session), Some(tail)) = (second, tail)
-            && session.starts_with("s-")
-        {
-            let plausible = session.len() <= 64
-                && session
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            if !plausible {
-                return None;
-            }
-            let route = parse(&format!("/live/{dist}/{tail}"))?;
-            return match route {
-                Route::Health | Route::Multivariant { .. } => None,
-                child => Some((child, Some(session))),
-            };
+/// A request path decoded: the route, and what the server put in child URLs before
+/// the output: a viewer session (`s-<expires>-<mac>`, see [`crate::session`]) and the
+/// engine the viewer started on (`e-<engine>`). Both are optional, in that order, and
+/// only on child routes (media playlists, init segments, segments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub route: Route,
+    /// As written, for the caller to verify.
+    pub session: Option<&'a str>,
+    pub engine: Option<Id>,
+}
+
+/// Decodes a request path (without the query) with its optional session and engine.
+pub fn parse_request(path: &str) -> Option<Request<'_>> {
+    let Some(rest) = path.strip_prefix("/live/") else {
+        return parse(path).map(|route| Request {
+            route,
+            session: None,
+            engine: None,
+        });
+    };
+    let (dist, mut tail) = rest.split_once('/')?;
+    let mut session = None;
+    let mut engine = None;
+    if let Some((first, after)) = tail.split_once('/')
+        && first.starts_with("s-")
+    {
+        let plausible = first.len() <= 64
+            && first
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !plausible {
+            return None;
         }
+        session = Some(first);
+        tail = after;
     }
-    parse(path).map(|r| (r, None))
+    if let Some((first, after)) = tail.split_once('/')
+        && let Some(id) = first.strip_prefix("e-")
+    {
+        engine = Some(Id::new(id).ok()?);
+        tail = after;
+    }
+    let route = parse(&format!("/live/{dist}/{tail}"))?;
+    if (session.is_some() || engine.is_some())
+        && matches!(route, Route::Health | Route::Multivariant { .. })
+    {
+        return None;
+    }
+    Some(Request {
+        route,
+        session,
+        engine,
+    })
 }
 
 /// Decodes the path part of a request URI (without the query). `None`: not a route (404).
@@ -191,33 +219,53 @@ mod tests {
     }
 
     #[test]
-    fn sessions_sit_after_the_distribution_on_child_routes_only() {
+    fn sessions_and_engines_sit_after_the_distribution_on_child_routes_only() {
         let s = "s-1800000060-00112233445566778899aabbccddeeff";
+        let seg = Route::Segment {
+            dist: id("demo"),
+            output: OutputKind::Cmaf,
+            rendition: id("360p"),
+            msn: 12,
+        };
         assert_eq!(
             parse_request(&format!("/live/demo/{s}/cmaf/360p/12.m4s")),
-            Some((
-                Route::Segment {
-                    dist: id("demo"),
-                    output: OutputKind::Cmaf,
-                    rendition: id("360p"),
-                    msn: 12
-                },
-                Some(s)
-            ))
+            Some(Request {
+                route: seg.clone(),
+                session: Some(s),
+                engine: None
+            })
         );
         assert_eq!(
-            parse_request("/live/demo/cmaf/index.m3u8"),
-            Some((
-                Route::Multivariant {
-                    dist: id("demo"),
-                    output: OutputKind::Cmaf
-                },
-                None
-            ))
+            parse_request(&format!("/live/demo/{s}/e-spare/cmaf/360p/12.m4s")),
+            Some(Request {
+                route: seg.clone(),
+                session: Some(s),
+                engine: Some(id("spare"))
+            })
+        );
+        assert_eq!(
+            parse_request("/live/demo/e-main/cmaf/360p/12.m4s"),
+            Some(Request {
+                route: seg,
+                session: None,
+                engine: Some(id("main"))
+            })
+        );
+        assert_eq!(
+            parse_request("/live/demo/cmaf/index.m3u8").map(|r| r.route),
+            Some(Route::Multivariant {
+                dist: id("demo"),
+                output: OutputKind::Cmaf
+            })
         );
         for bad in [
             format!("/live/demo/{s}/cmaf/index.m3u8"),
+            "/live/demo/e-main/cmaf/index.m3u8".to_owned(),
             format!("/live/demo/{s}/{s}/cmaf/360p/1.m4s"),
+            format!("/live/demo/e-main/{s}/cmaf/360p/1.m4s"),
+            "/live/demo/e-main/e-spare/cmaf/360p/1.m4s".to_owned(),
+            "/live/demo/e-Main/cmaf/360p/1.m4s".to_owned(),
+            "/live/demo/e-/cmaf/360p/1.m4s".to_owned(),
             "/live/demo/s-1/../cmaf/360p/1.m4s".to_owned(),
             "/live/demo/s-%2e/cmaf/360p/1.m4s".to_owned(),
             format!("/live/demo/s-{}/cmaf/360p/1.m4s", "0".repeat(80)),

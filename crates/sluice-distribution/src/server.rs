@@ -37,8 +37,51 @@ pub struct DistributionEntry {
     /// Renditions above this are left out of the multivariant playlist.
     pub max_kbps: Option<u32>,
     pub enabled: bool,
-    /// The engines that may serve it, most preferred first.
-    pub engines: Vec<Arc<EngineOutput>>,
+    /// The engines that may serve it, most preferred (lowest priority number) first.
+    pub engines: Vec<(Id, Arc<EngineOutput>)>,
+}
+
+impl DistributionEntry {
+    /// Where a child request looks, in order: the engine the viewer started on while it
+    /// is healthy (viewers are not bounced back when a preferred engine recovers), the
+    /// healthy engines by priority (failover: the same segment number is the same media
+    /// interval on every engine), then the rest.
+    fn engines_for(&self, hint: Option<&Id>) -> Vec<&EngineOutput> {
+        let hinted = hint.and_then(|h| self.engines.iter().position(|(id, _)| id == h));
+        let healthy: Vec<bool> = self.engines.iter().map(|(_, e)| e.healthy()).collect();
+        let mut indices: Vec<usize> = Vec::with_capacity(self.engines.len());
+        let mut add = |i: usize| {
+            if !indices.contains(&i) {
+                indices.push(i);
+            }
+        };
+        if let Some(h) = hinted.filter(|&h| healthy[h]) {
+            add(h);
+        }
+        (0..self.engines.len())
+            .filter(|&i| healthy[i])
+            .for_each(&mut add);
+        if let Some(h) = hinted {
+            add(h);
+        }
+        (0..self.engines.len()).for_each(&mut add);
+        indices
+            .iter()
+            .map(|&i| self.engines[i].1.as_ref())
+            .collect()
+    }
+
+    /// The engine a new viewer starts on: the healthy one of lowest priority, else the
+    /// first that has a playlist at all.
+    fn engine_for_new_viewer(&self, output: OutputKind) -> Option<(&Id, Bytes)> {
+        let pick = |healthy_only: bool| {
+            self.engines
+                .iter()
+                .filter(|(_, e)| !healthy_only || e.healthy())
+                .find_map(|(id, e)| e.multivariant(output, self.max_kbps).map(|b| (id, b)))
+        };
+        pick(true).or_else(|| pick(false))
+    }
 }
 
 /// Everything the HTTP layer serves, replaced as a whole on a configuration change.
@@ -260,7 +303,12 @@ fn unix_now() -> u64 {
 
 /// Answers one request. Pure apart from reading the state: unit-testable without sockets.
 pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<Full<Bytes>> {
-    let Some((route, session)) = path::parse_request(req.path) else {
+    let Some(path::Request {
+        route,
+        session,
+        engine,
+    }) = path::parse_request(req.path)
+    else {
         return error(StatusCode::NOT_FOUND, "not found\n");
     };
     if req.method == Method::OPTIONS {
@@ -317,7 +365,8 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
             return refuse(state, dist_id, why);
         }
     }
-    with_cors(serve_route(dist, &route), &dist.policy, origin)
+    let engines = dist.engines_for(engine.as_ref());
+    with_cors(serve_route(dist, &engines, &route), &dist.policy, origin)
 }
 
 /// Restricted origins: CORS names the (allowed, or absent) origin, and caches are told the
@@ -388,11 +437,7 @@ fn multivariant(
             "output not enabled for this distribution\n",
         );
     }
-    let Some(body) = served
-        .engines
-        .iter()
-        .find_map(|e| e.multivariant(output, served.max_kbps))
-    else {
+    let Some((engine, body)) = served.engine_for_new_viewer(output) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n");
     };
     let session = (!served.policy.is_open()).then(|| {
@@ -401,12 +446,21 @@ fn multivariant(
             .mint(served_id, now.saturating_add(SESSION_SECONDS))
     });
     let moved = served_id != entry_id;
-    // Child URIs, relative to /live/<entry>/<output>/index.m3u8.
-    let prefix = match (moved, &session) {
-        (false, None) => None,
-        (false, Some(s)) => Some(format!("../{s}/{}/", output.as_str())),
-        (true, Some(s)) => Some(format!("../../{served_id}/{s}/{}/", output.as_str())),
-        (true, None) => Some(format!("../../{served_id}/{}/", output.as_str())),
+    // Child URIs, relative to /live/<entry>/<output>/index.m3u8: through the served
+    // distribution, the viewer's session, and the engine it starts on (when there is a
+    // choice, so that it stays there).
+    let mut via = String::new();
+    if let Some(s) = &session {
+        via.push_str(s);
+        via.push('/');
+    }
+    if served.engines.len() > 1 {
+        via.push_str(&format!("e-{engine}/"));
+    }
+    let prefix = match (moved, via.is_empty()) {
+        (false, true) => None,
+        (false, false) => Some(format!("../{via}{}/", output.as_str())),
+        (true, _) => Some(format!("../../{served_id}/{via}{}/", output.as_str())),
     };
     // A playlist that depends on the viewer (a session, an override) is theirs alone.
     let private = !entry.overrides.is_empty() || session.is_some();
@@ -427,7 +481,11 @@ fn multivariant(
 }
 
 /// The response for an admitted child request (media playlist, init, segment).
-fn serve_route(dist: &DistributionEntry, route: &Route) -> Response<Full<Bytes>> {
+fn serve_route(
+    dist: &DistributionEntry,
+    engines: &[&EngineOutput],
+    route: &Route,
+) -> Response<Full<Bytes>> {
     let output = match route {
         Route::Init { .. } => OutputKind::Cmaf,
         Route::Multivariant { output, .. }
@@ -447,14 +505,25 @@ fn serve_route(dist: &DistributionEntry, route: &Route) -> Response<Full<Bytes>>
         Route::MediaPlaylist {
             output, rendition, ..
         } => {
-            match dist
-                .engines
+            // Of the healthy engines, the first (in the viewer's order) that is furthest
+            // ahead: a switch between engines never takes the newest segment back.
+            let newest = |e: &&EngineOutput| e.latest_msn(rendition.as_str());
+            let furthest = engines
                 .iter()
+                .filter(|e| e.healthy())
+                .map(newest)
+                .max()
+                .flatten();
+            let ordered = engines
+                .iter()
+                .filter(|e| furthest.is_none() || (e.healthy() && newest(e) == furthest))
+                .chain(engines.iter());
+            match ordered
+                .into_iter()
                 .find_map(|e| e.media_playlist(*output, rendition.as_str()))
             {
                 Some(body) => response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body),
-                None if dist
-                    .engines
+                None if engines
                     .iter()
                     .any(|e| e.rendition_names().iter().any(|n| n == rendition.as_str())) =>
                 {
@@ -465,8 +534,7 @@ fn serve_route(dist: &DistributionEntry, route: &Route) -> Response<Full<Bytes>>
         }
         Route::Init {
             rendition, version, ..
-        } => match dist
-            .engines
+        } => match engines
             .iter()
             .find_map(|e| e.init_segment(rendition.as_str(), *version))
         {
@@ -479,8 +547,7 @@ fn serve_route(dist: &DistributionEntry, route: &Route) -> Response<Full<Bytes>>
             msn,
             ..
         } => {
-            match dist
-                .engines
+            match engines
                 .iter()
                 .find_map(|e| e.segment(*output, rendition.as_str(), *msn))
             {

@@ -210,6 +210,8 @@ pub struct EngineRunner<F: PipelineFactory> {
     backoff: Duration,
     dropped: u64,
     drop_log: Throttle,
+    /// A planned outage (tests): when, and for how long.
+    planned_outage: Option<(Instant, Duration)>,
 }
 
 impl<F: PipelineFactory> EngineRunner<F> {
@@ -234,7 +236,16 @@ impl<F: PipelineFactory> EngineRunner<F> {
             backoff,
             dropped: 0,
             drop_log: Throttle::default(),
+            planned_outage: None,
         }
+    }
+
+    /// Takes the engine down `after` from now for `length`, as a failed pipeline would
+    /// (stopped, a discontinuity, nothing produced, the missed segments listed as gaps):
+    /// for tests of failover between a distribution's engines.
+    pub fn with_outage(mut self, after: Duration, length: Duration) -> Self {
+        self.planned_outage = Some((Instant::now() + after, length));
+        self
     }
 
     /// The current state's name (for status and tests).
@@ -304,6 +315,18 @@ impl<F: PipelineFactory> EngineRunner<F> {
 
     pub async fn on_tick(&mut self) {
         let now = Instant::now();
+        if let Some((at, length)) = self.planned_outage
+            && now >= at
+        {
+            self.planned_outage = None;
+            tracing::warn!(engine = %self.name, seconds = length.as_secs_f64(), "planned outage: engine down");
+            self.stop_pipeline(State::BackingOff {
+                until: now + length,
+            })
+            .await;
+            self.packaging.outage();
+            return;
+        }
         let produced = self.outputs.load(Ordering::Relaxed);
         let fed = self
             .last_input
@@ -407,6 +430,11 @@ impl<F: PipelineFactory> EngineRunner<F> {
 
     async fn on_frame(&mut self, frame: Frame) {
         let Some(session) = &self.session else { return };
+        if let State::BackingOff { until } = self.state
+            && Instant::now() < until
+        {
+            return; // down: nothing goes through, not even passthrough
+        }
         let settings = match &self.mode {
             EngineMode::Passthrough => {
                 self.packaging.on_event(match frame.track {
@@ -425,7 +453,6 @@ impl<F: PipelineFactory> EngineRunner<F> {
         let startable = frame.track == TrackKind::Video && frame.keyframe;
         let start = match &self.state {
             State::Running { .. } | State::Draining { .. } => None,
-            State::BackingOff { until } if now < *until => return,
             State::Idle | State::BackingOff { .. } if !startable => return,
             State::Idle | State::BackingOff { .. } => Some((
                 settings.clone(),

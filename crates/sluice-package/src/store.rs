@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use m3u8_rs::{
@@ -247,6 +248,9 @@ pub struct EngineOutput {
     multivariant_cache: Mutex<MultivariantCache>,
     /// Bumped after every change to the state.
     generation: AtomicU64,
+    /// When the last segment with media was added (for engine health).
+    last_media: Mutex<Option<Instant>>,
+    segment_duration: MediaTime,
     changes: watch::Sender<u64>,
 }
 
@@ -272,6 +276,8 @@ impl EngineOutput {
             }),
             multivariant_cache: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            last_media: Mutex::new(None),
+            segment_duration,
             changes: watch::channel(0).0,
         }
     }
@@ -504,7 +510,24 @@ impl EngineOutput {
 
     // ---- writer side (crate-private, called by the packager) ----
 
+    /// Healthy: a segment with media came within two segment durations (and a second)
+    /// of `now`. A distribution serves from its healthy engine of lowest priority.
+    pub fn healthy_at(&self, now: Instant) -> bool {
+        let window =
+            Duration::from_nanos(self.segment_duration.max(0) as u64 * 2) + Duration::from_secs(1);
+        let last = *self.last_media.lock().unwrap_or_else(|e| e.into_inner());
+        last.is_some_and(|t| now.saturating_duration_since(t) <= window)
+    }
+
+    /// [`EngineOutput::healthy_at`] now.
+    pub fn healthy(&self) -> bool {
+        self.healthy_at(Instant::now())
+    }
+
     pub(crate) fn add_segment(&self, output: OutputKind, rendition: &str, seg: StoredSegment) {
+        if seg.data.is_some() {
+            *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
         let key = (output, rendition.to_owned());
         let (value, version) = {
             let mut st = self.write();

@@ -94,14 +94,18 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
 
         let mut engines: Vec<_> = channel.engines.iter().collect();
         engines.sort_by_key(|(id, e)| (e.priority, (*id).clone()));
-        for (engine_id, engine) in engines {
+        for (index, (engine_id, engine)) in engines.into_iter().enumerate() {
             let ladder = &engine.ladder;
             let settings = PackagerSettings {
                 segment_duration: secs_f64_to_nanos(ladder.segment_seconds),
                 window: secs_f64_to_nanos(ladder.window_seconds),
                 cmaf: engine.outputs.contains(&Output::Cmaf),
                 ts: engine.outputs.contains(&Output::Ts),
-                init_version_base,
+                // Each engine its own range of init versions: a viewer that fails over
+                // to another engine fetches that engine's init segment, never a cached
+                // one of the same name with other parameter sets.
+                init_version_base: init_version_base
+                    .saturating_add(u32::try_from(index).unwrap_or(0).saturating_mul(100_000)),
             };
             let (mode, renditions, audio) = match &engine.ladder_ref {
                 LadderRef::Passthrough => (
@@ -239,11 +243,19 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         ..Catalog::default()
     };
     for (dist_id, dist) in &cfg.distributions {
-        let engines = dist
+        // By priority (then as listed): the healthy engine of lowest priority serves.
+        let mut engines: Vec<_> = dist
             .engines
             .iter()
-            .filter_map(|e| outputs.get(&(dist.channel.clone(), e.clone())).cloned())
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let out = outputs.get(&(dist.channel.clone(), e.clone()))?;
+                let priority = cfg.channels.get(&dist.channel)?.engines.get(e)?.priority;
+                Some(((priority, i), (e.clone(), out.clone())))
+            })
             .collect();
+        engines.sort_by_key(|(order, _)| *order);
+        let engines = engines.into_iter().map(|(_, e)| e).collect();
         if dist.geo.is_some() && geodb.is_none() {
             tracing::warn!(distribution = %dist_id, "geo rule without a country database (server.geoip_database): every viewer is refused");
         }

@@ -68,6 +68,21 @@ fn injected_panic_after() -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Test builds only: `SLUICE_TEST_ENGINE_OUTAGE=<channel>/<engine>:<after_s>:<for_s>`
+/// takes that engine down for a while, to test failover between engines.
+fn planned_outage(name: &str) -> Option<(Duration, Duration)> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let spec = std::env::var("SLUICE_TEST_ENGINE_OUTAGE").ok()?;
+    let (engine, times) = spec.split_once(':')?;
+    let (after, length) = times.split_once(':')?;
+    (engine == name).then_some((
+        Duration::from_secs(after.parse().ok()?),
+        Duration::from_secs(length.parse().ok()?),
+    ))
+}
+
 /// Runs one engine until `cancel`. `resumed`: an earlier run of this engine died; what
 /// it packaged stays, and the next segment is marked as a discontinuity.
 pub async fn run(
@@ -88,7 +103,11 @@ pub async fn run(
         }
         EngineMode::Passthrough => RunnerSettings::for_segment(Duration::from_secs(2)),
     };
-    let runner = EngineRunner::new(name, mode, timing, GstFactory, packaging);
+    let outage = planned_outage(&name).filter(|_| !resumed);
+    let mut runner = EngineRunner::new(name, mode, timing, GstFactory, packaging);
+    if let Some((after, length)) = outage {
+        runner = runner.with_outage(after, length);
+    }
     match injected_panic_after().filter(|_| !resumed) {
         None => runner.run(rx, cancel).await,
         Some(after) => {
