@@ -20,8 +20,9 @@ declare -A commands=([pkg-config]=pkg-config [cc]=gcc)
 if [[ "${1:-}" == "--test" ]]; then
   # ffmpeg: the publishers and decoders of the end-to-end tests; ffprobe: segment
   # checks; gst-launch-1.0: a GStreamer RTMP publisher; curl: the CI's own checks;
-  # c++: libFuzzer's runtime, built by the fuzz crate whose seeds the suite replays.
-  packages+=(ffmpeg gstreamer1.0-tools curl g++)
+  # c++: libFuzzer's runtime, built by the fuzz crate whose seeds the suite replays;
+  # nginx: the HTTP cache of docker/nginx-cache.conf, tested in front of the server.
+  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light)
   commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl [c++]=g++)
 fi
 

@@ -583,3 +583,111 @@ channel = "c"
         "gaps listed"
     );
 }
+
+/// The HTTP cache of `docker/nginx-cache.conf` in front of a protected distribution:
+/// it checks each viewer's session with Sluice, then serves one cached copy of a segment
+/// to every admitted viewer; a forged session or none at all is refused.
+#[test]
+fn a_cache_in_front_verifies_sessions_and_shares_segments() {
+    let _heavy = heavy();
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("required program `nginx` not found (run scripts/setup-debian.sh --test)");
+    let server = Server::start_with_server_keys(
+        "nginx-sessions",
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!(
+            "[channels.c.ingests.main]\nprotocol = \"rtmp\"\nstream_key = \"c-key\"\n[channels.c.engines.copy]\nladder = \"passthrough\"\n[distributions.paid]\nchannel = \"c\"\n[distributions.paid.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"{SECRET}\" }}]\n"
+        ),
+    );
+    let dir = scratch_dir("nginx-sessions-cache");
+    let port = free_port();
+    let site = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docker/nginx-cache.conf"
+    ))
+    .unwrap()
+    .replace(
+        "http://sluice:8080",
+        &format!("http://127.0.0.1:{}", server.http),
+    )
+    .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+    .replace("/var/cache/nginx", &dir.join("cache").display().to_string());
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    std::fs::write(dir.join("site.conf"), site).unwrap();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "user root; worker_processes 1; pid {0}/nginx.pid; error_log {0}/error.log;\nevents {{}}\nhttp {{ access_log off; include {0}/site.conf; }}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    /// Stops nginx with SIGTERM, so the master takes its workers down with it.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            send_signal(self.0.id(), "TERM");
+            let _ = self.0.wait();
+        }
+    }
+    let _nginx = Kill(
+        std::process::Command::new(nginx)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .spawn()
+            .expect("run nginx"),
+    );
+    let up = std::time::Instant::now() + Duration::from_secs(10);
+    while connect_from("127.0.0.1", port).is_err() {
+        assert!(std::time::Instant::now() < up, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _publisher = Publisher::start(&server.rtmp_url("c-key"), 30, "320x180");
+    let token = hs(json!({ "exp": now() + 600, "aud": "paid" }), "k");
+    let via_cache = |path: &str| raw_get("127.0.0.1", port, path, &[]);
+    let session_dir = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, _, body) = via_cache(&format!("/live/paid/cmaf/index.m3u8?token={token}"));
+            if code == 200 {
+                let child = first_child("/live/paid/cmaf/index.m3u8", &body);
+                return child.rsplit_once('/').unwrap().0.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not live through the cache: {code}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let first = session_dir();
+    let (code, _, media) = via_cache(&format!("{first}/index.m3u8"));
+    assert_eq!(code, 200);
+    let seg = media_playlist(&media).segments[0].uri.clone();
+    let cache_status = |dir: &str| {
+        let (code, headers, _) = via_cache(&format!("{dir}/{seg}"));
+        (
+            code,
+            header(&headers, "x-cache-status").unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(cache_status(&first), (200, "MISS".to_owned()));
+    assert_eq!(cache_status(&first), (200, "HIT".to_owned()));
+    // Another viewer's session (its multivariant a second later): the same cached copy.
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = session_dir();
+    assert_ne!(first, second);
+    assert_eq!(cache_status(&second), (200, "HIT".to_owned()));
+    // A forged session, or none, is refused although the segment is cached.
+    let (exp, _) = first.split("/s-").nth(1).unwrap().split_once('-').unwrap();
+    let forged = first.replace(
+        first.split('/').nth(3).unwrap(),
+        &format!("s-{exp}-{}", "0".repeat(32)),
+    );
+    assert_eq!(cache_status(&forged).0, 401);
+    let bare = first.replace(&format!("/{}", first.split('/').nth(3).unwrap()), "");
+    assert_eq!(cache_status(&bare).0, 401);
+}

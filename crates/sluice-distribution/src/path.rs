@@ -10,6 +10,11 @@ use sluice_package::OutputKind;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    /// `/live/<dist>/<session>/check`: is this session good for this viewer? (For an
+    /// HTTP cache in front that verifies sessions itself: `docker/nginx-cache.conf`.)
+    SessionCheck {
+        dist: Id,
+    },
     /// `/live/<dist>/<output>/index.m3u8`
     Multivariant {
         dist: Id,
@@ -93,6 +98,19 @@ pub fn parse_request(path: &str) -> Option<Request<'_>> {
     {
         engine = Some(Id::new(id).ok()?);
         tail = after;
+    }
+    if tail == "check" {
+        // Only with a session, and nothing else.
+        if session.is_none() || engine.is_some() {
+            return None;
+        }
+        return Some(Request {
+            route: Route::SessionCheck {
+                dist: Id::new(dist).ok()?,
+            },
+            session,
+            engine: None,
+        });
     }
     let route = parse(&format!("/live/{dist}/{tail}"))?;
     if (session.is_some() || engine.is_some())
@@ -258,7 +276,17 @@ mod tests {
                 output: OutputKind::Cmaf
             })
         );
+        assert_eq!(
+            parse_request(&format!("/live/demo/{s}/check")),
+            Some(Request {
+                route: Route::SessionCheck { dist: id("demo") },
+                session: Some(s),
+                engine: None
+            })
+        );
         for bad in [
+            "/live/demo/check".to_owned(),
+            format!("/live/demo/{s}/e-main/check"),
             format!("/live/demo/{s}/cmaf/index.m3u8"),
             "/live/demo/e-main/cmaf/index.m3u8".to_owned(),
             format!("/live/demo/{s}/{s}/cmaf/360p/1.m4s"),

@@ -334,7 +334,8 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
         Route::Multivariant { dist, .. }
         | Route::MediaPlaylist { dist, .. }
         | Route::Init { dist, .. }
-        | Route::Segment { dist, .. } => dist,
+        | Route::Segment { dist, .. }
+        | Route::SessionCheck { dist } => dist,
     };
     let catalog = state.catalog.load();
     let Some(dist) = catalog.distributions.get(dist_id).filter(|d| d.enabled) else {
@@ -364,6 +365,17 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
         if let Err(why) = verdict {
             return refuse(state, dist_id, why);
         }
+    }
+    if let Route::SessionCheck { .. } = route {
+        // Admitted (or an open distribution): a cache in front may serve this viewer.
+        let mut r = response(
+            StatusCode::NO_CONTENT,
+            "text/plain",
+            "no-store",
+            Bytes::new(),
+        );
+        r.headers_mut().remove(header::CONTENT_TYPE);
+        return r;
     }
     let engines = dist.engines_for(engine.as_ref());
     with_cors(serve_route(dist, &engines, &route), &dist.policy, origin)
@@ -491,7 +503,9 @@ fn serve_route(
         Route::Multivariant { output, .. }
         | Route::MediaPlaylist { output, .. }
         | Route::Segment { output, .. } => *output,
-        Route::Health => return error(StatusCode::NOT_FOUND, "not found\n"),
+        Route::Health | Route::SessionCheck { .. } => {
+            return error(StatusCode::NOT_FOUND, "not found\n");
+        }
     };
     if !dist.outputs.contains(&output) {
         return error(
@@ -561,7 +575,7 @@ fn serve_route(
                 None => error(StatusCode::NOT_FOUND, "no such segment\n"),
             }
         }
-        Route::Health => error(StatusCode::NOT_FOUND, "not found\n"),
+        Route::Health | Route::SessionCheck { .. } => error(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
@@ -755,6 +769,17 @@ mod tests {
         let child = format!("/live/paid/{s}/cmaf/720p/index.m3u8");
         // A valid session passes the rules; the rendition is then simply unknown.
         assert_eq!(get(&child, inside), StatusCode::NOT_FOUND);
+        // What a cache in front asks before serving a viewer from its cache.
+        let check = format!("/live/paid/{s}/check");
+        assert_eq!(get(&check, inside), StatusCode::NO_CONTENT);
+        assert_eq!(get(&check, local()), StatusCode::FORBIDDEN);
+        assert_eq!(
+            get(
+                &format!("/live/paid/{}/check", st.sessions.mint(&paid, NOW - 1)),
+                inside
+            ),
+            StatusCode::UNAUTHORIZED
+        );
         // The address rule still holds with a session.
         assert_eq!(get(&child, local()), StatusCode::FORBIDDEN);
         // A session of another distribution, or an expired one.
@@ -769,8 +794,8 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(st.refusals.get(&paid, Refusal::TokenMissing), 1);
-        assert_eq!(st.refusals.get(&paid, Refusal::Ip), 2);
-        assert_eq!(st.refusals.get(&paid, Refusal::SessionInvalid), 2);
+        assert_eq!(st.refusals.get(&paid, Refusal::Ip), 3);
+        assert_eq!(st.refusals.get(&paid, Refusal::SessionInvalid), 3);
     }
 
     #[test]
