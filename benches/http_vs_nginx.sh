@@ -111,6 +111,7 @@ curl -sf "http://127.0.0.1:$http$playlist_path" -o "$work/www$playlist_path"
 curl -sf "http://127.0.0.1:$http$seg_path" -o "$work/www$seg_path"
 seg_bytes=$(stat -c %s "$work/www$seg_path")
 cat >"$work/nginx.conf" <<EOF
+user root;
 worker_processes 2;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log;
@@ -118,7 +119,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   sendfile on; tcp_nopush on; keepalive_requests 1000000;
-  open_file_cache max=100 valid=60s;
+  open_file_cache max=100; open_file_cache_valid 60s;
   types { application/vnd.apple.mpegurl m3u8; video/iso.segment m4s; }
   server { listen 127.0.0.1:$nginx_port; root $work/www; }
 }

@@ -47,6 +47,9 @@ impl DistributionEntry {
     /// healthy engines by priority (failover: the same segment number is the same media
     /// interval on every engine), then the rest.
     fn engines_for(&self, hint: Option<&Id>) -> Vec<&EngineOutput> {
+        if let [(_, only)] = self.engines.as_slice() {
+            return vec![only.as_ref()]; // nothing to choose: no health checks on the hot path
+        }
         let hinted = hint.and_then(|h| self.engines.iter().position(|(id, _)| id == h));
         let healthy: Vec<bool> = self.engines.iter().map(|(_, e)| e.healthy()).collect();
         let mut indices: Vec<usize> = Vec::with_capacity(self.engines.len());
@@ -522,12 +525,16 @@ fn serve_route(
             // Of the healthy engines, the first (in the viewer's order) that is furthest
             // ahead: a switch between engines never takes the newest segment back.
             let newest = |e: &&EngineOutput| e.latest_msn(rendition.as_str());
-            let furthest = engines
-                .iter()
-                .filter(|e| e.healthy())
-                .map(newest)
-                .max()
-                .flatten();
+            let furthest = if engines.len() > 1 {
+                engines
+                    .iter()
+                    .filter(|e| e.healthy())
+                    .map(newest)
+                    .max()
+                    .flatten()
+            } else {
+                None
+            };
             let ordered = engines
                 .iter()
                 .filter(|e| furthest.is_none() || (e.healthy() && newest(e) == furthest))
