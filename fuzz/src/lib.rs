@@ -107,10 +107,14 @@ pub fn config_toml(data: &[u8]) {
 pub fn http_path(data: &[u8]) {
     if let Ok(path) = std::str::from_utf8(data) {
         let _ = sluice_distribution::path::parse(path);
-        if let Some((route, Some(session))) = sluice_distribution::path::parse_request(path) {
+        if let Some(sluice_distribution::path::Request {
+            session: Some(session),
+            ..
+        }) = sluice_distribution::path::parse_request(path)
+        {
             let key = sluice_distribution::SessionKey::from_secret(b"fuzz");
             let dist = sluice_core::Id::new("d").expect("valid id");
-            let _ = (route, key.verify(&dist, session, 1_800_000_000));
+            let _ = key.verify(&dist, session, 1_800_000_000);
         }
     }
 }
