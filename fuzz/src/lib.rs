@@ -120,13 +120,13 @@ pub fn http_path(data: &[u8]) {
 }
 
 /// A viewer token (JWT) from the query string or `Authorization`, through the whole
-/// admission: parameter parsing, header, key choice, signature and claims. The first
-/// byte picks HS256 keys with or without `kid` matching and an issuer.
+/// admission: parameter parsing, header, key choice, signature and claims, against two
+/// HS256 keys and an issuer.
 pub fn viewer_token(data: &[u8]) {
-    use std::sync::OnceLock;
     use sluice_config::{TokenAlgorithm, TokenConfig, TokenKey};
     use sluice_distribution::Policy;
     use sluice_distribution::policy::TokenParam;
+    use std::sync::OnceLock;
     static POLICY: OnceLock<Policy> = OnceLock::new();
     let policy = POLICY.get_or_init(|| {
         let key = |id: &str| TokenKey {
@@ -222,7 +222,9 @@ mod tests {
             ("http_path", super::http_path),
         ];
         for (name, target) in targets {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(name);
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("seeds")
+                .join(name);
             let mut files: Vec<_> = std::fs::read_dir(&dir)
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
                 .map(|entry| entry.expect("readable seed directory").path())
