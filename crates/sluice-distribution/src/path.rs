@@ -112,7 +112,7 @@ pub fn parse_request(path: &str) -> Option<Request<'_>> {
             engine: None,
         });
     }
-    let route = parse(&format!("/live/{dist}/{tail}"))?;
+    let route = parse_child(dist, tail)?;
     if (session.is_some() || engine.is_some())
         && matches!(route, Route::Health | Route::Multivariant { .. })
     {
@@ -130,49 +130,51 @@ pub fn parse(path: &str) -> Option<Route> {
     if path == "/healthz" {
         return Some(Route::Health);
     }
-    let rest = path.strip_prefix("/live/")?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    let dist = || Id::new(parts[0]).ok();
-    match parts.as_slice() {
-        [_, out, "index.m3u8"] => Some(Route::Multivariant {
-            dist: dist()?,
-            output: output(out)?,
-        }),
-        [_, out, rendition, file] => {
-            let output = output(out)?;
-            let rendition = Id::new(rendition).ok()?;
-            let dist = dist()?;
-            if *file == "index.m3u8" {
-                return Some(Route::MediaPlaylist {
-                    dist,
-                    output,
-                    rendition,
-                });
-            }
-            if let Some(v) = file
-                .strip_prefix("init-")
-                .and_then(|f| f.strip_suffix(".mp4"))
-            {
-                return (output == OutputKind::Cmaf).then_some(Route::Init {
-                    dist,
-                    rendition,
-                    version: number(v)?,
-                });
-            }
-            let ext = match output {
-                OutputKind::Cmaf => ".m4s",
-                OutputKind::Ts => ".ts",
-            };
-            let msn = number(file.strip_suffix(ext)?)?;
-            Some(Route::Segment {
-                dist,
-                output,
-                rendition,
-                msn,
-            })
-        }
-        _ => None,
+    let (dist, tail) = path.strip_prefix("/live/")?.split_once('/')?;
+    parse_child(dist, tail)
+}
+
+/// `<output>/index.m3u8` or `<output>/<rendition>/<file>` of distribution `dist`.
+fn parse_child(dist: &str, tail: &str) -> Option<Route> {
+    let mut parts = tail.split('/');
+    let (out, second, third) = (parts.next()?, parts.next()?, parts.next());
+    if parts.next().is_some() {
+        return None;
     }
+    let output = output(out)?;
+    let dist = Id::new(dist).ok()?;
+    let Some(file) = third else {
+        return (second == "index.m3u8").then_some(Route::Multivariant { dist, output });
+    };
+    let rendition = Id::new(second).ok()?;
+    if file == "index.m3u8" {
+        return Some(Route::MediaPlaylist {
+            dist,
+            output,
+            rendition,
+        });
+    }
+    if let Some(v) = file
+        .strip_prefix("init-")
+        .and_then(|f| f.strip_suffix(".mp4"))
+    {
+        return (output == OutputKind::Cmaf).then_some(Route::Init {
+            dist,
+            rendition,
+            version: number(v)?,
+        });
+    }
+    let ext = match output {
+        OutputKind::Cmaf => ".m4s",
+        OutputKind::Ts => ".ts",
+    };
+    let msn = number(file.strip_suffix(ext)?)?;
+    Some(Route::Segment {
+        dist,
+        output,
+        rendition,
+        msn,
+    })
 }
 
 #[cfg(test)]
