@@ -41,6 +41,12 @@ impl GeoDb {
     /// The ISO 3166-1 alpha-2 code of `ip`'s country (where the database locates the
     /// address, else where it is registered), uppercase; `None` when unknown.
     pub fn country(&self, ip: IpAddr) -> Option<String> {
+        self.country_code(ip)
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+    }
+
+    /// [`GeoDb::country`] without allocating: read in place from the database.
+    pub fn country_code(&self, ip: IpAddr) -> Option<[u8; 2]> {
         let found = self.reader.lookup(ip.to_canonical()).ok()?;
         [
             [PathElement::Key("country"), PathElement::Key("iso_code")],
@@ -50,8 +56,11 @@ impl GeoDb {
             ],
         ]
         .iter()
-        .find_map(|path| found.decode_path::<String>(path).ok().flatten())
-        .map(|c| c.to_ascii_uppercase())
+        .find_map(|path| found.decode_path::<&str>(path).ok().flatten())
+        .and_then(|c| match c.as_bytes() {
+            [a, b] => Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()]),
+            _ => None,
+        })
     }
 }
 

@@ -298,8 +298,8 @@ impl Policy {
             // No database: nobody's country is known, and the rule fails closed.
             let db = geo.db.as_ref().ok_or(Refusal::Geo)?;
             let listed = db
-                .country(client)
-                .is_some_and(|c| geo.rule.countries.contains(&c));
+                .country_code(client)
+                .is_some_and(|c| geo.rule.countries.iter().any(|r| r.as_bytes() == c));
             if listed != (geo.rule.mode == RuleMode::Allow) {
                 return Err(Refusal::Geo);
             }

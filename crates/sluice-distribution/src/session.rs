@@ -60,18 +60,20 @@ impl SessionKey {
         SessionKey(mac.finalize().into_bytes().into())
     }
 
-    fn mac(&self, dist: &Id, expires: u64) -> Hmac<Sha256> {
+    /// `expires` in canonical decimal, as written in the session.
+    fn mac(&self, dist: &Id, expires: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(DOMAIN);
         mac.update(dist.as_str().as_bytes());
         mac.update(b"\0");
-        mac.update(expires.to_string().as_bytes());
+        mac.update(expires.as_bytes());
         mac
     }
 
     /// The session component for `dist`, valid until `expires` (Unix seconds).
     pub fn mint(&self, dist: &Id, expires: u64) -> String {
-        let tag = self.mac(dist, expires).finalize().into_bytes();
+        let expires = expires.to_string();
+        let tag = self.mac(dist, &expires).finalize().into_bytes();
         format!("s-{expires}-{}", hex(&tag[..MAC_BYTES]))
     }
 
@@ -83,19 +85,16 @@ impl SessionKey {
             && expires.len() <= 20
             && expires.bytes().all(|b| b.is_ascii_digit())
             && !expires.starts_with('0');
-        let expires: u64 = match expires.parse() {
+        let expires_at: u64 = match expires.parse() {
             Ok(e) if canonical => e,
             _ => return Err(SessionError::Malformed),
         };
         let tag = unhex(tag).ok_or(SessionError::Malformed)?;
-        if tag.len() != MAC_BYTES {
-            return Err(SessionError::Malformed);
-        }
         // The signature first: an expiry is only believed once it is known to be ours.
         self.mac(dist, expires)
             .verify_truncated_left(&tag)
             .map_err(|_| SessionError::BadSignature)?;
-        if now >= expires {
+        if now >= expires_at {
             return Err(SessionError::Expired);
         }
         Ok(())
@@ -106,20 +105,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 64 {
+/// Exactly [`MAC_BYTES`] bytes in lowercase hex.
+fn unhex(s: &str) -> Option<[u8; MAC_BYTES]> {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let bytes = s.as_bytes();
+    if bytes.len() != 2 * MAC_BYTES {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            let pair = s.get(i..i + 2)?;
-            if !pair.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                return None;
-            }
-            u8::from_str_radix(pair, 16).ok()
-        })
-        .collect()
+    let mut out = [0u8; MAC_BYTES];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
