@@ -271,19 +271,26 @@ impl Publisher {
         )
     }
 
-    /// Audio only (AAC in FLV, no video track).
-    pub fn audio_only(url: &str, seconds: u32) -> Publisher {
-        let child = tool("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-re"])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args(["-t", &seconds.to_string()])
-            .args(["-c:a", "aac", "-b:a", "96k", "-f", "flv", url])
+    /// Runs a publisher: no input, output discarded, errors kept for [`Publisher::wait`].
+    fn spawn(mut command: Command) -> Publisher {
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("run ffmpeg");
+            .unwrap_or_else(|e| panic!("run {:?}: {e}", command.get_program()));
         Publisher { child }
+    }
+
+    /// Audio only (AAC in FLV, no video track).
+    pub fn audio_only(url: &str, seconds: u32) -> Publisher {
+        let mut ffmpeg = tool("ffmpeg");
+        ffmpeg
+            .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args(["-t", &seconds.to_string()])
+            .args(["-c:a", "aac", "-b:a", "96k", "-f", "flv", url]);
+        Self::spawn(ffmpeg)
     }
 
     /// Sends a signal (`STOP` freezes it mid-stream, `CONT` resumes it).
@@ -318,19 +325,14 @@ impl Publisher {
             seconds * 30,
             seconds * 47
         );
-        let child = tool("gst-launch-1.0")
-            .arg("-q")
-            .args(pipeline.split_whitespace())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run gst-launch-1.0");
-        Publisher { child }
+        let mut gst = tool("gst-launch-1.0");
+        gst.arg("-q").args(pipeline.split_whitespace());
+        Self::spawn(gst)
     }
 
     fn ffmpeg(url: &str, seconds: u32, size: &str, x264: &[&str]) -> Publisher {
-        let child = tool("ffmpeg")
+        let mut ffmpeg = tool("ffmpeg");
+        ffmpeg
             .args(["-hide_banner", "-loglevel", "error", "-re"])
             .args([
                 "-f",
@@ -344,13 +346,8 @@ impl Publisher {
             .args(x264)
             .args(["-g", "30", "-pix_fmt", "yuv420p"])
             .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
-            .args(["-f", "flv", url])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run ffmpeg");
-        Publisher { child }
+            .args(["-f", "flv", url]);
+        Self::spawn(ffmpeg)
     }
 
     /// Waits for ffmpeg to exit: (success, stderr).

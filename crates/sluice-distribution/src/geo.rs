@@ -39,13 +39,8 @@ impl GeoDb {
     }
 
     /// The ISO 3166-1 alpha-2 code of `ip`'s country (where the database locates the
-    /// address, else where it is registered), uppercase; `None` when unknown.
-    pub fn country(&self, ip: IpAddr) -> Option<String> {
-        self.country_code(ip)
-            .map(|c| String::from_utf8_lossy(&c).into_owned())
-    }
-
-    /// [`GeoDb::country`] without allocating: read in place from the database.
+    /// address, else where it is registered), uppercase ASCII read in place from the
+    /// database; `None` when unknown.
     pub fn country_code(&self, ip: IpAddr) -> Option<[u8; 2]> {
         let found = self.reader.lookup(ip.to_canonical()).ok()?;
         [
@@ -95,11 +90,11 @@ pub(crate) mod tests {
     #[test]
     fn countries_of_v4_v6_and_mapped_addresses() {
         let db = test_db();
-        let c = |ip: &str| db.country(ip.parse().unwrap());
-        assert_eq!(c("81.2.69.142").as_deref(), Some("GB"));
-        assert_eq!(c("::ffff:81.2.69.142").as_deref(), Some("GB"));
-        assert_eq!(c("2001:db8:de::1").as_deref(), Some("DE"));
-        assert_eq!(c("198.51.100.9").as_deref(), Some("FR"));
+        let c = |ip: &str| db.country_code(ip.parse().unwrap());
+        assert_eq!(c("81.2.69.142"), Some(*b"GB"));
+        assert_eq!(c("::ffff:81.2.69.142"), Some(*b"GB"));
+        assert_eq!(c("2001:db8:de::1"), Some(*b"DE"));
+        assert_eq!(c("198.51.100.9"), Some(*b"FR"));
         assert_eq!(c("203.0.113.1"), None);
         assert!(GeoDb::from_bytes(b"not a database".to_vec()).is_err());
     }

@@ -46,9 +46,11 @@ impl DistributionEntry {
     /// is healthy (viewers are not bounced back when a preferred engine recovers), the
     /// healthy engines by priority (failover: the same segment number is the same media
     /// interval on every engine), then the rest.
-    fn engines_for(&self, hint: Option<&Id>) -> Vec<&EngineOutput> {
+    /// Each engine comes with whether it is healthy, judged once per request.
+    fn engines_for(&self, hint: Option<&Id>) -> Vec<(&EngineOutput, bool)> {
         if let [(_, only)] = self.engines.as_slice() {
-            return vec![only.as_ref()]; // nothing to choose: no health checks on the hot path
+            // Nothing to choose: no health checks on the hot path.
+            return vec![(only.as_ref(), true)];
         }
         let hinted = hint.and_then(|h| self.engines.iter().position(|(id, _)| id == h));
         let healthy: Vec<bool> = self.engines.iter().map(|(_, e)| e.healthy()).collect();
@@ -70,7 +72,7 @@ impl DistributionEntry {
         (0..self.engines.len()).for_each(&mut add);
         indices
             .iter()
-            .map(|&i| self.engines[i].1.as_ref())
+            .map(|&i| (self.engines[i].1.as_ref(), healthy[i]))
             .collect()
     }
 
@@ -181,17 +183,23 @@ fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// A CORS preflight (Fetch standard, "CORS protocol"): any origin may read, and send
-/// `Authorization` (viewer tokens) and `Range`. Cached by browsers for a day.
-fn preflight() -> Response<Full<Bytes>> {
+/// `204 No Content`, no body and no content type.
+fn no_content() -> Response<Full<Bytes>> {
     let mut r = response(
         StatusCode::NO_CONTENT,
         "text/plain",
         "no-store",
         Bytes::new(),
     );
+    r.headers_mut().remove(header::CONTENT_TYPE);
+    r
+}
+
+/// A CORS preflight (Fetch standard, "CORS protocol"): any origin may read, and send
+/// `Authorization` (viewer tokens) and `Range`. Cached by browsers for a day.
+fn preflight() -> Response<Full<Bytes>> {
+    let mut r = no_content();
     let h = r.headers_mut();
-    h.remove(header::CONTENT_TYPE);
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, HEAD, OPTIONS"),
@@ -341,7 +349,13 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
     };
     // The viewer's rules are judged before anything about the stream is revealed.
     let origin = policy::request_origin(req.origin, req.referer);
-    let client = policy::client_address(req.peer, req.forwarded_for, &catalog.trusted_proxies);
+    // Only rules and overrides look at the viewer's address: an open distribution does
+    // not parse X-Forwarded-For.
+    let client = if dist.policy.is_open() && dist.overrides.is_empty() {
+        req.peer.to_canonical()
+    } else {
+        policy::client_address(req.peer, req.forwarded_for, &catalog.trusted_proxies)
+    };
     if let Route::Multivariant { output, .. } = &route {
         return multivariant(
             state, &catalog, req, dist_id, dist, *output, client, origin, now,
@@ -366,14 +380,7 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
     }
     if let Route::SessionCheck { .. } = route {
         // Admitted (or an open distribution): a cache in front may serve this viewer.
-        let mut r = response(
-            StatusCode::NO_CONTENT,
-            "text/plain",
-            "no-store",
-            Bytes::new(),
-        );
-        r.headers_mut().remove(header::CONTENT_TYPE);
-        return r;
+        return no_content();
     }
     let engines = dist.engines_for(engine.as_ref());
     with_cors(serve_route(dist, &engines, &route), &dist.policy, origin)
@@ -493,7 +500,7 @@ fn multivariant(
 /// The response for an admitted child request (media playlist, init, segment).
 fn serve_route(
     dist: &DistributionEntry,
-    engines: &[&EngineOutput],
+    engines: &[(&EngineOutput, bool)],
     route: &Route,
 ) -> Response<Full<Bytes>> {
     let output = match route {
@@ -519,29 +526,30 @@ fn serve_route(
         } => {
             // Of the healthy engines, the first (in the viewer's order) that is furthest
             // ahead: a switch between engines never takes the newest segment back.
-            let newest = |e: &&EngineOutput| e.latest_msn(rendition.as_str());
-            let furthest = if engines.len() > 1 {
+            let (rendition, output) = (rendition.as_str(), *output);
+            let from_engine = if engines.len() > 1 {
+                let newest: Vec<Option<u64>> = engines
+                    .iter()
+                    .map(|(e, healthy)| healthy.then(|| e.latest_msn(rendition)).flatten())
+                    .collect();
+                let furthest = newest.iter().max().copied().flatten();
                 engines
                     .iter()
-                    .filter(|e| e.healthy())
-                    .map(newest)
-                    .max()
-                    .flatten()
+                    .zip(&newest)
+                    .filter(|(_, n)| furthest.is_none() || **n == furthest)
+                    .map(|(e, _)| e)
+                    .chain(engines.iter())
+                    .find_map(|(e, _)| e.media_playlist(output, rendition))
             } else {
-                None
+                engines
+                    .iter()
+                    .find_map(|(e, _)| e.media_playlist(output, rendition))
             };
-            let ordered = engines
-                .iter()
-                .filter(|e| furthest.is_none() || (e.healthy() && newest(e) == furthest))
-                .chain(engines.iter());
-            match ordered
-                .into_iter()
-                .find_map(|e| e.media_playlist(*output, rendition.as_str()))
-            {
+            match from_engine {
                 Some(body) => response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body),
                 None if engines
                     .iter()
-                    .any(|e| e.rendition_names().iter().any(|n| n == rendition.as_str())) =>
+                    .any(|(e, _)| e.rendition_names().iter().any(|n| n == rendition)) =>
                 {
                     error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n")
                 }
@@ -552,7 +560,7 @@ fn serve_route(
             rendition, version, ..
         } => match engines
             .iter()
-            .find_map(|e| e.init_segment(rendition.as_str(), *version))
+            .find_map(|(e, _)| e.init_segment(rendition.as_str(), *version))
         {
             Some(body) => response(StatusCode::OK, "video/mp4", SEGMENT_CACHE, body),
             None => error(StatusCode::NOT_FOUND, "no such init segment\n"),
@@ -565,7 +573,7 @@ fn serve_route(
         } => {
             match engines
                 .iter()
-                .find_map(|e| e.segment(*output, rendition.as_str(), *msn))
+                .find_map(|(e, _)| e.segment(*output, rendition.as_str(), *msn))
             {
                 Some(body) => {
                     let ct = match output {

@@ -75,8 +75,6 @@ pub struct BusStats {
 }
 
 struct BusState {
-    /// The id of the publisher that owns the channel.
-    owner: Option<u64>,
     next_publisher: u64,
     next_session: u64,
     /// Where the next session starts on the channel timeline.
@@ -90,7 +88,8 @@ pub struct ChannelBus {
     grid: MediaTime,
     tx: broadcast::Sender<MediaEvent>,
     state: Mutex<BusState>,
-    /// The owner's id, readable without the lock on every frame.
+    /// The id of the publisher that owns the channel (0: none), read without the lock on
+    /// every frame; changed only under the state lock.
     owner: AtomicU64,
     /// When the owner last sent a frame (ms since `epoch`).
     last_frame_ms: AtomicU64,
@@ -118,7 +117,6 @@ impl ChannelBus {
             grid,
             tx,
             state: Mutex::new(BusState {
-                owner: None,
                 next_publisher: 1,
                 next_session: 1,
                 next_start: round_up(timeline_start.max(0), grid),
@@ -145,7 +143,7 @@ impl ChannelBus {
     }
 
     pub fn is_publishing(&self) -> bool {
-        self.lock().owner.is_some()
+        self.owner.load(Ordering::Relaxed) != 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BusState> {
@@ -172,7 +170,8 @@ impl ChannelBus {
     ) -> Result<Publisher, BusError> {
         let source = source.into();
         let mut st = self.lock();
-        if let Some(old) = st.owner {
+        let old = self.owner.load(Ordering::Relaxed);
+        if old != 0 {
             let idle = self
                 .now_ms()
                 .saturating_sub(self.last_frame_ms.load(Ordering::Relaxed));
@@ -192,7 +191,6 @@ impl ChannelBus {
         }
         let id = st.next_publisher;
         st.next_publisher += 1;
-        st.owner = Some(id);
         self.owner.store(id, Ordering::Relaxed);
         self.head.store(i64::MIN, Ordering::Relaxed);
         self.touch();
@@ -458,9 +456,9 @@ impl Drop for Publisher {
             return; // the channel and its timeline belong to the new publisher
         }
         self.end_session();
-        let mut st = self.bus.lock();
-        if st.owner == Some(self.id) {
-            st.owner = None;
+        // Under the state lock, as `begin_publish` claims it.
+        let _state = self.bus.lock();
+        if self.bus.owner.load(Ordering::Relaxed) == self.id {
             self.bus.owner.store(0, Ordering::Relaxed);
         }
     }

@@ -248,9 +248,10 @@ pub struct EngineOutput {
     multivariant_cache: Mutex<MultivariantCache>,
     /// Bumped after every change to the state.
     generation: AtomicU64,
-    /// When the last segment with media was added (for engine health).
+    /// When the last segment with media was added, and how long ago it may be for the
+    /// engine to count as healthy (two segment durations and a second).
     last_media: Mutex<Option<Instant>>,
-    segment_duration: MediaTime,
+    health_window: Duration,
     changes: watch::Sender<u64>,
 }
 
@@ -277,7 +278,8 @@ impl EngineOutput {
             multivariant_cache: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             last_media: Mutex::new(None),
-            segment_duration,
+            health_window: Duration::from_nanos(segment_duration.max(0) as u64 * 2)
+                + Duration::from_secs(1),
             changes: watch::channel(0).0,
         }
     }
@@ -508,21 +510,19 @@ impl EngineOutput {
             .collect()
     }
 
-    // ---- writer side (crate-private, called by the packager) ----
-
     /// Healthy: a segment with media came within two segment durations (and a second)
     /// of `now`. A distribution serves from its healthy engine of lowest priority.
     pub fn healthy_at(&self, now: Instant) -> bool {
-        let window =
-            Duration::from_nanos(self.segment_duration.max(0) as u64 * 2) + Duration::from_secs(1);
         let last = *self.last_media.lock().unwrap_or_else(|e| e.into_inner());
-        last.is_some_and(|t| now.saturating_duration_since(t) <= window)
+        last.is_some_and(|t| now.saturating_duration_since(t) <= self.health_window)
     }
 
     /// [`EngineOutput::healthy_at`] now.
     pub fn healthy(&self) -> bool {
         self.healthy_at(Instant::now())
     }
+
+    // ---- writer side (crate-private, called by the packager) ----
 
     pub(crate) fn add_segment(&self, output: OutputKind, rendition: &str, seg: StoredSegment) {
         if seg.data.is_some() {

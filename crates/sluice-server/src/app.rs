@@ -310,28 +310,20 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         reserved: 0,
         reserved_for: vec![],
     });
-    servers.spawn(supervise("HTTP listener".into(), cancel.clone(), {
-        let cancel = cancel.clone();
-        move || {
+    servers.spawn(listen::supervised_accept_loop(
+        "HTTP",
+        http,
+        admission,
+        limits.drain,
+        cancel.clone(),
+        move |stream, peer, cancel| {
             let (state, limits) = (state.clone(), limits.clone());
-            listen::accept_loop(
-                "HTTP",
-                http.clone(),
-                admission.clone(),
-                limits.drain,
-                cancel.clone(),
-                move |stream, peer, cancel| {
-                    let (state, limits) = (state.clone(), limits.clone());
-                    async move {
-                        sluice_distribution::serve_http_connection(
-                            stream, peer, state, &limits, cancel,
-                        )
-                        .await
-                    }
-                },
-            )
-        }
-    }));
+            async move {
+                sluice_distribution::serve_http_connection(stream, peer, state, &limits, cancel)
+                    .await
+            }
+        },
+    ));
     let router: Arc<dyn sluice_ingest::PublishRouter> = Arc::new(router);
     let limits = RtmpLimits::default();
     // Slots are kept for the encoders an ingest names in allow_cidrs: a flood from
@@ -353,26 +345,19 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         },
         reserved_for: allowed,
     });
-    servers.spawn(supervise("RTMP listener".into(), cancel.clone(), {
-        let cancel = cancel.clone();
-        move || {
+    servers.spawn(listen::supervised_accept_loop(
+        "RTMP",
+        rtmp,
+        admission,
+        std::time::Duration::from_secs(1),
+        cancel.clone(),
+        move |stream, peer, cancel| {
             let (router, limits) = (router.clone(), limits.clone());
-            listen::accept_loop(
-                "RTMP",
-                rtmp.clone(),
-                admission.clone(),
-                std::time::Duration::from_secs(1),
-                cancel.clone(),
-                move |stream, peer, cancel| {
-                    let (router, limits) = (router.clone(), limits.clone());
-                    async move {
-                        sluice_ingest::serve_rtmp_connection(stream, peer, router, &limits, cancel)
-                            .await
-                    }
-                },
-            )
-        }
-    }));
+            async move {
+                sluice_ingest::serve_rtmp_connection(stream, peer, router, &limits, cancel).await
+            }
+        },
+    ));
 
     shutdown_signal().await;
     tracing::info!("shutting down");

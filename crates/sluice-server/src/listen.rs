@@ -16,6 +16,33 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{AdmissionTable, Refused};
+use crate::supervise::supervise;
+
+/// [`accept_loop`] under [`supervise`]: a listener whose loop panics or stops before
+/// `cancel` is started again on the same socket.
+pub async fn supervised_accept_loop<F, Fut>(
+    what: &'static str,
+    listener: Arc<TcpListener>,
+    admission: Arc<AdmissionTable>,
+    drain: Duration,
+    cancel: CancellationToken,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    supervise(format!("{what} listener"), cancel.clone(), move || {
+        accept_loop(
+            what,
+            listener.clone(),
+            admission.clone(),
+            drain,
+            cancel.clone(),
+            serve.clone(),
+        )
+    })
+    .await
+}
 
 pub async fn accept_loop<F, Fut>(
     what: &'static str,
