@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Requests per second for segments and playlists, in one run, from:
-#   nginx     serving the same bytes from files (sendfile, open_file_cache): the peer;
+#   nginx     serving the same bytes from files (sendfile, open_file_cache): the peer,
+#             asked the same request each Sluice distribution is asked (for the guarded
+#             one: the session path, X-Forwarded-For and Origin, answered with CORS);
 #   open      a Sluice distribution with no rules;
 #   guarded   a Sluice distribution with every rule: JWT (checked on the multivariant),
 #             then on each child request the session, geo (country database), IP rule
@@ -105,10 +107,14 @@ for p in "$guarded_playlist" "$guarded_seg"; do
   curl -sf "${hdr[@]}" -o /dev/null "http://127.0.0.1:$http$p" || { echo "bench: $p refused" >&2; exit 1; }
 done
 
-# nginx serves the same bytes from files.
-mkdir -p "$work/www/live/open/cmaf/source"
+# nginx serves the same bytes from files, at the open paths and at the guarded paths (the
+# same request line and headers as the guarded distribution gets, answered with the same
+# CORS headers), so each Sluice figure is compared with nginx answering the same request.
+mkdir -p "$work/www/live/open/cmaf/source" "$work/www/live/guarded/$session/cmaf/source"
 curl -sf "http://127.0.0.1:$http$playlist_path" -o "$work/www$playlist_path"
 curl -sf "http://127.0.0.1:$http$seg_path" -o "$work/www$seg_path"
+cp "$work/www$playlist_path" "$work/www$guarded_playlist"
+cp "$work/www$seg_path" "$work/www$guarded_seg"
 seg_bytes=$(stat -c %s "$work/www$seg_path")
 cat >"$work/nginx.conf" <<EOF
 user root;
@@ -121,7 +127,14 @@ http {
   sendfile on; tcp_nopush on; keepalive_requests 1000000;
   open_file_cache max=100; open_file_cache_valid 60s;
   types { application/vnd.apple.mpegurl m3u8; video/iso.segment m4s; }
-  server { listen 127.0.0.1:$nginx_port; root $work/www; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    root $work/www;
+    location /live/guarded/ {
+      add_header Access-Control-Allow-Origin \$http_origin;
+      add_header Vary Origin;
+    }
+  }
 }
 EOF
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
@@ -134,21 +147,28 @@ rps() { # url [header...]
   for h in "$@"; do args+=(-H "$h"); done
   wrk -t2 -c"$conns" -d"${seconds}s" "${args[@]}" "$url" | awk '/Requests\/sec/ {print $2}'
 }
+viewer=("X-Forwarded-For: 81.2.69.142" "Origin: https://eu.example.com")
 n_seg=$(rps "http://127.0.0.1:$nginx_port$seg_path")
 o_seg=$(rps "http://127.0.0.1:$http$seg_path")
-g_seg=$(rps "http://127.0.0.1:$http$guarded_seg" "X-Forwarded-For: 81.2.69.142" "Origin: https://eu.example.com")
+ng_seg=$(rps "http://127.0.0.1:$nginx_port$guarded_seg" "${viewer[@]}")
+g_seg=$(rps "http://127.0.0.1:$http$guarded_seg" "${viewer[@]}")
 n_pl=$(rps "http://127.0.0.1:$nginx_port$playlist_path")
 o_pl=$(rps "http://127.0.0.1:$http$playlist_path")
-g_pl=$(rps "http://127.0.0.1:$http$guarded_playlist" "X-Forwarded-For: 81.2.69.142" "Origin: https://eu.example.com")
-g_mv=$(rps "http://127.0.0.1:$http/live/guarded/cmaf/index.m3u8?token=$token" "X-Forwarded-For: 81.2.69.142" "Origin: https://eu.example.com")
+ng_pl=$(rps "http://127.0.0.1:$nginx_port$guarded_playlist" "${viewer[@]}")
+g_pl=$(rps "http://127.0.0.1:$http$guarded_playlist" "${viewer[@]}")
+g_mv=$(rps "http://127.0.0.1:$http/live/guarded/cmaf/index.m3u8?token=$token" "${viewer[@]}")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-printf '\n%-34s %12s %10s\n' "what ($seg_bytes-byte segment)" "req/s" "vs nginx"
-printf '%-34s %12s %10s\n' "segment, nginx (file)" "$n_seg" "1.00"
-printf '%-34s %12s %10s\n' "segment, open distribution" "$o_seg" "$(ratio "$o_seg" "$n_seg")"
-printf '%-34s %12s %10s\n' "segment, guarded (full policy)" "$g_seg" "$(ratio "$g_seg" "$n_seg")"
-printf '%-34s %12s %10s\n' "playlist, nginx (file)" "$n_pl" "1.00"
-printf '%-34s %12s %10s\n' "playlist, open distribution" "$o_pl" "$(ratio "$o_pl" "$n_pl")"
-printf '%-34s %12s %10s\n' "playlist, guarded (full policy)" "$g_pl" "$(ratio "$g_pl" "$n_pl")"
-printf '%-34s %12s %10s\n' "multivariant, guarded (JWT each)" "$g_mv" "$(ratio "$g_mv" "$n_pl")"
-echo "BENCH_JSON {\"seconds\":$seconds,\"connections\":$conns,\"segment_bytes\":$seg_bytes,\"nginx_segment\":$n_seg,\"open_segment\":$o_seg,\"guarded_segment\":$g_seg,\"nginx_playlist\":$n_pl,\"open_playlist\":$o_pl,\"guarded_playlist\":$g_pl,\"guarded_multivariant\":$g_mv}"
+row() { printf '%-46s %12s %10s\n' "$@"; }
+echo
+row "what ($seg_bytes-byte segment)" "req/s" "vs nginx"
+row "segment, nginx (file)" "$n_seg" "1.00"
+row "segment, open distribution" "$o_seg" "$(ratio "$o_seg" "$n_seg")"
+row "segment, nginx (file, the guarded request)" "$ng_seg" "1.00"
+row "segment, guarded (full policy)" "$g_seg" "$(ratio "$g_seg" "$ng_seg")"
+row "playlist, nginx (file)" "$n_pl" "1.00"
+row "playlist, open distribution" "$o_pl" "$(ratio "$o_pl" "$n_pl")"
+row "playlist, nginx (file, the guarded request)" "$ng_pl" "1.00"
+row "playlist, guarded (full policy)" "$g_pl" "$(ratio "$g_pl" "$ng_pl")"
+row "multivariant, guarded (JWT each), vs playlist" "$g_mv" "$(ratio "$g_mv" "$ng_pl")"
+echo "BENCH_JSON {\"seconds\":$seconds,\"connections\":$conns,\"segment_bytes\":$seg_bytes,\"nginx_segment\":$n_seg,\"open_segment\":$o_seg,\"nginx_guarded_segment\":$ng_seg,\"guarded_segment\":$g_seg,\"nginx_playlist\":$n_pl,\"open_playlist\":$o_pl,\"nginx_guarded_playlist\":$ng_pl,\"guarded_playlist\":$g_pl,\"guarded_multivariant\":$g_mv}"

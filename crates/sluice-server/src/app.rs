@@ -28,6 +28,7 @@ use crate::admission::{AdmissionPolicy, AdmissionTable};
 use crate::engine_runner;
 use crate::listen;
 use crate::supervise::supervise;
+use crate::workers::WorkerPool;
 
 /// Compressed input an engine may queue before it drops to the next keyframe (a
 /// backstop: the bound that matters is two segments of media time).
@@ -310,6 +311,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         reserved: 0,
         reserved_for: vec![],
     });
+    let http_workers = Arc::new(WorkerPool::per_core("http").context("HTTP worker threads")?);
     servers.spawn(listen::supervised_accept_loop(
         "HTTP",
         http,
@@ -318,10 +320,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         cancel.clone(),
         move |stream, peer, cancel| {
             let (state, limits) = (state.clone(), limits.clone());
-            async move {
+            http_workers.serve(stream, move |stream| async move {
                 sluice_distribution::serve_http_connection(stream, peer, state, &limits, cancel)
                     .await
-            }
+            })
         },
     ));
     let router: Arc<dyn sluice_ingest::PublishRouter> = Arc::new(router);
