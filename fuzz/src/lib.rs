@@ -102,10 +102,16 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
-/// The path of an HTTP request, decoded into a route (with or without a session
-/// component), and the session checked.
+/// An HTTP request target: the path decoded into a route (with or without a session
+/// component), the session checked, and the query's LL-HLS delivery directives.
 pub fn http_path(data: &[u8]) {
-    if let Ok(path) = std::str::from_utf8(data) {
+    if let Ok(target) = std::str::from_utf8(data) {
+        // A request target: the path, and the query with its LL-HLS directives.
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let _ = sluice_distribution::Directives::parse(query);
         let _ = sluice_distribution::path::parse(path);
         if let Some(sluice_distribution::path::Request {
             session: Some(session),

@@ -111,7 +111,8 @@ fn rtmp_push_becomes_an_aligned_cmaf_and_ts_ladder() {
         })
         .collect();
     for p in &playlists {
-        assert_eq!(p.version, Some(7));
+        // LL-HLS (parts are on by default): version 9 for EXT-X-SKIP.
+        assert_eq!(p.version, Some(9));
         assert_eq!(p.target_duration, 1);
         assert!(
             p.segments[0].map.is_some(),
@@ -186,6 +187,70 @@ fn rtmp_push_becomes_an_aligned_cmaf_and_ts_ladder() {
     assert!(
         (starts[0] - starts[1]).abs() < 0.001,
         "renditions start segment {msn} at the same time: {starts:?}"
+    );
+
+    // LL-HLS from the real transcode, over HTTP: a listed segment is the concatenation of
+    // its parts, each at most PART-TARGET, the first independent one decodes after the
+    // init segment; a blocking request for the hinted part is answered once it exists.
+    let pl_url = server.url("/live/one/cmaf/360p/index.m3u8");
+    let text = String::from_utf8(get_ok(&pl_url)).unwrap();
+    assert!(
+        text.contains("#EXT-X-PART-INF:PART-TARGET=0.50000\n"),
+        "{text}"
+    );
+    let p = media_playlist(text.as_bytes());
+    let with_parts = p.segments.iter().rev().find(|s| !s.unknown_tags.is_empty());
+    let seg = with_parts.expect("the newest segments list their parts");
+    let seg_msn: u64 = seg.uri.trim_end_matches(".m4s").parse().unwrap();
+    let mut joined = Vec::new();
+    for tag in seg.unknown_tags.iter().filter(|t| t.tag == "X-PART") {
+        let rest = tag.rest.as_deref().unwrap_or("");
+        let duration: f64 = rest
+            .split(',')
+            .find_map(|a| a.strip_prefix("DURATION="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(duration <= 0.5, "{rest}");
+        let uri = rest
+            .split("URI=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let (status, headers, body) = get(&server.url(&format!("/live/one/cmaf/360p/{uri}")));
+        assert_eq!(status, 200, "{uri}");
+        assert!(
+            header(&headers, "cache-control")
+                .unwrap()
+                .contains("immutable")
+        );
+        if joined.is_empty() {
+            assert!(rest.contains("INDEPENDENT=YES"), "{rest}");
+            let init_uri = &p.segments[0].map.as_ref().unwrap().uri;
+            let init = get_ok(&server.url(&format!("/live/one/cmaf/360p/{init_uri}")));
+            let pr = probe(&[init.as_slice(), &body].concat(), "mp4");
+            assert!(pr.frames[0].1 && pr.frames.len() >= 10, "{:?}", pr.frames);
+        }
+        joined.extend_from_slice(&body);
+    }
+    let whole = get_ok(&server.url(&format!("/live/one/cmaf/360p/{seg_msn}.m4s")));
+    assert_eq!(joined, whole, "segment {seg_msn} is its parts");
+    let hint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+        .expect("a preload hint")
+        .trim_end_matches('"')
+        .trim_end_matches(".m4s")
+        .to_owned();
+    let (hint_msn, hint_part) = hint.split_once('.').unwrap();
+    let blocking = format!("{pl_url}?_HLS_msn={hint_msn}&_HLS_part={hint_part}");
+    let (status, _, body) = get(&blocking);
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&body).contains(&format!("URI=\"{hint}.m4s\"")),
+        "the blocking answer lists {hint}"
     );
 
     // TS: audio muxed into each rendition.
@@ -377,12 +442,11 @@ fn check_reports_every_config_error_with_its_position() {
         assert!(stderr.contains(pos), "missing an error at {pos}:\n{stderr}");
     }
     // A rule the server does not enforce yet is refused by check and by serve, with its
-    // position, instead of being accepted and ignored (players would not get the latency
-    // asked for).
-    let geo = dir.join("latency.toml");
+    // position, instead of being accepted and ignored (the encoder would not be capped).
+    let geo = dir.join("capped.toml");
     std::fs::write(
         &geo,
-        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\n[channels.c.engines.e]\nladder = \"passthrough\"\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
+        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\nmax_kbps = 5000\n[channels.c.engines.e]\nladder = \"passthrough\"\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
     )
     .unwrap();
     for command in ["check", "serve"] {
@@ -394,7 +458,7 @@ fn check_reports_every_config_error_with_its_position() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
         assert!(
-            stderr.contains("latency.toml:8:26: not supported yet: target_latency_seconds"),
+            stderr.contains("capped.toml:3:12: not supported yet: an ingest bitrate cap"),
             "{command}: {stderr}"
         );
     }

@@ -11,8 +11,7 @@
 //! (its `overrides`).
 //!
 //! Keys that only say where to listen or store (`srt_listen`, `https_listen`,
-//! `data_dir`, ...) and `part_seconds` stay accepted; [`not_served_yet`] lists them
-//! for a log line at start.
+//! `data_dir`, ...) stay accepted; [`not_served_yet`] lists them for a log line at start.
 
 use crate::model::{Config, IngestProtocol};
 use crate::parse::Problem;
@@ -72,14 +71,6 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
             }
         }
     }
-    for d in raw.distributions.values() {
-        let d = d.get_ref();
-        if let Some(l) = &d.target_latency_seconds
-            && *l.get_ref() != 0.0
-        {
-            refuse(problems, l, "target_latency_seconds other than 0");
-        }
-    }
 }
 
 /// Accepted settings the server does not act on yet, one sentence each, for a log line
@@ -95,13 +86,6 @@ pub fn not_served_yet(c: &Config) -> Vec<String> {
     ));
     if !c.api.admin_tokens.is_empty() {
         out.push("api.admin_tokens: the control API is not served yet".into());
-    }
-    for (id, l) in &c.ladders {
-        if l.part_seconds > 0.0 {
-            out.push(format!(
-                "ladders.{id}.part_seconds: LL-HLS parts are not served yet"
-            ));
-        }
     }
     out
 }

@@ -272,14 +272,6 @@ fn unenforced_keys_are_refused_with_their_position() {
         ("channels.final.engines.main.record", "recording"),
         ("channels.final.sources", "extra sources"),
         ("channels.final.outputs", "channel outputs"),
-        (
-            "distributions.reseller-eu.target_latency_seconds",
-            "target_latency_seconds",
-        ),
-        (
-            "distributions.reseller-eu-lowlatency.target_latency_seconds",
-            "target_latency_seconds",
-        ),
     ];
     assert_eq!(got.len(), want.len(), "{show}");
     for (e, (path, fragment)) in got.iter().zip(want) {
@@ -294,32 +286,29 @@ fn unenforced_keys_are_refused_with_their_position() {
         (got[3].line, got[3].column),
         line("protocol = |\"srt-pull\"")
     );
-    assert_eq!(
-        (got[8].line, got[8].column),
-        line("target_latency_seconds = |3.0")
-    );
 }
 
-/// A latency target: refused at its value (not acted on yet), not accepted and ignored.
-/// Viewer tokens, geo and IP rules, allowed origins and overrides are enforced, so they
-/// pass.
+/// Every distribution rule is enforced (viewer tokens, geo and IP rules, allowed origins,
+/// overrides, the latency target), so they pass; an ingest bitrate cap is not acted on yet:
+/// refused at its value, not accepted and ignored.
 #[test]
-fn a_latency_target_is_refused_not_ignored() {
+fn an_ingest_cap_is_refused_not_ignored() {
     let src = format!(
         "{BASE}[distributions.d]\nchannel = \"c\"\ngeo = {{ mode = \"allow\", countries = [\"DE\"] }}\nip = {{ mode = \"deny\", cidrs = [\"203.0.113.0/24\"] }}\nallowed_origins = [\"https://eu.example.com\"]\ntarget_latency_seconds = 2.5\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n[[distributions.d.overrides]]\ndevice_type = \"mobile\"\ntargets = [{{ distribution = \"d\", weight = 1 }}]\n"
     );
     ok(&src);
-    let e = Config::from_toml_str(&src, "t.toml").unwrap_err().errors;
+    let capped = src.replace(
+        "protocol = \"test-pattern\"",
+        "protocol = \"test-pattern\"\nmax_kbps = 5000",
+    );
+    let e = Config::from_toml_str(&capped, "t.toml").unwrap_err().errors;
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
-        e[0].message
-            .contains("not supported yet: target_latency_seconds"),
+        e[0].message.starts_with("not supported yet: ")
+            && e[0].message.contains("ingest bitrate cap"),
         "{e:?}"
     );
-    assert_eq!(
-        (e[0].line, e[0].column),
-        at(&src, "target_latency_seconds = |2.5")
-    );
+    assert_eq!((e[0].line, e[0].column), at(&capped, "max_kbps = |5000"));
 }
 
 #[test]

@@ -8,6 +8,8 @@
 
 mod deadline;
 pub mod geo;
+#[cfg(test)]
+mod ll_tests;
 pub mod overrides;
 pub mod path;
 pub mod policy;
@@ -17,7 +19,7 @@ pub mod session;
 pub use geo::{GeoDb, GeoDbError};
 pub use policy::{Geo, Policy, Refusal, SignError, sign_token};
 pub use server::{
-    Catalog, DistributionEntry, HttpLimits, HttpState, RefusalCounts, RequestFacts, handle,
-    serve_http_connection,
+    Answer, Catalog, Directives, DistributionEntry, HttpLimits, HttpState, Parked, RefusalCounts,
+    RequestFacts, handle, plan, serve_http_connection,
 };
 pub use session::SessionKey;

@@ -39,6 +39,13 @@ pub enum Route {
         rendition: Id,
         msn: u64,
     },
+    /// `/live/<dist>/cmaf/<rendition>/<msn>.<part>.m4s`: an LL-HLS part.
+    Part {
+        dist: Id,
+        rendition: Id,
+        msn: u64,
+        part: u32,
+    },
 }
 
 fn output(s: &str) -> Option<OutputKind> {
@@ -50,7 +57,7 @@ fn output(s: &str) -> Option<OutputKind> {
 }
 
 /// A decimal number without sign, leading `+` or leading zeros (one canonical URL per resource).
-fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
+pub fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
     let canonical =
         !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     if canonical { s.parse().ok() } else { None }
@@ -168,7 +175,16 @@ fn parse_child(dist: &str, tail: &str) -> Option<Route> {
         OutputKind::Cmaf => ".m4s",
         OutputKind::Ts => ".ts",
     };
-    let msn = number(file.strip_suffix(ext)?)?;
+    let name = file.strip_suffix(ext)?;
+    if let Some((msn, part)) = name.split_once('.') {
+        return (output == OutputKind::Cmaf).then_some(Route::Part {
+            dist,
+            rendition,
+            msn: number(msn)?,
+            part: number(part)?,
+        });
+    }
+    let msn = number(name)?;
     Some(Route::Segment {
         dist,
         output,
@@ -236,6 +252,25 @@ mod tests {
                 msn: 0
             })
         );
+        assert_eq!(
+            parse("/live/demo/cmaf/audio/1234.0.m4s"),
+            Some(Route::Part {
+                dist: id("demo"),
+                rendition: id("audio"),
+                msn: 1234,
+                part: 0
+            })
+        );
+        // Parts are CMAF only, and numbered canonically.
+        for bad in [
+            "/live/demo/ts/360p/12.1.ts",
+            "/live/demo/cmaf/360p/12.01.m4s",
+            "/live/demo/cmaf/360p/12..m4s",
+            "/live/demo/cmaf/360p/12.1.2.m4s",
+            "/live/demo/cmaf/360p/.1.m4s",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sluice_core::Id;
-use sluice_package::{EngineOutput, OutputKind};
+use sluice_core::{Id, MediaTime};
+use sluice_package::playlist::{server_control_line, with_server_control};
+use sluice_package::{Awaited, EngineOutput, OutputKind, Readiness};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +40,9 @@ pub struct DistributionEntry {
     pub enabled: bool,
     /// The engines that may serve it, most preferred (lowest priority number) first.
     pub engines: Vec<(Id, Arc<EngineOutput>)>,
+    /// `target_latency_seconds`: raises the LL-HLS `PART-HOLD-BACK`/`HOLD-BACK` of its
+    /// media playlists (never below the spec's minimums).
+    pub target_latency: Option<MediaTime>,
 }
 
 impl DistributionEntry {
@@ -47,10 +51,10 @@ impl DistributionEntry {
     /// healthy engines by priority (failover: the same segment number is the same media
     /// interval on every engine), then the rest.
     /// Each engine comes with whether it is healthy, judged once per request.
-    fn engines_for(&self, hint: Option<&Id>) -> Vec<(&EngineOutput, bool)> {
+    fn engines_for(&self, hint: Option<&Id>) -> Vec<(&Arc<EngineOutput>, bool)> {
         if let [(_, only)] = self.engines.as_slice() {
             // Nothing to choose: no health checks on the hot path.
-            return vec![(only.as_ref(), true)];
+            return vec![(only, true)];
         }
         let hinted = hint.and_then(|h| self.engines.iter().position(|(id, _)| id == h));
         let healthy: Vec<bool> = self.engines.iter().map(|(_, e)| e.healthy()).collect();
@@ -72,7 +76,7 @@ impl DistributionEntry {
         (0..self.engines.len()).for_each(&mut add);
         indices
             .iter()
-            .map(|&i| (self.engines[i].1.as_ref(), healthy[i]))
+            .map(|&i| (&self.engines[i].1, healthy[i]))
             .collect()
     }
 
@@ -307,18 +311,211 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Answers one request. Pure apart from reading the state: unit-testable without sockets.
+/// An answer now, or a request parked until the playlist or part it asks for exists
+/// (LL-HLS blocking playlist reload and preload hints).
+pub enum Answer {
+    Now(Response<Full<Bytes>>),
+    Park(Parked),
+}
+
+impl From<Response<Full<Bytes>>> for Answer {
+    fn from(r: Response<Full<Bytes>>) -> Self {
+        Answer::Now(r)
+    }
+}
+
+/// What a parked request waits for, and how it is answered once it may be.
+pub struct Parked {
+    engine: Arc<EngineOutput>,
+    output: OutputKind,
+    rendition: String,
+    want: Awaited,
+    kind: ParkedKind,
+    /// `Access-Control-Allow-Origin` to answer with (restricted origins), else `*`.
+    cors: Option<Option<HeaderValue>>,
+    /// Give up (503) after this long: about three target durations.
+    wait: Duration,
+}
+
+enum ParkedKind {
+    Playlist {
+        skip: bool,
+        target_latency: Option<MediaTime>,
+    },
+    Part {
+        msn: u64,
+        index: u32,
+    },
+}
+
+impl Parked {
+    /// The answer if what it waits for is there (or never will be), else `None`.
+    fn try_answer(&self) -> Option<Response<Full<Bytes>>> {
+        let r = match self
+            .engine
+            .readiness(self.output, &self.rendition, self.want)?
+        {
+            Readiness::Waiting => return None,
+            Readiness::TooFar => match self.kind {
+                ParkedKind::Playlist { .. } => {
+                    error(StatusCode::BAD_REQUEST, "_HLS_msn too far ahead\n")
+                }
+                ParkedKind::Part { .. } => error(StatusCode::NOT_FOUND, "no such part\n"),
+            },
+            Readiness::Ready => match self.kind {
+                ParkedKind::Playlist {
+                    skip,
+                    target_latency,
+                } => media_playlist_response(
+                    &self.engine,
+                    self.output,
+                    &self.rendition,
+                    skip,
+                    target_latency,
+                )?,
+                ParkedKind::Part { msn, index } => {
+                    part_response(&self.engine, &self.rendition, msn, index)
+                }
+            },
+        };
+        Some(self.with_cors(r))
+    }
+
+    fn with_cors(&self, mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+        if let Some(origin) = &self.cors {
+            let h = r.headers_mut();
+            match origin {
+                Some(o) => h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone()),
+                None => h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            };
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        r
+    }
+
+    /// Waits (a future on the playlist's change signal, no thread, no polling) until the
+    /// request can be answered, or `wait` runs out (503).
+    pub async fn answer(self) -> Response<Full<Bytes>> {
+        let mut changes = self.engine.subscribe_playlist(self.output, &self.rendition);
+        let deadline = tokio::time::sleep(self.wait);
+        tokio::pin!(deadline);
+        loop {
+            // Subscribed first, then checked: a change in between is not missed.
+            if let Some(r) = self.try_answer() {
+                return r;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                () = &mut deadline => break,
+            }
+        }
+        self.with_cors(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not available in time\n",
+        ))
+    }
+}
+
+/// The LL-HLS delivery directives of a media playlist request (RFC 8216bis §6.2.5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directives {
+    pub msn: Option<u64>,
+    pub part: Option<u32>,
+    pub skip: bool,
+}
+
+impl Directives {
+    /// From the query; `Err` for a malformed, repeated or inconsistent directive (400).
+    pub fn parse(query: Option<&str>) -> Result<Self, &'static str> {
+        let mut d = Directives::default();
+        let mut seen_skip = false;
+        for pair in query.unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "_HLS_msn" if d.msn.is_none() => {
+                    d.msn = Some(path::number(v).ok_or("bad _HLS_msn\n")?)
+                }
+                "_HLS_part" if d.part.is_none() => {
+                    d.part = Some(path::number(v).ok_or("bad _HLS_part\n")?)
+                }
+                "_HLS_skip" if !seen_skip => {
+                    seen_skip = true;
+                    d.skip = match v {
+                        "YES" | "v2" => true,
+                        _ => return Err("bad _HLS_skip\n"),
+                    }
+                }
+                "_HLS_msn" | "_HLS_part" | "_HLS_skip" => return Err("repeated directive\n"),
+                _ => {}
+            }
+        }
+        if d.part.is_some() && d.msn.is_none() {
+            return Err("_HLS_part without _HLS_msn\n");
+        }
+        Ok(d)
+    }
+}
+
+/// A media playlist as served: its delta update when asked and available, with the
+/// distribution's own hold-backs. `None` when the rendition has no playlist yet.
+fn media_playlist_response(
+    engine: &EngineOutput,
+    output: OutputKind,
+    rendition: &str,
+    skip: bool,
+    target_latency: Option<MediaTime>,
+) -> Option<Response<Full<Bytes>>> {
+    let rendered = engine.rendered(output, rendition)?;
+    let mut body = match (skip, rendered.skip) {
+        (true, Some(delta)) => delta,
+        _ => rendered.full,
+    };
+    if let (Some(latency), Some(part)) = (target_latency, engine.part_target()) {
+        let line = server_control_line(engine.target_duration(), part, Some(latency));
+        body = with_server_control(&body, &line);
+    }
+    Some(response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body))
+}
+
+fn part_response(
+    engine: &EngineOutput,
+    rendition: &str,
+    msn: u64,
+    index: u32,
+) -> Response<Full<Bytes>> {
+    match engine.part(rendition, msn, index) {
+        Some(body) => response(StatusCode::OK, "video/iso.segment", SEGMENT_CACHE, body),
+        None => error(StatusCode::NOT_FOUND, "no such part\n"),
+    }
+}
+
+/// Answers one request at once: a request that would wait (blocking reload, a hinted
+/// part) is answered with what there is now, or 503. Unit tests use this.
 pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<Full<Bytes>> {
+    match plan(state, req, now) {
+        Answer::Now(r) => r,
+        Answer::Park(p) => p
+            .try_answer()
+            .unwrap_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "not available yet\n")),
+    }
+}
+
+/// Decides one request. Pure apart from reading the state: unit-testable without sockets.
+pub fn plan(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Answer {
     let Some(path::Request {
         route,
         session,
         engine,
     }) = path::parse_request(req.path)
     else {
-        return error(StatusCode::NOT_FOUND, "not found\n");
+        return error(StatusCode::NOT_FOUND, "not found\n").into();
     };
     if req.method == Method::OPTIONS {
-        return preflight();
+        return preflight().into();
     }
     if req.method != Method::GET && req.method != Method::HEAD {
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -326,7 +523,7 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
             header::ALLOW,
             HeaderValue::from_static("GET, HEAD, OPTIONS"),
         );
-        return r;
+        return r.into();
     }
     let dist_id = match &route {
         Route::Health => {
@@ -335,17 +532,19 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
                 "text/plain; charset=utf-8",
                 "no-store",
                 Bytes::from_static(b"ok\n"),
-            );
+            )
+            .into();
         }
         Route::Multivariant { dist, .. }
         | Route::MediaPlaylist { dist, .. }
         | Route::Init { dist, .. }
         | Route::Segment { dist, .. }
+        | Route::Part { dist, .. }
         | Route::SessionCheck { dist } => dist,
     };
     let catalog = state.catalog.load();
     let Some(dist) = catalog.distributions.get(dist_id).filter(|d| d.enabled) else {
-        return error(StatusCode::NOT_FOUND, "unknown distribution\n");
+        return error(StatusCode::NOT_FOUND, "unknown distribution\n").into();
     };
     // The viewer's rules are judged before anything about the stream is revealed.
     let origin = policy::request_origin(req.origin, req.referer);
@@ -359,7 +558,8 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
     if let Route::Multivariant { output, .. } = &route {
         return multivariant(
             state, &catalog, req, dist_id, dist, *output, client, origin, now,
-        );
+        )
+        .into();
     }
     if !dist.policy.is_open() {
         let verdict = match session {
@@ -375,15 +575,23 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
                 }),
         };
         if let Err(why) = verdict {
-            return refuse(state, dist_id, why);
+            return refuse(state, dist_id, why).into();
         }
     }
     if let Route::SessionCheck { .. } = route {
         // Admitted (or an open distribution): a cache in front may serve this viewer.
-        return no_content();
+        return no_content().into();
     }
     let engines = dist.engines_for(engine.as_ref());
-    with_cors(serve_route(dist, &engines, &route), &dist.policy, origin)
+    match serve_route(dist, &engines, &route, req.query) {
+        Answer::Now(r) => with_cors(r, &dist.policy, origin).into(),
+        Answer::Park(mut p) => {
+            if dist.policy.restricts_origins() {
+                p.cors = Some(origin.and_then(|o| HeaderValue::from_str(o).ok()));
+            }
+            Answer::Park(p)
+        }
+    }
 }
 
 /// Restricted origins: CORS names the (allowed, or absent) origin, and caches are told the
@@ -497,33 +705,39 @@ fn multivariant(
     with_cors(resp, &served.policy, origin)
 }
 
-/// The response for an admitted child request (media playlist, init, segment).
+/// The response for an admitted child request (media playlist, init, segment, part).
 fn serve_route(
     dist: &DistributionEntry,
-    engines: &[(&EngineOutput, bool)],
+    engines: &[(&Arc<EngineOutput>, bool)],
     route: &Route,
-) -> Response<Full<Bytes>> {
+    query: Option<&str>,
+) -> Answer {
     let output = match route {
-        Route::Init { .. } => OutputKind::Cmaf,
+        Route::Init { .. } | Route::Part { .. } => OutputKind::Cmaf,
         Route::Multivariant { output, .. }
         | Route::MediaPlaylist { output, .. }
         | Route::Segment { output, .. } => *output,
         Route::Health | Route::SessionCheck { .. } => {
-            return error(StatusCode::NOT_FOUND, "not found\n");
+            return error(StatusCode::NOT_FOUND, "not found\n").into();
         }
     };
     if !dist.outputs.contains(&output) {
         return error(
             StatusCode::NOT_FOUND,
             "output not enabled for this distribution\n",
-        );
+        )
+        .into();
     }
     match route {
         // Answered by `multivariant`, which applies overrides and sessions.
-        Route::Multivariant { .. } => error(StatusCode::NOT_FOUND, "not found\n"),
+        Route::Multivariant { .. } => error(StatusCode::NOT_FOUND, "not found\n").into(),
         Route::MediaPlaylist {
             output, rendition, ..
         } => {
+            let directives = match Directives::parse(query) {
+                Ok(d) => d,
+                Err(why) => return error(StatusCode::BAD_REQUEST, why).into(),
+            };
             // Of the healthy engines, the first (in the viewer's order) that is furthest
             // ahead: a switch between engines never takes the newest segment back.
             let (rendition, output) = (rendition.as_str(), *output);
@@ -539,22 +753,88 @@ fn serve_route(
                     .filter(|(_, n)| furthest.is_none() || **n == furthest)
                     .map(|(e, _)| e)
                     .chain(engines.iter())
-                    .find_map(|(e, _)| e.media_playlist(output, rendition))
+                    .find(|(e, _)| e.rendered(output, rendition).is_some())
             } else {
                 engines
                     .iter()
-                    .find_map(|(e, _)| e.media_playlist(output, rendition))
+                    .find(|(e, _)| e.rendered(output, rendition).is_some())
             };
-            match from_engine {
-                Some(body) => response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body),
-                None if engines
+            let Some((engine, _)) = from_engine else {
+                return if engines
                     .iter()
-                    .any(|(e, _)| e.rendition_names().iter().any(|n| n == rendition)) =>
+                    .any(|(e, _)| e.rendition_names().iter().any(|n| n == rendition))
                 {
                     error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n")
+                } else {
+                    error(StatusCode::NOT_FOUND, "unknown rendition\n")
                 }
-                None => error(StatusCode::NOT_FOUND, "unknown rendition\n"),
+                .into();
+            };
+            match directives.msn {
+                // Blocking reload: only where the playlist can block (it has parts).
+                Some(msn) if engine.part_target().is_some() && output == OutputKind::Cmaf => {
+                    Answer::Park(Parked {
+                        engine: Arc::clone(engine),
+                        output,
+                        rendition: rendition.to_owned(),
+                        want: Awaited {
+                            msn,
+                            part: directives.part,
+                        },
+                        kind: ParkedKind::Playlist {
+                            skip: directives.skip,
+                            target_latency: dist.target_latency,
+                        },
+                        cors: None,
+                        wait: blocking_wait(engine),
+                    })
+                }
+                _ => media_playlist_response(
+                    engine,
+                    output,
+                    rendition,
+                    directives.skip,
+                    dist.target_latency,
+                )
+                .unwrap_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n"))
+                .into(),
             }
+        }
+        Route::Part {
+            rendition,
+            msn,
+            part,
+            ..
+        } => {
+            let rendition = rendition.as_str();
+            if let Some(body) = engines
+                .iter()
+                .find_map(|(e, _)| e.part(rendition, *msn, *part))
+            {
+                return response(StatusCode::OK, "video/iso.segment", SEGMENT_CACHE, body).into();
+            }
+            // Not there yet: a preload hint names the next part before it exists, and
+            // its request is answered as soon as the part is complete.
+            let Some((engine, _)) = engines.iter().find(|(e, _)| {
+                e.part_target().is_some() && e.rendered(OutputKind::Cmaf, rendition).is_some()
+            }) else {
+                return error(StatusCode::NOT_FOUND, "no such part\n").into();
+            };
+            Answer::Park(Parked {
+                engine: Arc::clone(engine),
+                output: OutputKind::Cmaf,
+                rendition: rendition.to_owned(),
+                want: Awaited {
+                    msn: *msn,
+                    part: Some(*part),
+                },
+                kind: ParkedKind::Part {
+                    msn: *msn,
+                    index: *part,
+                },
+                cors: None,
+                wait: blocking_wait(engine),
+            })
         }
         Route::Init {
             rendition, version, ..
@@ -564,29 +844,37 @@ fn serve_route(
         {
             Some(body) => response(StatusCode::OK, "video/mp4", SEGMENT_CACHE, body),
             None => error(StatusCode::NOT_FOUND, "no such init segment\n"),
-        },
+        }
+        .into(),
         Route::Segment {
             output,
             rendition,
             msn,
             ..
-        } => {
-            match engines
-                .iter()
-                .find_map(|(e, _)| e.segment(*output, rendition.as_str(), *msn))
-            {
-                Some(body) => {
-                    let ct = match output {
-                        OutputKind::Cmaf => "video/iso.segment",
-                        OutputKind::Ts => "video/mp2t",
-                    };
-                    response(StatusCode::OK, ct, SEGMENT_CACHE, body)
-                }
-                None => error(StatusCode::NOT_FOUND, "no such segment\n"),
+        } => match engines
+            .iter()
+            .find_map(|(e, _)| e.segment(*output, rendition.as_str(), *msn))
+        {
+            Some(body) => {
+                let ct = match output {
+                    OutputKind::Cmaf => "video/iso.segment",
+                    OutputKind::Ts => "video/mp2t",
+                };
+                response(StatusCode::OK, ct, SEGMENT_CACHE, body)
             }
+            None => error(StatusCode::NOT_FOUND, "no such segment\n"),
         }
-        Route::Health | Route::SessionCheck { .. } => error(StatusCode::NOT_FOUND, "not found\n"),
+        .into(),
+        Route::Health | Route::SessionCheck { .. } => {
+            error(StatusCode::NOT_FOUND, "not found\n").into()
+        }
     }
+}
+
+/// How long a blocking request may wait: three target durations (RFC 8216bis §6.2.5.2
+/// has the client give up after that), then 503.
+fn blocking_wait(engine: &EngineOutput) -> Duration {
+    Duration::from_secs(3 * engine.target_duration())
 }
 
 fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
@@ -609,7 +897,10 @@ async fn service(
         authorization: header_str(&req, header::AUTHORIZATION),
         user_agent: header_str(&req, header::USER_AGENT),
     };
-    let mut resp = handle(&state, &facts, unix_now());
+    let mut resp = match plan(&state, &facts, unix_now()) {
+        Answer::Now(r) => r,
+        Answer::Park(p) => p.answer().await,
+    };
     if req.method() == Method::HEAD {
         let n = hyper::body::Body::size_hint(resp.body())
             .exact()
@@ -670,6 +961,7 @@ mod tests {
             max_kbps: None,
             enabled,
             engines: vec![],
+            target_latency: None,
         }
     }
 

@@ -15,10 +15,12 @@
 
 pub mod fmp4;
 mod packager;
+pub mod playlist;
 mod store;
 pub mod ts;
 
 pub use packager::{AudioSpec, Packager, PackagerSettings, RenditionSpec};
+pub use playlist::{Awaited, Readiness, Rendered};
 pub use store::{AUDIO_RENDITION, EngineOutput};
 
 /// Why a frame or call was dropped. The packager never fails its caller:

@@ -9,7 +9,8 @@ use sluice_core::time::{NANOS_PER_SEC, rescale};
 use sluice_core::{AudioConfig, Frame, Id, MediaTime, Throttle, VideoConfig};
 
 use crate::fmp4::{self, Sample, TrackConfig, VIDEO_TIMESCALE};
-use crate::store::{AUDIO_RENDITION, EngineOutput, StoredSegment, VariantInfo};
+use crate::playlist::{self, StoredPart, StoredSegment};
+use crate::store::{AUDIO_RENDITION, EngineOutput, VariantInfo};
 use crate::ts::{TsFrame, TsWriter};
 use crate::{OutputKind, PackageError};
 
@@ -52,6 +53,8 @@ pub struct PackagerSettings {
     /// that differs per process start (e.g. the Unix time), so that `init-<v>.mp4`, served
     /// as immutable, never names other bytes after a restart.
     pub init_version_base: u32,
+    /// LL-HLS part target of the CMAF output; 0: no parts.
+    pub part_duration: MediaTime,
 }
 
 /// How far before a grid line a keyframe may fall and still open that line's segment.
@@ -86,6 +89,13 @@ struct OpenSegment {
     init_version: u32,
     frames: Vec<Frame>,
     bytes: usize,
+    /// Wall-clock time of `start`, Unix milliseconds.
+    program_date_time: Option<i64>,
+    /// Index in `frames` of the first frame not yet in a published part.
+    part_from: usize,
+    /// The parts published so far (the first starts with `styp`): the segment is
+    /// their concatenation.
+    parts: Vec<Bytes>,
 }
 
 /// A finished video segment: its media interval is known.
@@ -95,6 +105,7 @@ struct ClosedSegment {
     start: MediaTime,
     end: MediaTime,
     discontinuity: bool,
+    program_date_time: Option<i64>,
     cfg: Arc<VideoConfig>,
     frames: Vec<Frame>,
 }
@@ -129,6 +140,9 @@ struct VideoState {
     last_end: Option<MediaTime>,
     /// The engine was down: the next cut lists what it missed as gaps.
     after_outage: bool,
+    /// The last decode-time steps, newest last: a part closes before the frame that
+    /// could take it past the part target.
+    steps: VecDeque<MediaTime>,
 }
 
 #[derive(Debug)]
@@ -148,6 +162,21 @@ struct AudioState {
     /// The CMAF audio playlist has its first segment.
     started: bool,
     carry_discontinuity: bool,
+    /// LL-HLS: the audio segment whose parts are being published.
+    open: Option<AudioOpen>,
+}
+
+/// The CMAF audio segment being published as parts: it follows rendition 0's open
+/// segment, and takes audio only up to where that segment can no longer end.
+#[derive(Debug)]
+struct AudioOpen {
+    msn: u64,
+    discontinuity: bool,
+    init_version: u32,
+    program_date_time: Option<i64>,
+    /// Frames with an earlier pts are in published parts.
+    published_to: MediaTime,
+    parts: Vec<Bytes>,
 }
 
 /// Writer side of one engine's packaged output.
@@ -168,6 +197,10 @@ pub struct Packager {
     finished: bool,
     /// Dropped frames are reported once per 10 s, with a count.
     drop_log: Throttle,
+    /// LL-HLS part target (CMAF only).
+    part: Option<MediaTime>,
+    /// (pts, Unix ms) of the first frame of the input session: program date-times.
+    clock: Option<(MediaTime, i64)>,
 }
 
 impl Packager {
@@ -211,12 +244,14 @@ impl Packager {
                 frame_rate: None,
             })
             .collect();
+        let part = (settings.cmaf && settings.part_duration > 0).then_some(settings.part_duration);
         let output = Arc::new(EngineOutput::new(
             d,
             settings.window,
             outputs,
             variants,
             audio.as_ref().map(|a| a.kbps),
+            part,
         ));
         let video = renditions
             .iter()
@@ -235,6 +270,7 @@ impl Packager {
                 pending_ts: VecDeque::new(),
                 last_end: None,
                 after_outage: false,
+                steps: VecDeque::new(),
             })
             .collect();
         let audio = audio.map(|_| AudioState {
@@ -249,6 +285,7 @@ impl Packager {
             pending_cuts: VecDeque::new(),
             started: false,
             carry_discontinuity: false,
+            open: None,
         });
         let packager = Packager {
             d,
@@ -260,6 +297,8 @@ impl Packager {
             video_head: None,
             finished: false,
             drop_log: Throttle::default(),
+            part,
+            clock: None,
         };
         (packager, output)
     }
@@ -394,9 +433,17 @@ impl Packager {
         }
         if let Some(prev) = v.last_dts {
             v.frame_duration = frame.dts.saturating_sub(prev).clamp(1, NANOS_PER_SEC);
+            v.steps.push_back(v.frame_duration);
+            if v.steps.len() > 8 {
+                v.steps.pop_front();
+            }
         }
         v.last_dts = Some(frame.dts);
         self.video_head = Some(self.video_head.map_or(frame.pts, |h| h.max(frame.pts)));
+        let wall = *self.clock.get_or_insert_with(|| (frame.pts, unix_ms()));
+        if !cut {
+            self.publish_video_part(r, frame.dts, false);
+        }
 
         if cut {
             self.close_segment(r, Some((frame.pts, frame.dts)));
@@ -418,6 +465,12 @@ impl Packager {
                 init_version: v.init_version,
                 frames: Vec::with_capacity(64),
                 bytes: 0,
+                program_date_time: Some(
+                    wall.1
+                        .saturating_add(frame.pts.saturating_sub(wall.0) / 1_000_000),
+                ),
+                part_from: 0,
+                parts: Vec::new(),
             });
         }
         let open = self.video[r]
@@ -457,6 +510,7 @@ impl Packager {
                 start: gap_start,
                 end: gap_start.saturating_add(d),
                 discontinuity: false,
+                program_date_time: self.program_date_time(gap_start),
                 cfg: cfg.clone(),
                 frames: Vec::new(),
             };
@@ -467,6 +521,8 @@ impl Packager {
                     discontinuity: false,
                     init_version: Some(self.video[r].init_version),
                     data: None,
+                    program_date_time: gap.program_date_time,
+                    parts: Vec::new(),
                 };
                 self.output
                     .add_segment(OutputKind::Cmaf, &self.video[r].name, stored);
@@ -575,8 +631,11 @@ impl Packager {
             a.queue_bytes = 0;
             a.last_pts = None;
             a.end = None;
+            a.open = None;
         }
         self.video_head = None;
+        // The next input session has its own clock.
+        self.clock = None;
     }
 
     /// The engine was down (its pipeline failed or stalled, and media was lost): a
@@ -605,8 +664,8 @@ impl Packager {
     /// Closes rendition `r`'s open segment. `next` is the (pts, dts) of the
     /// frame that opens the next one; without it the end is extrapolated.
     fn close_segment(&mut self, r: usize, next: Option<(MediaTime, MediaTime)>) {
-        let v = &mut self.video[r];
-        let Some(open) = v.open.take() else { return };
+        let v = &self.video[r];
+        let Some(open) = v.open.as_ref() else { return };
         let Some(last_dts) = open.frames.last().map(|f| f.dts) else {
             return;
         };
@@ -625,12 +684,17 @@ impl Packager {
                 )
             }
         };
+        // The segment's last part ends where the segment does.
+        self.publish_video_part(r, next_dts, true);
+        let v = &mut self.video[r];
+        let Some(open) = v.open.take() else { return };
         let end = end.max(open.start.saturating_add(1));
         let seg = ClosedSegment {
             msn: open.msn,
             start: open.start,
             end,
             discontinuity: open.discontinuity,
+            program_date_time: open.program_date_time,
             cfg: open.cfg,
             frames: open.frames,
         };
@@ -646,15 +710,21 @@ impl Packager {
             }
         }
         if self.cmaf {
-            let (base, samples) = to_samples(&seg.frames, next_dts, VIDEO_TIMESCALE);
-            v.fragment_seq = v.fragment_seq.wrapping_add(1);
-            let data = media_segment(v.fragment_seq, base, &samples);
+            let data = if open.parts.is_empty() {
+                let (base, samples) = to_samples(&seg.frames, next_dts, VIDEO_TIMESCALE);
+                v.fragment_seq = v.fragment_seq.wrapping_add(1);
+                media_segment(v.fragment_seq, base, &samples)
+            } else {
+                concat_parts(&open.parts)
+            };
             let stored = StoredSegment {
                 msn: seg.msn,
                 duration: seg.end.saturating_sub(seg.start),
                 discontinuity: seg.discontinuity,
                 init_version: Some(open.init_version),
                 data: Some(data),
+                program_date_time: seg.program_date_time,
+                parts: Vec::new(),
             };
             self.output.add_segment(OutputKind::Cmaf, &v.name, stored);
         }
@@ -718,6 +788,7 @@ impl Packager {
             }
             self.write_cmaf_audio(cut);
         }
+        self.publish_audio_parts(None);
         self.prune_audio();
     }
 
@@ -730,6 +801,8 @@ impl Packager {
                 discontinuity: seg.discontinuity,
                 init_version: None,
                 data: None,
+                program_date_time: seg.program_date_time,
+                parts: Vec::new(),
             };
             self.output
                 .add_segment(OutputKind::Ts, &self.video[r].name, stored);
@@ -766,19 +839,34 @@ impl Packager {
             discontinuity: seg.discontinuity,
             init_version: None,
             data: Some(data),
+            program_date_time: seg.program_date_time,
+            parts: Vec::new(),
         };
         self.output.add_segment(OutputKind::Ts, &v.name, stored);
     }
 
     fn write_cmaf_audio(&mut self, cut: Cut) {
+        if self.part.is_some() {
+            // LL-HLS: what is left of the segment goes out as its last parts; the
+            // segment is the concatenation of its parts.
+            self.publish_audio_parts(Some(cut));
+        }
+        let pdt = self.program_date_time(cut.start);
         let Some(a) = self.audio.as_mut() else { return };
         let Some(cfg) = a.cfg.clone() else {
             a.carry_discontinuity |= cut.discontinuity;
             return;
         };
+        let published = a.open.take().filter(|o| o.msn == cut.msn);
+        let discontinuity = published
+            .as_ref()
+            .map_or(cut.discontinuity || a.carry_discontinuity, |o| {
+                o.discontinuity
+            });
         let frames: Vec<&Frame> = audio_in(&a.queue, cut.start, cut.end).collect();
-        let discontinuity = cut.discontinuity || a.carry_discontinuity;
-        let data = if let (Some(first), Some(last)) = (frames.first(), frames.last()) {
+        let data = if let Some(o) = published.as_ref().filter(|o| !o.parts.is_empty()) {
+            Some(concat_parts(&o.parts))
+        } else if let (Some(first), Some(last)) = (frames.first(), frames.last()) {
             let timescale = cfg.sample_rate.max(1);
             // The frame after the last one, if it has arrived, fixes the last duration.
             let next_dts = a
@@ -805,9 +893,145 @@ impl Packager {
             discontinuity,
             init_version: Some(a.init_version),
             data,
+            program_date_time: pdt,
+            parts: Vec::new(),
         };
         self.output
             .add_segment(OutputKind::Cmaf, AUDIO_RENDITION, stored);
+    }
+
+    /// Wall-clock time of media time `pts` in the current input session, Unix ms.
+    fn program_date_time(&self, pts: MediaTime) -> Option<i64> {
+        self.clock
+            .map(|(p0, w0)| w0.saturating_add(pts.saturating_sub(p0) / 1_000_000))
+    }
+
+    /// LL-HLS: publishes the frames of rendition `r`'s open segment not yet in a part,
+    /// as one part ending at `next_dts`, when the next frame could take the part past
+    /// the part target (or `last`: the segment ends here).
+    fn publish_video_part(&mut self, r: usize, next_dts: MediaTime, last: bool) {
+        let (Some(target), true) = (self.part, self.cmaf) else {
+            return;
+        };
+        let v = &mut self.video[r];
+        let step = v.steps.iter().copied().max().unwrap_or(v.frame_duration);
+        let Some(open) = v.open.as_mut() else { return };
+        let Some(first) = open.frames.get(open.part_from) else {
+            return;
+        };
+        if !last && next_dts.saturating_add(step).saturating_sub(first.dts) <= target {
+            return;
+        }
+        let frames = &open.frames[open.part_from..];
+        let independent = frames[0].keyframe;
+        let duration = next_dts.saturating_sub(frames[0].dts);
+        let (base, samples) = to_samples(frames, next_dts, VIDEO_TIMESCALE);
+        v.fragment_seq = v.fragment_seq.wrapping_add(1);
+        let data = part_bytes(open.parts.is_empty(), v.fragment_seq, base, &samples);
+        open.part_from = open.frames.len();
+        open.parts.push(data.clone());
+        let described = playlist::OpenSegment {
+            msn: open.msn,
+            discontinuity: open.discontinuity,
+            init_version: Some(open.init_version),
+            program_date_time: open.program_date_time,
+            parts: Vec::new(),
+        };
+        let part = StoredPart {
+            duration,
+            independent,
+            data,
+        };
+        self.output
+            .add_part(OutputKind::Cmaf, &v.name, &described, part);
+    }
+
+    /// LL-HLS: publishes audio parts of the audio segment that follows rendition 0's
+    /// open segment, as far as that segment surely reaches (it may end at the first
+    /// keyframe past its grid line, less the tolerance). With `last`, the segment's cut
+    /// is known: everything up to its end goes out.
+    fn publish_audio_parts(&mut self, last: Option<Cut>) {
+        let (Some(target), true) = (self.part, self.cmaf) else {
+            return;
+        };
+        let d = self.d;
+        let (msn, start, discontinuity, limit) = match last {
+            Some(c) => (c.msn, c.start, c.discontinuity, c.end),
+            None => {
+                // Earlier segments are written first.
+                if self
+                    .audio
+                    .as_ref()
+                    .is_none_or(|a| !a.pending_cuts.is_empty())
+                {
+                    return;
+                }
+                let Some(o) = self.video.first().and_then(|v| v.open.as_ref()) else {
+                    return;
+                };
+                let sure_end = (o.grid + 1)
+                    .saturating_mul(d)
+                    .saturating_sub(grid_tolerance(d));
+                (o.msn, o.start, o.discontinuity, sure_end)
+            }
+        };
+        let pdt = self.program_date_time(start);
+        let Some(a) = self.audio.as_mut() else { return };
+        let Some(cfg) = a.cfg.clone() else { return };
+        let frame_duration = aac_frame_duration(&cfg);
+        let per_part = usize::try_from(target / frame_duration.max(1))
+            .unwrap_or(1)
+            .max(1);
+        if a.open.as_ref().is_none_or(|o| o.msn != msn) {
+            a.open = Some(AudioOpen {
+                msn,
+                discontinuity: discontinuity || a.carry_discontinuity,
+                init_version: a.init_version,
+                program_date_time: pdt,
+                published_to: start,
+                parts: Vec::new(),
+            });
+        }
+        loop {
+            let Some(o) = a.open.as_ref() else { return };
+            let frames: Vec<Frame> = a
+                .queue
+                .iter()
+                .filter(|f| f.pts >= o.published_to && f.pts < limit)
+                .take(per_part + 1)
+                .cloned()
+                .collect();
+            let n = frames.len().min(per_part);
+            if n == 0 || (n < per_part && last.is_none()) {
+                return;
+            }
+            let next_dts = frames
+                .get(n)
+                .map_or(frames[n - 1].dts.saturating_add(frame_duration), |f| f.dts);
+            let chunk = &frames[..n];
+            let (base, samples) = to_samples(chunk, next_dts, cfg.sample_rate.max(1));
+            a.fragment_seq = a.fragment_seq.wrapping_add(1);
+            let Some(o) = a.open.as_mut() else { return };
+            let data = part_bytes(o.parts.is_empty(), a.fragment_seq, base, &samples);
+            o.published_to = chunk[n - 1].pts.saturating_add(1);
+            o.parts.push(data.clone());
+            a.started = true;
+            a.carry_discontinuity = false;
+            let described = playlist::OpenSegment {
+                msn: o.msn,
+                discontinuity: o.discontinuity,
+                init_version: Some(o.init_version),
+                program_date_time: o.program_date_time,
+                parts: Vec::new(),
+            };
+            let part = StoredPart {
+                duration: next_dts.saturating_sub(chunk[0].dts),
+                independent: true,
+                data,
+            };
+            self.output
+                .add_part(OutputKind::Cmaf, AUDIO_RENDITION, &described, part);
+        }
     }
 
     /// The earliest audio time still needed by some output.
@@ -911,6 +1135,29 @@ fn to_samples(frames: &[Frame], next_dts: MediaTime, timescale: u32) -> (u64, Ve
     (base, samples)
 }
 
+/// A part: one fragment, after `styp` when it opens its segment.
+fn part_bytes(first: bool, sequence: u32, base: u64, samples: &[Sample]) -> Bytes {
+    if first {
+        media_segment(sequence, base, samples)
+    } else {
+        fmp4::write_fragment(sequence, base, samples)
+    }
+}
+
+fn concat_parts(parts: &[Bytes]) -> Bytes {
+    let mut out = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    Bytes::from(out)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A CMAF media segment: `styp` and one fragment.
 fn media_segment(sequence: u32, base: u64, samples: &[Sample]) -> Bytes {
     let styp = fmp4::styp();
@@ -945,6 +1192,7 @@ mod tests {
                 cmaf: true,
                 ts: false,
                 init_version_base: 0,
+                part_duration: 0,
             },
             vec![RenditionSpec {
                 name: Id::new("v").unwrap(),

@@ -1,7 +1,9 @@
 //! The bounded in-memory segment store and its playlists, read by the HTTP layer.
 //!
-//! Playlists are `m3u8-rs` values rendered to `Bytes` once per change
-//! (RFC 8216bis §4.4); a request is a lookup and a clone.
+//! Media playlists ([`crate::playlist`]) are rendered to `Bytes` once per change, the
+//! multivariant playlist from an `m3u8-rs` value once per change of the state it shows
+//! (RFC 8216bis §4.4); a request is a lookup and a clone. Each media playlist has its own
+//! change signal, on which blocking playlist requests wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,204 +11,20 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use m3u8_rs::{
-    AlternativeMedia, AlternativeMediaType, Map, MasterPlaylist, MediaPlaylist, MediaSegment,
-    Resolution, VariantStream,
-};
+use m3u8_rs::{AlternativeMedia, AlternativeMediaType, MasterPlaylist, Resolution, VariantStream};
 use sluice_core::MediaTime;
-use sluice_core::time::NANOS_PER_SEC;
 use tokio::sync::watch;
 
 use crate::OutputKind;
 
-/// The name of the CMAF audio rendition in URLs and lookups.
-pub const AUDIO_RENDITION: &str = "audio";
-
-/// Segments kept beyond the playlist window, for players reading an older playlist.
-const EXTRA_SEGMENTS: usize = 2;
-/// Segments always listed, whatever the window (RFC 8216bis §6.2.2 asks for three target durations).
-const MIN_LISTED: usize = 3;
 /// Init segment versions kept per rendition.
 const MAX_INIT_VERSIONS: usize = 8;
+use crate::playlist::{
+    Awaited, MIN_LISTED, OpenSegment, Readiness, Rendered, StoredPart, StoredSegment, Track,
+};
 
-/// One stored media segment.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredSegment {
-    pub msn: u64,
-    pub duration: MediaTime,
-    pub discontinuity: bool,
-    /// CMAF only: the init segment version this segment needs.
-    pub init_version: Option<u32>,
-    /// `None` marks a gap (`EXT-X-GAP`): no media for this interval.
-    pub data: Option<Bytes>,
-}
-
-/// One media playlist and the segments it (and the grace window) holds.
-#[derive(Debug)]
-struct Track {
-    output: OutputKind,
-    segments: VecDeque<StoredSegment>,
-    /// Index into `segments` of the first listed segment.
-    listed_from: usize,
-    discontinuity_sequence: u64,
-    target_duration: u64,
-    ended: bool,
-    playlist: Option<Bytes>,
-    /// Bumped on every change, so a playlist rendered outside the lock is only
-    /// installed if nothing changed meanwhile.
-    version: u64,
-    overlong_reported: bool,
-}
-
-impl Track {
-    fn new(output: OutputKind, segment_duration: MediaTime) -> Self {
-        Track {
-            output,
-            segments: VecDeque::new(),
-            listed_from: 0,
-            discontinuity_sequence: 0,
-            target_duration: ceil_secs(segment_duration).max(1),
-            ended: false,
-            playlist: None,
-            version: 0,
-            overlong_reported: false,
-        }
-    }
-
-    fn listed(&self) -> impl Iterator<Item = &StoredSegment> {
-        self.segments.iter().skip(self.listed_from)
-    }
-
-    fn push(&mut self, seg: StoredSegment, window: MediaTime) {
-        // EXT-X-TARGETDURATION comes from the configuration and never changes while a
-        // playlist lives (RFC 8216bis §6.2.1 forbids it). A longer segment (a passthrough
-        // GOP longer than segment_seconds) is reported, not let in to the header.
-        if round_secs(seg.duration) > self.target_duration && !self.overlong_reported {
-            self.overlong_reported = true;
-            tracing::warn!(
-                msn = seg.msn,
-                duration_ms = seg.duration / 1_000_000,
-                target_s = self.target_duration,
-                "segment longer than the target duration: make segment_seconds a multiple of the input's keyframe interval"
-            );
-        }
-        self.segments.push_back(seg);
-
-        // Newest segments whose durations sum to at most the window, at least MIN_LISTED.
-        let mut sum: MediaTime = 0;
-        let mut count = 0;
-        for s in self.segments.iter().rev() {
-            if count >= MIN_LISTED && sum.saturating_add(s.duration) > window {
-                break;
-            }
-            sum = sum.saturating_add(s.duration);
-            count += 1;
-        }
-        let new_from = self.segments.len() - count;
-        // The start only moves forward: discontinuities that slide out are counted.
-        for s in self
-            .segments
-            .range(self.listed_from.min(new_from)..new_from)
-        {
-            if s.discontinuity {
-                self.discontinuity_sequence += 1;
-            }
-        }
-        self.listed_from = self.listed_from.max(new_from);
-        while self.listed_from > EXTRA_SEGMENTS {
-            self.segments.pop_front();
-            self.listed_from -= 1;
-        }
-        self.version += 1;
-    }
-
-    /// Renders the playlist in place (tests; the store renders outside its lock).
-    #[cfg(test)]
-    fn render_now(&mut self) {
-        self.playlist = render_media(&self.playlist_value());
-    }
-
-    /// The playlist as an `m3u8-rs` value: a cheap snapshot taken under the store's
-    /// lock; turning it into text happens after the lock is released.
-    fn playlist_value(&self) -> MediaPlaylist {
-        let cmaf = self.output == OutputKind::Cmaf;
-        let mut segments = Vec::with_capacity(self.segments.len());
-        let mut prev_init = None;
-        for s in self.listed() {
-            let ext = if cmaf { "m4s" } else { "ts" };
-            let mut seg = MediaSegment {
-                uri: format!("{}.{ext}", s.msn),
-                duration: (s.duration as f64 / NANOS_PER_SEC as f64) as f32,
-                discontinuity: s.discontinuity,
-                ..MediaSegment::default()
-            };
-            if s.init_version.is_some() && s.init_version != prev_init {
-                seg.map = s.init_version.map(|v| Map {
-                    uri: format!("init-{v}.mp4"),
-                    ..Map::default()
-                });
-            }
-            prev_init = s.init_version;
-            if s.data.is_none() {
-                seg.unknown_tags.push(m3u8_rs::ExtTag {
-                    tag: "X-GAP".into(),
-                    rest: None,
-                });
-            }
-            segments.push(seg);
-        }
-        MediaPlaylist {
-            version: Some(if cmaf { 7 } else { 3 }),
-            target_duration: self.target_duration,
-            media_sequence: self.listed().next().map_or(0, |s| s.msn),
-            discontinuity_sequence: self.discontinuity_sequence,
-            independent_segments: true,
-            end_list: self.ended,
-            segments,
-            ..MediaPlaylist::default()
-        }
-    }
-
-    /// (peak, mean) bits per second of the listed segments, if any has media.
-    fn bitrate(&self) -> Option<(u64, u64)> {
-        let (mut peak, mut bits, mut time, mut n) = (0u64, 0u128, 0i128, 0);
-        for s in self.listed() {
-            let (Some(data), true) = (&s.data, s.duration > 0) else {
-                continue;
-            };
-            let b = data.len() as u128 * 8;
-            peak = peak.max((b * NANOS_PER_SEC as u128 / s.duration as u128) as u64);
-            bits += b;
-            time += s.duration as i128;
-            n += 1;
-        }
-        (n > 0).then(|| {
-            (
-                peak,
-                (bits * NANOS_PER_SEC as u128 / time.max(1) as u128) as u64,
-            )
-        })
-    }
-}
-
-fn render_media(pl: &MediaPlaylist) -> Option<Bytes> {
-    let mut out = Vec::with_capacity(256 + 64 * pl.segments.len());
-    match pl.write_to(&mut out) {
-        Ok(()) => Some(Bytes::from(out)),
-        Err(e) => {
-            tracing::error!(error = %e, "rendering media playlist failed");
-            None
-        }
-    }
-}
-
-fn ceil_secs(t: MediaTime) -> u64 {
-    (t.max(0) as u64).div_ceil(NANOS_PER_SEC as u64)
-}
-
-fn round_secs(t: MediaTime) -> u64 {
-    (t.max(0) as u64 + NANOS_PER_SEC as u64 / 2) / NANOS_PER_SEC as u64
-}
+/// The name of the CMAF audio rendition in URLs and lookups.
+pub const AUDIO_RENDITION: &str = "audio";
 
 /// What the multivariant playlist says about a video rendition.
 #[derive(Debug, Clone)]
@@ -227,7 +45,11 @@ struct State {
     variants: Vec<VariantInfo>,
     audio_kbps: Option<u32>,
     audio_codec: Option<String>,
+    /// LL-HLS part target of the CMAF playlists; `None`: no parts.
+    part_target: Option<MediaTime>,
     tracks: HashMap<(OutputKind, String), Track>,
+    /// Change signals, one per media playlist (blocking reload waits on them).
+    signals: HashMap<(OutputKind, String), watch::Sender<u64>>,
     inits: HashMap<String, VecDeque<(u32, Bytes)>>,
     live: bool,
 }
@@ -262,6 +84,7 @@ impl EngineOutput {
         outputs: Vec<OutputKind>,
         variants: Vec<VariantInfo>,
         audio_kbps: Option<u32>,
+        part_target: Option<MediaTime>,
     ) -> Self {
         EngineOutput {
             state: RwLock::new(State {
@@ -271,7 +94,9 @@ impl EngineOutput {
                 variants,
                 audio_kbps,
                 audio_codec: None,
+                part_target,
                 tracks: HashMap::new(),
+                signals: HashMap::new(),
                 inits: HashMap::new(),
                 live: true,
             }),
@@ -397,7 +222,7 @@ impl EngineOutput {
                         width: v.width as u64,
                         height: v.height as u64,
                     }),
-                    frame_rate: v.frame_rate.map(|f| (f * 1000.0).round() / 1000.0),
+                    frame_rate: v.frame_rate.map(nominal_frame_rate),
                     audio: cmaf_audio.then(|| AUDIO_RENDITION.to_owned()),
                     ..VariantStream::default()
                 };
@@ -447,11 +272,67 @@ impl EngineOutput {
 
     /// The media playlist of one rendition; `"audio"` is the CMAF audio playlist.
     pub fn media_playlist(&self, output: OutputKind, rendition: &str) -> Option<Bytes> {
+        self.rendered(output, rendition).map(|r| r.full)
+    }
+
+    /// The media playlist, and its delta update (`_HLS_skip=YES`) when it has parts.
+    /// Served from its first complete segment on (before that it would list parts only,
+    /// which players that do not know LL-HLS cannot play).
+    pub fn rendered(&self, output: OutputKind, rendition: &str) -> Option<Rendered> {
         self.read()
             .tracks
-            .get(&(output, rendition.to_owned()))?
-            .playlist
+            .get(&(output, rendition.to_owned()))
+            .filter(|t| !t.segments.is_empty())?
+            .rendered
             .clone()
+    }
+
+    /// Whether a media playlist answers a blocking request for `want`; `None` when the
+    /// rendition has no playlist (yet).
+    pub fn readiness(
+        &self,
+        output: OutputKind,
+        rendition: &str,
+        want: Awaited,
+    ) -> Option<Readiness> {
+        let st = self.read();
+        let t = st.tracks.get(&(output, rendition.to_owned()))?;
+        // A render in flight is not served yet: wait for its signal.
+        match t.readiness(want) {
+            Readiness::Ready if t.rendered_version != t.version => Some(Readiness::Waiting),
+            r => Some(r),
+        }
+    }
+
+    /// A media playlist's change signal (its value is bumped after every new render).
+    pub fn subscribe_playlist(&self, output: OutputKind, rendition: &str) -> watch::Receiver<u64> {
+        let key = (output, rendition.to_owned());
+        if let Some(tx) = self.read().signals.get(&key) {
+            return tx.subscribe();
+        }
+        self.write()
+            .signals
+            .entry(key)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// The LL-HLS part target, if the CMAF playlists have parts.
+    pub fn part_target(&self) -> Option<MediaTime> {
+        self.read().part_target
+    }
+
+    /// The target duration of the media playlists, seconds.
+    pub fn target_duration(&self) -> u64 {
+        crate::playlist::ceil_secs(self.read().segment_duration).max(1)
+    }
+
+    /// Part `index` of segment `msn` (`<msn>.<index>.m4s`), while it is kept.
+    pub fn part(&self, rendition: &str, msn: u64, index: u32) -> Option<Bytes> {
+        self.read()
+            .tracks
+            .get(&(OutputKind::Cmaf, rendition.to_owned()))?
+            .part(msn, index)
     }
 
     /// An init segment (`init-<version>.mp4`) of a CMAF rendition (or `"audio"`).
@@ -528,30 +409,58 @@ impl EngineOutput {
         if seg.data.is_some() {
             *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         }
+        self.update_track(output, rendition, |track, window| track.push(seg, window));
+    }
+
+    /// Publishes one part of the segment `open` describes (LL-HLS).
+    pub(crate) fn add_part(
+        &self,
+        output: OutputKind,
+        rendition: &str,
+        open: &OpenSegment,
+        part: StoredPart,
+    ) {
+        *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.update_track(output, rendition, |track, _| track.push_part(open, part));
+    }
+
+    /// Changes a track under the lock, renders it outside, installs the render unless the
+    /// track changed meanwhile (whoever changed it installs a newer one), then signals it.
+    fn update_track(
+        &self,
+        output: OutputKind,
+        rendition: &str,
+        change: impl FnOnce(&mut Track, MediaTime),
+    ) {
         let key = (output, rendition.to_owned());
-        let (value, version) = {
+        let (snapshot, version) = {
             let mut st = self.write();
-            let (d, window) = (st.segment_duration, st.window);
+            let (d, window, part) = (st.segment_duration, st.window, st.part_target);
             let track = st
                 .tracks
                 .entry(key.clone())
-                .or_insert_with(|| Track::new(output, d));
-            track.push(seg, window);
-            (track.playlist_value(), track.version)
+                .or_insert_with(|| Track::new(output, d, part));
+            change(track, window);
+            let version = track.version;
+            let reports = sibling_reports(&st, &key);
+            (st.tracks[&key].snapshot(reports), version)
         };
-        self.install_playlist(&key, &value, version);
+        self.install_playlist(&key, snapshot.render(), version);
         self.changed();
     }
 
-    /// Renders a playlist snapshot outside the lock, then installs it unless the track
-    /// changed meanwhile (whoever changed it installs a newer one).
-    fn install_playlist(&self, key: &(OutputKind, String), value: &MediaPlaylist, version: u64) {
-        let rendered = render_media(value);
+    fn install_playlist(&self, key: &(OutputKind, String), rendered: Rendered, version: u64) {
         let mut st = self.write();
-        if let Some(t) = st.tracks.get_mut(key)
-            && t.version == version
-        {
-            t.playlist = rendered;
+        let Some(t) = st.tracks.get_mut(key) else {
+            return;
+        };
+        if t.version != version {
+            return;
+        }
+        t.rendered = Some(rendered);
+        t.rendered_version = version;
+        if let Some(tx) = st.signals.get(key) {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
@@ -584,27 +493,58 @@ impl EngineOutput {
         let snapshots: Vec<_> = {
             let mut st = self.write();
             st.live = false;
+            st.tracks.values_mut().for_each(Track::end);
             st.tracks
-                .iter_mut()
-                .map(|(k, t)| {
-                    t.ended = true;
-                    t.version += 1;
-                    (k.clone(), t.playlist_value(), t.version)
-                })
+                .iter()
+                .map(|(k, t)| (k.clone(), t.snapshot(vec![]), t.version))
                 .collect()
         };
-        for (key, value, version) in &snapshots {
-            self.install_playlist(key, value, *version);
+        for (key, snapshot, version) in snapshots {
+            self.install_playlist(&key, snapshot.render(), version);
         }
         self.changed();
     }
+}
+
+/// `FRAME-RATE` as the nominal rate: an estimate from timestamps (29.995 from millisecond
+/// FLV times) snaps to the standard rate within 0.5 % of it, else it is rounded to
+/// three decimals.
+fn nominal_frame_rate(fps: f64) -> f64 {
+    const NOMINAL: [f64; 11] = [
+        23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0, 100.0, 120.0,
+    ];
+    let closest = NOMINAL
+        .iter()
+        .copied()
+        .min_by(|a, b| (a - fps).abs().total_cmp(&(b - fps).abs()))
+        .unwrap_or(fps);
+    if (closest - fps).abs() <= closest * 0.005 {
+        closest
+    } else {
+        (fps * 1000.0).round() / 1000.0
+    }
+}
+
+/// Where the other playlists of the same output stand (`EXT-X-RENDITION-REPORT`), by name.
+fn sibling_reports(st: &State, key: &(OutputKind, String)) -> Vec<(String, crate::playlist::Last)> {
+    if st.part_target.is_none() || key.0 != OutputKind::Cmaf {
+        return vec![];
+    }
+    let mut reports: Vec<_> = st
+        .tracks
+        .iter()
+        .filter(|(k, _)| k.0 == key.0 && k.1 != key.1)
+        .filter_map(|(k, t)| Some((k.1.clone(), t.last()?)))
+        .collect();
+    reports.sort_by(|a, b| a.0.cmp(&b.0));
+    reports
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const S: MediaTime = NANOS_PER_SEC;
+    const S: MediaTime = sluice_core::time::NANOS_PER_SEC;
 
     fn seg(msn: u64, disc: bool) -> StoredSegment {
         StoredSegment {
@@ -613,12 +553,14 @@ mod tests {
             discontinuity: disc,
             init_version: Some(1),
             data: Some(Bytes::from_static(b"x")),
+            program_date_time: None,
+            parts: vec![],
         }
     }
 
     #[test]
     fn window_slides_and_counts_discontinuities() {
-        let mut t = Track::new(OutputKind::Cmaf, 2 * S);
+        let mut t = Track::new(OutputKind::Cmaf, 2 * S, None);
         for msn in 0..10 {
             t.push(seg(msn, msn == 2), 6 * S);
         }
@@ -626,8 +568,7 @@ mod tests {
         assert_eq!(t.segments.len(), 5);
         assert_eq!(t.listed().next().unwrap().msn, 7);
         assert_eq!(t.discontinuity_sequence, 1);
-        t.render_now();
-        let text = String::from_utf8(t.playlist.clone().unwrap().to_vec()).unwrap();
+        let text = String::from_utf8(t.render_now().full.to_vec()).unwrap();
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:7"), "{text}");
         assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1"), "{text}");
         assert_eq!(text.matches("#EXT-X-MAP").count(), 1);
@@ -650,6 +591,7 @@ mod tests {
                 frame_rate: None,
             }],
             None,
+            None,
         );
         assert!(
             out.multivariant(OutputKind::Ts, None).is_none(),
@@ -665,8 +607,18 @@ mod tests {
     }
 
     #[test]
+    fn frame_rates_are_nominal() {
+        assert_eq!(nominal_frame_rate(29.995), 30.0);
+        assert_eq!(nominal_frame_rate(29.9701), 29.97);
+        assert_eq!(nominal_frame_rate(59.93), 59.94);
+        assert_eq!(nominal_frame_rate(25.04), 25.0);
+        assert_eq!(nominal_frame_rate(12.5), 12.5);
+        assert_eq!(nominal_frame_rate(15.0004), 15.0);
+    }
+
+    #[test]
     fn target_duration_never_changes() {
-        let mut t = Track::new(OutputKind::Ts, 2 * S);
+        let mut t = Track::new(OutputKind::Ts, 2 * S, None);
         assert_eq!(t.target_duration, 2);
         t.push(
             StoredSegment {
@@ -677,8 +629,7 @@ mod tests {
         );
         assert_eq!(t.target_duration, 2);
         assert!(t.overlong_reported);
-        t.render_now();
-        let text = String::from_utf8(t.playlist.clone().unwrap().to_vec()).unwrap();
+        let text = String::from_utf8(t.render_now().full.to_vec()).unwrap();
         assert!(text.contains("#EXT-X-TARGETDURATION:2"), "{text}");
     }
 }

@@ -95,6 +95,7 @@ fn settings(window: MediaTime) -> PackagerSettings {
         cmaf: true,
         ts: true,
         init_version_base: 0,
+        part_duration: 0,
     }
 }
 
@@ -648,6 +649,7 @@ fn odd_input_never_panics() {
             cmaf: false,
             ts: false,
             init_version_base: 0,
+            part_duration: 0,
         },
         vec![],
         None,
@@ -706,5 +708,104 @@ fn renditions_resume_on_one_number_after_an_uneven_seam() {
     assert_eq!(
         a.media_sequence + a.segments.len() as u64,
         b.media_sequence + b.segments.len() as u64
+    );
+}
+
+/// LL-HLS from the ffmpeg capture (B-frames, 30 fps, AAC): every part at most the part
+/// target, `INDEPENDENT=YES` exactly on the video parts that start with a sync sample
+/// (read back with the `mp4` crate), every audio part independent, each part decodable
+/// after its init segment (ffprobe), a segment's bytes the concatenation of its parts,
+/// and the preload hint naming the part that comes next.
+#[test]
+fn ll_hls_parts_from_ffmpeg_fixture() {
+    require_ffprobe();
+    let fx = load_fixture();
+    let mut s = settings(60 * S);
+    s.part_duration = S / 2;
+    let (mut p, out) = Packager::new(s, vec![spec("v", 200)], Some(AudioSpec { kbps: 64 }));
+    p.set_video_config(0, fx.video_cfg.clone());
+    p.set_audio_config(fx.audio_cfg.clone());
+    feed(&mut p, &fx, 1, 0, 0, 0);
+    let mut checked_parts = 0;
+    for rendition in ["v", "audio"] {
+        let text = String::from_utf8(
+            out.media_playlist(OutputKind::Cmaf, rendition)
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(
+            m3u8_rs::parse_media_playlist_res(text.as_bytes()).is_ok(),
+            "{text}"
+        );
+        assert!(
+            text.contains("#EXT-X-PART-INF:PART-TARGET=0.50000\n"),
+            "{text}"
+        );
+        let init = out.init_segment(rendition, 1).expect("init segment");
+        let mut parts = vec![];
+        for line in text.lines().filter(|l| l.starts_with("#EXT-X-PART:")) {
+            let attr = |k: &str| {
+                line.split([':', ','])
+                    .find_map(|a| a.strip_prefix(&format!("{k}=")))
+                    .map(|v| v.trim_matches('"').to_owned())
+            };
+            let duration: f64 = attr("DURATION").unwrap().parse().unwrap();
+            assert!(duration <= 0.5 && duration > 0.0, "{line}");
+            let uri = attr("URI").unwrap();
+            let (msn, index) = uri.trim_end_matches(".m4s").split_once('.').unwrap();
+            let (msn, index): (u64, u32) = (msn.parse().unwrap(), index.parse().unwrap());
+            let data = out
+                .part(rendition, msn, index)
+                .expect("listed part is served");
+            let (samples, starts_sync) = parse_fmp4(&init, &data);
+            assert!(samples > 0);
+            let independent = line.contains(",INDEPENDENT=YES");
+            assert_eq!(independent, starts_sync, "{line}");
+            if rendition == "audio" {
+                assert!(independent, "{line}");
+            }
+            parts.push((msn, index, data, independent));
+            checked_parts += 1;
+        }
+        // Complete segments are their parts, in order.
+        let pl = media(&out, OutputKind::Cmaf, rendition);
+        for msn in msns(&pl) {
+            let of: Vec<&Bytes> = parts.iter().filter(|p| p.0 == msn).map(|p| &p.2).collect();
+            assert!(!of.is_empty(), "segment {msn} of {rendition} has parts");
+            let joined: Vec<u8> = of.iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(
+                out.segment(OutputKind::Cmaf, rendition, msn).unwrap(),
+                joined
+            );
+        }
+        // The hint names the part after the last one listed.
+        let (last_msn, last_index, _, _) = parts.last().unwrap();
+        let hint = format!(
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{last_msn}.{}.m4s\"",
+            last_index + 1
+        );
+        assert!(text.contains(&hint), "{hint}\n{text}");
+        // The newest parts decode after the init segment, from the last independent one.
+        let from = parts.iter().rposition(|p| p.3).unwrap();
+        let mut file = init.to_vec();
+        for p in &parts[from..] {
+            file.extend_from_slice(&p.2);
+        }
+        let streams = ffprobe(&file, &format!("part-{rendition}.mp4"));
+        assert!(streams[0].3 > 0, "{streams:?}");
+    }
+    assert!(checked_parts > 20, "{checked_parts}");
+    // Rendition reports name the sibling.
+    let v = String::from_utf8(out.media_playlist(OutputKind::Cmaf, "v").unwrap().to_vec()).unwrap();
+    assert!(
+        v.contains("#EXT-X-RENDITION-REPORT:URI=\"../audio/index.m3u8\",LAST-MSN="),
+        "{v}"
+    );
+    p.finish();
+    let v = String::from_utf8(out.media_playlist(OutputKind::Cmaf, "v").unwrap().to_vec()).unwrap();
+    assert!(
+        v.ends_with("#EXT-X-ENDLIST\n") && !v.contains("PRELOAD-HINT"),
+        "{v}"
     );
 }

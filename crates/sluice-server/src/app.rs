@@ -107,6 +107,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                 // one of the same name with other parameter sets.
                 init_version_base: init_version_base
                     .saturating_add(u32::try_from(index).unwrap_or(0).saturating_mul(100_000)),
+                part_duration: secs_f64_to_nanos(ladder.part_seconds),
             };
             let (mode, renditions, audio) = match &engine.ladder_ref {
                 LadderRef::Passthrough => (
@@ -280,6 +281,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                 max_kbps: (dist.max_kbps > 0).then_some(dist.max_kbps),
                 enabled: dist.enabled,
                 engines,
+                target_latency: (dist.target_latency_seconds > 0.0)
+                    .then(|| secs_f64_to_nanos(dist.target_latency_seconds)),
             },
         );
     }
