@@ -36,16 +36,8 @@ for tool in ffmpeg curl cargo; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 1; }
 done
 
-work=$(mktemp -d -t sluice-http-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n ${BENCH_KEEP:-} ]] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/common.sh
+bench_begin http-bench
 http=$(free_port); rtmp=$(free_port); nginx_port=$(free_port)
 
 cargo build --release -q -p sluice-server

@@ -21,9 +21,10 @@ if [[ "${1:-}" == "--test" ]]; then
   # ffmpeg: the publishers and decoders of the end-to-end tests; ffprobe: segment
   # checks; gst-launch-1.0: a GStreamer RTMP publisher; curl: the CI's own checks;
   # c++: libFuzzer's runtime, built by the fuzz crate whose seeds the suite replays;
-  # nginx: the HTTP cache of docker/nginx-cache.conf, tested in front of the server.
-  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light)
-  commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl [c++]=g++)
+  # nginx: the HTTP cache of docker/nginx-cache.conf, tested in front of the server;
+  # python3-m3u8: the independent LL-HLS playlist parser of the LL-HLS oracle test.
+  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light python3-m3u8)
+  commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl [c++]=g++ [python3]=python3-m3u8)
 fi
 
 missing=()
@@ -53,6 +54,11 @@ for c in "${!commands[@]}"; do
     exit 1
   fi
 done
+
+if [[ "${1:-}" == "--test" ]] && ! /usr/bin/python3 -c 'import m3u8' 2>/dev/null; then
+  echo "sluice: the python3 module m3u8 is not importable by /usr/bin/python3 after installing python3-m3u8" >&2
+  exit 1
+fi
 
 if ! command -v cargo >/dev/null; then
   echo "sluice: no Rust toolchain found. Install one (Rust 1.92 or newer) with rustup: https://rustup.rs" >&2

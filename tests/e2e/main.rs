@@ -2,6 +2,7 @@
 //! and independent parsers (ffprobe, m3u8-rs, the mp4 crate) on the output.
 
 mod hardening;
+mod llhls;
 mod policy;
 mod rtmp_client;
 mod support;

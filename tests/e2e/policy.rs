@@ -590,10 +590,6 @@ channel = "c"
 #[test]
 fn a_cache_in_front_verifies_sessions_and_shares_segments() {
     let _heavy = heavy();
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("required program `nginx` not found (run scripts/setup-debian.sh --test)");
     let server = Server::start_with_server_keys(
         "nginx-sessions",
         "trusted_proxies = [\"127.0.0.1/32\"]",
@@ -601,50 +597,8 @@ fn a_cache_in_front_verifies_sessions_and_shares_segments() {
             "[channels.c.ingests.main]\nprotocol = \"rtmp\"\nstream_key = \"c-key\"\n[channels.c.engines.copy]\nladder = \"passthrough\"\n[distributions.paid]\nchannel = \"c\"\n[distributions.paid.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"{SECRET}\" }}]\n"
         ),
     );
-    let dir = scratch_dir("nginx-sessions-cache");
-    let port = free_port();
-    let site = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docker/nginx-cache.conf"
-    ))
-    .unwrap()
-    .replace(
-        "http://sluice:8080",
-        &format!("http://127.0.0.1:{}", server.http),
-    )
-    .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-    .replace("/var/cache/nginx", &dir.join("cache").display().to_string());
-    std::fs::create_dir_all(dir.join("cache")).unwrap();
-    std::fs::write(dir.join("site.conf"), site).unwrap();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "user root; worker_processes 1; pid {0}/nginx.pid; error_log {0}/error.log;\nevents {{}}\nhttp {{ access_log off; include {0}/site.conf; }}\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    /// Stops nginx with SIGTERM, so the master takes its workers down with it.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            send_signal(self.0.id(), "TERM");
-            let _ = self.0.wait();
-        }
-    }
-    let _nginx = Kill(
-        std::process::Command::new(nginx)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .spawn()
-            .expect("run nginx"),
-    );
-    let up = std::time::Instant::now() + Duration::from_secs(10);
-    while connect_from("127.0.0.1", port).is_err() {
-        assert!(std::time::Instant::now() < up, "nginx did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let cache = NginxCache::start("nginx-sessions-cache", server.http);
+    let port = cache.port;
     let _publisher = Publisher::start(&server.rtmp_url("c-key"), 30, "320x180");
     let token = hs(json!({ "exp": now() + 600, "aud": "paid" }), "k");
     let via_cache = |path: &str| raw_get("127.0.0.1", port, path, &[]);

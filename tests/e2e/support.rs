@@ -540,3 +540,72 @@ pub fn raw_get(
         .collect();
     (status, headers, raw[split + 4..].to_vec())
 }
+
+/// nginx running `docker/nginx-cache.conf` in front of a server on `origin` (the file as
+/// shipped, with only the upstream, the listen address and the cache folder changed),
+/// with an access log of `<request_uri> <cache status>` lines. Stopped on drop.
+pub struct NginxCache {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl NginxCache {
+    pub fn start(name: &str, origin: u16) -> NginxCache {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("required program `nginx` not found (run scripts/setup-debian.sh --test)");
+        let dir = scratch_dir(name);
+        let port = free_port();
+        let site = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docker/nginx-cache.conf"
+        ))
+        .unwrap()
+        .replace("http://sluice:8080", &format!("http://127.0.0.1:{origin}"))
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+        .replace("/var/cache/nginx", &dir.join("cache").display().to_string());
+        std::fs::create_dir_all(dir.join("cache")).unwrap();
+        std::fs::write(dir.join("site.conf"), site).unwrap();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "user root; worker_processes 1; pid {0}/nginx.pid; error_log {0}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{ log_format status '$request_uri $upstream_cache_status'; access_log {0}/access.log status; include {0}/site.conf; }}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .spawn()
+            .expect("run nginx");
+        let cache = NginxCache { port, dir, child };
+        let up = Instant::now() + Duration::from_secs(10);
+        while connect_from("127.0.0.1", port).is_err() {
+            assert!(Instant::now() < up, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cache
+    }
+
+    /// (request URI, cache status) of every request so far.
+    pub fn access_log(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(u, s)| (u.to_owned(), s.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for NginxCache {
+    /// SIGTERM, so the master takes its workers down with it.
+    fn drop(&mut self) {
+        send_signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}

@@ -77,9 +77,6 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
 /// at start.
 pub fn not_served_yet(c: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(a) = c.server.https_listen {
-        out.push(format!("https_listen {a}: HTTPS is not served yet"));
-    }
     out.push(format!(
         "srt_listen {}: SRT is not served yet (nothing listens there)",
         c.server.srt_listen

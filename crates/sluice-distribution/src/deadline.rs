@@ -20,6 +20,10 @@ pub struct WriteDeadline<S> {
     timeout: Duration,
     /// Armed when a write is first blocked, disarmed on any progress.
     stall: Option<Pin<Box<Sleep>>>,
+    /// Until the peer's first bytes: a connection that never sends anything is closed
+    /// (before they come it is not known to be HTTP/1.1 or HTTP/2, so neither protocol's
+    /// own deadlines apply yet).
+    first_read: Option<Pin<Box<Sleep>>>,
     /// Set when the deadline fired, for the caller's log line.
     pub stalled: Arc<AtomicBool>,
 }
@@ -30,8 +34,15 @@ impl<S> WriteDeadline<S> {
             inner,
             timeout,
             stall: None,
+            first_read: None,
             stalled: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Fails reads with `TimedOut` if the peer sends nothing at all within `deadline`.
+    pub fn with_first_read_deadline(mut self, deadline: Duration) -> Self {
+        self.first_read = Some(Box::pin(tokio::time::sleep(deadline)));
+        self
     }
 
     fn blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
@@ -68,7 +79,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(first) = self.first_read.as_mut() {
+            match &r {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_read = None,
+                Poll::Pending if first.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer sent nothing",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        r
     }
 }
 
@@ -139,5 +164,26 @@ mod tests {
         drop(w);
         assert_eq!(reader.await.unwrap(), 8 * 1024);
         drop(b.shutdown().await);
+    }
+
+    /// A peer that never sends a byte is given up on; one that does is not, however
+    /// long it then waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_given_up_on() {
+        use tokio::io::AsyncReadExt;
+        let (a, _b) = tokio::io::duplex(64);
+        let mut r = WriteDeadline::new(a, Duration::from_secs(10))
+            .with_first_read_deadline(Duration::from_secs(3));
+        let err = r.read(&mut [0u8; 8]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut r = WriteDeadline::new(a, Duration::from_secs(10))
+            .with_first_read_deadline(Duration::from_secs(3));
+        b.write_all(b"G").await.unwrap();
+        assert_eq!(r.read(&mut [0u8; 8]).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        b.write_all(b"ET").await.unwrap();
+        assert_eq!(r.read(&mut [0u8; 8]).await.unwrap(), 2);
     }
 }

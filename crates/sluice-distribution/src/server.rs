@@ -11,11 +11,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_core::{Id, MediaTime};
 use sluice_package::playlist::{server_control_line, with_server_control};
 use sluice_package::{Awaited, EngineOutput, OutputKind, Readiness};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use ipnet::IpNet;
@@ -914,23 +913,37 @@ async fn service(
     Ok(resp)
 }
 
-/// Serves one accepted HTTP/1.1 connection (keep-alive included) until the client
-/// leaves or `cancel` fires; then finishes the request in flight, bounded.
-pub async fn serve_http_connection(
-    stream: TcpStream,
+/// Serves one accepted connection, plain or TLS, until the client leaves or `cancel`
+/// fires; then finishes the requests in flight, bounded. HTTP/1.1 (keep-alive) and
+/// HTTP/2 (h2c with prior knowledge on a plain socket, h2 after ALPN on TLS) are told
+/// apart by the first bytes; Safari plays LL-HLS only over HTTP/2, where many blocking
+/// requests share one connection as streams.
+pub async fn serve_http_connection<S>(
+    stream: S,
     peer: SocketAddr,
     state: Arc<HttpState>,
     limits: &HttpLimits,
     cancel: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let io = WriteDeadline::new(stream, limits.write_stall_timeout);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = WriteDeadline::new(stream, limits.write_stall_timeout)
+        .with_first_read_deadline(limits.header_read_timeout);
     let stalled = io.stalled.clone();
     let svc = hyper::service::service_fn(move |req| service(state.clone(), peer, req));
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(TokioIo::new(io), svc);
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
+        // A peer that stops answering pings is gone: its streams are dropped.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(limits.write_stall_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -945,6 +958,10 @@ pub async fn serve_http_connection(
         tracing::debug!(%peer, error = %e, "HTTP connection error");
     }
 }
+
+/// Concurrent HTTP/2 streams per connection: a player's blocking playlist requests, part
+/// and segment downloads for every rendition it follows, with room to spare.
+const HTTP2_MAX_STREAMS: u32 = 128;
 
 #[cfg(test)]
 mod tests {

@@ -943,7 +943,7 @@ impl Packager {
             data,
         };
         self.output
-            .add_part(OutputKind::Cmaf, &v.name, &described, part);
+            .add_part(OutputKind::Cmaf, &v.name, &described, part, !last);
     }
 
     /// LL-HLS: publishes audio parts of the audio segment that follows rendition 0's
@@ -1029,8 +1029,13 @@ impl Packager {
                 independent: true,
                 data,
             };
-            self.output
-                .add_part(OutputKind::Cmaf, AUDIO_RENDITION, &described, part);
+            self.output.add_part(
+                OutputKind::Cmaf,
+                AUDIO_RENDITION,
+                &described,
+                part,
+                last.is_none(),
+            );
         }
     }
 

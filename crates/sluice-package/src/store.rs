@@ -412,16 +412,28 @@ impl EngineOutput {
         self.update_track(output, rendition, |track, window| track.push(seg, window));
     }
 
-    /// Publishes one part of the segment `open` describes (LL-HLS).
+    /// Publishes one part of the segment `open` describes (LL-HLS). The last parts of a
+    /// segment come with `publish: false`: the segment follows at once, and one render of
+    /// both keeps a playlist from ever hinting a part past the segment's end.
     pub(crate) fn add_part(
         &self,
         output: OutputKind,
         rendition: &str,
         open: &OpenSegment,
         part: StoredPart,
+        publish: bool,
     ) {
         *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        self.update_track(output, rendition, |track, _| track.push_part(open, part));
+        if publish {
+            self.update_track(output, rendition, |track, _| track.push_part(open, part));
+        } else {
+            let mut st = self.write();
+            let (d, part_target) = (st.segment_duration, st.part_target);
+            st.tracks
+                .entry((output, rendition.to_owned()))
+                .or_insert_with(|| Track::new(output, d, part_target))
+                .push_part(open, part);
+        }
     }
 
     /// Changes a track under the lock, renders it outside, installs the render unless the

@@ -289,8 +289,22 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
 
     let http = Arc::new(bind(cfg.server.http_listen, "HTTP").await?);
     let rtmp = Arc::new(bind(cfg.server.rtmp_listen, "RTMP").await?);
+    // HTTPS (and so HTTP/2 for Safari) when configured; a certificate that cannot be
+    // used stops the start with the file and the reason.
+    let https = match (
+        cfg.server.https_listen,
+        &cfg.server.tls_cert,
+        &cfg.server.tls_key,
+    ) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let acceptor = crate::tls::acceptor(cert, key)?;
+            Some((Arc::new(bind(addr, "HTTPS").await?), acceptor))
+        }
+        _ => None,
+    };
     tracing::info!(
         http = %http.local_addr()?,
+        https = %https.as_ref().and_then(|(l, _)| l.local_addr().ok()).map_or("-".into(), |a| a.to_string()),
         rtmp = %rtmp.local_addr()?,
         config = %config_path.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
         channels = cfg.channels.len(),
@@ -315,6 +329,13 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         reserved_for: vec![],
     });
     let http_workers = Arc::new(WorkerPool::per_core("http").context("HTTP worker threads")?);
+    // HTTPS shares the HTTP workers and connection slots.
+    let for_https = (
+        state.clone(),
+        limits.clone(),
+        http_workers.clone(),
+        admission.clone(),
+    );
     servers.spawn(listen::supervised_accept_loop(
         "HTTP",
         http,
@@ -324,11 +345,41 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         move |stream, peer, cancel| {
             let (state, limits) = (state.clone(), limits.clone());
             http_workers.serve(stream, move |stream| async move {
+                let _ = stream.set_nodelay(true);
                 sluice_distribution::serve_http_connection(stream, peer, state, &limits, cancel)
                     .await
             })
         },
     ));
+    if let Some((https, acceptor)) = https {
+        let (state, limits, workers, admission) = for_https;
+        servers.spawn(listen::supervised_accept_loop(
+            "HTTPS",
+            https,
+            admission,
+            limits.drain,
+            cancel.clone(),
+            move |stream, peer, cancel| {
+                let (state, limits, acceptor) = (state.clone(), limits.clone(), acceptor.clone());
+                workers.serve(stream, move |stream| async move {
+                    let _ = stream.set_nodelay(true);
+                    // The handshake is bounded like a request's headers.
+                    let tls =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    match tls.await {
+                        Ok(Ok(tls)) => {
+                            sluice_distribution::serve_http_connection(
+                                tls, peer, state, &limits, cancel,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                })
+            },
+        ));
+    }
     let router: Arc<dyn sluice_ingest::PublishRouter> = Arc::new(router);
     let limits = RtmpLimits::default();
     // Slots are kept for the encoders an ingest names in allow_cidrs: a flood from

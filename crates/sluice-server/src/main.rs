@@ -5,6 +5,7 @@ mod app;
 mod engine_runner;
 mod listen;
 mod supervise;
+mod tls;
 mod workers;
 
 use std::path::PathBuf;

@@ -24,20 +24,21 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
             cert.display()
         ));
     }
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| anyhow!("tls_key {}: {e}", key.display()))?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .with_context(|| {
-            format!(
-                "tls_cert {} and tls_key {} do not make a usable pair",
-                cert.display(),
-                key.display()
-            )
-        })?;
+    let private =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow!("tls_key {}: {e}", key.display()))?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, private)
+            .with_context(|| {
+                format!(
+                    "tls_cert {} and tls_key {} do not make a usable pair",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
