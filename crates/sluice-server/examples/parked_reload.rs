@@ -87,17 +87,18 @@ async fn main() {
         }
     };
 
-    // Where the playlist is: park on the first part of the segment after next, two to
-    // four seconds away with 2 s segments, so that every request is parked before it lands.
+    // Where the playlist is: park on the third part of the segment after the open one:
+    // one to three seconds away with 2 s segments of 0.5 s parts, so that every request
+    // is parked before it lands (and not so far ahead that it would be refused).
     let first = connect().await;
     let (_, body) = get(first.clone(), path.clone()).await.expect("playlist");
     let text = String::from_utf8_lossy(&body);
-    let hint = text
+    let complete: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
-        .expect("an LL-HLS playlist with a preload hint");
-    let msn: u64 = hint.split('.').next().unwrap().parse().unwrap();
-    let target = format!("{path}?_HLS_msn={}&_HLS_part=0", msn + 2);
+        .rfind(|l| !l.starts_with('#') && !l.is_empty())
+        .and_then(|l| l.trim_end_matches(".m4s").parse().ok())
+        .expect("an LL-HLS playlist with segments");
+    let target = format!("{path}?_HLS_msn={}&_HLS_part=2", complete + 2);
 
     let rss_before = proc_status(pid, "VmRSS:");
     let mut senders = vec![first];
@@ -128,6 +129,10 @@ async fn main() {
         .iter()
         .filter(|(_, r)| matches!(r, Some((200, _))))
         .count();
+    let mut statuses = std::collections::BTreeMap::new();
+    for (_, r) in &done {
+        *statuses.entry(r.map_or(0, |(s, _)| s)).or_insert(0) += 1;
+    }
     let early = done
         .iter()
         .filter(|(t, _)| t.duration_since(sent_at) < parked_for)
@@ -143,7 +148,9 @@ async fn main() {
     println!(
         "parked {requests} blocking requests over {connections} HTTP/2 connections on {target}"
     );
-    println!("  answered 200: {ok} (answered before the part landed: {early})");
+    println!(
+        "  answered 200: {ok} (answered before the part landed: {early}); statuses {statuses:?}"
+    );
     println!(
         "  server RSS: {rss_before} KiB before, {rss_connected} KiB connected, {rss_parked} KiB parked: {per_request_kib:.2} KiB per parked request"
     );
