@@ -26,6 +26,9 @@ const opt = (name, def) => {
 let PAGE = opt('--page', null);
 const OUT = opt('--out', './out');
 const SECONDS = Number(opt('--seconds', '25'));
+// --low-latency: hls.js in lowLatencyMode, and the latency it measures reported.
+const LOW_LATENCY = args.includes('--low-latency');
+if (LOW_LATENCY) args.splice(args.indexOf('--low-latency'), 1);
 const CHROMIUM = opt('--chromium', process.env.CHROMIUM || '/usr/bin/chromium');
 const STREAMS = args.length ? args : [
   'http://127.0.0.1:18080/live/demo/cmaf/index.m3u8',
@@ -87,7 +90,7 @@ try {
     const consoleMsgs = [];
     page.on('console', m => { if (m.type() === 'error' || m.type() === 'warning') consoleMsgs.push(`${m.type()}: ${m.text()}`); });
     page.on('pageerror', e => consoleMsgs.push(`pageerror: ${e.message}`));
-    await page.goto(`${PAGE}?src=${encodeURIComponent(stream)}`);
+    await page.goto(`${PAGE}?src=${encodeURIComponent(stream)}${LOW_LATENCY ? '&ll=1' : ''}`);
     const info = await page.evaluate(() => ({
       userAgent: navigator.userAgent, hlsVersion: window.playerState.hlsVersion,
       hlsSupported: window.playerState.hlsSupported, mse: window.playerState.mse,
@@ -158,10 +161,18 @@ try {
     const switchOk = switches.every(sw => sw.ok !== false);
     const pass = advance > 15 && fatal.length === 0 && last.videoWidth > 0 && switchOk;
     const audioDecoding = last.audioDecodedBytes == null ? null : last.audioDecodedBytes > first.audioDecodedBytes;
+    // Latency over the second half of the run (after start-up and the forced switches
+    // have settled): hls.js's own estimate (behind the live edge) and behind the
+    // server's clock (EXT-X-PROGRAM-DATE-TIME of the frame on screen).
+    const stat = (key) => {
+      const v = samples.slice(Math.floor(samples.length / 2)).map(p => p[key]).filter(x => x != null).sort((a, b) => a - b);
+      return v.length ? { median: v[Math.floor(v.length / 2)], min: v[0], max: v[v.length - 1] } : null;
+    };
+    const latency = { hls: stat('latency'), wall: stat('wallLatency'), target: stat('targetLatency') };
     const res = {
       stream, pass, advance: r3(advance), fatalErrors: fatal.length, errors: state.errors,
       videoErrors: state.videoErrors, levels: state.levels, audioTracks: state.audioTracks,
-      levelSwitches: state.levelSwitches, switches, switchOk, stalls, maxBufferedRanges, audioDecoding,
+      levelSwitches: state.levelSwitches, switches, switchOk, stalls, maxBufferedRanges, audioDecoding, latency,
       screenshot: shot, mse: info.mse, userAgent: info.userAgent, hlsVersion: info.hlsVersion,
       samples, console: consoleMsgs,
     };
@@ -169,6 +180,7 @@ try {
     console.log(`  levels: ${state.levels.map(l => `${l.index}:${l.width}x${l.height}@${l.bitrate} [${l.codecs}]`).join('  ')}`);
     if (state.audioTracks.length) console.log(`  audio tracks: ${JSON.stringify(state.audioTracks)}`);
     console.log(`  LEVEL_SWITCHED events: ${JSON.stringify(state.levelSwitches)}`);
+    console.log(`  latency (s, second half): ${JSON.stringify(latency)}`);
     for (const sw of switches) console.log(`  switch: ${JSON.stringify(sw)}`);
     console.log(`  errors (${state.errors.length}): ${state.errors.length ? '' : 'none'}`);
     for (const e of state.errors) console.log(`    ${JSON.stringify(e)}`);
