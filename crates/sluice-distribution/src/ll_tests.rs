@@ -238,3 +238,31 @@ async fn delta_updates_and_a_distributions_hold_backs() {
     );
     assert_eq!(now(&st, "/live/d/cmaf/v/9.0.m4s").await.0, StatusCode::OK);
 }
+
+/// The publisher reconnects (a new input session: a discontinuity) while requests are
+/// parked: they are answered by the next parts, after the seam, with numbering going on.
+#[tokio::test(start_paused = true)]
+async fn a_publisher_reconnect_while_requests_are_parked() {
+    let mut live = Live::new();
+    live.frames(60 + 20); // segment 0, parts 1.0
+    let st = state(&live.out);
+    let parked: Vec<_> = (0..10)
+        .map(
+            |_| match ask(&st, &format!("{PL}?_HLS_msn=2&_HLS_part=0")) {
+                Answer::Park(p) => tokio::spawn(p.answer()),
+                Answer::Now(_) => panic!("2.0 does not exist yet"),
+            },
+        )
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The encoder drops out and comes back: its next session starts on the next grid line.
+    live.packager.discontinuity();
+    live.next = 120;
+    live.frames(20);
+    for w in parked {
+        let (status, text) = body(w.await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.contains("URI=\"2.0.m4s\""), "{text}");
+        assert!(text.contains("#EXT-X-DISCONTINUITY\n"), "{text}");
+    }
+}
