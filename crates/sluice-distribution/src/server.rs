@@ -1088,6 +1088,15 @@ mod tests {
         let child = format!("/live/paid/{s}/cmaf/720p/index.m3u8");
         // A valid session passes the rules; the rendition is then simply unknown.
         assert_eq!(get(&child, inside), StatusCode::NOT_FOUND);
+        // LL-HLS parts and blocking reloads go through the session like everything else.
+        assert_eq!(
+            get("/live/paid/cmaf/720p/3.1.m4s", inside),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get(&format!("/live/paid/{s}/cmaf/720p/3.1.m4s"), inside),
+            StatusCode::NOT_FOUND
+        );
         // What a cache in front asks before serving a viewer from its cache.
         let check = format!("/live/paid/{s}/check");
         assert_eq!(get(&check, inside), StatusCode::NO_CONTENT);
@@ -1113,6 +1122,7 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(st.refusals.get(&paid, Refusal::TokenMissing), 1);
+        assert_eq!(st.refusals.get(&paid, Refusal::SessionMissing), 2);
         assert_eq!(st.refusals.get(&paid, Refusal::Ip), 3);
         assert_eq!(st.refusals.get(&paid, Refusal::SessionInvalid), 3);
     }
