@@ -17,6 +17,7 @@ pub mod fmp4;
 mod packager;
 pub mod playlist;
 mod store;
+mod timeline;
 pub mod ts;
 
 pub use packager::{AudioSpec, Packager, PackagerSettings, RenditionSpec};

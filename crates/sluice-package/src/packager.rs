@@ -11,6 +11,7 @@ use sluice_core::{AudioConfig, Frame, Id, MediaTime, Throttle, VideoConfig};
 use crate::fmp4::{self, Sample, TrackConfig, VIDEO_TIMESCALE};
 use crate::playlist::{self, StoredPart, StoredSegment};
 use crate::store::{AUDIO_RENDITION, EngineOutput, VariantInfo};
+use crate::timeline::{self, DecodeClock, grid_tolerance};
 use crate::ts::{TsFrame, TsWriter};
 use crate::{OutputKind, PackageError};
 
@@ -31,12 +32,6 @@ const MAX_AUDIO_QUEUE_BYTES: usize = 16 << 20;
 const AUDIO_QUEUE_SEGMENTS: i64 = 6;
 /// Closed segments kept waiting for audio, per rendition, before writing anyway.
 const MAX_PENDING_SEGMENTS: usize = 8;
-/// How far decode times may go back and still be taken as rounding (FLV milliseconds).
-const DTS_ROUNDING: MediaTime = 2_000_000;
-/// One tick of the 90 kHz clock that MPEG-TS and the fMP4 video track use, rounded up.
-const ONE_TICK: MediaTime = 11_112;
-/// Frame duration assumed when nothing better is known (30 fps).
-const DEFAULT_FRAME_DURATION: MediaTime = NANOS_PER_SEC / 30;
 
 /// How an engine's output is cut and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +50,6 @@ pub struct PackagerSettings {
     pub init_version_base: u32,
     /// LL-HLS part target of the CMAF output; 0: no parts.
     pub part_duration: MediaTime,
-}
-
-/// How far before a grid line a keyframe may fall and still open that line's segment.
-fn grid_tolerance(d: MediaTime) -> MediaTime {
-    (d / 20).min(50_000_000)
 }
 
 /// A video rendition as configured (for passthrough: the input's values).
@@ -129,10 +119,8 @@ struct VideoState {
     open: Option<OpenSegment>,
     next_msn: Option<u64>,
     pending_discontinuity: bool,
-    last_dts: Option<MediaTime>,
-    /// Last positive decode-time step, for the duration of a segment's last
-    /// frame when no next frame will come.
-    frame_duration: MediaTime,
+    /// Accepted decode times and recent steps (`timeline.rs`).
+    clock: DecodeClock,
     fragment_seq: u32,
     ts: TsWriter,
     /// Closed segments waiting for audio before their TS segment is written.
@@ -140,9 +128,6 @@ struct VideoState {
     last_end: Option<MediaTime>,
     /// The engine was down: the next cut lists what it missed as gaps.
     after_outage: bool,
-    /// The last decode-time steps, newest last: a part closes before the frame that
-    /// could take it past the part target.
-    steps: VecDeque<MediaTime>,
 }
 
 #[derive(Debug)]
@@ -263,14 +248,12 @@ impl Packager {
                 open: None,
                 next_msn: None,
                 pending_discontinuity: false,
-                last_dts: None,
-                frame_duration: DEFAULT_FRAME_DURATION,
+                clock: DecodeClock::default(),
                 fragment_seq: 0,
                 ts: TsWriter::new(),
                 pending_ts: VecDeque::new(),
                 last_end: None,
                 after_outage: false,
-                steps: VecDeque::new(),
             })
             .collect();
         let audio = audio.map(|_| AudioState {
@@ -399,26 +382,11 @@ impl Packager {
         }
         let cfg = v.cfg.clone().ok_or(PackageError::NoConfig)?;
         let mut frame = frame;
-        if let Some(previous) = v.last_dts
-            && frame.dts <= previous
-        {
-            // FLV carries milliseconds: two frames can land on one (GStreamer's flvmux does
-            // it now and then). Nudge such a frame one 90 kHz tick later rather than drop
-            // it and break the references of every frame after it; a real step back is
-            // still dropped.
-            if previous - frame.dts > DTS_ROUNDING {
-                return Err(PackageError::NonMonotonic {
-                    dts: frame.dts,
-                    previous,
-                });
-            }
-            frame.dts = previous + ONE_TICK;
-            frame.pts = frame.pts.max(frame.dts);
-        }
-        // A keyframe a hair before a grid line (an encoder's GOP of 59.94 frames, millisecond
-        // timestamps) still opens the segment of that line, so a passthrough GOP equal to the
-        // segment duration cuts every time instead of making double-length segments.
-        let grid = frame.pts.saturating_add(grid_tolerance(d)).div_euclid(d);
+        (frame.dts, frame.pts) = v.clock.admit(frame.dts, frame.pts)?;
+        // A keyframe a hair before a grid line still opens the segment of that line, so a
+        // passthrough GOP equal to the segment duration cuts every time instead of making
+        // double-length segments.
+        let grid = timeline::grid_of(frame.pts, d);
         let cut = match &v.open {
             None if !frame.keyframe => return Err(PackageError::WaitingForKeyframe),
             None => true,
@@ -431,14 +399,7 @@ impl Packager {
         {
             return Err(PackageError::SegmentTooLarge(MAX_SEGMENT_BYTES));
         }
-        if let Some(prev) = v.last_dts {
-            v.frame_duration = frame.dts.saturating_sub(prev).clamp(1, NANOS_PER_SEC);
-            v.steps.push_back(v.frame_duration);
-            if v.steps.len() > 8 {
-                v.steps.pop_front();
-            }
-        }
-        v.last_dts = Some(frame.dts);
+        v.clock.record(frame.dts);
         self.video_head = Some(self.video_head.map_or(frame.pts, |h| h.max(frame.pts)));
         let wall = *self.clock.get_or_insert_with(|| (frame.pts, unix_ms()));
         if !cut {
@@ -623,7 +584,7 @@ impl Packager {
             if v.next_msn.is_some() {
                 v.next_msn = shared;
             }
-            v.last_dts = None;
+            v.clock.reset();
         }
         self.release(true);
         if let Some(a) = self.audio.as_mut() {
@@ -679,8 +640,8 @@ impl Packager {
                     .max()
                     .unwrap_or(open.start);
                 (
-                    max_pts.saturating_add(v.frame_duration),
-                    last_dts.saturating_add(v.frame_duration),
+                    max_pts.saturating_add(v.clock.frame_duration()),
+                    last_dts.saturating_add(v.clock.frame_duration()),
                 )
             }
         };
@@ -914,12 +875,12 @@ impl Packager {
             return;
         };
         let v = &mut self.video[r];
-        let step = v.steps.iter().copied().max().unwrap_or(v.frame_duration);
+        let step = v.clock.max_step();
         let Some(open) = v.open.as_mut() else { return };
         let Some(first) = open.frames.get(open.part_from) else {
             return;
         };
-        if !last && next_dts.saturating_add(step).saturating_sub(first.dts) <= target {
+        if !last && !timeline::part_full(first.dts, next_dts, step, target) {
             return;
         }
         let frames = &open.frames[open.part_from..];
