@@ -76,16 +76,10 @@ fn ll_hls_over_http1_h2c_and_https_h2() {
 
     // A blocking request for the hinted part over h2 is answered once the part exists,
     // and the part itself comes over the same protocol.
-    let hint = body
-        .lines()
-        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
-        .expect("a preload hint")
-        .trim_end_matches('"')
-        .to_owned();
-    let (msn, part) = hint.trim_end_matches(".m4s").split_once('.').unwrap();
+    let hint = preload_hint(body.as_bytes());
     let (v, status, answer) = curl(
         &["--http2", "--cacert", cert.to_str().unwrap()],
-        &format!("{tls}?_HLS_msn={msn}&_HLS_part={part}"),
+        &format!("{tls}?{}", blocking_query(&hint)),
     );
     assert_eq!((v.as_str(), status), ("2", 200));
     assert!(answer.contains(&format!("URI=\"{hint}\"")), "{answer}");
@@ -278,10 +272,7 @@ fn ll_hls_oracle_over_two_minutes() {
             .hint
             .clone()
             .expect("a live playlist hints its next part");
-        let (hmsn, hpart) = hint.trim_end_matches(".m4s").split_once('.').unwrap();
-        let text = fetch(&format!(
-            "{base}/360p/index.m3u8?_HLS_msn={hmsn}&_HLS_part={hpart}"
-        ));
+        let text = fetch(&format!("{base}/360p/index.m3u8?{}", blocking_query(&hint)));
         // Right after: the siblings, to hold the rendition reports against.
         let siblings: Vec<(String, Ll)> = ["180p", "audio"]
             .iter()
@@ -422,18 +413,10 @@ fn a_cache_in_front_collapses_blocking_reloads_and_parts() {
     let port = cache.port;
     const PLAYERS: usize = 100;
     const PARTS: usize = 8;
-    let hint_of = |body: &[u8]| -> String {
-        String::from_utf8_lossy(body)
-            .lines()
-            .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
-            .expect("a preload hint")
-            .trim_end_matches('"')
-            .to_owned()
-    };
     // Every player starts from the same playlist, then follows its hints.
     let (status, _, body) = raw_get("127.0.0.1", port, path, &[]);
     assert_eq!(status, 200);
-    let start = hint_of(&body);
+    let start = preload_hint(&body);
     let players: Vec<_> = (0..PLAYERS)
         .map(|_| {
             let start = start.clone();
@@ -441,8 +424,7 @@ fn a_cache_in_front_collapses_blocking_reloads_and_parts() {
                 let mut hint = start;
                 let mut got = 0;
                 for _ in 0..PARTS {
-                    let (msn, part) = hint.trim_end_matches(".m4s").split_once('.').unwrap();
-                    let url = format!("{path}?_HLS_msn={msn}&_HLS_part={part}");
+                    let url = format!("{path}?{}", blocking_query(&hint));
                     let (status, _, body) = raw_get("127.0.0.1", port, &url, &[]);
                     if status != 200 {
                         return Err(format!("{url}: {status}"));
@@ -453,7 +435,7 @@ fn a_cache_in_front_collapses_blocking_reloads_and_parts() {
                     if status == 200 {
                         got += 1;
                     }
-                    hint = hint_of(&body);
+                    hint = preload_hint(&body);
                 }
                 Ok(got)
             })

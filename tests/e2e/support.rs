@@ -609,3 +609,22 @@ impl Drop for NginxCache {
         let _ = self.child.wait();
     }
 }
+
+/// The URI of an LL-HLS playlist's `EXT-X-PRELOAD-HINT` (`<msn>.<part>.m4s`).
+pub fn preload_hint(playlist: &[u8]) -> String {
+    String::from_utf8_lossy(playlist)
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+        .expect("a preload hint")
+        .trim_end_matches('"')
+        .to_owned()
+}
+
+/// The blocking-reload query (`_HLS_msn=<msn>&_HLS_part=<part>`) for the part at `uri`.
+pub fn blocking_query(part_uri: &str) -> String {
+    let (msn, part) = part_uri
+        .trim_end_matches(".m4s")
+        .split_once('.')
+        .expect("<msn>.<part>.m4s");
+    format!("_HLS_msn={msn}&_HLS_part={part}")
+}

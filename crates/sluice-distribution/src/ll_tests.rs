@@ -119,6 +119,20 @@ async fn now(st: &HttpState, url: &str) -> (StatusCode, String) {
 
 const PL: &str = "/live/d/cmaf/v/index.m3u8";
 
+/// `n` requests for `url`, each parked (it must wait) and waiting on a task of its own.
+fn park_many(
+    st: &HttpState,
+    url: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<hyper::Response<http_body_util::Full<Bytes>>>> {
+    (0..n)
+        .map(|_| match ask(st, url) {
+            Answer::Park(p) => tokio::spawn(p.answer()),
+            Answer::Now(r) => panic!("{url} answered at once: {}", r.status()),
+        })
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn blocking_reload_waits_for_the_part_then_answers_at_once() {
     let mut live = Live::new();
@@ -193,14 +207,7 @@ async fn too_far_never_and_malformed_and_stream_end() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(started.elapsed().as_secs(), 6);
     // Parked requests are all released when the stream ends, with the final playlist.
-    let parked: Vec<_> = (0..50)
-        .map(
-            |_| match ask(&st, &format!("{PL}?_HLS_msn=2&_HLS_part=0")) {
-                Answer::Park(p) => tokio::spawn(p.answer()),
-                Answer::Now(_) => panic!("waits"),
-            },
-        )
-        .collect();
+    let parked = park_many(&st, &format!("{PL}?_HLS_msn=2&_HLS_part=0"), 50);
     tokio::time::sleep(Duration::from_millis(100)).await;
     live.packager.finish();
     for w in parked {
@@ -246,14 +253,8 @@ async fn a_publisher_reconnect_while_requests_are_parked() {
     let mut live = Live::new();
     live.frames(60 + 20); // segment 0, parts 1.0
     let st = state(&live.out);
-    let parked: Vec<_> = (0..10)
-        .map(
-            |_| match ask(&st, &format!("{PL}?_HLS_msn=2&_HLS_part=0")) {
-                Answer::Park(p) => tokio::spawn(p.answer()),
-                Answer::Now(_) => panic!("2.0 does not exist yet"),
-            },
-        )
-        .collect();
+    // 2.0 does not exist yet.
+    let parked = park_many(&st, &format!("{PL}?_HLS_msn=2&_HLS_part=0"), 10);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The encoder drops out and comes back: its next session starts on the next grid line.
     live.packager.discontinuity();

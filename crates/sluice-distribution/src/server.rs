@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_core::{Id, MediaTime};
 use sluice_package::playlist::{server_control_line, with_server_control};
-use sluice_package::{Awaited, EngineOutput, OutputKind, Readiness};
+use sluice_package::{Awaited, EngineOutput, OutputKind, Readiness, Rendered};
 use tokio_util::sync::CancellationToken;
 
 use ipnet::IpNet;
@@ -330,8 +330,8 @@ pub struct Parked {
     rendition: String,
     want: Awaited,
     kind: ParkedKind,
-    /// `Access-Control-Allow-Origin` to answer with (restricted origins), else `*`.
-    cors: Option<Option<HeaderValue>>,
+    /// Decided with the rules, applied when the answer is made.
+    cors: Cors,
     /// Give up (503) after this long: about three target durations.
     wait: Duration,
 }
@@ -348,6 +348,26 @@ enum ParkedKind {
 }
 
 impl Parked {
+    /// Waits on `engine`'s playlist of `rendition` for `want`, at most three target
+    /// durations (RFC 8216bis §6.2.5.2 has the client give up after that), then 503.
+    fn new(
+        engine: &Arc<EngineOutput>,
+        output: OutputKind,
+        rendition: &str,
+        want: Awaited,
+        kind: ParkedKind,
+    ) -> Self {
+        Parked {
+            engine: Arc::clone(engine),
+            output,
+            rendition: rendition.to_owned(),
+            want,
+            kind,
+            cors: Cors::Any,
+            wait: Duration::from_secs(3 * engine.target_duration()),
+        }
+    }
+
     /// The answer if what it waits for is there (or never will be), else `None`.
     fn try_answer(&self) -> Option<Response<Full<Bytes>>> {
         let r = match self
@@ -367,29 +387,16 @@ impl Parked {
                     target_latency,
                 } => media_playlist_response(
                     &self.engine,
-                    self.output,
-                    &self.rendition,
+                    self.engine.rendered(self.output, &self.rendition)?,
                     skip,
                     target_latency,
-                )?,
+                ),
                 ParkedKind::Part { msn, index } => {
                     part_response(&self.engine, &self.rendition, msn, index)
                 }
             },
         };
-        Some(self.with_cors(r))
-    }
-
-    fn with_cors(&self, mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
-        if let Some(origin) = &self.cors {
-            let h = r.headers_mut();
-            match origin {
-                Some(o) => h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone()),
-                None => h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN),
-            };
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        }
-        r
+        Some(self.cors.apply(r))
     }
 
     /// Waits (a future on the playlist's change signal, no thread, no polling) until the
@@ -412,7 +419,7 @@ impl Parked {
                 () = &mut deadline => break,
             }
         }
-        self.with_cors(error(
+        self.cors.apply(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not available in time\n",
         ))
@@ -459,16 +466,14 @@ impl Directives {
     }
 }
 
-/// A media playlist as served: its delta update when asked and available, with the
-/// distribution's own hold-backs. `None` when the rendition has no playlist yet.
+/// A media playlist of `engine` as served: its delta update when asked and available,
+/// with the distribution's own hold-backs.
 fn media_playlist_response(
     engine: &EngineOutput,
-    output: OutputKind,
-    rendition: &str,
+    rendered: Rendered,
     skip: bool,
     target_latency: Option<MediaTime>,
-) -> Option<Response<Full<Bytes>>> {
-    let rendered = engine.rendered(output, rendition)?;
+) -> Response<Full<Bytes>> {
     let mut body = match (skip, rendered.skip) {
         (true, Some(delta)) => delta,
         _ => rendered.full,
@@ -477,7 +482,7 @@ fn media_playlist_response(
         let line = server_control_line(engine.target_duration(), part, Some(latency));
         body = with_server_control(&body, &line);
     }
-    Some(response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body))
+    response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body)
 }
 
 fn part_response(
@@ -585,30 +590,48 @@ pub fn plan(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Answer {
     match serve_route(dist, &engines, &route, req.query) {
         Answer::Now(r) => with_cors(r, &dist.policy, origin).into(),
         Answer::Park(mut p) => {
-            if dist.policy.restricts_origins() {
-                p.cors = Some(origin.and_then(|o| HeaderValue::from_str(o).ok()));
-            }
+            p.cors = Cors::new(&dist.policy, origin);
             Answer::Park(p)
         }
     }
 }
 
-/// Restricted origins: CORS names the (allowed, or absent) origin, and caches are told the
-/// answer depends on it.
+/// The CORS headers of an answer. Restricted origins: CORS names the (allowed, or absent)
+/// origin, and caches are told the answer depends on it; otherwise any origin (`*`, set
+/// by [`response`]).
+enum Cors {
+    Any,
+    Restricted(Option<HeaderValue>),
+}
+
+impl Cors {
+    fn new(policy: &Policy, origin: Option<&str>) -> Self {
+        if policy.restricts_origins() {
+            Cors::Restricted(origin.and_then(|o| HeaderValue::from_str(o).ok()))
+        } else {
+            Cors::Any
+        }
+    }
+
+    fn apply(&self, mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+        if let Cors::Restricted(origin) = self {
+            let h = resp.headers_mut();
+            match origin {
+                Some(o) => h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone()),
+                None => h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            };
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        resp
+    }
+}
+
 fn with_cors(
-    mut resp: Response<Full<Bytes>>,
+    resp: Response<Full<Bytes>>,
     policy: &Policy,
     origin: Option<&str>,
 ) -> Response<Full<Bytes>> {
-    if policy.restricts_origins() {
-        let h = resp.headers_mut();
-        match origin.and_then(|o| HeaderValue::from_str(o).ok()) {
-            Some(o) => h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o),
-            None => h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN),
-        };
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    resp
+    Cors::new(policy, origin).apply(resp)
 }
 
 /// The multivariant request: the entry distribution's token, its override rules, then
@@ -752,13 +775,13 @@ fn serve_route(
                     .filter(|(_, n)| furthest.is_none() || **n == furthest)
                     .map(|(e, _)| e)
                     .chain(engines.iter())
-                    .find(|(e, _)| e.rendered(output, rendition).is_some())
+                    .find_map(|(e, _)| Some((*e, e.rendered(output, rendition)?)))
             } else {
                 engines
                     .iter()
-                    .find(|(e, _)| e.rendered(output, rendition).is_some())
+                    .find_map(|(e, _)| Some((*e, e.rendered(output, rendition)?)))
             };
-            let Some((engine, _)) = from_engine else {
+            let Some((engine, rendered)) = from_engine else {
                 return if engines
                     .iter()
                     .any(|(e, _)| e.rendition_names().iter().any(|n| n == rendition))
@@ -772,31 +795,24 @@ fn serve_route(
             match directives.msn {
                 // Blocking reload: only where the playlist can block (it has parts).
                 Some(msn) if engine.part_target().is_some() && output == OutputKind::Cmaf => {
-                    Answer::Park(Parked {
-                        engine: Arc::clone(engine),
+                    Answer::Park(Parked::new(
+                        engine,
                         output,
-                        rendition: rendition.to_owned(),
-                        want: Awaited {
+                        rendition,
+                        Awaited {
                             msn,
                             part: directives.part,
                         },
-                        kind: ParkedKind::Playlist {
+                        ParkedKind::Playlist {
                             skip: directives.skip,
                             target_latency: dist.target_latency,
                         },
-                        cors: None,
-                        wait: blocking_wait(engine),
-                    })
+                    ))
                 }
-                _ => media_playlist_response(
-                    engine,
-                    output,
-                    rendition,
-                    directives.skip,
-                    dist.target_latency,
-                )
-                .unwrap_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n"))
-                .into(),
+                _ => {
+                    media_playlist_response(engine, rendered, directives.skip, dist.target_latency)
+                        .into()
+                }
             }
         }
         Route::Part {
@@ -819,21 +835,19 @@ fn serve_route(
             }) else {
                 return error(StatusCode::NOT_FOUND, "no such part\n").into();
             };
-            Answer::Park(Parked {
-                engine: Arc::clone(engine),
-                output: OutputKind::Cmaf,
-                rendition: rendition.to_owned(),
-                want: Awaited {
+            Answer::Park(Parked::new(
+                engine,
+                OutputKind::Cmaf,
+                rendition,
+                Awaited {
                     msn: *msn,
                     part: Some(*part),
                 },
-                kind: ParkedKind::Part {
+                ParkedKind::Part {
                     msn: *msn,
                     index: *part,
                 },
-                cors: None,
-                wait: blocking_wait(engine),
-            })
+            ))
         }
         Route::Init {
             rendition, version, ..
@@ -868,12 +882,6 @@ fn serve_route(
             error(StatusCode::NOT_FOUND, "not found\n").into()
         }
     }
-}
-
-/// How long a blocking request may wait: three target durations (RFC 8216bis §6.2.5.2
-/// has the client give up after that), then 503.
-fn blocking_wait(engine: &EngineOutput) -> Duration {
-    Duration::from_secs(3 * engine.target_duration())
 }
 
 fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {

@@ -124,7 +124,7 @@ impl Track {
             segments: VecDeque::new(),
             listed_from: 0,
             discontinuity_sequence: 0,
-            target_duration: ceil_secs(segment_duration).max(1),
+            target_duration: target_duration_secs(segment_duration),
             // Parts are CMAF chunks: an MPEG-TS playlist has none.
             part_target: part_target.filter(|p| *p > 0 && output == OutputKind::Cmaf),
             open: None,
@@ -136,7 +136,7 @@ impl Track {
         }
     }
 
-    pub fn listed(&self) -> impl Iterator<Item = &StoredSegment> {
+    pub fn listed(&self) -> impl DoubleEndedIterator<Item = &StoredSegment> {
         self.segments.iter().skip(self.listed_from)
     }
 
@@ -229,7 +229,7 @@ impl Track {
             .as_ref()
             .map_or(0, |o| o.parts.iter().map(|p| p.duration).sum());
         let mut n = 0;
-        for s in self.listed().collect::<Vec<_>>().into_iter().rev() {
+        for s in self.listed().rev() {
             from_end = from_end.saturating_add(s.duration);
             if from_end > limit {
                 break;
@@ -576,8 +576,12 @@ pub fn with_server_control(playlist: &Bytes, line: &str) -> Bytes {
     Bytes::from(out)
 }
 
-pub(crate) fn ceil_secs(t: MediaTime) -> u64 {
-    (t.max(0) as u64).div_ceil(NANOS_PER_SEC as u64)
+/// `EXT-X-TARGETDURATION` for segments of `segment_duration`: whole seconds, rounded up,
+/// at least one.
+pub(crate) fn target_duration_secs(segment_duration: MediaTime) -> u64 {
+    (segment_duration.max(0) as u64)
+        .div_ceil(NANOS_PER_SEC as u64)
+        .max(1)
 }
 
 pub(crate) fn round_secs(t: MediaTime) -> u64 {

@@ -61,20 +61,19 @@ type MultivariantCache = HashMap<(OutputKind, Option<u32>), (u64, Option<Bytes>)
 /// Reader side of one engine's packaged output, shared with the HTTP layer.
 ///
 /// Every getter is a lookup and a `Bytes` clone; writers re-render a
-/// playlist once per change and bump the [`EngineOutput::subscribe`] counter.
+/// playlist once per change and signal it ([`EngineOutput::subscribe_playlist`]).
 #[derive(Debug)]
 pub struct EngineOutput {
     state: RwLock<State>,
     /// Rendered multivariant playlists by (output, cap); an entry is used only while
     /// `generation` has not moved since its render began.
     multivariant_cache: Mutex<MultivariantCache>,
-    /// Bumped after every change to the state.
+    /// Bumped after every change to what the multivariant playlist shows.
     generation: AtomicU64,
     /// When the last segment with media was added, and how long ago it may be for the
     /// engine to count as healthy (two segment durations and a second).
     last_media: Mutex<Option<Instant>>,
     health_window: Duration,
-    changes: watch::Sender<u64>,
 }
 
 impl EngineOutput {
@@ -105,7 +104,6 @@ impl EngineOutput {
             last_media: Mutex::new(None),
             health_window: Duration::from_nanos(segment_duration.max(0) as u64 * 2)
                 + Duration::from_secs(1),
-            changes: watch::channel(0).0,
         }
     }
 
@@ -123,9 +121,9 @@ impl EngineOutput {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Something the multivariant playlist shows changed (segments, codecs, renditions).
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// The multivariant playlist of `output` (RFC 8216bis §4.4.6), `None`
@@ -324,7 +322,7 @@ impl EngineOutput {
 
     /// The target duration of the media playlists, seconds.
     pub fn target_duration(&self) -> u64 {
-        crate::playlist::ceil_secs(self.read().segment_duration).max(1)
+        crate::playlist::target_duration_secs(self.read().segment_duration)
     }
 
     /// Part `index` of segment `msn` (`<msn>.<index>.m4s`), while it is kept.
@@ -360,11 +358,6 @@ impl EngineOutput {
     /// False once the packager finished (playlists carry `EXT-X-ENDLIST`).
     pub fn is_live(&self) -> bool {
         self.read().live
-    }
-
-    /// A counter bumped on every playlist change (for blocking playlist reload).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
     }
 
     /// The newest media sequence number of a rendition (CMAF if enabled, else TS).
@@ -409,7 +402,10 @@ impl EngineOutput {
         if seg.data.is_some() {
             *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         }
-        self.update_track(output, rendition, |track, window| track.push(seg, window));
+        self.update_track(output, rendition, true, |track, window| {
+            track.push(seg, window)
+        });
+        self.changed();
     }
 
     /// Publishes one part of the segment `open` describes (LL-HLS). The last parts of a
@@ -424,24 +420,20 @@ impl EngineOutput {
         publish: bool,
     ) {
         *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        if publish {
-            self.update_track(output, rendition, |track, _| track.push_part(open, part));
-        } else {
-            let mut st = self.write();
-            let (d, part_target) = (st.segment_duration, st.part_target);
-            st.tracks
-                .entry((output, rendition.to_owned()))
-                .or_insert_with(|| Track::new(output, d, part_target))
-                .push_part(open, part);
-        }
+        // Parts change no multivariant playlist: its cache stays good.
+        self.update_track(output, rendition, publish, |track, _| {
+            track.push_part(open, part)
+        });
     }
 
-    /// Changes a track under the lock, renders it outside, installs the render unless the
-    /// track changed meanwhile (whoever changed it installs a newer one), then signals it.
+    /// Changes a track under the lock; with `publish`, renders it outside, installs the
+    /// render unless the track changed meanwhile (whoever changed it installs a newer
+    /// one), then signals it. Without, the next published change renders both.
     fn update_track(
         &self,
         output: OutputKind,
         rendition: &str,
+        publish: bool,
         change: impl FnOnce(&mut Track, MediaTime),
     ) {
         let key = (output, rendition.to_owned());
@@ -453,12 +445,14 @@ impl EngineOutput {
                 .entry(key.clone())
                 .or_insert_with(|| Track::new(output, d, part));
             change(track, window);
+            if !publish {
+                return;
+            }
             let version = track.version;
             let reports = sibling_reports(&st, &key);
             (st.tracks[&key].snapshot(reports), version)
         };
         self.install_playlist(&key, snapshot.render(), version);
-        self.changed();
     }
 
     fn install_playlist(&self, key: &(OutputKind, String), rendered: Rendered, version: u64) {

@@ -271,7 +271,7 @@ fn cmaf_and_ts_from_ffmpeg_fixture() {
     assert_eq!(fx.video[0].pts, OFFSET);
     let (mut p, out) = new_packager(vec![spec("360p", 300)], 60 * S, &fx);
     assert!(out.multivariant(OutputKind::Cmaf, None).is_none());
-    let changes = out.subscribe();
+    let changes = out.subscribe_playlist(OutputKind::Cmaf, "360p");
     feed(&mut p, &fx, 1, 0, 0, i64::MIN);
     assert!(out.is_live());
     p.finish();

@@ -345,7 +345,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         move |stream, peer, cancel| {
             let (state, limits) = (state.clone(), limits.clone());
             http_workers.serve(stream, move |stream| async move {
-                let _ = stream.set_nodelay(true);
                 sluice_distribution::serve_http_connection(stream, peer, state, &limits, cancel)
                     .await
             })
@@ -362,7 +361,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             move |stream, peer, cancel| {
                 let (state, limits, acceptor) = (state.clone(), limits.clone(), acceptor.clone());
                 workers.serve(stream, move |stream| async move {
-                    let _ = stream.set_nodelay(true);
                     // The handshake is bounded like a request's headers.
                     let tls =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));

@@ -76,8 +76,8 @@ impl WorkerPool {
         Self::new(name, n)
     }
 
-    /// Serves `stream` on the next worker with `serve`; the returned future ends when the
-    /// connection does, and dropping it closes the connection.
+    /// Serves `stream` (with `TCP_NODELAY`) on the next worker with `serve`; the returned
+    /// future ends when the connection does, and dropping it closes the connection.
     pub fn serve<F, Fut>(
         &self,
         stream: TcpStream,
@@ -94,6 +94,8 @@ impl WorkerPool {
         let task = self.workers[i].handle.spawn(async move {
             let Ok(s) = std_stream else { return };
             if let Ok(stream) = TcpStream::from_std(s) {
+                // Small responses (playlists, parts) go out at once, not after Nagle's wait.
+                let _ = stream.set_nodelay(true);
                 serve(stream).await;
             }
         });
