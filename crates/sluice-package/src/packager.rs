@@ -11,21 +11,13 @@ use sluice_core::{AudioConfig, Frame, Id, MediaTime, Throttle, VideoConfig};
 use crate::fmp4::{self, Sample, TrackConfig, VIDEO_TIMESCALE};
 use crate::playlist::{self, StoredPart, StoredSegment};
 use crate::store::{AUDIO_RENDITION, EngineOutput, VariantInfo};
-use crate::timeline::{self, DecodeClock, grid_tolerance};
+use crate::timeline::{ClosedSegment, RenditionTimeline, Step};
 use crate::ts::{TsFrame, TsWriter};
 use crate::{OutputKind, PackageError};
 
-/// An open segment larger than this drops further frames (a keyframe never came).
-const MAX_SEGMENT_BYTES: usize = 64 << 20;
-/// The same bound in frames: tiny frames must not grow an open segment without end
-/// (at 120 fps this is over two minutes of video).
-const MAX_SEGMENT_FRAMES: usize = 16_384;
 /// An audio frame this far ahead of the video is a jumped timestamp: dropped alone,
 /// so that it does not make every later frame look out of order.
 const MAX_AUDIO_AHEAD: MediaTime = 10 * NANOS_PER_SEC;
-/// Most missing segments listed as `EXT-X-GAP` to keep an engine's numbering on media
-/// time after it was down; a longer hole keeps counting by one.
-const MAX_GAP_FILL: MediaTime = 64;
 /// Audio kept waiting for slow video, in bytes.
 const MAX_AUDIO_QUEUE_BYTES: usize = 16 << 20;
 /// Audio kept waiting for slow video, in segment durations of media time.
@@ -67,37 +59,28 @@ pub struct AudioSpec {
     pub kbps: u32,
 }
 
-/// A video segment still receiving frames.
+/// What the packager keeps of a rendition's open segment besides its frames (those are
+/// the timeline's).
 #[derive(Debug)]
-struct OpenSegment {
+struct SegmentMeta {
     msn: u64,
-    /// `pts.div_euclid(d)` of the first frame.
-    grid: i64,
-    start: MediaTime,
     discontinuity: bool,
     cfg: Arc<VideoConfig>,
     init_version: u32,
-    frames: Vec<Frame>,
-    bytes: usize,
-    /// Wall-clock time of `start`, Unix milliseconds.
+    /// Wall-clock time of its start, Unix milliseconds.
     program_date_time: Option<i64>,
-    /// Index in `frames` of the first frame not yet in a published part.
-    part_from: usize,
-    /// The parts published so far (the first starts with `styp`): the segment is
-    /// their concatenation.
+    /// The parts published so far (the first starts with `styp`): the segment is their
+    /// concatenation.
     parts: Vec<Bytes>,
 }
 
-/// A finished video segment: its media interval is known.
+/// A closed segment (or a gap: no frames) waiting for audio before its TS segment is
+/// written.
 #[derive(Debug)]
-struct ClosedSegment {
-    msn: u64,
-    start: MediaTime,
-    end: MediaTime,
-    discontinuity: bool,
-    program_date_time: Option<i64>,
+struct PendingTs {
+    seg: ClosedSegment,
     cfg: Arc<VideoConfig>,
-    frames: Vec<Frame>,
+    program_date_time: Option<i64>,
 }
 
 /// Rendition 0's segment interval, which the CMAF audio segment of the same
@@ -116,18 +99,12 @@ struct VideoState {
     cfg: Option<Arc<VideoConfig>>,
     init_version: u32,
     fps_known: bool,
-    open: Option<OpenSegment>,
-    next_msn: Option<u64>,
-    pending_discontinuity: bool,
-    /// Accepted decode times and recent steps (`timeline.rs`).
-    clock: DecodeClock,
+    /// Cuts, numbering, parts and gaps (`timeline.rs`).
+    timeline: RenditionTimeline,
+    open: Option<SegmentMeta>,
     fragment_seq: u32,
     ts: TsWriter,
-    /// Closed segments waiting for audio before their TS segment is written.
-    pending_ts: VecDeque<ClosedSegment>,
-    last_end: Option<MediaTime>,
-    /// The engine was down: the next cut lists what it missed as gaps.
-    after_outage: bool,
+    pending_ts: VecDeque<PendingTs>,
 }
 
 #[derive(Debug)]
@@ -186,6 +163,8 @@ pub struct Packager {
     part: Option<MediaTime>,
     /// (pts, Unix ms) of the first frame of the input session: program date-times.
     clock: Option<(MediaTime, i64)>,
+    /// The timeline's steps, reused between frames.
+    steps: Vec<Step>,
 }
 
 impl Packager {
@@ -245,15 +224,11 @@ impl Packager {
                 cfg: None,
                 init_version: settings.init_version_base,
                 fps_known: false,
+                timeline: RenditionTimeline::new(d, part),
                 open: None,
-                next_msn: None,
-                pending_discontinuity: false,
-                clock: DecodeClock::default(),
                 fragment_seq: 0,
                 ts: TsWriter::new(),
                 pending_ts: VecDeque::new(),
-                last_end: None,
-                after_outage: false,
             })
             .collect();
         let audio = audio.map(|_| AudioState {
@@ -282,6 +257,7 @@ impl Packager {
             drop_log: Throttle::default(),
             part,
             clock: None,
+            steps: Vec::new(),
         };
         (packager, output)
     }
@@ -372,7 +348,6 @@ impl Packager {
         if self.finished {
             return Err(PackageError::Finished);
         }
-        let d = self.d;
         let v = self
             .video
             .get_mut(r)
@@ -380,132 +355,105 @@ impl Packager {
         if frame.data.is_empty() {
             return Err(PackageError::EmptyFrame);
         }
-        let cfg = v.cfg.clone().ok_or(PackageError::NoConfig)?;
-        let mut frame = frame;
-        (frame.dts, frame.pts) = v.clock.admit(frame.dts, frame.pts)?;
-        // A keyframe a hair before a grid line still opens the segment of that line, so a
-        // passthrough GOP equal to the segment duration cuts every time instead of making
-        // double-length segments.
-        let grid = timeline::grid_of(frame.pts, d);
-        let cut = match &v.open {
-            None if !frame.keyframe => return Err(PackageError::WaitingForKeyframe),
-            None => true,
-            Some(open) => frame.keyframe && grid > open.grid,
-        };
-        if !cut
-            && let Some(open) = &v.open
-            && (open.bytes + frame.data.len() > MAX_SEGMENT_BYTES
-                || open.frames.len() >= MAX_SEGMENT_FRAMES)
-        {
-            return Err(PackageError::SegmentTooLarge(MAX_SEGMENT_BYTES));
+        if v.cfg.is_none() {
+            return Err(PackageError::NoConfig);
         }
-        v.clock.record(frame.dts);
-        self.video_head = Some(self.video_head.map_or(frame.pts, |h| h.max(frame.pts)));
-        let wall = *self.clock.get_or_insert_with(|| (frame.pts, unix_ms()));
-        if !cut {
-            self.publish_video_part(r, frame.dts, false);
+        let mut steps = std::mem::take(&mut self.steps);
+        let pushed = v.timeline.push(frame, &mut steps);
+        if let Ok(pts) = pushed {
+            self.video_head = Some(self.video_head.map_or(pts, |h| h.max(pts)));
+            self.clock.get_or_insert_with(|| (pts, unix_ms()));
         }
-
-        if cut {
-            self.close_segment(r, Some((frame.pts, frame.dts)));
-            self.fill_gap(r, frame.pts);
-            let v = &mut self.video[r];
-            // The first segment is numbered from media time; after that numbers go up by
-            // one, also across a seam: a playlist's numbering is implicit (MEDIA-SEQUENCE
-            // plus position), so it cannot skip. Whole segments of media that never came
-            // (an engine down for a while) were listed as gaps just above, so the numbers
-            // stay those of every other engine on the same input.
-            let msn = v.next_msn.unwrap_or_else(|| grid.max(0) as u64);
-            v.next_msn = Some(msn.saturating_add(1));
-            v.open = Some(OpenSegment {
-                msn,
-                grid,
-                start: frame.pts,
-                discontinuity: std::mem::take(&mut v.pending_discontinuity),
-                cfg,
-                init_version: v.init_version,
-                frames: Vec::with_capacity(64),
-                bytes: 0,
-                program_date_time: Some(
-                    wall.1
-                        .saturating_add(frame.pts.saturating_sub(wall.0) / 1_000_000),
-                ),
-                part_from: 0,
-                parts: Vec::new(),
-            });
-        }
-        let open = self.video[r]
-            .open
-            .as_mut()
-            .expect("a segment is open after a cut");
-        open.bytes += frame.data.len();
-        open.frames.push(frame);
+        self.apply(r, &mut steps);
+        self.steps = steps;
+        pushed?;
         self.release(false);
         Ok(())
     }
 
-    /// After an outage, lists `EXT-X-GAP` segments for the whole segment durations missing
-    /// between the end of rendition `r`'s last segment and `start` (RFC 8216bis §4.4.4.7),
-    /// when the hole is at most [`MAX_GAP_FILL`] segments. (A new input session is not an
-    /// outage: every engine sees the same seam and numbers across it the same way.)
-    fn fill_gap(&mut self, r: usize, start: MediaTime) {
-        let d = self.d;
-        let v = &mut self.video[r];
-        if !std::mem::take(&mut v.after_outage) {
-            return;
-        }
-        let (Some(next), Some(end), Some(cfg)) = (v.next_msn, v.last_end, v.cfg.clone()) else {
-            return;
-        };
-        if v.open.is_some() || start <= end {
-            return;
-        }
-        let missing = (start - end).saturating_add(grid_tolerance(d)) / d;
-        if missing <= 0 || missing > MAX_GAP_FILL {
-            return;
-        }
-        for i in 0..missing as u64 {
-            let gap_start = end.saturating_add(i as MediaTime * d);
-            let gap = ClosedSegment {
-                msn: next + i,
-                start: gap_start,
-                end: gap_start.saturating_add(d),
-                discontinuity: false,
-                program_date_time: self.program_date_time(gap_start),
-                cfg: cfg.clone(),
-                frames: Vec::new(),
-            };
-            if self.cmaf {
-                let stored = StoredSegment {
-                    msn: gap.msn,
-                    duration: d,
-                    discontinuity: false,
-                    init_version: Some(self.video[r].init_version),
-                    data: None,
-                    program_date_time: gap.program_date_time,
-                    parts: Vec::new(),
-                };
-                self.output
-                    .add_segment(OutputKind::Cmaf, &self.video[r].name, stored);
-                if r == 0
-                    && let Some(a) = self.audio.as_mut()
-                {
-                    a.pending_cuts.push_back(Cut {
-                        msn: gap.msn,
-                        start: gap.start,
-                        end: gap.end,
-                        discontinuity: false,
+    /// Muxes and stores what rendition `r`'s timeline decided.
+    fn apply(&mut self, r: usize, steps: &mut Vec<Step>) {
+        let mut gaps = 0;
+        for step in steps.drain(..) {
+            match step {
+                Step::Part {
+                    msn,
+                    frames,
+                    next_dts,
+                    last,
+                } => self.write_video_part(r, msn, &frames, next_dts, last),
+                Step::Segment(seg) => self.write_video_segment(r, seg),
+                Step::Gap { msn, start, end } => {
+                    gaps += 1;
+                    self.write_gap(r, msn, start, end);
+                }
+                Step::Opened {
+                    msn,
+                    start,
+                    discontinuity,
+                } => {
+                    let program_date_time = self.program_date_time(start);
+                    let v = &mut self.video[r];
+                    let Some(cfg) = v.cfg.clone() else { continue };
+                    v.open = Some(SegmentMeta {
+                        msn,
+                        discontinuity,
+                        cfg,
+                        init_version: v.init_version,
+                        program_date_time,
+                        parts: Vec::new(),
                     });
                 }
             }
-            if self.ts {
-                self.video[r].pending_ts.push_back(gap);
+        }
+        if gaps > 0 {
+            tracing::info!(rendition = %self.video[r].name, count = gaps, "media missing: segments listed as gaps");
+        }
+    }
+
+    /// A segment of media that never came, listed as `EXT-X-GAP` (RFC 8216bis §4.4.4.7).
+    fn write_gap(&mut self, r: usize, msn: u64, start: MediaTime, end: MediaTime) {
+        let program_date_time = self.program_date_time(start);
+        let Some(cfg) = self.video[r].cfg.clone() else {
+            return;
+        };
+        if self.cmaf {
+            let stored = StoredSegment {
+                msn,
+                duration: end.saturating_sub(start),
+                discontinuity: false,
+                init_version: Some(self.video[r].init_version),
+                data: None,
+                program_date_time,
+                parts: Vec::new(),
+            };
+            self.output
+                .add_segment(OutputKind::Cmaf, &self.video[r].name, stored);
+            if r == 0
+                && let Some(a) = self.audio.as_mut()
+            {
+                a.pending_cuts.push_back(Cut {
+                    msn,
+                    start,
+                    end,
+                    discontinuity: false,
+                });
             }
         }
-        let v = &mut self.video[r];
-        v.next_msn = Some(next + missing as u64);
-        v.last_end = Some(end.saturating_add(missing * d));
-        tracing::info!(rendition = %v.name, from = next, count = missing, "media missing: segments listed as gaps");
+        if self.ts {
+            self.video[r].pending_ts.push_back(PendingTs {
+                seg: ClosedSegment {
+                    msn,
+                    start,
+                    end,
+                    discontinuity: false,
+                    frames: Vec::new(),
+                    next_dts: end,
+                },
+                cfg,
+                program_date_time,
+            });
+        }
     }
 
     /// Adds one raw AAC frame.
@@ -559,32 +507,30 @@ impl Packager {
         // keyframe that opens segment N+1, another not yet. A rendition ahead by an open
         // segment drops it (a frame or so of one rendition), so that every rendition
         // resumes on one number and segment N keeps meaning the same media everywhere.
-        let last = |v: &VideoState| {
-            v.open
-                .as_ref()
-                .map(|o| o.msn)
-                .or(v.next_msn.map(|n| n.saturating_sub(1)))
-        };
-        if let Some(behind) = self.video.iter().filter_map(last).min() {
+        if let Some(behind) = self
+            .video
+            .iter()
+            .filter_map(|v| v.timeline.newest_msn())
+            .min()
+        {
             for v in &mut self.video {
-                if v.open.as_ref().is_some_and(|o| o.msn > behind) {
+                if v.timeline.drop_open_past(behind) {
                     tracing::debug!(rendition = %v.name, "dropping a segment opened ahead of the other renditions");
                     v.open = None;
-                    v.next_msn = Some(behind.saturating_add(1));
                 }
             }
         }
         for r in 0..self.video.len() {
-            self.close_segment(r, None);
-            let v = &mut self.video[r];
-            v.pending_discontinuity = v.next_msn.is_some() || v.pending_discontinuity;
+            self.close_rendition(r);
+            self.video[r].timeline.seam();
         }
-        let shared = self.video.iter().filter_map(|v| v.next_msn).max();
+        let shared = self
+            .video
+            .iter()
+            .filter_map(|v| v.timeline.next_msn())
+            .max();
         for v in &mut self.video {
-            if v.next_msn.is_some() {
-                v.next_msn = shared;
-            }
-            v.clock.reset();
+            v.timeline.resume_at(shared);
         }
         self.release(true);
         if let Some(a) = self.audio.as_mut() {
@@ -605,7 +551,7 @@ impl Packager {
     pub fn outage(&mut self) {
         self.discontinuity();
         for v in &mut self.video {
-            v.after_outage = true;
+            v.timeline.outage();
         }
     }
 
@@ -615,54 +561,38 @@ impl Packager {
             return;
         }
         for r in 0..self.video.len() {
-            self.close_segment(r, None);
+            self.close_rendition(r);
         }
         self.release(true);
         self.finished = true;
         self.output.finish();
     }
 
-    /// Closes rendition `r`'s open segment. `next` is the (pts, dts) of the
-    /// frame that opens the next one; without it the end is extrapolated.
-    fn close_segment(&mut self, r: usize, next: Option<(MediaTime, MediaTime)>) {
-        let v = &self.video[r];
-        let Some(open) = v.open.as_ref() else { return };
-        let Some(last_dts) = open.frames.last().map(|f| f.dts) else {
-            return;
-        };
-        let (end, next_dts) = match next {
-            Some(n) => n,
-            None => {
-                let max_pts = open
-                    .frames
-                    .iter()
-                    .map(|f| f.pts)
-                    .max()
-                    .unwrap_or(open.start);
-                (
-                    max_pts.saturating_add(v.clock.frame_duration()),
-                    last_dts.saturating_add(v.clock.frame_duration()),
-                )
-            }
-        };
-        // The segment's last part ends where the segment does.
-        self.publish_video_part(r, next_dts, true);
-        let v = &mut self.video[r];
-        let Some(open) = v.open.take() else { return };
-        let end = end.max(open.start.saturating_add(1));
-        let seg = ClosedSegment {
-            msn: open.msn,
-            start: open.start,
-            end,
-            discontinuity: open.discontinuity,
-            program_date_time: open.program_date_time,
-            cfg: open.cfg,
-            frames: open.frames,
-        };
-        v.last_end = Some(end);
+    /// Closes rendition `r`'s open segment with nothing after it (a seam or the end).
+    fn close_rendition(&mut self, r: usize) {
+        let mut steps = std::mem::take(&mut self.steps);
+        self.video[r].timeline.close(&mut steps);
+        self.apply(r, &mut steps);
+        self.steps = steps;
+    }
 
-        if !v.fps_known && seg.frames.len() >= 2 {
-            let span = last_dts.saturating_sub(seg.frames[0].dts);
+    /// Stores a closed segment of rendition `r` (CMAF: the concatenation of its parts,
+    /// if it had any) and queues it for audio (the CMAF audio cut, the TS mux).
+    fn write_video_segment(&mut self, r: usize, seg: ClosedSegment) {
+        let v = &mut self.video[r];
+        let Some(cfg) = v.cfg.clone() else { return };
+        let meta = v.open.take().unwrap_or_else(|| SegmentMeta {
+            msn: seg.msn,
+            discontinuity: seg.discontinuity,
+            cfg,
+            init_version: v.init_version,
+            program_date_time: None,
+            parts: Vec::new(),
+        });
+        if !v.fps_known
+            && let (Some(first), Some(last)) = (seg.frames.first(), seg.frames.last())
+        {
+            let span = last.dts.saturating_sub(first.dts);
             if span > 0 {
                 let fps = (seg.frames.len() - 1) as f64 * NANOS_PER_SEC as f64 / span as f64;
                 v.fps_known = true;
@@ -670,21 +600,22 @@ impl Packager {
                     .update_variant(r, |info| info.frame_rate = Some(fps));
             }
         }
+        let v = &mut self.video[r];
         if self.cmaf {
-            let data = if open.parts.is_empty() {
-                let (base, samples) = to_samples(&seg.frames, next_dts, VIDEO_TIMESCALE);
+            let data = if meta.parts.is_empty() {
+                let (base, samples) = to_samples(&seg.frames, seg.next_dts, VIDEO_TIMESCALE);
                 v.fragment_seq = v.fragment_seq.wrapping_add(1);
                 media_segment(v.fragment_seq, base, &samples)
             } else {
-                concat_parts(&open.parts)
+                concat_parts(&meta.parts)
             };
             let stored = StoredSegment {
                 msn: seg.msn,
                 duration: seg.end.saturating_sub(seg.start),
                 discontinuity: seg.discontinuity,
-                init_version: Some(open.init_version),
+                init_version: Some(meta.init_version),
                 data: Some(data),
-                program_date_time: seg.program_date_time,
+                program_date_time: meta.program_date_time,
                 parts: Vec::new(),
             };
             self.output.add_segment(OutputKind::Cmaf, &v.name, stored);
@@ -701,8 +632,11 @@ impl Packager {
             });
         }
         if self.ts {
-            let v = &mut self.video[r];
-            v.pending_ts.push_back(seg);
+            self.video[r].pending_ts.push_back(PendingTs {
+                seg,
+                cfg: meta.cfg,
+                program_date_time: meta.program_date_time,
+            });
         }
     }
 
@@ -721,10 +655,10 @@ impl Packager {
     /// Writes what no longer waits for audio; `force` writes everything pending.
     fn release(&mut self, force: bool) {
         for r in 0..self.video.len() {
-            while let Some(seg) = self.video[r].pending_ts.front() {
+            while let Some(pending) = self.video[r].pending_ts.front() {
                 let ready = force
                     || self.video[r].pending_ts.len() > MAX_PENDING_SEGMENTS
-                    || self.audio_ready(seg.start, seg.end);
+                    || self.audio_ready(pending.seg.start, pending.seg.end);
                 if !ready {
                     break;
                 }
@@ -753,7 +687,12 @@ impl Packager {
         self.prune_audio();
     }
 
-    fn write_ts(&mut self, r: usize, seg: ClosedSegment) {
+    fn write_ts(&mut self, r: usize, pending: PendingTs) {
+        let PendingTs {
+            seg,
+            cfg,
+            program_date_time,
+        } = pending;
         if seg.frames.is_empty() {
             // A gap: listed, no media.
             let stored = StoredSegment {
@@ -762,7 +701,7 @@ impl Packager {
                 discontinuity: seg.discontinuity,
                 init_version: None,
                 data: None,
-                program_date_time: seg.program_date_time,
+                program_date_time,
                 parts: Vec::new(),
             };
             self.output
@@ -793,14 +732,14 @@ impl Packager {
             .collect();
         let v = &mut self.video[r];
         let data =
-            v.ts.write_segment(&seg.cfg, &video, audio_cfg.as_deref(), &audio);
+            v.ts.write_segment(&cfg, &video, audio_cfg.as_deref(), &audio);
         let stored = StoredSegment {
             msn: seg.msn,
             duration: seg.end.saturating_sub(seg.start),
             discontinuity: seg.discontinuity,
             init_version: None,
             data: Some(data),
-            program_date_time: seg.program_date_time,
+            program_date_time,
             parts: Vec::new(),
         };
         self.output.add_segment(OutputKind::Ts, &v.name, stored);
@@ -867,40 +806,35 @@ impl Packager {
             .map(|(p0, w0)| w0.saturating_add(pts.saturating_sub(p0) / 1_000_000))
     }
 
-    /// LL-HLS: publishes the frames of rendition `r`'s open segment not yet in a part,
-    /// as one part ending at `next_dts`, when the next frame could take the part past
-    /// the part target (or `last`: the segment ends here).
-    fn publish_video_part(&mut self, r: usize, next_dts: MediaTime, last: bool) {
-        let (Some(target), true) = (self.part, self.cmaf) else {
-            return;
-        };
+    /// LL-HLS: publishes a part of rendition `r`'s open segment `msn`, its frames ending
+    /// at `next_dts` (`last`: the segment ends with it, so no hint names a part past it).
+    fn write_video_part(
+        &mut self,
+        r: usize,
+        msn: u64,
+        frames: &[Frame],
+        next_dts: MediaTime,
+        last: bool,
+    ) {
         let v = &mut self.video[r];
-        let step = v.clock.max_step();
-        let Some(open) = v.open.as_mut() else { return };
-        let Some(first) = open.frames.get(open.part_from) else {
+        let (Some(first), Some(open)) = (frames.first(), v.open.as_mut()) else {
             return;
         };
-        if !last && !timeline::part_full(first.dts, next_dts, step, target) {
-            return;
-        }
-        let frames = &open.frames[open.part_from..];
-        let independent = frames[0].keyframe;
-        let duration = next_dts.saturating_sub(frames[0].dts);
+        debug_assert_eq!(open.msn, msn, "a part of the open segment");
         let (base, samples) = to_samples(frames, next_dts, VIDEO_TIMESCALE);
         v.fragment_seq = v.fragment_seq.wrapping_add(1);
         let data = part_bytes(open.parts.is_empty(), v.fragment_seq, base, &samples);
-        open.part_from = open.frames.len();
         open.parts.push(data.clone());
         let described = playlist::OpenSegment {
-            msn: open.msn,
+            msn,
             discontinuity: open.discontinuity,
             init_version: Some(open.init_version),
             program_date_time: open.program_date_time,
             parts: Vec::new(),
         };
         let part = StoredPart {
-            duration,
-            independent,
+            duration: next_dts.saturating_sub(first.dts),
+            independent: first.keyframe,
             data,
         };
         self.output
@@ -915,7 +849,6 @@ impl Packager {
         let (Some(target), true) = (self.part, self.cmaf) else {
             return;
         };
-        let d = self.d;
         let (msn, start, discontinuity, limit) = match last {
             Some(c) => (c.msn, c.start, c.discontinuity, c.end),
             None => {
@@ -927,13 +860,10 @@ impl Packager {
                 {
                     return;
                 }
-                let Some(o) = self.video.first().and_then(|v| v.open.as_ref()) else {
+                let Some(o) = self.video.first().and_then(|v| v.timeline.open_span()) else {
                     return;
                 };
-                let sure_end = (o.grid + 1)
-                    .saturating_mul(d)
-                    .saturating_sub(grid_tolerance(d));
-                (o.msn, o.start, o.discontinuity, sure_end)
+                (o.msn, o.start, o.discontinuity, o.sure_end)
             }
         };
         let pdt = self.program_date_time(start);
@@ -1003,7 +933,9 @@ impl Packager {
     /// The earliest audio time still needed by some output.
     fn audio_needed_from(&self) -> Option<MediaTime> {
         let need = |v: &VideoState, pending: Option<MediaTime>| {
-            pending.or(v.open.as_ref().map(|o| o.start)).or(v.last_end)
+            pending
+                .or(v.timeline.open_span().map(|o| o.start))
+                .or(v.timeline.last_end())
         };
         let mut from: Option<MediaTime> = None;
         let mut consider = |t: Option<MediaTime>| {
@@ -1013,7 +945,7 @@ impl Packager {
         };
         if self.ts {
             for v in &self.video {
-                consider(need(v, v.pending_ts.front().map(|s| s.start)));
+                consider(need(v, v.pending_ts.front().map(|p| p.seg.start)));
             }
         }
         if self.cmaf
@@ -1205,8 +1137,8 @@ mod tests {
         p.push_video(0, frame(TrackKind::Video, 33, false));
         p.push_video(0, frame(TrackKind::Video, 20, false));
         p.push_video(0, frame(TrackKind::Video, 66, false));
-        assert_eq!(p.video[0].open.as_ref().map(|o| o.frames.len()), Some(4));
-        assert_eq!(p.video[0].open.as_ref().unwrap().frames[2].dts, 33_011_112);
+        assert_eq!(p.video[0].timeline.open_frames().len(), 4);
+        assert_eq!(p.video[0].timeline.open_frames()[2].dts, 33_011_112);
         drop(out);
     }
 
@@ -1242,12 +1174,12 @@ mod tests {
     fn open_segments_are_bounded_in_frames() {
         let (mut p, _out) = packager();
         p.push_video(0, frame(TrackKind::Video, 0, true));
-        for i in 1..(MAX_SEGMENT_FRAMES as i64 + 100) {
+        for i in 1..(crate::timeline::MAX_SEGMENT_FRAMES as i64 + 100) {
             p.push_video(0, frame(TrackKind::Video, i / 1000, false).with_dts_ns(i));
         }
         assert_eq!(
-            p.video[0].open.as_ref().map(|o| o.frames.len()),
-            Some(MAX_SEGMENT_FRAMES)
+            p.video[0].timeline.open_frames().len(),
+            crate::timeline::MAX_SEGMENT_FRAMES
         );
     }
 

@@ -232,17 +232,8 @@ impl EngineOutput {
                 .cmp(&a.2.bandwidth)
                 .then(a.1.name.cmp(&b.1.name))
         });
-        if let Some(cap) = max_kbps.map(|k| k as u64 * 1000) {
-            // Filter on configured bitrates: measured ones fluctuate, and a variant
-            // must not come and go between playlist reloads.
-            let lowest = variants.iter().map(|v| v.0).min().unwrap_or(0);
-            if lowest > cap {
-                // Nothing fits: keep only the lowest rendition (the last one sorted).
-                let keep = variants.iter().rposition(|v| v.0 == lowest).unwrap_or(0);
-                variants = vec![variants.swap_remove(keep)];
-            } else {
-                variants.retain(|v| v.0 <= cap);
-            }
+        if let Some(cap) = max_kbps {
+            keep_within_cap(&mut variants, cap as u64 * 1000, |v| v.0);
         }
         let pl = MasterPlaylist {
             version: Some(if output == OutputKind::Cmaf { 7 } else { 3 }),
@@ -512,6 +503,27 @@ impl EngineOutput {
     }
 }
 
+/// A distribution's `max_kbps`: variants whose configured bitrate (bits/s, video plus
+/// audio) is above `cap` are left out, but the lowest is always kept. Configured, not
+/// measured, bitrates decide: measured ones fluctuate, and a variant must not come and
+/// go between playlist reloads.
+fn keep_within_cap<T>(variants: &mut Vec<T>, cap: u64, configured: impl Fn(&T) -> u64) {
+    let Some(lowest) = variants.iter().map(&configured).min() else {
+        return;
+    };
+    if lowest > cap {
+        // Nothing fits: keep only the lowest (the last of them, as sorted).
+        let keep = variants
+            .iter()
+            .rposition(|v| configured(v) == lowest)
+            .unwrap_or(0);
+        let kept = variants.swap_remove(keep);
+        *variants = vec![kept];
+    } else {
+        variants.retain(|v| configured(v) <= cap);
+    }
+}
+
 /// `FRAME-RATE` as the nominal rate: an estimate from timestamps (29.995 from millisecond
 /// FLV times) snaps to the standard rate within 0.5 % of it, else it is rounded to
 /// three decimals.
@@ -637,5 +649,18 @@ mod tests {
         assert!(t.overlong_reported);
         let text = String::from_utf8(t.render_now().full.to_vec()).unwrap();
         assert!(text.contains("#EXT-X-TARGETDURATION:2"), "{text}");
+    }
+
+    #[test]
+    fn bitrate_cap_keeps_what_fits_and_never_nothing() {
+        let mut v = vec![3000, 1500, 800];
+        keep_within_cap(&mut v, 2_000, |k| *k);
+        assert_eq!(v, vec![1500, 800]);
+        let mut v = vec![3000, 1500, 800];
+        keep_within_cap(&mut v, 500, |k| *k);
+        assert_eq!(v, vec![800]);
+        let mut v: Vec<u64> = vec![];
+        keep_within_cap(&mut v, 500, |k| *k);
+        assert!(v.is_empty());
     }
 }
