@@ -162,6 +162,34 @@ pub fn viewer_token(data: &[u8]) {
     }
 }
 
+/// MPEG-TS from an SRT publisher, through the demuxer. The first byte picks how the rest
+/// is cut into pushes (1 to 65026 bytes; an SRT message is 1316), so packets torn across
+/// pushes and resynchronisation are explored too.
+pub fn ts_demux(data: &[u8]) {
+    let Some((&split, stream)) = data.split_first() else {
+        return;
+    };
+    let len = 1 + (split as usize).pow(2);
+    let mut demux = sluice_ingest::ts_demux::TsDemuxer::new();
+    let mut events = Vec::new();
+    for chunk in stream.chunks(len) {
+        if demux.push(chunk, &mut events).is_err() {
+            return; // The connection is closed on any error.
+        }
+        events.clear();
+    }
+    demux.finish(&mut events);
+}
+
+/// An SRT stream id, as the handshake carries it (any bytes; srt-protocol hands over
+/// UTF-8, the parser must hold for anything).
+pub fn srt_streamid(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(request) = sluice_ingest::srt_streamid::parse_stream_id(&text) {
+        assert!(!request.key.is_empty() && text.len() <= 512);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -218,7 +246,9 @@ mod tests {
             PANICS.fetch_add(1, Ordering::SeqCst);
             default_hook(info);
         }));
-        let targets: [(&str, fn(&[u8])); 7] = [
+        let targets: [(&str, fn(&[u8])); 9] = [
+            ("ts_demux", super::ts_demux),
+            ("srt_streamid", super::srt_streamid),
             ("viewer_token", super::viewer_token),
             ("flv_tags", super::flv_tags),
             ("amf0", super::amf0),

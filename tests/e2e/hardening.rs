@@ -31,25 +31,6 @@ channel = "spare"
 
 const GOOD: &str = "/live/good/ts/source/index.m3u8";
 
-/// The newest media sequence number listed in `path`.
-fn newest(server: &Server, path: &str) -> u64 {
-    let p = media_playlist(&get_ok(&server.url(path)));
-    p.media_sequence + p.segments.len() as u64 - 1
-}
-
-/// Asserts that the stream at `path` gains segments after `since`.
-fn still_advancing(server: &Server, path: &str, since: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while newest(server, path) <= since {
-        assert!(
-            Instant::now() < deadline,
-            "{path} stopped at {since}; log:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// An RTMP peer past the handshake (an all-zero C1: the plain RTMP handshake).
 fn rtmp_handshaken(port: u16) -> TcpStream {
     let mut s = connect_from("127.0.0.1", port).expect("connect");

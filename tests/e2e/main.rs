@@ -5,6 +5,7 @@ mod hardening;
 mod llhls;
 mod policy;
 mod rtmp_client;
+mod srt;
 mod support;
 
 use std::time::Duration;

@@ -14,7 +14,7 @@ use rml_rtmp::sessions::{
 };
 use rml_rtmp::time::RtmpTimestamp;
 
-use crate::support::tool;
+use crate::support::ffmpeg_test_av;
 
 /// One FLV tag: 8 audio, 9 video, 18 script data; timestamp in ms.
 #[derive(Debug, Clone)]
@@ -26,21 +26,8 @@ pub struct Tag {
 
 /// `seconds` of 320x180 H.264 (a keyframe a second) and AAC, written by ffmpeg as FLV.
 pub fn ffmpeg_flv(path: &Path, seconds: u32) -> Vec<Tag> {
-    let ok = tool("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-t", &seconds.to_string()])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args(["-g", "30", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
+    let ok = ffmpeg_test_av(seconds)
+        .arg("-y")
         .arg(path)
         .status()
         .expect("run ffmpeg")

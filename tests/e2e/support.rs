@@ -29,6 +29,15 @@ pub fn tool(program: &str) -> Command {
     Command::new(program)
 }
 
+/// A UDP port free on loopback (for SRT).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -330,6 +339,42 @@ impl Publisher {
         Self::spawn(gst)
     }
 
+    /// ffmpeg over SRT (libsrt): H.264 + AAC in MPEG-TS, to `url` (`srt://...`).
+    pub fn srt(url: &str, seconds: u32) -> Publisher {
+        let mut ffmpeg = ffmpeg_test_av(seconds);
+        ffmpeg.arg("-re").args(["-f", "mpegts", url]);
+        Self::spawn(ffmpeg)
+    }
+
+    /// GStreamer's SRT client (`srtsink`), MPEG-TS from `mpegtsmux`, with a stream id and
+    /// an optional passphrase.
+    pub fn srt_gstreamer(
+        port: u16,
+        stream_id: &str,
+        passphrase: Option<&str>,
+        seconds: u32,
+    ) -> Publisher {
+        let mut gst = tool("gst-launch-1.0");
+        gst.arg("-q");
+        let pipeline = format!(
+            "videotestsrc is-live=true num-buffers={} ! video/x-raw,width=320,height=180,framerate=30/1 \
+             ! x264enc tune=zerolatency key-int-max=30 ! h264parse ! queue ! mpegtsmux name=m alignment=7 \
+             ! srtsink uri=srt://127.0.0.1:{port} wait-for-connection=false",
+            seconds * 30
+        );
+        gst.args(pipeline.split_whitespace());
+        gst.arg(format!("streamid={stream_id}"));
+        if let Some(p) = passphrase {
+            gst.arg(format!("passphrase={p}"));
+        }
+        let audio = format!(
+            "audiotestsrc is-live=true num-buffers={} ! audioconvert ! avenc_aac ! aacparse ! queue ! m.",
+            seconds * 47
+        );
+        gst.args(audio.split_whitespace());
+        Self::spawn(gst)
+    }
+
     fn ffmpeg(url: &str, seconds: u32, size: &str, x264: &[&str]) -> Publisher {
         let mut ffmpeg = tool("ffmpeg");
         ffmpeg
@@ -374,6 +419,40 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// ffmpeg encoding `seconds` of the test picture (320x180, 30 fps, a keyframe a second,
+/// x264 ultrafast) and a tone (AAC 48 kHz stereo); the caller adds the output.
+pub fn ffmpeg_test_av(seconds: u32) -> Command {
+    let mut ffmpeg = tool("ffmpeg");
+    ffmpeg
+        .args(["-hide_banner", "-loglevel", "error"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "ultrafast"])
+        .args(["-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"]);
+    ffmpeg
+}
+
+/// The newest segment number of the media playlist at `path`.
+pub fn newest(server: &Server, path: &str) -> u64 {
+    let p = media_playlist(&get_ok(&server.url(path)));
+    p.media_sequence + p.segments.len() as u64 - 1
+}
+
+/// Asserts that the stream at `path` gains segments after `since` (within 15 s).
+pub fn still_advancing(server: &Server, path: &str, since: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while newest(server, path) <= since {
+        assert!(
+            Instant::now() < deadline,
+            "{path} stopped at {since}; log:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -7,11 +7,12 @@
 //! line here goes and its tests move to the feature.
 //!
 //! Enforced so far, so no longer refused: viewer tokens (`token`), geo rules (`geo`), IP
-//! rules (`ip`), `allowed_origins` (sluice-distribution's `policy`) and `overrides`
-//! (its `overrides`).
+//! rules (`ip`), `allowed_origins` (sluice-distribution's `policy`), `overrides`
+//! (its `overrides`), and SRT push ingests with their `passphrase` (sluice-ingest's
+//! `srt`).
 //!
-//! Keys that only say where to listen or store (`srt_listen`, `https_listen`,
-//! `data_dir`, ...) stay accepted; [`not_served_yet`] lists them for a log line at start.
+//! Keys that only say where to listen or store (`data_dir`, ...) stay accepted;
+//! [`not_served_yet`] lists them for a log line at start.
 
 use crate::model::{Config, IngestProtocol};
 use crate::parse::Problem;
@@ -41,7 +42,7 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
         for ing in ch.ingests.values() {
             let r = ing.get_ref();
             match r.protocol.get_ref() {
-                IngestProtocol::Rtmp | IngestProtocol::TestPattern => {}
+                IngestProtocol::Rtmp | IngestProtocol::Srt | IngestProtocol::TestPattern => {}
                 p => refuse(problems, &r.protocol, &format!("{} ingests", p.as_str())),
             }
             if let Some(k) = &r.max_kbps
@@ -77,10 +78,6 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
 /// at start.
 pub fn not_served_yet(c: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    out.push(format!(
-        "srt_listen {}: SRT is not served yet (nothing listens there)",
-        c.server.srt_listen
-    ));
     if !c.api.admin_tokens.is_empty() {
         out.push("api.admin_tokens: the control API is not served yet".into());
     }

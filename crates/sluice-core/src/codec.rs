@@ -316,6 +316,23 @@ pub mod testdata {
     ];
 }
 
+/// CRC-32/MPEG-2 (ISO/IEC 13818-1 Annex A): polynomial 0x04C11DB7, initial value all
+/// ones, no reflection. Over a whole PSI section including its CRC field it is 0.
+pub fn crc32_mpeg2(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= u32::from(b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,3 +380,4 @@ mod tests {
         assert!(AudioConfig::from_asc(Bytes::from_static(&[0x11])).is_err());
     }
 }
+

@@ -18,6 +18,8 @@ pub struct KeyEntry {
     pub protocol: IngestProtocol,
     pub enabled: bool,
     pub allow_cidrs: Vec<IpNet>,
+    /// SRT AES passphrase (SRT ingests only).
+    pub passphrase: Option<String>,
     pub bus: Arc<ChannelBus>,
 }
 
@@ -28,12 +30,8 @@ pub struct KeyRouter {
 }
 
 impl KeyRouter {
-    fn authorize(
-        &self,
-        protocol: IngestProtocol,
-        key: &str,
-        peer: SocketAddr,
-    ) -> Result<Publisher, Refusal> {
+    /// The key's entry, if `protocol` may use it and it is enabled.
+    fn entry(&self, protocol: IngestProtocol, key: &str) -> Result<&KeyEntry, Refusal> {
         let entry = self.keys.get(key).ok_or(Refusal::UnknownKey)?;
         if entry.protocol != protocol {
             return Err(Refusal::WrongProtocol);
@@ -41,6 +39,16 @@ impl KeyRouter {
         if !entry.enabled {
             return Err(Refusal::Disabled);
         }
+        Ok(entry)
+    }
+
+    fn authorize(
+        &self,
+        protocol: IngestProtocol,
+        key: &str,
+        peer: SocketAddr,
+    ) -> Result<Publisher, Refusal> {
+        let entry = self.entry(protocol, key)?;
         let ip = peer.ip().to_canonical();
         if !entry.allow_cidrs.is_empty() && !entry.allow_cidrs.iter().any(|c| c.contains(&ip)) {
             return Err(Refusal::AddressNotAllowed);
@@ -56,6 +64,17 @@ impl PublishRouter for KeyRouter {
     fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal> {
         self.authorize(IngestProtocol::Rtmp, stream_key, peer)
     }
+
+    fn srt_passphrase(&self, stream_key: &str) -> Result<Option<String>, Refusal> {
+        Ok(self
+            .entry(IngestProtocol::Srt, stream_key)?
+            .passphrase
+            .clone())
+    }
+
+    fn authorize_srt(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal> {
+        self.authorize(IngestProtocol::Srt, stream_key, peer)
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +89,7 @@ mod tests {
             protocol: IngestProtocol::Rtmp,
             enabled,
             allow_cidrs: cidrs,
+            passphrase: None,
             bus: bus.clone(),
         };
         r.keys.insert("open".into(), entry(true, vec![]));

@@ -30,6 +30,11 @@ pub enum Refusal {
 /// Decides who may publish, and where to.
 pub trait PublishRouter: Send + Sync + 'static {
     fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal>;
+    /// The passphrase of an SRT key's ingest (`None`: unencrypted), if the key may
+    /// publish over SRT at all. Claims nothing.
+    fn srt_passphrase(&self, stream_key: &str) -> Result<Option<String>, Refusal>;
+    /// Claims the key's channel for an SRT publisher.
+    fn authorize_srt(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal>;
 }
 
 #[derive(Debug, Clone)]

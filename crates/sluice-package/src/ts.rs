@@ -6,6 +6,7 @@
 //! consecutive segments concatenate into one valid stream.
 
 use bytes::Bytes;
+use sluice_core::codec::crc32_mpeg2;
 use sluice_core::time::rescale;
 use sluice_core::{AudioConfig, MediaTime, VideoConfig};
 
@@ -167,22 +168,6 @@ fn write_section(out: &mut Vec<u8>, pid: u16, cc: &mut u8, mut s: Vec<u8>) {
     out.push(0); // pointer_field
     out.extend_from_slice(&s);
     out.resize(start + PACKET_SIZE, 0xff);
-}
-
-/// CRC-32/MPEG-2: polynomial 0x04C11DB7, initial value all ones, no reflection.
-pub fn crc32_mpeg2(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc ^= (b as u32) << 24;
-        for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 {
-                (crc << 1) ^ 0x04c1_1db7
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
 }
 
 fn push_timestamp(out: &mut Vec<u8>, prefix: u8, ts: u64) {

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{AdmissionPolicy, AdmissionTable};
 use crate::engine_runner;
 use crate::listen;
+use crate::srt_listen;
 use crate::supervise::supervise;
 use crate::workers::WorkerPool;
 
@@ -175,7 +176,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
 
         for (ingest_id, ingest) in &channel.ingests {
             match ingest.protocol {
-                IngestProtocol::Rtmp => {
+                IngestProtocol::Rtmp | IngestProtocol::Srt => {
                     if let Some(key) = &ingest.stream_key {
                         router.keys.insert(
                             key.clone(),
@@ -184,6 +185,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                                 protocol: ingest.protocol,
                                 enabled: ingest.enabled,
                                 allow_cidrs: ingest.allow_cidrs.clone(),
+                                passphrase: ingest.passphrase.clone(),
                                 bus: bus.clone(),
                             },
                         );
@@ -399,6 +401,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         },
         reserved_for: allowed,
     });
+    let srt_router = router.clone();
     servers.spawn(listen::supervised_accept_loop(
         "RTMP",
         rtmp,
@@ -412,6 +415,42 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             }
         },
     ));
+
+    // SRT listens only when some ingest takes SRT: nothing else needs the UDP port.
+    let srt_ingests = cfg
+        .channels
+        .values()
+        .flat_map(|c| c.ingests.values())
+        .any(|i| i.protocol == IngestProtocol::Srt);
+    if srt_ingests {
+        let limits = Arc::new(sluice_ingest::SrtLimits::default());
+        let admit = srt_listen::admission(&limits);
+        let addr = cfg.server.srt_listen;
+        // The first bind is checked here, so a taken port stops the start with its reason.
+        let first = Mutex::new(Some(srt_listen::bind(addr).await?));
+        tracing::info!(srt = %addr, "SRT listening");
+        servers.spawn(supervise("SRT listener".to_string(), cancel.clone(), {
+            let (router, cancel) = (srt_router, cancel.clone());
+            move || {
+                let (router, admit, limits, cancel) =
+                    (router.clone(), admit.clone(), limits.clone(), cancel.clone());
+                let bound = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                async move {
+                    let socket = match bound {
+                        Some(s) => s,
+                        None => match srt_listen::bind(addr).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::error!(error = %format!("{e:#}"), "SRT listener cannot start again");
+                                return;
+                            }
+                        },
+                    };
+                    srt_listen::serve(socket, router, admit, limits, cancel).await
+                }
+            }
+        }));
+    }
 
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -1,0 +1,670 @@
+//! SRT ingest: the UDP listener, who may publish (decided at the handshake, before a
+//! byte of media is accepted), and the connection loop that feeds the channel bus.
+//!
+//! The protocol is srt-protocol's (the sans-IO core under srt-tokio: the listener side
+//! of the handshake, ARQ, TSBPD, AES). The I/O around it is ours, not srt-tokio's
+//! listener, because hostile input must stay contained:
+//! - srt-tokio runs every session's handshake in one task, and srt-protocol has
+//!   `unimplemented!()` on paths a caller can reach (a caller sending a passphrase to
+//!   an ingest without one did it in testing): one such caller would stop SRT for all.
+//!   Here every call into srt-protocol runs under `catch_unwind`: a panic ends that
+//!   handshake or that connection, logged, and nothing else;
+//! - its listener keeps a session for every address that ever sent a datagram; here only
+//!   handshakes create state, at most [`MAX_PENDING`] at once, each for 5 s;
+//! - the handshake is checked before srt-protocol sees it (the key-material extension
+//!   against the ingest's passphrase), so the cases it cannot take never reach it.
+//!
+//! One task owns the socket's receive side and routes datagrams by source address; each
+//! connection is a task that owns its `DuplexConnection`, its MPEG-TS demuxer and its
+//! publisher (no channel between the transport and the demuxer).
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use sluice_core::Throttle;
+use srt_protocol::connection::DuplexConnection;
+use srt_protocol::options::{KeySize, PacketSize, Passphrase, SocketOptions};
+use srt_protocol::packet::{
+    ControlPacket, ControlTypes, HandshakeVsInfo, Packet, RejectReason, ServerRejectReason,
+    SrtControlPacket,
+};
+use srt_protocol::protocol::pending_connection::listen::Listen;
+use srt_protocol::protocol::pending_connection::{AccessControlResponse, ConnectionResult};
+use srt_protocol::settings::ConnInitSettings;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{PublishEnded, Publisher};
+use crate::rtmp::{PublishRouter, Refusal};
+use crate::srt_streamid::{SrtMode, StreamIdError, parse_stream_id};
+use crate::ts_demux::{TsDemuxer, TsError, TsEvent};
+
+pub use srt_protocol::settings::KeySettings;
+
+/// Handshakes in progress at once; more are dropped until some finish or expire.
+pub const MAX_PENDING: usize = 256;
+/// A handshake not finished in this long is forgotten.
+const PENDING_TTL: Duration = Duration::from_secs(5);
+/// Largest SRT payload offered. srt-protocol announces its payload size where libsrt
+/// reads the MSS, so with the default (1316) a libsrt caller (ffmpeg, GStreamer) would be
+/// held to 1272-byte messages and could not send the usual seven TS packets.
+const MAX_PAYLOAD: u64 = 1456;
+/// Datagrams queued for one connection; more are dropped (as the network would).
+const CONNECTION_QUEUE: usize = 1024;
+
+/// What an SRT publish may use.
+#[derive(Debug, Clone)]
+pub struct SrtLimits {
+    /// Concurrent SRT connections (enforced by the admission the server passes in).
+    pub max_connections: usize,
+    /// Concurrent connections from one address (likewise).
+    pub max_per_address: usize,
+    /// A publisher that sends no media for this long is closed.
+    pub idle_timeout: Duration,
+    /// The receive latency offered (the larger of both sides' is used): time SRT has to
+    /// recover lost packets before it gives up on them.
+    pub latency: Duration,
+}
+
+impl Default for SrtLimits {
+    fn default() -> Self {
+        SrtLimits {
+            max_connections: 256,
+            max_per_address: 8,
+            idle_timeout: Duration::from_secs(5),
+            latency: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A connection slot, held for the connection's life (dropping it frees the slot).
+pub type Slot = Box<dyn Send>;
+
+/// Admission of a new caller's address before anything about its stream is decided:
+/// a slot, or why not.
+pub type Admit = Arc<dyn Fn(SocketAddr) -> Result<Slot, String> + Send + Sync>;
+
+/// Why an SRT caller was turned away at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SrtRefusal {
+    #[error("{0}")]
+    StreamId(StreamIdError),
+    #[error("reading a channel over SRT is not served yet")]
+    ReadNotServed,
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("this ingest needs a passphrase; the caller sent none")]
+    PassphraseRequired,
+    #[error("this ingest has no passphrase; the caller encrypts")]
+    UnexpectedEncryption,
+    #[error("the ingest's passphrase cannot be used (10 to 79 characters)")]
+    BadPassphraseConfig,
+    #[error("{0}")]
+    NotAdmitted(String),
+}
+
+impl SrtRefusal {
+    /// The reject code the caller sees (libsrt prints its name).
+    pub fn reject_reason(&self) -> RejectReason {
+        RejectReason::Server(match self {
+            SrtRefusal::StreamId(_) => ServerRejectReason::BadRequest,
+            SrtRefusal::ReadNotServed => ServerRejectReason::BadMode,
+            SrtRefusal::Refused(Refusal::Busy) => ServerRejectReason::Conflict,
+            SrtRefusal::Refused(_) => ServerRejectReason::Forbidden,
+            SrtRefusal::PassphraseRequired | SrtRefusal::UnexpectedEncryption => {
+                ServerRejectReason::Unauthorized
+            }
+            SrtRefusal::BadPassphraseConfig => ServerRejectReason::InternalServerError,
+            SrtRefusal::NotAdmitted(_) => ServerRejectReason::Overload,
+        })
+    }
+}
+
+/// Decides an SRT caller: its stream id (`None`: it sent none), the key size it
+/// announced, whether its handshake carries key material (it encrypts; libsrt callers
+/// that leave the key length to the listener announce no size), its address. On
+/// success the channel is claimed, and the key settings to accept with are returned; a
+/// wrong passphrase is then found by SRT itself when the keys do not unwrap.
+pub fn decide(
+    router: &dyn PublishRouter,
+    stream_id: Option<&str>,
+    key_size: KeySize,
+    key_material: bool,
+    peer: SocketAddr,
+) -> Result<(Publisher, Option<KeySettings>), SrtRefusal> {
+    let request = parse_stream_id(stream_id.unwrap_or_default()).map_err(SrtRefusal::StreamId)?;
+    if request.mode == SrtMode::Read {
+        return Err(SrtRefusal::ReadNotServed);
+    }
+    let encrypted = key_material || key_size != KeySize::Unspecified;
+    // Checked before the channel is claimed: nothing about the channel changes for a
+    // caller that cannot be let in.
+    let passphrase = router
+        .srt_passphrase(request.key)
+        .map_err(SrtRefusal::Refused)?;
+    let key = match (passphrase, encrypted) {
+        (Some(_), false) => return Err(SrtRefusal::PassphraseRequired),
+        (None, true) => return Err(SrtRefusal::UnexpectedEncryption),
+        (None, false) => None,
+        (Some(p), true) => Some(KeySettings {
+            // The caller's own key size: srt-protocol cannot take a mismatch.
+            key_size,
+            passphrase: Passphrase::try_from(p).map_err(|_| SrtRefusal::BadPassphraseConfig)?,
+        }),
+    };
+    let publisher = router
+        .authorize_srt(request.key, peer)
+        .map_err(SrtRefusal::Refused)?;
+    Ok((publisher, key))
+}
+
+/// Binds the SRT listener's UDP socket.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(addr).await
+}
+
+/// Runs `f`, turning a panic inside srt-protocol into `None`.
+fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+/// A handshake in progress.
+struct Pending {
+    listen: Listen,
+    since: Instant,
+    /// The last conclusion carried key material.
+    key_material: bool,
+    /// Length of the stream id the caller sent (srt-protocol drops one over 512 bytes).
+    sid_len: usize,
+    /// Decided and accepted: the publisher and slot wait for the connection.
+    granted: Option<(Publisher, Slot)>,
+    /// Refused: the answer repeated to the caller's retransmissions.
+    rejection: Option<Packet>,
+}
+
+/// The listener's state: routes datagrams, runs handshakes, starts connections.
+struct Listener {
+    socket: Arc<UdpSocket>,
+    router: Arc<dyn PublishRouter>,
+    admit: Admit,
+    limits: Arc<SrtLimits>,
+    settings: ConnInitSettings,
+    pending: HashMap<SocketAddr, Pending>,
+    open: HashMap<SocketAddr, mpsc::Sender<Packet>>,
+    cancel: CancellationToken,
+    conns: tokio::task::JoinSet<()>,
+    refusals: HashMap<String, Throttle>,
+    drops: HashMap<String, Throttle>,
+    malformed: Throttle,
+    out: BytesMut,
+}
+
+/// Serves SRT callers on `socket` until `cancel`.
+pub async fn serve_srt(
+    socket: UdpSocket,
+    router: Arc<dyn PublishRouter>,
+    admit: Admit,
+    limits: Arc<SrtLimits>,
+    cancel: CancellationToken,
+) {
+    let mut options = SocketOptions::default();
+    options.sender.max_payload_size = PacketSize(MAX_PAYLOAD);
+    options.receiver.latency = limits.latency;
+    options.sender.peer_latency = limits.latency;
+    let mut l = Listener {
+        socket: Arc::new(socket),
+        router,
+        admit,
+        limits,
+        settings: ConnInitSettings::from(options),
+        pending: HashMap::new(),
+        open: HashMap::new(),
+        cancel,
+        conns: tokio::task::JoinSet::new(),
+        refusals: HashMap::new(),
+        drops: HashMap::new(),
+        malformed: Throttle::default(),
+        out: BytesMut::with_capacity(2048),
+    };
+    let mut buf = vec![0u8; 65536];
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let received = tokio::select! {
+            _ = l.cancel.cancelled() => break,
+            Some(_) = l.conns.join_next(), if !l.conns.is_empty() => continue,
+            _ = sweep.tick() => {
+                l.sweep();
+                continue;
+            }
+            r = l.socket.recv_from(&mut buf) => r,
+        };
+        let (n, from) = match received {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP port unreachable from a peer that left, and the like.
+                tracing::debug!(error = %e, "SRT receive error");
+                continue;
+            }
+        };
+        l.datagram(&buf[..n], from).await;
+    }
+    // Connections saw `cancel`; they send their shutdown and end.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while l.conns.join_next().await.is_some() {}
+    })
+    .await;
+    l.conns.shutdown().await;
+}
+
+impl Listener {
+    async fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+        if let Err(why) = handshake_extensions_known(data) {
+            self.dropped(why, from);
+            return;
+        }
+        let parsed = contained(|| Packet::parse(&mut Cursor::new(data), from.is_ipv6()));
+        let packet = match parsed {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                // The variant's name only: a bounded set of log keys.
+                let kind = format!("{e:?}");
+                let kind = kind.split('(').next().unwrap_or_default().to_owned();
+                self.dropped(kind, from);
+                return;
+            }
+            None => {
+                self.dropped("the parser failed (panic contained)".into(), from);
+                return;
+            }
+        };
+        if let Some(conn) = self.open.get(&from) {
+            match conn.try_send(packet) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(p)) => {
+                    // That connection ended; this may be a new one from the same port.
+                    self.open.remove(&from);
+                    return Box::pin(self.handshake(p, from)).await;
+                }
+            }
+        }
+        self.handshake(packet, from).await
+    }
+
+    async fn handshake(&mut self, packet: Packet, from: SocketAddr) {
+        // Only handshakes create state.
+        let Packet::Control(ControlPacket {
+            control_type: ControlTypes::Handshake(hs),
+            ..
+        }) = &packet
+        else {
+            return;
+        };
+        let mut key_material = false;
+        let mut sid_len = 0;
+        if let HandshakeVsInfo::V5(info) = &hs.info {
+            sid_len = info.sid.as_ref().map_or(0, String::len);
+            match &info.ext_km {
+                None => {}
+                Some(SrtControlPacket::KeyRefreshRequest(_)) => key_material = true,
+                // srt-protocol cannot take any other key-material extension here.
+                Some(_) => return,
+            }
+        }
+        if !self.pending.contains_key(&from) {
+            if self.pending.len() >= MAX_PENDING {
+                if let Some(suppressed) = self.malformed.hit_now() {
+                    tracing::warn!(peer = %from, suppressed, "SRT: too many handshakes in progress; dropped");
+                }
+                return;
+            }
+            self.pending.insert(
+                from,
+                Pending {
+                    listen: Listen::new(self.settings.copy_randomize(), true),
+                    since: Instant::now(),
+                    key_material: false,
+                    sid_len: 0,
+                    granted: None,
+                    rejection: None,
+                },
+            );
+        }
+        let Some(p) = self.pending.get_mut(&from) else {
+            return;
+        };
+        if let Some(rejection) = p.rejection.clone() {
+            self.send(rejection, from).await;
+            return;
+        }
+        p.key_material |= key_material;
+        p.sid_len = p.sid_len.max(sid_len);
+        let now = Instant::now();
+        let Some(result) = contained(|| p.listen.handle_packet(now, Ok((packet, from)))) else {
+            tracing::warn!(peer = %from, "SRT: handshake failed inside srt-protocol (panic contained)");
+            self.pending.remove(&from);
+            return;
+        };
+        self.result(result, from).await;
+    }
+
+    /// Acts on what the handshake decided.
+    async fn result(&mut self, result: ConnectionResult, from: SocketAddr) {
+        match result {
+            ConnectionResult::NotHandled(_) | ConnectionResult::NoAction => {}
+            ConnectionResult::SendPacket((packet, to)) => self.send(packet, to).await,
+            ConnectionResult::Reject(packet, why) => {
+                tracing::debug!(peer = %from, reason = %why, "SRT handshake rejected");
+                if let Some(p) = self.pending.get_mut(&from) {
+                    p.granted = None;
+                    p.rejection = packet.as_ref().map(|(p, _)| p.clone());
+                }
+                if let Some((packet, to)) = packet {
+                    self.send(packet, to).await;
+                }
+                self.log_bad_secret(from, &why.to_string());
+            }
+            ConnectionResult::RequestAccess(request) => {
+                let response = self.access(&request, from);
+                let now = Instant::now();
+                let Some(p) = self.pending.get_mut(&from) else {
+                    return;
+                };
+                let Some(next) =
+                    contained(|| p.listen.handle_access_control_response(now, response))
+                else {
+                    tracing::warn!(peer = %from, "SRT: handshake failed inside srt-protocol (panic contained)");
+                    self.pending.remove(&from);
+                    return;
+                };
+                Box::pin(self.result(next, from)).await;
+            }
+            ConnectionResult::Connected(packet, connection) => {
+                let Some((publisher, slot)) = self.pending.remove(&from).and_then(|p| p.granted)
+                else {
+                    return;
+                };
+                if let Some((packet, to)) = packet {
+                    self.send(packet, to).await;
+                }
+                let Some(conn) = contained(|| DuplexConnection::new(connection)) else {
+                    return;
+                };
+                let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+                self.open.insert(from, tx);
+                tracing::info!(peer = %from, channel = %publisher.channel(), "SRT publish accepted");
+                let run = Connection {
+                    conn,
+                    socket: self.socket.clone(),
+                    peer: from,
+                    publisher,
+                    limits: self.limits.clone(),
+                };
+                let cancel = self.cancel.child_token();
+                self.conns.spawn(async move {
+                    let _slot = slot;
+                    run.run(rx, cancel).await
+                });
+            }
+            ConnectionResult::Failure(e) => {
+                tracing::debug!(peer = %from, error = %e, "SRT handshake failed");
+                self.pending.remove(&from);
+            }
+        }
+    }
+
+    /// The access decision for a conclusion handshake.
+    fn access(
+        &mut self,
+        request: &srt_protocol::protocol::pending_connection::AccessControlRequest,
+        from: SocketAddr,
+    ) -> AccessControlResponse {
+        let key_material = self.pending.get(&from).is_some_and(|p| p.key_material);
+        let sid_len = self.pending.get(&from).map_or(0, |p| p.sid_len);
+        if sid_len > crate::srt_streamid::MAX_STREAM_ID {
+            return self.refuse(SrtRefusal::StreamId(StreamIdError::TooLong(sid_len)), from);
+        }
+        let slot = match (self.admit)(from) {
+            Ok(slot) => slot,
+            Err(why) => return self.refuse(SrtRefusal::NotAdmitted(why), from),
+        };
+        let stream_id = request.stream_id.as_ref().map(|s| s.as_str());
+        match decide(
+            self.router.as_ref(),
+            stream_id,
+            request.key_size,
+            key_material,
+            from,
+        ) {
+            Ok((publisher, key)) => {
+                if let Some(p) = self.pending.get_mut(&from) {
+                    p.granted = Some((publisher, slot));
+                }
+                AccessControlResponse::Accepted(key)
+            }
+            Err(why) => self.refuse(why, from),
+        }
+    }
+
+    fn refuse(&mut self, why: SrtRefusal, from: SocketAddr) -> AccessControlResponse {
+        let reason = why.reject_reason();
+        let what = why.to_string();
+        if let Some(suppressed) = self.refusals.entry(what.clone()).or_default().hit_now() {
+            tracing::warn!(peer = %from, reason = %what, suppressed, "SRT caller refused");
+        }
+        AccessControlResponse::Rejected(reason)
+    }
+
+    /// Logs a dropped datagram, once per 10 s per reason, with a count.
+    fn dropped(&mut self, why: String, from: SocketAddr) {
+        let throttle = self.drops.entry(why.clone()).or_default();
+        if let Some(suppressed) = throttle.hit_now() {
+            tracing::info!(peer = %from, reason = %why, suppressed, "SRT datagram dropped");
+        }
+    }
+
+    /// srt-protocol rejects a wrong passphrase itself (the keys do not unwrap): say so.
+    fn log_bad_secret(&mut self, from: SocketAddr, why: &str) {
+        if why.contains("password") || why.contains("secret") {
+            let what = format!("wrong passphrase ({why})");
+            if let Some(suppressed) = self.refusals.entry(what.clone()).or_default().hit_now() {
+                tracing::warn!(peer = %from, reason = %what, suppressed, "SRT caller refused");
+            }
+        }
+    }
+
+    async fn send(&mut self, packet: Packet, to: SocketAddr) {
+        self.out.clear();
+        packet.serialize(&mut self.out);
+        let _ = self.socket.send_to(&self.out, to).await;
+    }
+
+    /// Forgets handshakes that did not finish in time, and routes of ended connections.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.pending
+            .retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
+        self.open.retain(|_, tx| !tx.is_closed());
+    }
+}
+
+/// Handshake extensions srt-protocol's parser takes: HS request/response (1, 2), key
+/// material request/response (3, 4) and the stream id (5). It panics on any other
+/// (`unimplemented!`), so such a handshake is dropped before it is parsed.
+fn handshake_extensions_known(data: &[u8]) -> Result<(), String> {
+    // A control packet (high bit) of type 0 (handshake); its extensions follow the
+    // 16-byte header and the 48-byte handshake body.
+    if data.len() <= 64 || data[0] != 0x80 || data[1] != 0x00 {
+        return Ok(());
+    }
+    let mut rest = &data[64..];
+    while rest.len() > 4 {
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let words = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        if !(1..=5).contains(&kind) {
+            return Err("a handshake extension srt-protocol cannot parse".into());
+        }
+        rest = rest.get(4 + words * 4..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// One accepted publisher: its SRT connection, its demuxer and its publisher.
+struct Connection {
+    conn: DuplexConnection,
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    publisher: Publisher,
+    limits: Arc<SrtLimits>,
+}
+
+/// Why an SRT connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error("no media for {0:?}")]
+    Idle(Duration),
+    #[error("the SRT connection closed (peer shut down or went silent)")]
+    Closed,
+    #[error("bad input: {0}")]
+    Ts(#[from] TsError),
+    #[error("publisher closed: {0}")]
+    PublisherEnded(PublishEnded),
+    #[error("srt-protocol failed on this connection (panic contained)")]
+    Panicked,
+    #[error("server shutting down")]
+    Cancelled,
+}
+
+impl Connection {
+    async fn run(mut self, mut rx: mpsc::Receiver<Packet>, cancel: CancellationToken) {
+        let channel = self.publisher.channel().clone();
+        let mut demux = TsDemuxer::new();
+        let mut events = Vec::new();
+        let mut out = BytesMut::with_capacity(2048);
+        let mut last_media = Instant::now();
+        let end = loop {
+            let now = Instant::now();
+            // What the connection wants sent, and the media it releases.
+            let step = contained(|| {
+                let mut packets = Vec::new();
+                while let Some(p) = self.conn.next_packet(now) {
+                    packets.push(p);
+                }
+                let mut data = Vec::new();
+                while let Some((_, d)) = self.conn.next_data(now) {
+                    data.push(d);
+                }
+                let next = self.conn.check_timers(now);
+                (packets, data, next, self.conn.is_open())
+            });
+            let Some((packets, data, next, open)) = step else {
+                break Err(ConnectionEnd::Panicked);
+            };
+            for (packet, to) in packets {
+                out.clear();
+                packet.serialize(&mut out);
+                let _ = self.socket.send_to(&out, to).await;
+            }
+            let mut failed = None;
+            for d in data {
+                last_media = now;
+                if let Err(e) = demux.push(&d, &mut events) {
+                    failed = Some(e);
+                    break;
+                }
+                deliver(&mut self.publisher, &mut events, self.peer);
+            }
+            if let Some(e) = failed {
+                break Err(e.into());
+            }
+            if let Some(why) = self.publisher.ended() {
+                break Err(ConnectionEnd::PublisherEnded(why));
+            }
+            if !open {
+                break Err(ConnectionEnd::Closed);
+            }
+            let idle_at = last_media + self.limits.idle_timeout;
+            if now >= idle_at {
+                break Err(ConnectionEnd::Idle(self.limits.idle_timeout));
+            }
+            let wake = next.min(idle_at);
+            tokio::select! {
+                _ = cancel.cancelled() => break Err(ConnectionEnd::Cancelled),
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                p = rx.recv() => {
+                    let Some(p) = p else { break Err(ConnectionEnd::Closed) };
+                    let now = Instant::now();
+                    let peer = self.peer;
+                    if contained(|| self.conn.handle_packet_input(now, Ok((p, peer)))).is_none() {
+                        break Err(ConnectionEnd::Panicked);
+                    }
+                    // Take whatever else has arrived before running the timers again.
+                    while let Ok(p) = rx.try_recv() {
+                        if contained(|| self.conn.handle_packet_input(now, Ok((p, peer)))).is_none() {
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        if matches!(end, Err(ConnectionEnd::Closed)) {
+            demux.finish(&mut events);
+            deliver(&mut self.publisher, &mut events, self.peer);
+        }
+        // Tell the caller we are done (SRT shutdown), best effort.
+        if !matches!(end, Err(ConnectionEnd::Closed | ConnectionEnd::Panicked)) {
+            let now = Instant::now();
+            let packets = contained(|| {
+                self.conn.handle_data_input(now, None);
+                self.conn.on_peer_idle_timeout(now);
+                let mut v = Vec::new();
+                while let Some(p) = self.conn.next_packet(now) {
+                    v.push(p);
+                }
+                v
+            })
+            .unwrap_or_default();
+            for (packet, to) in packets {
+                out.clear();
+                packet.serialize(&mut out);
+                let _ = self.socket.send_to(&out, to).await;
+            }
+        }
+        let peer = self.peer;
+        drop(self);
+        match end {
+            Ok(()) | Err(ConnectionEnd::Closed) => {
+                tracing::info!(%peer, %channel, "SRT publisher left")
+            }
+            Err(
+                e @ (ConnectionEnd::Ts(_)
+                | ConnectionEnd::PublisherEnded(_)
+                | ConnectionEnd::Panicked),
+            ) => {
+                tracing::warn!(%peer, %channel, error = %e, "SRT connection closed")
+            }
+            Err(e) => tracing::info!(%peer, %channel, error = %e, "SRT connection ended"),
+        }
+    }
+}
+
+fn deliver(publisher: &mut Publisher, events: &mut Vec<TsEvent>, peer: SocketAddr) {
+    for event in events.drain(..) {
+        match event {
+            TsEvent::VideoConfig(c) => publisher.video_config(c),
+            TsEvent::AudioConfig(c) => publisher.audio_config(c),
+            TsEvent::Frame(f) => publisher.push(f),
+            TsEvent::UnsupportedAudio(kind) => tracing::warn!(
+                %peer,
+                channel = %publisher.channel(),
+                stream_type = kind,
+                "SRT input audio is not AAC (ADTS); the channel goes on without audio"
+            ),
+        }
+    }
+}
