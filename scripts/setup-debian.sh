@@ -22,8 +22,9 @@ if [[ "${1:-}" == "--test" ]]; then
   # checks; gst-launch-1.0: a GStreamer RTMP publisher; curl: the CI's own checks;
   # c++: libFuzzer's runtime, built by the fuzz crate whose seeds the suite replays;
   # nginx: the HTTP cache of docker/nginx-cache.conf, tested in front of the server;
+  # libnginx-mod-rtmp: nginx-rtmp, the RTMP server rtmp-pull ingests are tested against;
   # python3-m3u8: the independent LL-HLS playlist parser of the LL-HLS oracle test.
-  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light python3-m3u8)
+  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light libnginx-mod-rtmp python3-m3u8)
   commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl [c++]=g++ [python3]=python3-m3u8)
 fi
 
@@ -54,6 +55,11 @@ for c in "${!commands[@]}"; do
     exit 1
   fi
 done
+
+if [[ "${1:-}" == "--test" ]] && [[ ! -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]]; then
+  echo "sluice: the nginx RTMP module (/usr/lib/nginx/modules/ngx_rtmp_module.so) is missing after installing libnginx-mod-rtmp" >&2
+  exit 1
+fi
 
 if [[ "${1:-}" == "--test" ]] && ! /usr/bin/python3 -c 'import m3u8' 2>/dev/null; then
   echo "sluice: the python3 module m3u8 is not importable by /usr/bin/python3 after installing python3-m3u8" >&2

@@ -434,3 +434,196 @@ fn http_connections_are_capped_per_address_except_trusted_proxies() {
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(alive(&flood) + alive(&cache), 0, "idle connections kept");
 }
+
+/// Writes `chunk` every 50 ms until the server closes the connection (true) or 5 s pass.
+fn trickle_until_closed(mut s: TcpStream, first: &[u8], chunk: &[u8]) -> bool {
+    let _ = s.write_all(first);
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(5) {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+        if s.write_all(chunk).is_err() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Malformed RTMP framing, control messages, AMF0 and media, and keys that look like
+/// paths: each connection is closed with its reason in the log (keys are never logged),
+/// while another publisher carries on.
+#[test]
+fn malformed_rtmp_input_is_refused_with_a_reason() {
+    let _heavy = heavy();
+    let capped = "[channels.capped.ingests.main]\nprotocol = \"rtmp\"\nstream_key = \"capped-key\"\nmax_kbps = 40\n[channels.capped.engines.copy]\nladder = \"passthrough\"\n";
+    let server = Server::start("hostile-rtmp-input", &format!("{TWO_CHANNELS}{capped}"));
+    let _good = Publisher::start(&server.rtmp_url("good-key"), 90, "320x180");
+    server.wait_segments(GOOD, 2, Duration::from_secs(30));
+    let wait_log = |needle: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count(&server.log_text(), needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} × {needle:?}:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // A message header declaring 16 MB, its payload trickled in: refused at the header.
+    let before = newest(&server, GOOD);
+    let header = [0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0];
+    assert!(trickle_until_closed(
+        rtmp_handshaken(server.rtmp),
+        &header,
+        &[0x17; 64]
+    ));
+    wait_log("message of 16777215 bytes declared", 1);
+    still_advancing(&server, GOOD, before);
+
+    // Control messages with 0 to 3 bytes of payload.
+    let before = newest(&server, GOOD);
+    let shorts = [
+        (1u8, 0usize),
+        (1, 3),
+        (2, 2),
+        (3, 1),
+        (5, 3),
+        (6, 4),
+        (4, 1),
+    ];
+    for (type_id, len) in shorts {
+        expect_closed(
+            rtmp_handshaken(server.rtmp),
+            &rtmp_message(type_id, &vec![0; len], 128),
+        );
+    }
+    wait_log("control message of type", shorts.len());
+    still_advancing(&server, GOOD, before);
+
+    // Chunks of type 1, 2 and 3 on chunk streams that never had a type 0 header.
+    let before = newest(&server, GOOD);
+    for bytes in [
+        &[0x45u8, 0, 0, 0, 0, 0, 4, 9, 1, 2, 3, 4][..],
+        &[0x86, 0, 0, 0, 1, 2, 3, 4][..],
+        &[0xC7, 1, 2, 3, 4][..],
+    ] {
+        expect_closed(rtmp_handshaken(server.rtmp), bytes);
+    }
+    wait_log("that had no full header", 3);
+    still_advancing(&server, GOOD, before);
+
+    // AMF0 garbage and an unknown type marker in `connect`.
+    let before = newest(&server, GOOD);
+    let mut unknown_marker = b"\x02\x00\x07connect\x00".to_vec();
+    unknown_marker.extend_from_slice(&1f64.to_be_bytes());
+    unknown_marker.extend_from_slice(&[0x0E, 0x42, 0x42]);
+    for body in [unknown_marker, vec![0xFF; 300]] {
+        expect_closed(rtmp_handshaken(server.rtmp), &rtmp_message(20, &body, 128));
+    }
+    wait_log("UnknownMarker { marker: 14 }", 1);
+    wait_log("AMF0 command with fewer than three values", 1);
+    still_advancing(&server, GOOD, before);
+
+    // Media: video before its AVC sequence header, and an H.263 stream.
+    let tags = crate::rtmp_client::ffmpeg_flv(&scratch_dir("hostile-flv").join("in.flv"), 3);
+    let no_header: Vec<_> = tags
+        .iter()
+        .filter(|t| !(t.kind == 9 && t.data.get(1) == Some(&0)))
+        .cloned()
+        .collect();
+    let h263: Vec<_> = tags
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            if t.kind == 9 {
+                let mut d = t.data.to_vec();
+                d[0] = (d[0] & 0xF0) | 2;
+                t.data = d.into();
+            }
+            t
+        })
+        .collect();
+    for (stream, says) in [
+        (&no_header, "video before its AVC sequence header"),
+        (&h263, "unsupported video codec id 2"),
+    ] {
+        let before = newest(&server, GOOD);
+        let ended = crate::rtmp_client::try_publish(server.rtmp, "spare-key", stream, |_, t| t.ms);
+        assert!(ended.is_err(), "{says}: published to the end");
+        wait_log(says, 1);
+        still_advancing(&server, GOOD, before);
+    }
+
+    // An ingest capped at 40 kbit/s (over 10 s) fed about 300 kbit/s: closed, with the
+    // measured rate in the log.
+    let before = newest(&server, GOOD);
+    let ended = crate::rtmp_client::try_publish(server.rtmp, "capped-key", &tags, |_, t| t.ms);
+    assert!(ended.is_err(), "the capped ingest published to the end");
+    wait_log("above the ingest's max_kbps", 1);
+    still_advancing(&server, GOOD, before);
+
+    // Keys that look like paths, with a NUL, or 10 KB long: unknown keys, never logged.
+    let long = "k".repeat(10_000);
+    let keys = [
+        "../good-key",
+        "%2e%2e%2fgood-key",
+        "good-key\0",
+        long.as_str(),
+    ];
+    let refused = count(&server.log_text(), "unknown stream key");
+    for key in keys {
+        let before = newest(&server, GOOD);
+        let ended = crate::rtmp_client::try_publish(server.rtmp, key, &tags[..10], |_, t| t.ms);
+        assert!(ended.is_err(), "{key:?} was let in");
+        still_advancing(&server, GOOD, before);
+    }
+    wait_log("unknown stream key", refused + keys.len());
+    let log = server.log_text();
+    assert!(
+        !log.contains("good-key") && !log.contains("kkkkkkkk"),
+        "{log}"
+    );
+    assert!(!log.contains("panic"), "{log}");
+}
+
+/// An encoder whose clock leaps an hour ahead, then an hour back (every later timestamp,
+/// video and audio): each leap is a new session after a discontinuity, no segment grows
+/// past the target duration, and the target duration never changes.
+#[test]
+fn clock_leaps_are_seams_not_huge_segments() {
+    let _heavy = heavy();
+    let server = Server::start("clock-leap", TWO_CHANNELS);
+    let tags = crate::rtmp_client::ffmpeg_flv(&scratch_dir("clock-leap-flv").join("in.flv"), 9);
+    let hour = 3_600_000u32;
+    crate::rtmp_client::publish(server.rtmp, "spare-key", &tags, |_, tag| match tag.ms {
+        ms if ms < 3_000 => ms,
+        ms if ms < 6_000 => ms + hour,
+        // Back below where the stream started: before the 32-bit wrap.
+        ms => ms.wrapping_sub(hour),
+    });
+    let path = "/live/spare/ts/source/index.m3u8";
+    let p = server.wait_segments(path, 4, Duration::from_secs(20));
+    let target = p.target_duration;
+    assert_eq!(target, 2, "TARGETDURATION from segment_seconds");
+    assert!(
+        p.segments
+            .iter()
+            .all(|s| s.duration <= target as f32 + 0.001),
+        "{:?}",
+        p.segments.iter().map(|s| s.duration).collect::<Vec<_>>()
+    );
+    let seams = p.segments.iter().filter(|s| s.discontinuity).count();
+    assert_eq!(seams, 2, "one discontinuity per leap");
+    let log = server.log_text();
+    assert_eq!(count(&log, "timestamps jumped"), 2, "{log}");
+    assert_newest_ts_decode(&server, path, p.segments.len(), true);
+}

@@ -1,9 +1,11 @@
 //! End-to-end: the real `sluice` binary, real RTMP from ffmpeg, real HTTP,
 //! and independent parsers (ffprobe, m3u8-rs, the mp4 crate) on the output.
 
+mod failover;
 mod hardening;
 mod llhls;
 mod policy;
+mod pull;
 mod rtmp_client;
 mod srt;
 mod support;
@@ -31,6 +33,8 @@ renditions = [{ name = "180p", width = 320, height = 180, video_kbps = 300 }]
 "#;
 
 /// Channel `one`, published with key `key-one`, one engine on `ladder`, distribution `one`.
+/// No slate: these tests look at what publishers alone make of the playlists (the slate
+/// has its own test, in `failover`).
 fn one_channel(ladder: &str) -> String {
     format!(
         "{LADDER}
@@ -39,6 +43,8 @@ protocol = \"rtmp\"
 stream_key = \"key-one\"
 [channels.one.engines.main]
 ladder = \"{ladder}\"
+[channels.one.slate]
+enabled = false
 [distributions.one]
 channel = \"one\"
 "
@@ -437,11 +443,11 @@ fn check_reports_every_config_error_with_its_position() {
         assert!(stderr.contains(pos), "missing an error at {pos}:\n{stderr}");
     }
     // A rule the server does not enforce yet is refused by check and by serve, with its
-    // position, instead of being accepted and ignored (the encoder would not be capped).
-    let geo = dir.join("capped.toml");
+    // position, instead of being accepted and ignored (nothing would be recorded).
+    let geo = dir.join("recorded.toml");
     std::fs::write(
         &geo,
-        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\nmax_kbps = 5000\n[channels.c.engines.e]\nladder = \"passthrough\"\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
+        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\nmax_kbps = 5000\n[channels.c.engines.e]\nladder = \"passthrough\"\nrecord = { enabled = true }\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
     )
     .unwrap();
     for command in ["check", "serve"] {
@@ -453,7 +459,7 @@ fn check_reports_every_config_error_with_its_position() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
         assert!(
-            stderr.contains("capped.toml:3:12: not supported yet: an ingest bitrate cap"),
+            stderr.contains("recorded.toml:6:10: not supported yet: recording"),
             "{command}: {stderr}"
         );
     }

@@ -26,7 +26,7 @@ pub struct Tag {
 
 /// `seconds` of 320x180 H.264 (a keyframe a second) and AAC, written by ffmpeg as FLV.
 pub fn ffmpeg_flv(path: &Path, seconds: u32) -> Vec<Tag> {
-    let ok = ffmpeg_test_av(seconds)
+    let ok = ffmpeg_test_av(seconds, false)
         .arg("-y")
         .arg(path)
         .status()
@@ -61,6 +61,19 @@ fn parse_flv(file: &[u8]) -> Vec<Tag> {
 /// Publishes `tags` to `rtmp://127.0.0.1:port/live/key`, each when its (original)
 /// timestamp is due; `rewrite` may change the timestamp sent.
 pub fn publish(port: u16, key: &str, tags: &[Tag], rewrite: impl Fn(usize, &Tag) -> u32) {
+    if let Err(e) = try_publish(port, key, tags, rewrite) {
+        panic!("{e}");
+    }
+}
+
+/// [`publish`], returning how it ended early: the publish refused, or the connection
+/// closed by the server.
+pub fn try_publish(
+    port: u16,
+    key: &str,
+    tags: &[Tag],
+    rewrite: impl Fn(usize, &Tag) -> u32,
+) -> Result<(), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut hs = Handshake::new(PeerType::Client);
@@ -88,7 +101,9 @@ pub fn publish(port: u16, key: &str, tags: &[Tag], rewrite: impl Fn(usize, &Tag)
         let mut events = Vec::new();
         for r in results {
             match r {
-                ClientSessionResult::OutboundResponse(p) => s.write_all(&p.bytes).unwrap(),
+                ClientSessionResult::OutboundResponse(p) => {
+                    let _ = s.write_all(&p.bytes);
+                }
                 ClientSessionResult::RaisedEvent(e) => events.push(e),
                 ClientSessionResult::UnhandleableMessageReceived(_) => {}
             }
@@ -102,24 +117,31 @@ pub fn publish(port: u16, key: &str, tags: &[Tag], rewrite: impl Fn(usize, &Tag)
     send(&mut s, vec![r]);
     let mut wait_for = |s: &mut TcpStream,
                         session: &mut ClientSession,
-                        want: fn(&ClientSessionEvent) -> bool| loop {
-        let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "closed by the server");
-        let r = session.handle_input(&buf[..n]).unwrap();
-        if send(s, r).iter().any(want) {
-            return;
+                        want: fn(&ClientSessionEvent) -> bool|
+     -> Result<(), String> {
+        loop {
+            let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed by the server".into());
+            }
+            let r = session
+                .handle_input(&buf[..n])
+                .map_err(|e| format!("{e:?}"))?;
+            if send(s, r).iter().any(want) {
+                return Ok(());
+            }
         }
     };
     wait_for(&mut s, &mut session, |e| {
         matches!(e, ClientSessionEvent::ConnectionRequestAccepted)
-    });
+    })?;
     let r = session
         .request_publishing(key.into(), PublishRequestType::Live)
         .unwrap();
     send(&mut s, vec![r]);
     wait_for(&mut s, &mut session, |e| {
         matches!(e, ClientSessionEvent::PublishRequestAccepted)
-    });
+    })?;
     let started = Instant::now();
     for (i, tag) in tags.iter().enumerate() {
         let due = Duration::from_millis(tag.ms as u64);
@@ -134,7 +156,8 @@ pub fn publish(port: u16, key: &str, tags: &[Tag], rewrite: impl Fn(usize, &Tag)
         };
         if let ClientSessionResult::OutboundResponse(p) = packet.unwrap() {
             s.write_all(&p.bytes)
-                .expect("the server closed the publisher");
+                .map_err(|e| format!("the server closed the publisher: {e}"))?;
         }
     }
+    Ok(())
 }

@@ -322,18 +322,123 @@ fn hostile_srt_callers_and_a_datagram_flood_leave_a_publisher_alone() {
     still_advancing(&server, PLAIN_TS, before);
 
     // No broken segment: everything listed decodes, in one input session.
-    let playlist = media_playlist(&get_ok(&server.url(PLAIN_TS)));
-    for seg in playlist.segments.iter().rev().take(4) {
-        let ts = get_ok(&server.url(&format!("/live/plain/ts/source/{}", seg.uri)));
-        let p = probe(&ts, "ts");
-        assert!(
-            p.decode_errors.is_empty(),
-            "{}: {}",
-            seg.uri,
-            p.decode_errors
-        );
-    }
+    assert_newest_ts_decode(&server, PLAIN_TS, 4, false);
     let log = server.log_text();
     assert_eq!(log.matches("session started").count(), 1, "{log}");
     assert!(!log.contains("panic"), "{log}");
+}
+
+/// A UDP relay between an SRT caller and the server that drops `loss` of the datagrams
+/// each way (a deterministic pseudo-random choice), for as long as it lives. The kernel
+/// here has no `netem`, so the loss is made in user space, on loopback.
+struct LossyRelay {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl LossyRelay {
+    fn start(server_port: u16, loss: f64) -> LossyRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(("127.0.0.1", server_port)).unwrap();
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+        let port = front.local_addr().unwrap().port();
+        let caller: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threshold = (loss * u32::MAX as f64) as u32;
+        let flag = stop.clone();
+        let pump = move |seed: u64, up: bool, front: UdpSocket, back: UdpSocket| {
+            let (caller, stop) = (caller.clone(), flag.clone());
+            std::thread::spawn(move || {
+                let mut x = seed;
+                let (mut passed, mut dropped) = (0u64, 0u64);
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let received = if up {
+                        front.recv_from(&mut buf).map(|(n, from)| {
+                            *caller.lock().unwrap() = Some(from);
+                            n
+                        })
+                    } else {
+                        back.recv(&mut buf)
+                    };
+                    let Ok(n) = received else { continue };
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if (x as u32) < threshold {
+                        dropped += 1;
+                        continue;
+                    }
+                    passed += 1;
+                    if up {
+                        let _ = back.send(&buf[..n]);
+                    } else if let Some(to) = *caller.lock().unwrap() {
+                        let _ = front.send_to(&buf[..n], to);
+                    }
+                }
+                (passed, dropped)
+            })
+        };
+        let threads = vec![
+            pump(
+                0x1234_5678_9abc_def1,
+                true,
+                front.try_clone().unwrap(),
+                back.try_clone().unwrap(),
+            ),
+            pump(0x0fed_cba9_8765_4321, false, front, back),
+        ];
+        LossyRelay {
+            port,
+            stop,
+            threads,
+        }
+    }
+
+    /// Stops the relay: (datagrams passed, dropped), both ways together.
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .drain(..)
+            .map(|t| t.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+}
+
+/// A publisher losing 10% of its datagrams each way keeps its stream: one session, every
+/// segment decodes (SRT's retransmissions recover the losses within its latency).
+#[test]
+fn a_publisher_under_ten_percent_loss_keeps_its_stream() {
+    let _heavy = heavy();
+    let (server, port) = start("srt-loss");
+    let relay = LossyRelay::start(port, 0.10);
+    let _ffmpeg = Publisher::srt(
+        &format!(
+            "srt://127.0.0.1:{}?streamid=publish:srt-plain&latency=400000",
+            relay.port
+        ),
+        40,
+    );
+    server.wait_segments(PLAIN_TS, 12, Duration::from_secs(60));
+    let (passed, dropped) = relay.finish();
+    assert!(
+        dropped * 100 / (passed + dropped) >= 8,
+        "{dropped} of {} dropped",
+        passed + dropped
+    );
+    assert_newest_ts_decode(&server, PLAIN_TS, 10, true);
+    let playlist = media_playlist(&get_ok(&server.url(PLAIN_TS)));
+    assert!(
+        playlist.segments.iter().all(|s| !s.discontinuity),
+        "the stream was never interrupted"
+    );
+    let log = server.log_text();
+    assert_eq!(log.matches("session started").count(), 1, "{log}");
 }

@@ -76,7 +76,7 @@ impl Server {
         Self::start_full(name, server_keys, config, &[])
     }
 
-    fn start_full(name: &str, server_keys: &str, config: &str, env: &[(&str, &str)]) -> Server {
+    pub fn start_full(name: &str, server_keys: &str, config: &str, env: &[(&str, &str)]) -> Server {
         let dir = scratch_dir(name);
         let (http, rtmp) = (free_port(), free_port());
         let toml = format!(
@@ -341,8 +341,8 @@ impl Publisher {
 
     /// ffmpeg over SRT (libsrt): H.264 + AAC in MPEG-TS, to `url` (`srt://...`).
     pub fn srt(url: &str, seconds: u32) -> Publisher {
-        let mut ffmpeg = ffmpeg_test_av(seconds);
-        ffmpeg.arg("-re").args(["-f", "mpegts", url]);
+        let mut ffmpeg = ffmpeg_test_av(seconds, true);
+        ffmpeg.args(["-f", "mpegts", url]);
         Self::spawn(ffmpeg)
     }
 
@@ -423,11 +423,15 @@ impl Drop for Publisher {
 }
 
 /// ffmpeg encoding `seconds` of the test picture (320x180, 30 fps, a keyframe a second,
-/// x264 ultrafast) and a tone (AAC 48 kHz stereo); the caller adds the output.
-pub fn ffmpeg_test_av(seconds: u32) -> Command {
+/// x264 ultrafast) and a tone (AAC 48 kHz stereo), in real time when `realtime` (a live
+/// encoder); the caller adds the output.
+pub fn ffmpeg_test_av(seconds: u32, realtime: bool) -> Command {
     let mut ffmpeg = tool("ffmpeg");
+    ffmpeg.args(["-hide_banner", "-loglevel", "error"]);
+    if realtime {
+        ffmpeg.arg("-re");
+    }
     ffmpeg
-        .args(["-hide_banner", "-loglevel", "error"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
         .args(["-t", &seconds.to_string()])
@@ -453,6 +457,60 @@ pub fn still_advancing(server: &Server, path: &str, since: u64) {
             server.log_text()
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Decodes the newest `n` TS segments of the media playlist at `path` (a `.../index.m3u8`)
+/// and asserts each decodes cleanly, with audio when `audio`.
+pub fn assert_newest_ts_decode(server: &Server, path: &str, n: usize, audio: bool) {
+    let dir = path.trim_end_matches("index.m3u8");
+    let playlist = media_playlist(&get_ok(&server.url(path)));
+    for seg in playlist.segments.iter().rev().take(n) {
+        let p = probe(&get_ok(&server.url(&format!("{dir}{}", seg.uri))), "ts");
+        assert!(
+            p.decode_errors.is_empty(),
+            "{}: {}",
+            seg.uri,
+            p.decode_errors
+        );
+        assert!(!audio || p.has_audio, "{}: no audio", seg.uri);
+    }
+}
+
+/// The nginx binary (Debian's nginx-light puts it in /usr/sbin).
+fn nginx_binary() -> &'static str {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("required program `nginx` not found (run scripts/setup-debian.sh --test)")
+}
+
+/// Runs nginx in the foreground on `dir/nginx.conf`: `prelude` (`load_module` lines),
+/// the main context every test server shares, then `body` (an `http` or `rtmp` block).
+fn spawn_nginx(dir: &Path, prelude: &str, body: &str) -> Child {
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "{prelude}user root; worker_processes 1; pid {0}/nginx.pid; error_log {0}/error.log;\nevents {{ worker_connections 1024; }}\n{body}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    Command::new(nginx_binary())
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run nginx")
+}
+
+/// Waits until something accepts TCP connections on loopback `port`.
+fn wait_listening(port: u16, what: &str) {
+    let up = Instant::now() + Duration::from_secs(10);
+    while connect_from("127.0.0.1", port).is_err() {
+        assert!(Instant::now() < up, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -631,10 +689,6 @@ pub struct NginxCache {
 
 impl NginxCache {
     pub fn start(name: &str, origin: u16) -> NginxCache {
-        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("required program `nginx` not found (run scripts/setup-debian.sh --test)");
         let dir = scratch_dir(name);
         let port = free_port();
         let site = std::fs::read_to_string(concat!(
@@ -647,26 +701,16 @@ impl NginxCache {
         .replace("/var/cache/nginx", &dir.join("cache").display().to_string());
         std::fs::create_dir_all(dir.join("cache")).unwrap();
         std::fs::write(dir.join("site.conf"), site).unwrap();
-        std::fs::write(
-            dir.join("nginx.conf"),
-            format!(
-                "user root; worker_processes 1; pid {0}/nginx.pid; error_log {0}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{ log_format status '$request_uri $upstream_cache_status'; access_log {0}/access.log status; include {0}/site.conf; }}\n",
+        let child = spawn_nginx(
+            &dir,
+            "",
+            &format!(
+                "http {{ log_format status '$request_uri $upstream_cache_status'; access_log {0}/access.log status; include {0}/site.conf; }}",
                 dir.display()
             ),
-        )
-        .unwrap();
-        let child = Command::new(nginx)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .spawn()
-            .expect("run nginx");
+        );
         let cache = NginxCache { port, dir, child };
-        let up = Instant::now() + Duration::from_secs(10);
-        while connect_from("127.0.0.1", port).is_err() {
-            assert!(Instant::now() < up, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_listening(port, "nginx");
         cache
     }
 
@@ -706,4 +750,47 @@ pub fn blocking_query(part_uri: &str) -> String {
         .split_once('.')
         .expect("<msn>.<part>.m4s");
     format!("_HLS_msn={msn}&_HLS_part={part}")
+}
+
+/// nginx with the RTMP module (Debian's libnginx-mod-rtmp) on a loopback port: an RTMP
+/// server to publish to and play from (application `live`).
+pub struct NginxRtmp {
+    child: Child,
+}
+
+impl NginxRtmp {
+    pub fn start(name: &str, port: u16) -> NginxRtmp {
+        let module = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+        assert!(
+            Path::new(module).exists(),
+            "required nginx RTMP module {module} not found (run scripts/setup-debian.sh --test)"
+        );
+        let dir = scratch_dir(name);
+        let child = spawn_nginx(
+            &dir,
+            &format!("load_module {module};\n"),
+            &format!(
+                "rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}"
+            ),
+        );
+        let nginx = NginxRtmp { child };
+        wait_listening(port, "nginx-rtmp");
+        nginx
+    }
+}
+
+impl Drop for NginxRtmp {
+    fn drop(&mut self) {
+        // TERM: the master stops its workers too (a KILLed master leaves them serving).
+        send_signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

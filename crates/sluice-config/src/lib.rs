@@ -25,7 +25,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     ApiConfig, Channel, Config, DeviceType, Distribution, Engine, GeoRule, Ingest, IngestProtocol,
     IpRule, Ladder, LadderRef, OsName, Output, OverrideRule, OverrideTarget, Rendition, RuleMode,
-    SdkType, ServerConfig, TestPattern, TokenAlgorithm, TokenConfig, TokenKey,
+    SdkType, ServerConfig, Slate, TestPattern, TokenAlgorithm, TokenConfig, TokenKey,
 };
 pub use support::not_served_yet;
 

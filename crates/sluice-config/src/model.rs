@@ -124,6 +124,24 @@ pub struct Channel {
     pub ingests: BTreeMap<Id, Ingest>,
     /// `[channels.<id>.engines.<id>]`: transcoders of the live input; at least one.
     pub engines: BTreeMap<Id, Engine>,
+    /// `[channels.<id>.slate]`: what the engines play while no ingest is live.
+    pub slate: Slate,
+}
+
+/// `[channels.<id>.slate]`: once the channel has been live, whenever no ingest is, the
+/// engines play a still picture with silence, so players stay on the same playlists and
+/// resume when a source returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slate {
+    /// `enabled`. Default: true when some engine of the channel transcodes, false when
+    /// they all pass through (a slate would be encoded for them alone).
+    pub enabled: bool,
+    /// `image`: a PNG or JPEG shown full frame. Default: a dark picture with a line of
+    /// text.
+    pub image: Option<PathBuf>,
+    /// `timeout_minutes`: after this long on the slate the channel's playlists end
+    /// (`EXT-X-ENDLIST`); 1 to 10080. Default 30.
+    pub timeout_minutes: u32,
 }
 
 /// `[channels.<id>.ingests.<id>]`: one way media enters a channel. The live ingest with

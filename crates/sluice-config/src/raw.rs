@@ -86,6 +86,15 @@ pub(crate) struct RawChannel {
     pub sources: Option<S<toml::Value>>,
     /// Relays, restreams and pull outputs: the same.
     pub outputs: Option<S<toml::Value>>,
+    pub slate: Option<S<RawSlate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawSlate {
+    pub enabled: Option<bool>,
+    pub image: Option<S<String>>,
+    pub timeout_minutes: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

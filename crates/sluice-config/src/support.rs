@@ -8,13 +8,13 @@
 //!
 //! Enforced so far, so no longer refused: viewer tokens (`token`), geo rules (`geo`), IP
 //! rules (`ip`), `allowed_origins` (sluice-distribution's `policy`), `overrides`
-//! (its `overrides`), and SRT push ingests with their `passphrase` (sluice-ingest's
-//! `srt`).
+//! (its `overrides`), SRT push ingests with their `passphrase` (sluice-ingest's
+//! `srt`), pull ingests (`pull`) and backup ingests by `priority` (its `bus`).
 //!
 //! Keys that only say where to listen or store (`data_dir`, ...) stay accepted;
 //! [`not_served_yet`] lists them for a log line at start.
 
-use crate::model::{Config, IngestProtocol};
+use crate::model::Config;
 use crate::parse::Problem;
 use crate::raw::{RawConfig, S};
 
@@ -37,33 +37,6 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
                 problems,
                 o,
                 "channel outputs (relays, restreams, pull outputs)",
-            );
-        }
-        for ing in ch.ingests.values() {
-            let r = ing.get_ref();
-            match r.protocol.get_ref() {
-                IngestProtocol::Rtmp | IngestProtocol::Srt | IngestProtocol::TestPattern => {}
-                p => refuse(problems, &r.protocol, &format!("{} ingests", p.as_str())),
-            }
-            if let Some(k) = &r.max_kbps
-                && *k.get_ref() > 0
-            {
-                refuse(problems, k, "an ingest bitrate cap (max_kbps other than 0)");
-            }
-        }
-        // Backups: every enabled ingest after the one with the lowest priority.
-        let mut live: Vec<_> = ch
-            .ingests
-            .iter()
-            .filter(|(_, i)| i.get_ref().enabled != Some(false))
-            .map(|(id, i)| (i.get_ref().priority.unwrap_or(1), id.get_ref(), i))
-            .collect();
-        live.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (_, _, backup) in live.iter().skip(1) {
-            refuse(
-                problems,
-                &backup.get_ref().protocol,
-                "backup ingests (a second enabled ingest on one channel)",
             );
         }
         for e in ch.engines.values() {

@@ -261,13 +261,6 @@ fn unenforced_keys_are_refused_with_their_position() {
     );
     // Exactly these, in file order: (path, what), each at its value's line and column.
     let want = [
-        (
-            "channels.final.ingests.primary.max_kbps",
-            "ingest bitrate cap",
-        ),
-        ("channels.final.ingests.backup.protocol", "backup ingests"),
-        ("channels.final.ingests.venue.protocol", "srt-pull ingests"),
-        ("channels.final.ingests.venue.protocol", "backup ingests"),
         ("channels.final.engines.main.record", "recording"),
         ("channels.final.sources", "extra sources"),
         ("channels.final.outputs", "channel outputs"),
@@ -280,18 +273,17 @@ fn unenforced_keys_are_refused_with_their_position() {
         );
     }
     let line = |marker: &str| at(PLANNED, marker);
-    assert_eq!((got[0].line, got[0].column), line("max_kbps = |12000"));
     assert_eq!(
-        (got[2].line, got[2].column),
-        line("protocol = |\"srt-pull\"")
+        (got[0].line, got[0].column),
+        line("|[channels.final.engines.main.record]")
     );
 }
 
 /// Every distribution rule is enforced (viewer tokens, geo and IP rules, allowed origins,
-/// overrides, the latency target), so they pass; an ingest bitrate cap is not acted on yet:
-/// refused at its value, not accepted and ignored.
+/// overrides, the latency target), and ingest bitrate caps, so they pass; recording is not
+/// acted on yet: refused at its value, not accepted and ignored.
 #[test]
-fn an_ingest_cap_is_refused_not_ignored() {
+fn recording_is_refused_not_ignored() {
     let src = format!(
         "{BASE}[distributions.d]\nchannel = \"c\"\ngeo = {{ mode = \"allow\", countries = [\"DE\"] }}\nip = {{ mode = \"deny\", cidrs = [\"203.0.113.0/24\"] }}\nallowed_origins = [\"https://eu.example.com\"]\ntarget_latency_seconds = 2.5\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n[[distributions.d.overrides]]\ndevice_type = \"mobile\"\ntargets = [{{ distribution = \"d\", weight = 1 }}]\n"
     );
@@ -300,14 +292,20 @@ fn an_ingest_cap_is_refused_not_ignored() {
         "protocol = \"test-pattern\"",
         "protocol = \"test-pattern\"\nmax_kbps = 5000",
     );
-    let e = Config::from_toml_str(&capped, "t.toml").unwrap_err().errors;
+    ok(&capped);
+    let recorded = src.replace(
+        "ladder = \"passthrough\"",
+        "ladder = \"passthrough\"\nrecord = { enabled = true }",
+    );
+    let e = Config::from_toml_str(&recorded, "t.toml")
+        .unwrap_err()
+        .errors;
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
-        e[0].message.starts_with("not supported yet: ")
-            && e[0].message.contains("ingest bitrate cap"),
+        e[0].message.starts_with("not supported yet: ") && e[0].message.contains("recording"),
         "{e:?}"
     );
-    assert_eq!((e[0].line, e[0].column), at(&capped, "max_kbps = |5000"));
+    assert_eq!((e[0].line, e[0].column), at(&recorded, "record = |{"));
 }
 
 #[test]
@@ -1122,4 +1120,43 @@ ladder = "l"
 channel = "c"
 "#;
     expect(src, &[("window_seconds = |4000", "at most 3600")]);
+}
+
+/// The slate is on by default where an engine transcodes, off where all pass through;
+/// an image must be a PNG or JPEG that exists; the timeout is in minutes, 1 to a week.
+#[test]
+fn slate_defaults_and_errors() {
+    let c = ok(BASE);
+    assert!(!c.channels[&id("c")].slate.enabled, "passthrough only: off");
+    assert_eq!(c.channels[&id("c")].slate.timeout_minutes, 30);
+    let transcoding = format!(
+        "{}[ladders.l]\nrenditions = [{{ name = \"r\", width = 640, height = 360, video_kbps = 800 }}]\n",
+        BASE.replace("ladder = \"passthrough\"", "ladder = \"l\"")
+    );
+    let c = ok(&transcoding);
+    assert!(c.channels[&id("c")].slate.enabled, "transcoding: on");
+    let image = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/slate.png");
+    let c = ok(&format!(
+        "{BASE}[channels.c.slate]\nenabled = true\nimage = \"{image}\"\ntimeout_minutes = 5\n"
+    ));
+    let slate = &c.channels[&id("c")].slate;
+    assert!(slate.enabled && slate.image.is_some() && slate.timeout_minutes == 5);
+    for (bad, says) in [
+        ("image = \"slate.gif\"", "must be a .png, .jpg or .jpeg"),
+        (
+            "image = \"/nonexistent/slate.png\"",
+            "is not a readable file",
+        ),
+        (
+            "timeout_minutes = 0",
+            "timeout_minutes must be a number from 1 to 10080",
+        ),
+        ("colour = \"red\"", "unknown field"),
+    ] {
+        let e = errors(&format!("{BASE}[channels.c.slate]\n{bad}\n"));
+        assert!(
+            e.iter().any(|e| e.message.contains(says) && e.line == 7),
+            "{bad}: {e:?}"
+        );
+    }
 }

@@ -15,13 +15,13 @@ use sluice_core::Id;
 use crate::countries::is_country;
 use crate::model::{
     ApiConfig, Channel, Config, Distribution, Engine, GeoRule, Ingest, IngestProtocol, IpRule,
-    Ladder, LadderRef, Output, OverrideRule, OverrideTarget, Rendition, ServerConfig, TestPattern,
-    TokenConfig, TokenKey,
+    Ladder, LadderRef, Output, OverrideRule, OverrideTarget, Rendition, ServerConfig, Slate,
+    TestPattern, TokenConfig, TokenKey,
 };
 use crate::parse::{Parsed, Problem, SpanIndex, key_path};
 use crate::raw::{
     RawChannel, RawConfig, RawDistribution, RawEngine, RawIngest, RawLadder, RawOverride,
-    RawServer, RawToken, S,
+    RawServer, RawSlate, RawToken, S,
 };
 
 /// The longest live window: the store keeps every rendition's window in memory.
@@ -438,10 +438,43 @@ impl Checker<'_> {
                 ),
             );
         }
+        let transcodes = engines
+            .values()
+            .any(|e| !matches!(e.ladder_ref, LadderRef::Passthrough));
+        let slate = self.slate(r.slate.as_ref(), transcodes);
         Channel {
             name: r.name.clone().unwrap_or_else(|| name.clone()),
             ingests,
             engines,
+            slate,
+        }
+    }
+
+    fn slate(&mut self, raw: Option<&S<RawSlate>>, transcodes: bool) -> Slate {
+        let r = raw.map(|s| s.get_ref());
+        let image = r.and_then(|r| r.image.as_ref()).map(|v| {
+            let path = self.path(v, "image");
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            if !matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
+                self.err(v.span(), "image must be a .png, .jpg or .jpeg file");
+            } else if !path.is_file() {
+                self.err(
+                    v.span(),
+                    format!("image {} is not a readable file", quote(v.get_ref())),
+                );
+            }
+            path
+        });
+        let timeout_minutes = r
+            .and_then(|r| r.timeout_minutes.as_ref())
+            .map_or(30, |v| self.int(v, "timeout_minutes", 1..10081, false));
+        Slate {
+            enabled: r.and_then(|r| r.enabled).unwrap_or(transcodes),
+            image,
+            timeout_minutes,
         }
     }
 

@@ -380,4 +380,3 @@ mod tests {
         assert!(AudioConfig::from_asc(Bytes::from_static(&[0x11])).is_err());
     }
 }
-

@@ -50,6 +50,9 @@ pub enum MediaEvent {
     End {
         session: u64,
     },
+    /// The channel closed: no input for its slate timeout. Engines end their playlists
+    /// (`EXT-X-ENDLIST`) until a session starts again.
+    Close,
 }
 
 /// Where an engine reads a channel's live input from (the channel bus, in a server).

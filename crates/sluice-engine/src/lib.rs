@@ -20,7 +20,7 @@ mod transcode;
 
 pub use error::EngineError;
 pub use runner::{EngineMode, EngineRunner, GstFactory, Packaging, RunnerSettings};
-pub use testpattern::{TestPattern, TestPatternSettings};
+pub use testpattern::{Look, TestPattern, TestPatternSettings};
 pub use transcode::{
     EncodedEvent, EncodedSink, PushOutcome, RenditionSettings, TranscodeSettings, Transcoder,
 };

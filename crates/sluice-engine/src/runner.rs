@@ -50,6 +50,8 @@ pub trait Packaging: EncodedSink {
     }
     /// The engine stops for good: close open segments, end the playlists.
     fn finish(&self);
+    /// A new session after [`Packaging::finish`]: the playlists go on (after a seam).
+    fn reopen(&self) {}
 }
 
 /// A running pipeline, as the state machine sees it.
@@ -212,6 +214,8 @@ pub struct EngineRunner<F: PipelineFactory> {
     drop_log: Throttle,
     /// A planned outage (tests): when, and for how long.
     planned_outage: Option<(Instant, Duration)>,
+    /// The channel closed and the playlists ended; the next session reopens them.
+    closed: bool,
 }
 
 impl<F: PipelineFactory> EngineRunner<F> {
@@ -237,6 +241,7 @@ impl<F: PipelineFactory> EngineRunner<F> {
             dropped: 0,
             drop_log: Throttle::default(),
             planned_outage: None,
+            closed: false,
         }
     }
 
@@ -384,7 +389,9 @@ impl<F: PipelineFactory> EngineRunner<F> {
                     // Keep waiting out a back-off across sessions.
                     s @ State::BackingOff { .. } => self.state = s,
                 }
-                if self.session.is_some() {
+                if std::mem::take(&mut self.closed) {
+                    self.packaging.reopen();
+                } else if self.session.is_some() {
                     self.packaging.discontinuity();
                 }
                 tracing::info!(engine = %self.name, session, width = video.width, height = video.height, audio = audio.is_some(), "input session");
@@ -406,6 +413,24 @@ impl<F: PipelineFactory> EngineRunner<F> {
                 });
             }
             MediaEvent::Frame(frame) => self.on_frame(frame).await,
+            MediaEvent::Close => {
+                // The input ended for good (for now): finish the last session's media,
+                // then end the playlists.
+                match std::mem::replace(&mut self.state, State::Idle) {
+                    State::Running { pipeline, .. } => {
+                        pipeline.end_of_stream();
+                        self.drain(pipeline).await
+                    }
+                    State::Draining { pipeline, .. } => self.drain(pipeline).await,
+                    s => self.state = s,
+                }
+                if !self.closed {
+                    self.packaging.finish();
+                    self.closed = true;
+                    tracing::info!(engine = %self.name, "channel closed; playlists ended");
+                }
+                self.session = None;
+            }
             MediaEvent::End { session } => {
                 if self.session.as_ref().is_none_or(|s| s.id != session) {
                     return;

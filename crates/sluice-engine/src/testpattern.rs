@@ -1,10 +1,16 @@
 //! The built-in `test-pattern` ingest: a moving picture with a wall clock and
 //! a 440 Hz tone, encoded to H.264 + AAC the way a hardware encoder would send
-//! it, so everything downstream treats it like any other live input.
+//! it, so everything downstream treats it like any other live input. The same source
+//! makes a channel's slate: a still picture (an image file, or a dark frame with a line
+//! of text) and silence.
 //!
 //! ```text
 //! videotestsrc is-live ! video/x-raw,WxH@fps ! clockoverlay ! videoconvert ! x264enc ! appsink(video)
 //! audiotestsrc is-live ! audioconvert ! audioresample ! avenc_aac ! appsink(audio)
+//!
+//! slate: filesrc ! pngdec|jpegdec ! imagefreeze is-live ! videoconvert ! videoscale ! WxH@fps ! x264enc ...
+//!    or  videotestsrc pattern=solid-color ! WxH@fps ! textoverlay ! videoconvert ! x264enc ...
+//!        audiotestsrc wave=silence ! ... ! avenc_aac ! appsink(audio)
 //! ```
 
 use std::sync::Arc;
@@ -22,6 +28,12 @@ pub(crate) const ELEMENTS: &[&str] = &[
     "videotestsrc",
     "audiotestsrc",
     "clockoverlay",
+    "textoverlay",
+    "imagefreeze",
+    "pngdec",
+    "jpegdec",
+    "videoscale",
+    "filesrc",
     "videoconvert",
     "x264enc",
     "avenc_aac",
@@ -34,6 +46,19 @@ pub struct TestPatternSettings {
     pub fps: u32,
     /// Video bitrate of the generated "encoder" output.
     pub video_kbps: u32,
+    /// What it shows.
+    pub look: Look,
+}
+
+/// What a generated source shows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Look {
+    /// Moving colour bars, a wall clock, a 440 Hz tone.
+    #[default]
+    Pattern,
+    /// A still picture and silence: `image` (PNG or JPEG, scaled to the frame), or a
+    /// dark frame with a line of text.
+    Slate { image: Option<std::path::PathBuf> },
 }
 
 impl Default for TestPatternSettings {
@@ -43,6 +68,7 @@ impl Default for TestPatternSettings {
             height: 720,
             fps: 30,
             video_kbps: 3000,
+            look: Look::Pattern,
         }
     }
 }
@@ -59,10 +85,6 @@ impl TestPattern {
     ) -> Result<TestPattern, EngineError> {
         crate::init()?;
         let pipeline = gst::Pipeline::with_name("test-pattern");
-        let vsrc = make("videotestsrc", "pattern")?;
-        vsrc.set_property("is-live", true);
-        vsrc.set_property_from_str("pattern", "smpte");
-        vsrc.set_property("horizontal-speed", 4i32);
         let vcaps = capsfilter(
             "pattern-format",
             gst::Caps::builder("video/x-raw")
@@ -72,10 +94,44 @@ impl TestPattern {
                 .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                 .build(),
         )?;
-        let clock = make("clockoverlay", "pattern-clock")?;
-        clock.set_property("time-format", "%H:%M:%S");
-        clock.set_property("font-desc", "Sans Bold 48");
-        clock.set_property("shaded-background", true);
+        let picture: Vec<gst::Element> = match &settings.look {
+            Look::Pattern => {
+                let vsrc = make("videotestsrc", "pattern")?;
+                vsrc.set_property("is-live", true);
+                vsrc.set_property_from_str("pattern", "smpte");
+                vsrc.set_property("horizontal-speed", 4i32);
+                let clock = make("clockoverlay", "pattern-clock")?;
+                clock.set_property("time-format", "%H:%M:%S");
+                clock.set_property("font-desc", "Sans Bold 48");
+                clock.set_property("shaded-background", true);
+                vec![vsrc, vcaps, clock]
+            }
+            Look::Slate { image: Some(path) } => {
+                let file = make("filesrc", "slate-file")?;
+                file.set_property("location", path.to_string_lossy().as_ref());
+                let jpeg = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg")
+                });
+                let decode = make(if jpeg { "jpegdec" } else { "pngdec" }, "slate-decode")?;
+                let freeze = make("imagefreeze", "slate-freeze")?;
+                freeze.set_property("is-live", true);
+                let convert = make("videoconvert", "slate-convert")?;
+                let scale = make("videoscale", "slate-scale")?;
+                vec![file, decode, convert, scale, freeze, vcaps]
+            }
+            Look::Slate { image: None } => {
+                let vsrc = make("videotestsrc", "pattern")?;
+                vsrc.set_property("is-live", true);
+                vsrc.set_property_from_str("pattern", "solid-color");
+                vsrc.set_property("foreground-color", 0xff1c_2430u32);
+                let text = make("textoverlay", "slate-text")?;
+                text.set_property("text", "The stream will be back shortly");
+                text.set_property("font-desc", "Sans 36");
+                text.set_property_from_str("valignment", "center");
+                text.set_property_from_str("halignment", "center");
+                vec![vsrc, vcaps, text]
+            }
+        };
         let conv = make("videoconvert", "pattern-convert")?;
         // One-second GOPs, like a typical contribution encoder.
         let enc = x264(
@@ -89,23 +145,18 @@ impl TestPattern {
             h264_avc_caps().field("profile", "high").build(),
         )?;
         let video = encoded_output("pattern-video", TrackKind::Video, 0, sink.clone());
-        add_chain(
-            &pipeline,
-            &[
-                &vsrc,
-                &vcaps,
-                &clock,
-                &conv,
-                &enc,
-                &vout,
-                video.upcast_ref(),
-            ],
-        )?;
+        let mut chain: Vec<&gst::Element> = picture.iter().collect();
+        chain.extend([&conv, &enc, &vout, video.upcast_ref()]);
+        add_chain(&pipeline, &chain)?;
 
         let asrc = make("audiotestsrc", "tone")?;
         asrc.set_property("is-live", true);
-        asrc.set_property("freq", 440.0f64);
-        asrc.set_property("volume", 0.2f64);
+        if let Look::Slate { .. } = settings.look {
+            asrc.set_property_from_str("wave", "silence");
+        } else {
+            asrc.set_property("freq", 440.0f64);
+            asrc.set_property("volume", 0.2f64);
+        }
         // 1024 samples per buffer: one AAC frame each.
         asrc.set_property("samplesperbuffer", 1024i32);
         let [convert, resample, format, encode] = aac_encoder("tone", 128)?;

@@ -23,6 +23,7 @@ fn ladder_keyframes_align_on_the_segment_grid() {
             height: 180,
             fps: 30,
             video_kbps: 600,
+            ..Default::default()
         },
         Arc::new(move |ev| {
             let _ = tx.try_send(ev);

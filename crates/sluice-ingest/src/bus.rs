@@ -1,10 +1,18 @@
 //! The channel bus: the bounded fan-out from a channel's live input to its
 //! engines (and later relays and recorders).
 //!
-//! One publisher at a time feeds a channel. Its timestamps are mapped onto the
-//! channel timeline so that media time only moves forward across reconnects:
-//! a new session starts on the next grid boundary after everything before it,
-//! so segment numbers derived from media time keep increasing.
+//! Several feeds may be attached to a channel (its ingests: a primary, backups, and the
+//! slate when nothing else is live), one connection per ingest; one at a time, the
+//! *owner*, feeds the engines. The others stand by, and take over at one of their video
+//! keyframes when the owner is gone, when it has sent nothing for a segment duration, or
+//! when they are preferred (a lower `priority`): a backup steps in within a segment of the
+//! primary stopping, and the primary takes back when it returns. Each switch ends one
+//! session and starts the next, so viewers see one `EXT-X-DISCONTINUITY` per switch.
+//!
+//! The owner's timestamps are mapped onto the channel timeline so that media time only
+//! moves forward across reconnects and switches: a new session starts on the next grid
+//! boundary after everything before it, so segment numbers derived from media time keep
+//! increasing.
 //!
 //! The fan-out is a `tokio::sync::broadcast` ring: publishing never waits for a
 //! subscriber. A subscriber that falls behind loses the oldest events, is told
@@ -59,6 +67,82 @@ pub enum PublishEnded {
     Superseded,
     #[error("audio-only input is not supported: no video within 5 s of media")]
     NoVideo,
+    #[error(
+        "input at {measured_kbps} kbit/s over {RATE_WINDOW_SECS} s, above the ingest's max_kbps {max_kbps}"
+    )]
+    OverBitrate { measured_kbps: u32, max_kbps: u32 },
+}
+
+/// The window an ingest's `max_kbps` is measured over: long enough that keyframes and an
+/// encoder's start-up burst average out.
+pub const RATE_WINDOW_SECS: u64 = 10;
+
+/// An ingest's bitrate cap, measured on the bytes of the frames it sends, over the last
+/// [`RATE_WINDOW_SECS`] seconds of wall-clock time (the first window counts from the
+/// connection, as if it had sent nothing before).
+#[derive(Debug)]
+struct RateCap {
+    max_kbps: u32,
+    /// Bytes per second of wall-clock time, the last `RATE_WINDOW_SECS`.
+    seconds: [u64; RATE_WINDOW_SECS as usize],
+    current: u64,
+}
+
+impl RateCap {
+    /// Counts `bytes` at `now_ms`; the measured kbit/s when over the cap.
+    fn add(&mut self, now_ms: u64, bytes: u64) -> Option<u32> {
+        let second = now_ms / 1000;
+        let window = RATE_WINDOW_SECS;
+        if second != self.current {
+            // Seconds skipped (nothing sent) count as zero.
+            for s in (self.current + 1)..=second.min(self.current + window) {
+                self.seconds[(s % window) as usize] = 0;
+            }
+            self.current = second;
+        }
+        self.seconds[(second % window) as usize] += bytes;
+        // Always over the whole window, so a start-up burst is averaged over it too.
+        let total: u64 = self.seconds.iter().sum();
+        let kbps = total * 8 / (window * 1000);
+        (kbps > u64::from(self.max_kbps)).then(|| u32::try_from(kbps).unwrap_or(u32::MAX))
+    }
+}
+
+/// How a feed is known to its channel: the ingest it comes from (one live connection
+/// each) and its priority (lower is preferred).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedSpec {
+    pub ingest: String,
+    pub priority: u32,
+}
+
+impl FeedSpec {
+    /// The slate: fills in when no ingest is live, and gives way to any.
+    pub fn slate() -> Self {
+        FeedSpec {
+            ingest: "slate".into(),
+            priority: u32::MAX,
+        }
+    }
+}
+
+impl Default for FeedSpec {
+    fn default() -> Self {
+        FeedSpec {
+            ingest: String::new(),
+            priority: 1,
+        }
+    }
+}
+
+/// A feed attached to the channel, as the bus keeps it.
+struct Feed {
+    id: u64,
+    spec: FeedSpec,
+    /// When it last sent a frame (ms since the bus's epoch).
+    last_frame_ms: Arc<AtomicU64>,
+    /// Set when a new connection of the same ingest replaced it.
+    replaced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +156,8 @@ pub struct BusStats {
     pub audio_jumps: AtomicU64,
     /// Publishers replaced while stale.
     pub takeovers: AtomicU64,
+    /// Switches from one feed to another (failover, return of a preferred ingest, slate).
+    pub switches: AtomicU64,
 }
 
 struct BusState {
@@ -81,6 +167,8 @@ struct BusState {
     next_start: MediaTime,
     /// The live session's `Start`, replayed to late or lagging subscribers.
     current_start: Option<MediaEvent>,
+    /// Every attached feed, the owner among them.
+    feeds: Vec<Feed>,
 }
 
 pub struct ChannelBus {
@@ -93,6 +181,8 @@ pub struct ChannelBus {
     owner: AtomicU64,
     /// When the owner last sent a frame (ms since `epoch`).
     last_frame_ms: AtomicU64,
+    /// An owner silent this long is taken over by a live standby feed.
+    failover_after_ms: u64,
     /// Highest pts of the live session on the channel timeline (for a takeover).
     head: AtomicI64,
     epoch: Instant,
@@ -121,9 +211,12 @@ impl ChannelBus {
                 next_session: 1,
                 next_start: round_up(timeline_start.max(0), grid),
                 current_start: None,
+                feeds: Vec::new(),
             }),
             owner: AtomicU64::new(0),
             last_frame_ms: AtomicU64::new(0),
+            // About one segment; at least a second (frames come in bursts).
+            failover_after_ms: u64::try_from(grid / 1_000_000).unwrap_or(0).max(1000),
             head: AtomicI64::new(i64::MIN),
             epoch: Instant::now(),
             stats: BusStats::default(),
@@ -146,20 +239,49 @@ impl ChannelBus {
         self.owner.load(Ordering::Relaxed) != 0
     }
 
+    /// The owner's ingest, and whether it is live (it sent a frame within the failover
+    /// time); `None` when no feed owns the channel.
+    pub fn owner(&self) -> Option<(String, bool)> {
+        let st = self.lock();
+        let owner = self.owner.load(Ordering::Relaxed);
+        let feed = st.feeds.iter().find(|f| f.id == owner)?;
+        let idle = self
+            .now_ms()
+            .saturating_sub(self.last_frame_ms.load(Ordering::Relaxed));
+        Some((feed.spec.ingest.clone(), idle <= self.failover_after_ms))
+    }
+
+    /// Whether some feed other than the slate owns the channel and is live.
+    pub fn has_live_ingest(&self) -> bool {
+        self.owner()
+            .is_some_and(|(ingest, live)| live && ingest != FeedSpec::slate().ingest)
+    }
+
+    /// Closes the channel (its slate timed out): the live session, if any, ends, and the
+    /// engines end their playlists until a session starts again.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        self.end_current(&mut st);
+        self.send(MediaEvent::Close);
+    }
+
+    /// How long a silent owner is kept before a standby feed takes over.
+    pub fn failover_after(&self) -> Duration {
+        Duration::from_millis(self.failover_after_ms)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BusState> {
         // A panic while holding this lock cannot leave the state half-written
         // (every update is a plain assignment), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Claims the channel for a publisher. Refused while another one is live, unless
-    /// that one has sent nothing for [`STALE_AFTER`]: then the new one takes over (the
-    /// old session ends, and the old publisher learns it was [`PublishEnded::Superseded`]).
+    /// Attaches a publisher as the channel's one feed (see [`ChannelBus::begin_feed`]).
     pub fn begin_publish(
         self: &Arc<Self>,
         source: impl Into<String>,
     ) -> Result<Publisher, BusError> {
-        self.begin_publish_stale_after(source, STALE_AFTER)
+        self.begin_feed(source, FeedSpec::default(), STALE_AFTER)
     }
 
     /// [`ChannelBus::begin_publish`] with another staleness threshold.
@@ -168,37 +290,62 @@ impl ChannelBus {
         source: impl Into<String>,
         stale_after: Duration,
     ) -> Result<Publisher, BusError> {
+        self.begin_feed(source, FeedSpec::default(), stale_after)
+    }
+
+    /// Attaches a feed of ingest `spec.ingest`. Refused while another connection of the
+    /// same ingest is live, unless that one has sent nothing for `stale_after`: then the
+    /// new one replaces it (its session ends, and the old publisher learns it was
+    /// [`PublishEnded::Superseded`]). The feed owns the channel at once when nothing
+    /// does; otherwise it stands by (see the module comment).
+    pub fn begin_feed(
+        self: &Arc<Self>,
+        source: impl Into<String>,
+        spec: FeedSpec,
+        stale_after: Duration,
+    ) -> Result<Publisher, BusError> {
         let source = source.into();
         let mut st = self.lock();
-        let old = self.owner.load(Ordering::Relaxed);
-        if old != 0 {
-            let idle = self
-                .now_ms()
-                .saturating_sub(self.last_frame_ms.load(Ordering::Relaxed));
+        let now = self.now_ms();
+        if let Some(pos) = st.feeds.iter().position(|f| f.spec.ingest == spec.ingest) {
+            let old = &st.feeds[pos];
+            let idle = now.saturating_sub(old.last_frame_ms.load(Ordering::Relaxed));
             if Duration::from_millis(idle) < stale_after {
                 return Err(BusError::AlreadyPublishing(self.channel.clone()));
             }
             self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(channel = %self.channel, idle_ms = idle, old_publisher = old, %source, "publisher sent nothing; a new publish takes over");
-            if let Some(MediaEvent::Start { session, .. }) = st.current_start.take() {
-                let head = self.head.load(Ordering::Relaxed);
-                if head != i64::MIN {
-                    st.next_start =
-                        round_up(head.saturating_add(SESSION_GAP), self.grid).max(st.next_start);
-                }
-                self.send(MediaEvent::End { session });
+            tracing::warn!(channel = %self.channel, idle_ms = idle, old_publisher = old.id, %source, "publisher sent nothing; a new publish takes over");
+            old.replaced.store(true, Ordering::Relaxed);
+            if self.owner.load(Ordering::Relaxed) == old.id {
+                self.end_current(&mut st);
+                self.owner.store(0, Ordering::Relaxed);
             }
+            st.feeds.remove(pos);
         }
         let id = st.next_publisher;
         st.next_publisher += 1;
-        self.owner.store(id, Ordering::Relaxed);
-        self.head.store(i64::MIN, Ordering::Relaxed);
-        self.touch();
-        let session = self.new_session(&mut st);
+        let last_frame_ms = Arc::new(AtomicU64::new(now));
+        let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        st.feeds.push(Feed {
+            id,
+            spec: spec.clone(),
+            last_frame_ms: last_frame_ms.clone(),
+            replaced: replaced.clone(),
+        });
+        let mut session = 0;
+        if self.owner.load(Ordering::Relaxed) == 0 {
+            self.owner.store(id, Ordering::Relaxed);
+            self.head.store(i64::MIN, Ordering::Relaxed);
+            self.touch();
+            session = self.new_session(&mut st);
+        }
         Ok(Publisher {
             bus: self.clone(),
             id,
             source,
+            spec,
+            last_frame_ms,
+            replaced,
             session,
             video: None,
             audio: None,
@@ -210,7 +357,21 @@ impl ChannelBus {
             audio_before_video: None,
             ended: None,
             audio_jump_log: Throttle::default(),
+            rate: None,
         })
+    }
+
+    /// Ends the live session (under the state lock): the next one starts on the grid
+    /// line after everything sent so far.
+    fn end_current(&self, st: &mut BusState) {
+        if let Some(MediaEvent::Start { session, .. }) = st.current_start.take() {
+            let head = self.head.load(Ordering::Relaxed);
+            if head != i64::MIN {
+                st.next_start =
+                    round_up(head.saturating_add(SESSION_GAP), self.grid).max(st.next_start);
+            }
+            self.send(MediaEvent::End { session });
+        }
     }
 
     fn new_session(&self, st: &mut BusState) -> u64 {
@@ -238,11 +399,15 @@ impl ChannelBus {
     }
 }
 
-/// The right to feed a channel, held by one ingest connection. Dropping it ends the session.
+/// One ingest connection's feed of a channel. Dropping it ends its session, if it owns
+/// the channel.
 pub struct Publisher {
     bus: Arc<ChannelBus>,
     id: u64,
     source: String,
+    spec: FeedSpec,
+    last_frame_ms: Arc<AtomicU64>,
+    replaced: Arc<std::sync::atomic::AtomicBool>,
     session: u64,
     video: Option<VideoConfig>,
     audio: Option<AudioConfig>,
@@ -258,9 +423,21 @@ pub struct Publisher {
     audio_before_video: Option<MediaTime>,
     ended: Option<PublishEnded>,
     audio_jump_log: Throttle,
+    rate: Option<RateCap>,
 }
 
 impl Publisher {
+    /// Caps this feed's input bitrate (see [`RATE_WINDOW_SECS`]); 0: no cap. Over it, the
+    /// publisher ends with [`PublishEnded::OverBitrate`] and the shell closes it.
+    pub fn set_max_kbps(&mut self, max_kbps: u32) {
+        let now = self.bus.now_ms();
+        self.rate = (max_kbps > 0).then_some(RateCap {
+            max_kbps,
+            seconds: [0; RATE_WINDOW_SECS as usize],
+            current: now / 1000,
+        });
+    }
+
     pub fn session(&self) -> u64 {
         self.session
     }
@@ -280,10 +457,19 @@ impl Publisher {
     /// Set once this publisher may no longer feed the channel: the shell closes the
     /// connection with this reason. Every call is a no-op from then on.
     pub fn ended(&mut self) -> Option<PublishEnded> {
-        if self.ended.is_none() && self.bus.owner.load(Ordering::Relaxed) != self.id {
+        if self.ended.is_none() && self.replaced.load(Ordering::Relaxed) {
             self.ended = Some(PublishEnded::Superseded);
         }
         self.ended
+    }
+
+    /// Whether this feed owns the channel now.
+    pub fn is_owner(&self) -> bool {
+        self.bus.owner.load(Ordering::Relaxed) == self.id
+    }
+
+    pub fn spec(&self) -> &FeedSpec {
+        &self.spec
     }
 
     /// Sets the video configuration. A different one mid-session (the encoder changed
@@ -317,6 +503,9 @@ impl Publisher {
             return;
         }
         let mut st = self.bus.lock();
+        if self.bus.owner.load(Ordering::Relaxed) != self.id {
+            return; // another feed took over, and ended this session itself
+        }
         let end = self
             .max_pts
             .unwrap_or(self.start)
@@ -354,6 +543,22 @@ impl Publisher {
         if self.ended().is_some() {
             return;
         }
+        let now = self.bus.now_ms();
+        self.last_frame_ms.store(now, Ordering::Relaxed);
+        if let Some(rate) = self.rate.as_mut()
+            && let Some(measured_kbps) = rate.add(now, frame.data.len() as u64)
+        {
+            let max_kbps = rate.max_kbps;
+            tracing::warn!(channel = %self.bus.channel, source = %self.source, measured_kbps, max_kbps, "input above the ingest's max_kbps; closing it");
+            self.ended = Some(PublishEnded::OverBitrate {
+                measured_kbps,
+                max_kbps,
+            });
+            return;
+        }
+        if !self.is_owner() && !self.stand_by(&frame) {
+            return;
+        }
         self.bus.touch();
         if self.offset.is_some() {
             self.forward(frame);
@@ -382,6 +587,44 @@ impl Publisher {
         if self.audio.is_some() || waited_enough {
             self.begin(first_dts);
         }
+    }
+
+    /// A frame while another feed owns the channel. Returns true when this feed has just
+    /// taken over, at this frame (a video keyframe).
+    fn stand_by(&mut self, frame: &Frame) -> bool {
+        if self.offset.is_some() || !self.waiting.is_empty() {
+            // It owned the channel until another feed took over (and ended its session).
+            self.offset = None;
+            self.waiting.clear();
+            self.max_pts = None;
+            self.last_video_dts = None;
+        }
+        if frame.track != TrackKind::Video || !frame.keyframe || self.video.is_none() {
+            return false;
+        }
+        let mut st = self.bus.lock();
+        let owner = self.bus.owner.load(Ordering::Relaxed);
+        let current = st.feeds.iter().find(|f| f.id == owner);
+        let idle = self
+            .bus
+            .now_ms()
+            .saturating_sub(self.bus.last_frame_ms.load(Ordering::Relaxed));
+        let reason = match current {
+            None => "no feed owns the channel",
+            Some(c) if c.spec.priority > self.spec.priority => "a preferred ingest is live",
+            Some(_) if idle > self.bus.failover_after_ms => "the live ingest stopped sending",
+            Some(_) => return false,
+        };
+        let from = current.map_or(String::new(), |c| c.spec.ingest.clone());
+        self.bus.end_current(&mut st);
+        self.bus.owner.store(self.id, Ordering::Relaxed);
+        self.bus.head.store(i64::MIN, Ordering::Relaxed);
+        self.session = self.bus.new_session(&mut st);
+        self.start = st.next_start;
+        drop(st);
+        self.bus.stats.switches.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(channel = %self.bus.channel, from = %from, to = %self.spec.ingest, reason, idle_ms = idle, "ingest switch");
+        true
     }
 
     fn begin(&mut self, first_dts: MediaTime) {
@@ -453,11 +696,12 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         if self.ended() == Some(PublishEnded::Superseded) {
-            return; // the channel and its timeline belong to the new publisher
+            return; // its feed was replaced (and removed) by a new connection
         }
         self.end_session();
-        // Under the state lock, as `begin_publish` claims it.
-        let _state = self.bus.lock();
+        // Under the state lock, as `begin_feed` claims it.
+        let mut st = self.bus.lock();
+        st.feeds.retain(|f| f.id != self.id);
         if self.bus.owner.load(Ordering::Relaxed) == self.id {
             self.bus.owner.store(0, Ordering::Relaxed);
         }
@@ -533,7 +777,7 @@ impl BusReceiver {
                 self.need_keyframe = true;
                 Some(ev)
             }
-            MediaEvent::End { .. } => Some(ev),
+            MediaEvent::End { .. } | MediaEvent::Close => Some(ev),
             MediaEvent::Frame(f) => {
                 if self.need_keyframe {
                     if f.track == TrackKind::Video && f.keyframe {
@@ -673,6 +917,7 @@ mod tests {
             seen.push(match ev {
                 MediaEvent::Start { session, .. } => format!("start {session}"),
                 MediaEvent::End { session } => format!("end {session}"),
+                MediaEvent::Close => "close".to_string(),
                 MediaEvent::Frame(f) => format!("frame {}", f.pts / 1_000_000),
             });
         }
@@ -708,6 +953,7 @@ mod tests {
             seen.push(match ev {
                 MediaEvent::Start { session, .. } => format!("start {session}"),
                 MediaEvent::End { session } => format!("end {session}"),
+                MediaEvent::Close => "close".to_string(),
                 MediaEvent::Frame(f) => format!(
                     "{} {}",
                     if f.track == TrackKind::Video {
@@ -798,6 +1044,111 @@ mod tests {
         assert_eq!(bus.stats.takeovers.load(Ordering::Relaxed), 1);
         drop(new);
         assert!(!bus.is_publishing());
+    }
+
+    fn feed(bus: &Arc<ChannelBus>, ingest: &str, priority: u32) -> Publisher {
+        let spec = FeedSpec {
+            ingest: ingest.into(),
+            priority,
+        };
+        let mut p = bus.begin_feed(ingest, spec, STALE_AFTER).unwrap();
+        configure(&mut p);
+        p
+    }
+
+    /// A backup stands by while the primary is live, takes over at its own keyframe when
+    /// the primary leaves, and gives the channel back at the primary's keyframe when it
+    /// returns: one session per switch, the timeline always moving forward.
+    #[tokio::test]
+    async fn backups_take_over_and_give_back_at_keyframes() {
+        let bus = bus();
+        let mut rx = bus.subscribe();
+        let mut primary = feed(&bus, "primary", 1);
+        let mut backup = feed(&bus, "backup", 2);
+        assert!(
+            bus.begin_feed(
+                "x",
+                FeedSpec {
+                    ingest: "backup".into(),
+                    priority: 2
+                },
+                STALE_AFTER
+            )
+            .is_err(),
+            "one connection per ingest"
+        );
+        primary.push(video(0, true));
+        backup.push(video(5000, true)); // standing by: not forwarded
+        primary.push(video(1000, false));
+        backup.push(video(5500, false));
+        drop(primary);
+        assert!(!bus.is_publishing());
+        backup.push(video(5900, false)); // waits for its keyframe
+        backup.push(video(6000, true));
+        backup.push(video(6500, false));
+        assert_eq!(bus.owner().map(|o| o.0), Some("backup".into()));
+        // The primary comes back and takes over at its first keyframe.
+        let mut primary = feed(&bus, "primary", 1);
+        primary.push(video(100, false));
+        primary.push(video(200, true));
+        backup.push(video(7000, true)); // stands by again
+        primary.push(video(300, false));
+        assert_eq!(backup.ended(), None, "the backup stays attached");
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "start 1", "v 0", "v 1000", "end 1", "start 2", "v 2000", "v 2500", "end 2",
+                "start 3", "v 4000", "v 4100",
+            ]
+        );
+        assert_eq!(bus.stats.switches.load(Ordering::Relaxed), 2);
+    }
+
+    /// An owner that stops sending (its connection still open) is taken over by a live
+    /// standby after the failover time.
+    #[tokio::test]
+    async fn a_silent_owner_is_taken_over_after_the_failover_time() {
+        let bus = bus();
+        let mut rx = bus.subscribe();
+        let mut primary = feed(&bus, "primary", 1);
+        let mut backup = feed(&bus, "backup", 2);
+        primary.push(video(0, true));
+        backup.push(video(0, true));
+        assert!(primary.is_owner());
+        std::thread::sleep(bus.failover_after() + Duration::from_millis(100));
+        backup.push(video(3000, true));
+        assert!(backup.is_owner());
+        primary.push(video(3100, false)); // too late: standing by
+        assert_eq!(
+            drain(&mut rx),
+            ["start 1", "v 0", "end 1", "start 2", "v 2000"]
+        );
+        // The slate gives way to any ingest at once.
+        let mut slate = bus
+            .begin_feed("slate", FeedSpec::slate(), STALE_AFTER)
+            .unwrap();
+        configure(&mut slate);
+        slate.push(video(0, true));
+        assert!(!slate.is_owner());
+        assert!(bus.has_live_ingest());
+    }
+
+    /// The cap is an average over the whole window: a start-up burst under it passes,
+    /// a sustained rate over it is caught, and quiet seconds count as zero.
+    #[test]
+    fn bitrate_cap_averages_over_the_window() {
+        let mut cap = RateCap {
+            max_kbps: 1000,
+            seconds: [0; RATE_WINDOW_SECS as usize],
+            current: 0,
+        };
+        // 1 MB in the first second: 800 kbit/s over the window, under the cap.
+        assert_eq!(cap.add(100, 1_000_000), None);
+        // Then 150 KB/s (1.2 Mbit/s): over the cap once the window holds enough of it.
+        let over = (1..30).find_map(|s| cap.add(s * 1000 + 100, 150_000));
+        assert!(over.is_some_and(|k| k > 1000), "{over:?}");
+        // Silence for longer than the window forgets everything.
+        assert_eq!(cap.add(100_000, 1000), None);
     }
 
     #[tokio::test]

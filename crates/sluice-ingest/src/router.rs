@@ -1,12 +1,13 @@
 //! Who may publish where: stream keys from the configuration, mapped to channel buses.
 //! Checked in order: the key, the protocol, the ingest enabled, the source address in
-//! `allow_cidrs`, then the channel free (or its publisher stale; see [`crate::bus`]).
+//! `allow_cidrs`, then the ingest free (or its connection stale; see [`crate::bus`]).
+//! Several ingests of one channel publish at once: the bus picks which one feeds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::bus::{ChannelBus, Publisher};
+use crate::bus::{ChannelBus, FeedSpec, Publisher, STALE_AFTER};
 use crate::rtmp::{PublishRouter, Refusal};
 use ipnet::IpNet;
 use sluice_config::IngestProtocol;
@@ -20,6 +21,10 @@ pub struct KeyEntry {
     pub allow_cidrs: Vec<IpNet>,
     /// SRT AES passphrase (SRT ingests only).
     pub passphrase: Option<String>,
+    /// Lower is preferred: the live ingest with the lowest priority feeds the engines.
+    pub priority: u32,
+    /// Input bitrate cap (0: none), see [`Publisher::set_max_kbps`].
+    pub max_kbps: u32,
     pub bus: Arc<ChannelBus>,
 }
 
@@ -53,9 +58,21 @@ impl KeyRouter {
         if !entry.allow_cidrs.is_empty() && !entry.allow_cidrs.iter().any(|c| c.contains(&ip)) {
             return Err(Refusal::AddressNotAllowed);
         }
+        let spec = FeedSpec {
+            ingest: entry.ingest.to_string(),
+            priority: entry.priority,
+        };
         entry
             .bus
-            .begin_publish(format!("{}:{}/{}", protocol.as_str(), entry.ingest, peer))
+            .begin_feed(
+                format!("{}:{}/{}", protocol.as_str(), entry.ingest, peer),
+                spec,
+                STALE_AFTER,
+            )
+            .map(|mut p| {
+                p.set_max_kbps(entry.max_kbps);
+                p
+            })
             .map_err(|_| Refusal::Busy)
     }
 }
@@ -90,6 +107,8 @@ mod tests {
             enabled,
             allow_cidrs: cidrs,
             passphrase: None,
+            priority: 1,
+            max_kbps: 0,
             bus: bus.clone(),
         };
         r.keys.insert("open".into(), entry(true, vec![]));

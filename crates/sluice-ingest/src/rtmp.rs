@@ -94,7 +94,9 @@ pub async fn serve_rtmp_connection(
         // Input stopped before it could reach rml_rtmp is an attack or a broken client:
         // worth a warning. Everything else (timeouts, resets, refusals logged already) is
         // routine.
-        Err(e @ ConnectionEnd::Session(RtmpError::Refused(_))) => {
+        Err(
+            e @ (ConnectionEnd::Session(RtmpError::Refused(_)) | ConnectionEnd::Unsupported(_)),
+        ) => {
             tracing::warn!(%peer, error = %e, "RTMP connection refused and closed")
         }
         Err(e) => tracing::info!(%peer, error = %e, "RTMP connection ended"),
@@ -118,6 +120,8 @@ enum ConnectionEnd {
     Refused(Refusal),
     #[error("publisher closed: {0}")]
     PublisherEnded(PublishEnded),
+    #[error("unsupported input: {0}")]
+    Unsupported(String),
 }
 
 async fn connection(
@@ -215,6 +219,10 @@ async fn connection(
                     }
                     RtmpAction::PublishFinished => publisher = None,
                     RtmpAction::Dropped(why) => tracing::debug!(%peer, why, "RTMP data dropped"),
+                    RtmpAction::Unsupported(why) => {
+                        let _ = stream.shutdown().await;
+                        return Err(ConnectionEnd::Unsupported(why));
+                    }
                 }
             }
             pending = next;

@@ -12,6 +12,11 @@
 //! - `@setDataFrame` with fewer than three values indexes past the end of its
 //!   arguments while publishing (found by `fuzz/rtmp_session`).
 //!
+//! It also bounds what a peer can make the server hold: a message may declare at most
+//! [`MAX_MESSAGE_LENGTH`] (refused at its header, before any payload is kept), control
+//! messages must carry their whole fixed-size payload, and a continuation chunk header
+//! (type 1–3) needs an earlier full header on its chunk stream.
+//!
 //! [`ChunkGuard`] mirrors rml_rtmp's chunk framing exactly (including its single
 //! payload buffer shared by every chunk stream, so both see the same message
 //! boundaries), and checks each complete message before the same bytes reach
@@ -26,6 +31,11 @@ use bytes::{Buf, BytesMut};
 /// (the connect command object, onMetaData's ECMA array); rml_amf0 recurses about
 /// twice per level, so 32 levels stay far inside any thread's stack.
 pub const MAX_AMF0_DEPTH: usize = 32;
+
+/// Largest message accepted, in bytes. A keyframe of a 4K stream at 50 Mb/s is about
+/// 2 MB; the 24-bit length field allows 16 MB, which one peer per connection could
+/// otherwise make the server buffer.
+pub const MAX_MESSAGE_LENGTH: u32 = 8 << 20;
 
 /// An AMF0 string "@setDataFrame": the first value of a metadata message.
 const SET_DATA_FRAME: &[u8] = b"\x02\x00\x0d@setDataFrame";
@@ -49,6 +59,12 @@ pub enum GuardError {
     BadExtendedTimestamp,
     #[error("@setDataFrame with fewer than three values")]
     ShortSetDataFrame,
+    #[error("message of {0} bytes declared (at most {MAX_MESSAGE_LENGTH})")]
+    MessageTooLong(u32),
+    #[error("control message of type {type_id} with {len} bytes of payload")]
+    ShortControl { type_id: u8, len: usize },
+    #[error("continuation chunk header on chunk stream {0} that had no full header")]
+    NoPreviousHeader(u32),
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,11 +137,12 @@ impl ChunkGuard {
                     id => (id as u32, 1),
                 };
                 self.format = first >> 6;
-                // rml_rtmp fails a continuation header without a previous one on its own.
                 self.current = if self.format == 0 {
                     Header::default()
                 } else {
-                    self.previous.remove(&csid).unwrap_or_default()
+                    self.previous
+                        .remove(&csid)
+                        .ok_or(GuardError::NoPreviousHeader(csid))?
                 };
                 self.current_csid = csid;
                 self.pending.advance(len);
@@ -148,6 +165,9 @@ impl ChunkGuard {
                 if len >= 7 {
                     self.current.message_length = u32::from_be_bytes([0, h[3], h[4], h[5]]);
                     self.current.type_id = h[6];
+                    if self.current.message_length > MAX_MESSAGE_LENGTH {
+                        return Err(GuardError::MessageTooLong(self.current.message_length));
+                    }
                 }
                 self.pending.advance(len);
                 self.stage = Stage::ExtendedTimestamp;
@@ -204,6 +224,20 @@ impl ChunkGuard {
     /// Checks one complete message, as rml_rtmp is about to decode it.
     fn inspect(&mut self, type_id: u8) -> Result<(), GuardError> {
         let body = &self.payload[..];
+        // Protocol control messages (RTMP 1.0 §5.4) and user control events (§6.2):
+        // fixed-size payloads.
+        let need = match type_id {
+            1 | 2 | 3 | 5 => 4,
+            6 => 5,
+            4 => 6,
+            _ => 0,
+        };
+        if body.len() < need {
+            return Err(GuardError::ShortControl {
+                type_id,
+                len: body.len(),
+            });
+        }
         match type_id {
             1 if body.len() >= 4 => {
                 let size = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);

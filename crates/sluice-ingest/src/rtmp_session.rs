@@ -46,8 +46,11 @@ pub enum RtmpAction {
     Frame(Frame),
     /// The peer stopped publishing (it may keep the connection open).
     PublishFinished,
-    /// Something in the stream was dropped (bad tag, unsupported codec); logged by the shell.
+    /// Something in the stream was dropped (a malformed tag); logged by the shell.
     Dropped(String),
+    /// The stream cannot be taken (a video codec other than H.264, video without its
+    /// AVC sequence header): the shell closes the connection with this reason.
+    Unsupported(String),
 }
 
 enum State {
@@ -79,12 +82,20 @@ fn extend_near(ts: u32, reference: Option<i64>) -> i64 {
 pub struct RtmpSession {
     state: State,
     guard: ChunkGuard,
+    media: TagMedia,
+    publishing: Option<String>,
+}
+
+/// The media of an RTMP stream, in either direction (a publisher sending to us, or a
+/// server we play from): FLV tag bodies with their 32-bit millisecond timestamps in,
+/// codec configurations and frames out.
+#[derive(Debug, Default)]
+pub(crate) struct TagMedia {
     video: Option<VideoConfig>,
     audio_ok: bool,
     /// Last extended timestamps (ms), the references for the next ones.
     last_video_ms: Option<i64>,
     last_audio_ms: Option<i64>,
-    publishing: Option<String>,
 }
 
 const MS: i64 = 1_000_000;
@@ -111,10 +122,7 @@ impl RtmpSession {
         RtmpSession {
             state: State::Handshaking(Box::new(Handshake::new(PeerType::Server))),
             guard: ChunkGuard::default(),
-            video: None,
-            audio_ok: false,
-            last_video_ms: None,
-            last_audio_ms: None,
+            media: TagMedia::default(),
             publishing: None,
         }
     }
@@ -261,21 +269,29 @@ impl RtmpSession {
             }
             ServerSessionEvent::VideoDataReceived {
                 data, timestamp, ..
-            } if self.publishing.is_some() => {
-                let dts = extend_near(timestamp.value, self.last_video_ms);
-                self.last_video_ms = Some(dts);
-                self.video_tag(data, dts, out);
-            }
+            } if self.publishing.is_some() => self.media.video(timestamp.value, data, out),
             ServerSessionEvent::AudioDataReceived {
                 data, timestamp, ..
-            } if self.publishing.is_some() => {
-                let dts = extend_near(timestamp.value, self.last_video_ms.or(self.last_audio_ms));
-                self.last_audio_ms = Some(dts);
-                self.audio_tag(data, dts, out);
-            }
+            } if self.publishing.is_some() => self.media.audio(timestamp.value, data, out),
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl TagMedia {
+    /// A video tag body at RTMP timestamp `ts` (ms, 32 bits).
+    pub(crate) fn video(&mut self, ts: u32, data: Bytes, out: &mut Vec<RtmpAction>) {
+        let dts = extend_near(ts, self.last_video_ms);
+        self.last_video_ms = Some(dts);
+        self.video_tag(data, dts, out);
+    }
+
+    /// An audio tag body at RTMP timestamp `ts`, placed near the video's timeline.
+    pub(crate) fn audio(&mut self, ts: u32, data: Bytes, out: &mut Vec<RtmpAction>) {
+        let dts = extend_near(ts, self.last_video_ms.or(self.last_audio_ms));
+        self.last_audio_ms = Some(dts);
+        self.audio_tag(data, dts, out);
     }
 
     fn video_tag(&mut self, data: Bytes, dts_ms: i64, out: &mut Vec<RtmpAction>) {
@@ -293,8 +309,8 @@ impl RtmpSession {
                 data,
             }) => {
                 let Some(cfg) = &self.video else {
-                    out.push(RtmpAction::Dropped(
-                        "video frame before sequence header".into(),
+                    out.push(RtmpAction::Unsupported(
+                        "video before its AVC sequence header".into(),
                     ));
                     return;
                 };
@@ -313,6 +329,9 @@ impl RtmpSession {
                 }));
             }
             Ok(FlvVideo::EndOfSequence | FlvVideo::Ignored) => {}
+            Err(e @ (flv::FlvError::UnsupportedVideoCodec(_) | flv::FlvError::EnhancedRtmp)) => {
+                out.push(RtmpAction::Unsupported(e.to_string()))
+            }
             Err(e) => out.push(RtmpAction::Dropped(e.to_string())),
         }
     }

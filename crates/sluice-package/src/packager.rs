@@ -568,6 +568,17 @@ impl Packager {
         self.output.finish();
     }
 
+    /// Undoes [`Packager::finish`] for a new input after the channel closed: the
+    /// playlists lose `EXT-X-ENDLIST` and go on after a discontinuity, numbering continued.
+    pub fn reopen(&mut self) {
+        if !self.finished {
+            return;
+        }
+        self.finished = false;
+        self.output.reopen();
+        self.discontinuity();
+    }
+
     /// Closes rendition `r`'s open segment with nothing after it (a seam or the end).
     fn close_rendition(&mut self, r: usize) {
         let mut steps = std::mem::take(&mut self.steps);

@@ -486,6 +486,16 @@ impl EngineOutput {
         self.changed();
     }
 
+    /// Undoes [`EngineOutput::finish`]: live again, the playlists without `EXT-X-ENDLIST`.
+    pub(crate) fn reopen(&self) {
+        {
+            let mut st = self.write();
+            st.live = true;
+            st.tracks.values_mut().for_each(|t| t.ended = false);
+        }
+        self.changed();
+    }
+
     pub(crate) fn finish(&self) {
         let snapshots: Vec<_> = {
             let mut st = self.write();

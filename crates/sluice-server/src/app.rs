@@ -16,7 +16,8 @@ use sluice_engine::{
     EncodedEvent, EngineMode, RenditionSettings, TestPattern, TestPatternSettings,
     TranscodeSettings,
 };
-use sluice_ingest::{ChannelBus, DEFAULT_BUS_CAPACITY, KeyEntry, KeyRouter, RtmpLimits};
+use sluice_ingest::pull::PullSpec;
+use sluice_ingest::{ChannelBus, DEFAULT_BUS_CAPACITY, FeedSpec, KeyEntry, KeyRouter, RtmpLimits};
 use sluice_package::{
     AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
 };
@@ -174,6 +175,35 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             }));
         }
 
+        if channel.slate.enabled {
+            // The slate is made at the size of the largest rendition any engine makes.
+            let (width, height) = channel
+                .engines
+                .values()
+                .flat_map(|e| e.ladder.renditions.iter())
+                .map(|r| (r.width, r.height))
+                .max_by_key(|(w, h)| w * h)
+                .unwrap_or((1280, 720));
+            let picture = TestPatternSettings {
+                width,
+                height,
+                fps: 30,
+                video_kbps: 800,
+                look: sluice_engine::Look::Slate {
+                    image: channel.slate.image.clone(),
+                },
+            };
+            let timeout =
+                std::time::Duration::from_secs(u64::from(channel.slate.timeout_minutes) * 60);
+            let slate_timeout = slate_timeout_override().unwrap_or(timeout);
+            tasks.spawn(supervise(format!("slate {channel_id}"), cancel.clone(), {
+                let (bus, cancel) = (bus.clone(), cancel.clone());
+                move || {
+                    crate::slate::watch(bus.clone(), picture.clone(), slate_timeout, cancel.clone())
+                }
+            }));
+        }
+
         for (ingest_id, ingest) in &channel.ingests {
             match ingest.protocol {
                 IngestProtocol::Rtmp | IngestProtocol::Srt => {
@@ -186,13 +216,22 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                                 enabled: ingest.enabled,
                                 allow_cidrs: ingest.allow_cidrs.clone(),
                                 passphrase: ingest.passphrase.clone(),
+                                priority: ingest.priority,
+                                max_kbps: ingest.max_kbps,
                                 bus: bus.clone(),
                             },
                         );
                     }
                 }
                 IngestProtocol::TestPattern if ingest.enabled => {
-                    let publisher = bus.begin_publish(format!("test-pattern:{ingest_id}"))?;
+                    let publisher = bus.begin_feed(
+                        format!("test-pattern:{ingest_id}"),
+                        FeedSpec {
+                            ingest: ingest_id.to_string(),
+                            priority: ingest.priority,
+                        },
+                        sluice_ingest::bus::STALE_AFTER,
+                    )?;
                     let publisher = Mutex::new(publisher);
                     let tp = &ingest.test_pattern;
                     let pattern = TestPattern::start(
@@ -219,14 +258,35 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                     tracing::info!(channel = %channel_id, ingest = %ingest_id, "test pattern started");
                     patterns.push(pattern);
                 }
-                IngestProtocol::TestPattern => {}
-                // Refused by `Config::from_toml_str` until they are served.
-                other => {
-                    anyhow::bail!(
-                        "{channel_id}/{ingest_id}: {} ingests are not supported yet",
-                        other.as_str()
-                    )
+                IngestProtocol::RtmpPull | IngestProtocol::SrtPull if ingest.enabled => {
+                    let Some(url) = ingest.url.clone() else {
+                        anyhow::bail!("{channel_id}/{ingest_id}: a pull ingest needs a url");
+                    };
+                    let spec = PullSpec {
+                        ingest: ingest_id.clone(),
+                        url,
+                        passphrase: ingest.passphrase.clone(),
+                        priority: ingest.priority,
+                        max_kbps: ingest.max_kbps,
+                    };
+                    tasks.spawn(supervise(
+                        format!("pull {channel_id}/{ingest_id}"),
+                        cancel.clone(),
+                        {
+                            let (bus, cancel) = (bus.clone(), cancel.clone());
+                            move || {
+                                sluice_ingest::pull::run_pull(
+                                    bus.clone(),
+                                    spec.clone(),
+                                    cancel.clone(),
+                                )
+                            }
+                        },
+                    ));
                 }
+                IngestProtocol::TestPattern
+                | IngestProtocol::RtmpPull
+                | IngestProtocol::SrtPull => {}
             }
         }
     }
@@ -476,6 +536,19 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// Test builds only: `SLUICE_TEST_SLATE_TIMEOUT_SECS=N` replaces every channel's slate
+/// timeout (minutes in the configuration), so end-to-end tests can see a channel close.
+fn slate_timeout_override() -> Option<std::time::Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let secs: u64 = std::env::var("SLUICE_TEST_SLATE_TIMEOUT_SECS")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(secs))
 }
 
 /// How long a clean shutdown may take: connections drain (5 s), engines finish their

@@ -52,6 +52,9 @@ impl Packaging for ToPackager {
     fn finish(&self) {
         lock(&self.0).finish();
     }
+    fn reopen(&self) {
+        lock(&self.0).reopen();
+    }
 }
 
 /// Test builds only: `SLUICE_TEST_ENGINE_PANIC_AFTER_SECS=N` makes the first run of

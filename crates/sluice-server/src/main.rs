@@ -4,6 +4,7 @@ mod admission;
 mod app;
 mod engine_runner;
 mod listen;
+mod slate;
 mod srt_listen;
 mod supervise;
 mod tls;

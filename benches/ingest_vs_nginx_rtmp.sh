@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# ingest_vs_nginx_rtmp.sh: server CPU per passthrough channel with N concurrent publishers,
+# Sluice against nginx-rtmp doing the same RTMP work, in the same run.
+#
+# One run measures, for N publishers (BENCH_PUBLISHERS, default 50) of one pre-encoded
+# stream (1280x720@30 H.264 2.5 Mb/s + AAC 128k, 10 s, looped; `ffmpeg -re -stream_loop -1
+# -c copy`, i.e. no encoding on the client side):
+#   1. nginx-rtmp (Debian's libnginx-mod-rtmp), `live on; hls on;` (2 s MPEG-TS
+#      fragments written to a tmpfs-backed temp dir): N RTMP publishers.
+#   2. Sluice (target/release/sluice), N channels each with an RTMP ingest and a
+#      passthrough engine making CMAF (LL-HLS parts) and TS: N RTMP publishers.
+#   3. Sluice, the same N channels fed over SRT (`-f mpegts srt://...`): N SRT publishers.
+# Server CPU = utime+stime of the server's processes (nginx: master and worker) from
+# /proc/<pid>/stat over BENCH_SECONDS (default 30) after a 10 s warm-up, divided by N:
+# CPU seconds per channel per wall second. The ratios Sluice/nginx are the figures to read.
+#
+# Usage:   benches/ingest_vs_nginx_rtmp.sh    (BENCH_PUBLISHERS=20 BENCH_SECONDS=20 ... to change)
+# Output:  a table, and a last line BENCH_JSON {...}.
+# Everything listens on 127.0.0.1; every process started is stopped on exit; every wait is
+# bounded. Needs ffmpeg with libx264 and libsrt, nginx with /usr/lib/nginx/modules/ngx_rtmp_module.so
+# (scripts/setup-debian.sh --test installs both), and cargo if the release binary is missing.
+
+set -Eeuo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/benches/common.sh"
+N=${BENCH_PUBLISHERS:-50}
+SECONDS_MEASURED=${BENCH_SECONDS:-30}
+BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
+MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+die() { echo "ingest_vs_nginx_rtmp: $*" >&2; exit 1; }
+[[ $N =~ ^[0-9]+$ ]] && ((N >= 1 && N <= 200)) || die "BENCH_PUBLISHERS must be 1..200"
+[[ -x $NGINX && -e $MODULE ]] || die "nginx with the RTMP module is needed (scripts/setup-debian.sh --test)"
+command -v ffmpeg >/dev/null || die "ffmpeg is needed"
+[[ -x $BIN ]] || (cd "$ROOT" && cargo build --release -p sluice-server) || die "cannot build sluice"
+
+bench_begin ingest-vs-nginx-rtmp
+tick=$(getconf CLK_TCK)
+
+# CPU ticks (utime + stime) of the given pids, summed.
+cpu_ticks() {
+  local total=0 p f
+  for p in "$@"; do
+    [[ -r /proc/$p/stat ]] || continue
+    f=$(sed 's/^.*) //' "/proc/$p/stat")
+    read -r -a a <<<"$f"
+    total=$((total + a[11] + a[12]))
+  done
+  echo "$total"
+}
+
+# The input: 10 s, encoded once.
+ffmpeg -hide_banner -loglevel error -f lavfi -i testsrc2=size=1280x720:rate=30 \
+  -f lavfi -i sine=frequency=440:sample_rate=48000 -t 10 -c:v libx264 -preset veryfast \
+  -b:v 2500k -g 60 -pix_fmt yuv420p -c:a aac -b:a 128k -ac 2 -f flv "$work/in.flv"
+
+publishers=()
+start_publishers() { # url-prefix format: N ffmpeg -c copy publishers, to <prefix><i>
+  local prefix=$1 format=$2 suffix=${3:-} i
+  for ((i = 0; i < N; i++)); do
+    ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$work/in.flv" -c copy \
+      -f "$format" "$prefix$i$suffix" </dev/null >/dev/null 2>&1 &
+    publishers+=($!)
+    pids+=($!)
+  done
+}
+stop_publishers() {
+  for p in "${publishers[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${publishers[@]}"; do wait "$p" 2>/dev/null || true; done
+  publishers=()
+}
+measure() { # pids...: CPU seconds per channel per second over the window
+  sleep 10
+  local t0 t1
+  t0=$(cpu_ticks "$@")
+  sleep "$SECONDS_MEASURED"
+  t1=$(cpu_ticks "$@")
+  python3 -c "print(f'{($t1 - $t0) / $tick / $SECONDS_MEASURED / $N:.5f}')"
+}
+
+# 1. nginx-rtmp
+port=$(free_port)
+mkdir -p "$work/nginx/hls"
+cat >"$work/nginx/nginx.conf" <<EOF
+load_module $MODULE;
+worker_processes 1; pid $work/nginx/nginx.pid; error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+rtmp { server { listen 127.0.0.1:$port; application live { live on; hls on;
+  hls_path $work/nginx/hls; hls_fragment 2s; hls_playlist_length 30s; } } }
+EOF
+"$NGINX" -c "$work/nginx/nginx.conf" -g "daemon off;" 2>/dev/null &
+nginx_master=$!
+pids+=($nginx_master)
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+start_publishers "rtmp://127.0.0.1:$port/live/s" flv
+nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master" || true))
+nginx_cpu=$(measure "${nginx_pids[@]}")
+segments=$(ls "$work/nginx/hls" | grep -c '\.ts$' || true)
+stop_publishers
+kill -TERM "$nginx_master" 2>/dev/null || true
+wait "$nginx_master" 2>/dev/null || true
+
+# 2 and 3. Sluice, RTMP then SRT.
+http=$(free_port); rtmp=$(free_port); srt=$(free_port)
+{
+  printf '[server]\nhttp_listen = "127.0.0.1:%s"\nrtmp_listen = "127.0.0.1:%s"\nsrt_listen = "127.0.0.1:%s"\n' "$http" "$rtmp" "$srt"
+  for ((i = 0; i < N; i++)); do
+    printf '[channels.c%d.ingests.r]\nprotocol = "rtmp"\nstream_key = "r%d"\n' "$i" "$i"
+    printf '[channels.c%d.ingests.s]\nprotocol = "srt"\nstream_key = "s%d"\npriority = 2\n' "$i" "$i"
+    printf '[channels.c%d.engines.e]\nladder = "passthrough"\noutputs = ["cmaf", "ts"]\n' "$i"
+  done
+} >"$work/sluice.toml"
+"$BIN" serve --config "$work/sluice.toml" 2>"$work/sluice.log" &
+sluice=$!
+pids+=($sluice)
+for _ in $(seq 100); do grep -q "sluice serving" "$work/sluice.log" && break; sleep 0.1; done
+start_publishers "rtmp://127.0.0.1:$rtmp/live/r" flv
+sluice_rtmp_cpu=$(measure "$sluice")
+stop_publishers
+sleep 4
+start_publishers "srt://127.0.0.1:$srt?streamid=publish:s" mpegts "&pkt_size=1316"
+sluice_srt_cpu=$(measure "$sluice")
+live=$(curl -s "http://127.0.0.1:$http/live/c0/ts/index.m3u8" | grep -c m3u8 || true)
+stop_publishers
+
+python3 - "$N" "$nginx_cpu" "$sluice_rtmp_cpu" "$sluice_srt_cpu" "$segments" "$live" <<'PY'
+import json, sys
+n, nginx, s_rtmp, s_srt, segs, live = sys.argv[1:]
+nginx, s_rtmp, s_srt = float(nginx), float(s_rtmp), float(s_srt)
+print(f"publishers per server: {n} (1280x720 2.5 Mb/s + AAC, -c copy, looped)")
+print(f"{'server':<34}{'CPU s / channel / s':>22}{'vs nginx-rtmp':>16}")
+print(f"{'nginx-rtmp (RTMP in, TS HLS)':<34}{nginx:>22.5f}{1.0:>16.2f}")
+print(f"{'sluice (RTMP in, CMAF+TS)':<34}{s_rtmp:>22.5f}{s_rtmp / nginx:>16.2f}")
+print(f"{'sluice (SRT in, CMAF+TS)':<34}{s_srt:>22.5f}{s_srt / nginx:>16.2f}")
+print(f"(nginx wrote {segs} TS fragments; sluice c0 multivariant variants after SRT: {live})")
+print("BENCH_JSON " + json.dumps({"bench": "ingest_vs_nginx_rtmp", "publishers": int(n),
+      "nginx_cpu_per_channel": nginx, "sluice_rtmp_cpu_per_channel": s_rtmp,
+      "sluice_srt_cpu_per_channel": s_srt, "rtmp_ratio": s_rtmp / nginx, "srt_ratio": s_srt / nginx}))
+PY
