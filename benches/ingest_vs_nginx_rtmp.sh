@@ -84,7 +84,7 @@ port=$(free_port)
 mkdir -p "$work/nginx/hls"
 cat >"$work/nginx/nginx.conf" <<EOF
 load_module $MODULE;
-worker_processes 1; pid $work/nginx/nginx.pid; error_log $work/nginx/error.log;
+user root; worker_processes 1; pid $work/nginx/nginx.pid; error_log $work/nginx/error.log;
 events { worker_connections 4096; }
 rtmp { server { listen 127.0.0.1:$port; application live { live on; hls on;
   hls_path $work/nginx/hls; hls_fragment 2s; hls_playlist_length 30s; } } }
@@ -106,9 +106,12 @@ http=$(free_port); rtmp=$(free_port); srt=$(free_port)
 {
   printf '[server]\nhttp_listen = "127.0.0.1:%s"\nrtmp_listen = "127.0.0.1:%s"\nsrt_listen = "127.0.0.1:%s"\n' "$http" "$rtmp" "$srt"
   for ((i = 0; i < N; i++)); do
-    printf '[channels.c%d.ingests.r]\nprotocol = "rtmp"\nstream_key = "r%d"\n' "$i" "$i"
-    printf '[channels.c%d.ingests.s]\nprotocol = "srt"\nstream_key = "s%d"\npriority = 2\n' "$i" "$i"
+    # allow_cidrs: the publishers all come from 127.0.0.1, a trusted encoder host then, not
+    # held to the per-address connection cap.
+    printf '[channels.c%d.ingests.r]\nprotocol = "rtmp"\nstream_key = "r%d"\nallow_cidrs = ["127.0.0.1/32"]\n' "$i" "$i"
+    printf '[channels.c%d.ingests.s]\nprotocol = "srt"\nstream_key = "s%d"\npriority = 2\nallow_cidrs = ["127.0.0.1/32"]\n' "$i" "$i"
     printf '[channels.c%d.engines.e]\nladder = "passthrough"\noutputs = ["cmaf", "ts"]\n' "$i"
+    printf '[distributions.c%d]\nchannel = "c%d"\n' "$i" "$i"
   done
 } >"$work/sluice.toml"
 "$BIN" serve --config "$work/sluice.toml" 2>"$work/sluice.log" &
@@ -122,18 +125,19 @@ sleep 4
 start_publishers "srt://127.0.0.1:$srt?streamid=publish:s" mpegts "&pkt_size=1316"
 sluice_srt_cpu=$(measure "$sluice")
 live=$(curl -s "http://127.0.0.1:$http/live/c0/ts/index.m3u8" | grep -c m3u8 || true)
+accepted=$(grep -c "publish accepted" "$work/sluice.log" || true)
 stop_publishers
 
-python3 - "$N" "$nginx_cpu" "$sluice_rtmp_cpu" "$sluice_srt_cpu" "$segments" "$live" <<'PY'
+python3 - "$N" "$nginx_cpu" "$sluice_rtmp_cpu" "$sluice_srt_cpu" "$segments" "$live" "$accepted" <<'PY'
 import json, sys
-n, nginx, s_rtmp, s_srt, segs, live = sys.argv[1:]
+n, nginx, s_rtmp, s_srt, segs, live, accepted = sys.argv[1:]
 nginx, s_rtmp, s_srt = float(nginx), float(s_rtmp), float(s_srt)
 print(f"publishers per server: {n} (1280x720 2.5 Mb/s + AAC, -c copy, looped)")
 print(f"{'server':<34}{'CPU s / channel / s':>22}{'vs nginx-rtmp':>16}")
 print(f"{'nginx-rtmp (RTMP in, TS HLS)':<34}{nginx:>22.5f}{1.0:>16.2f}")
 print(f"{'sluice (RTMP in, CMAF+TS)':<34}{s_rtmp:>22.5f}{s_rtmp / nginx:>16.2f}")
 print(f"{'sluice (SRT in, CMAF+TS)':<34}{s_srt:>22.5f}{s_srt / nginx:>16.2f}")
-print(f"(nginx wrote {segs} TS fragments; sluice c0 multivariant variants after SRT: {live})")
+print(f"(nginx wrote {segs} TS fragments; sluice accepted {accepted} publishes of {2 * int(n)}; c0 variants after SRT: {live})")
 print("BENCH_JSON " + json.dumps({"bench": "ingest_vs_nginx_rtmp", "publishers": int(n),
       "nginx_cpu_per_channel": nginx, "sluice_rtmp_cpu_per_channel": s_rtmp,
       "sluice_srt_cpu_per_channel": s_srt, "rtmp_ratio": s_rtmp / nginx, "srt_ratio": s_srt / nginx}))

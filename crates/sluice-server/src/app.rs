@@ -443,7 +443,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     let router: Arc<dyn sluice_ingest::PublishRouter> = Arc::new(router);
     let limits = RtmpLimits::default();
     // Slots are kept for the encoders an ingest names in allow_cidrs: a flood from
-    // elsewhere cannot lock them out.
+    // elsewhere cannot lock them out. Those encoders are trusted hosts, and are not held
+    // to the per-address cap either: one contribution box may publish many channels.
     let allowed: Vec<_> = cfg
         .channels
         .values()
@@ -453,15 +454,16 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     let admission = AdmissionTable::new(AdmissionPolicy {
         max_total: limits.max_connections,
         max_per_address: limits.max_per_address,
-        exempt: vec![],
+        exempt: allowed.clone(),
         reserved: if allowed.is_empty() {
             0
         } else {
             limits.reserved_for_allowed
         },
-        reserved_for: allowed,
+        reserved_for: allowed.clone(),
     });
     let srt_router = router.clone();
+    let allowed_srt = allowed;
     servers.spawn(listen::supervised_accept_loop(
         "RTMP",
         rtmp,
@@ -484,7 +486,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         .any(|i| i.protocol == IngestProtocol::Srt);
     if srt_ingests {
         let limits = Arc::new(sluice_ingest::SrtLimits::default());
-        let admit = srt_listen::admission(&limits);
+        let admit = srt_listen::admission(&limits, allowed_srt);
         let addr = cfg.server.srt_listen;
         // The first bind is checked here, so a taken port stops the start with its reason.
         let first = Mutex::new(Some(srt_listen::bind(addr).await?));

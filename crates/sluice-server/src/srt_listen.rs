@@ -20,12 +20,13 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
         .with_context(|| format!("cannot listen for SRT on {addr} (UDP)"))
 }
 
-/// The admission of SRT callers, from the limits.
-pub fn admission(limits: &SrtLimits) -> Admit {
+/// The admission of SRT callers, from the limits; addresses in some ingest's
+/// `allow_cidrs` (trusted encoders) are not held to the per-address cap.
+pub fn admission(limits: &SrtLimits, allowed: Vec<ipnet::IpNet>) -> Admit {
     let table = AdmissionTable::new(AdmissionPolicy {
         max_total: limits.max_connections,
         max_per_address: limits.max_per_address,
-        exempt: vec![],
+        exempt: allowed,
         reserved: 0,
         reserved_for: vec![],
     });
