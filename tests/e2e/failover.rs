@@ -4,7 +4,7 @@
 //! channel throughout and must see no error. Then the slate times out and the playlists
 //! end, and a returning source opens them again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -31,20 +31,6 @@ channel = "live"
 
 const MEDIA: &str = "/live/live/ts/180p/index.m3u8";
 
-/// Waits for the `n`th log line containing `needle`; returns how long that took.
-fn wait_log_count(server: &Server, needle: &str, n: usize, timeout: Duration) -> Duration {
-    let started = Instant::now();
-    while server.log_text().matches(needle).count() < n {
-        assert!(
-            started.elapsed() < timeout,
-            "no {n}th log line with {needle:?} in {timeout:?}:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
-}
-
 #[test]
 fn a_backup_takes_over_the_primary_returns_and_the_slate_fills_in() {
     let _heavy = heavy();
@@ -60,7 +46,7 @@ fn a_backup_takes_over_the_primary_returns_and_the_slate_fills_in() {
     let primary = Publisher::start(&primary_url, 120, "320x180");
     let backup = Publisher::srt(&backup_url, 120);
     server.wait_segments(MEDIA, 3, Duration::from_secs(40));
-    wait_log_count(&server, "SRT publish accepted", 1, Duration::from_secs(10));
+    server.wait_log("SRT publish accepted", 1, Duration::from_secs(10));
 
     // A real HLS client reads the channel through every switch (30 s of media).
     let player = tool("ffmpeg")
@@ -88,7 +74,7 @@ fn a_backup_takes_over_the_primary_returns_and_the_slate_fills_in() {
     // keyframe interval (1 s); the bound here is generous for a loaded machine.
     primary.signal("KILL");
     drop(primary);
-    let took = wait_log_count(&server, "to=backup", 1, Duration::from_secs(10));
+    let took = server.wait_log("to=backup", 1, Duration::from_secs(10));
     assert!(took < Duration::from_secs(5), "backup took {took:?}");
     let before = newest(&server, MEDIA);
     still_advancing(&server, MEDIA, before);
@@ -96,7 +82,7 @@ fn a_backup_takes_over_the_primary_returns_and_the_slate_fills_in() {
 
     // The primary returns and takes back at one of its keyframes.
     let primary = Publisher::start(&primary_url, 120, "320x180");
-    wait_log_count(&server, "to=primary", 1, Duration::from_secs(15));
+    server.wait_log("to=primary", 1, Duration::from_secs(15));
     let before = newest(&server, MEDIA);
     still_advancing(&server, MEDIA, before);
     check(&server);
@@ -106,7 +92,7 @@ fn a_backup_takes_over_the_primary_returns_and_the_slate_fills_in() {
     backup.signal("KILL");
     drop(primary);
     drop(backup);
-    wait_log_count(&server, "slate on", 1, Duration::from_secs(10));
+    server.wait_log("slate on", 1, Duration::from_secs(10));
     let before = newest(&server, MEDIA);
     still_advancing(&server, MEDIA, before);
     check(&server);
@@ -116,7 +102,7 @@ fn a_backup_takes_over_the_primary_returns_and_the_slate_fills_in() {
     // as busy, as for RTMP.)
     std::thread::sleep(Duration::from_secs(3));
     let backup = Publisher::srt(&backup_url, 120);
-    wait_log_count(&server, "slate off", 1, Duration::from_secs(15));
+    server.wait_log("slate off", 1, Duration::from_secs(15));
     let before = newest(&server, MEDIA);
     still_advancing(&server, MEDIA, before);
     check(&server);
@@ -135,8 +121,8 @@ fn a_backup_takes_over_the_primary_returns_and_the_slate_fills_in() {
     // Nothing again, past the slate timeout: the playlists end.
     backup.signal("KILL");
     drop(backup);
-    wait_log_count(&server, "slate on", 2, Duration::from_secs(10));
-    wait_log_count(&server, "playlists ended", 1, Duration::from_secs(30));
+    server.wait_log("slate on", 2, Duration::from_secs(10));
+    server.wait_log("playlists ended", 1, Duration::from_secs(30));
     server.wait_for(MEDIA, Duration::from_secs(10), |b| {
         String::from_utf8_lossy(b).contains("#EXT-X-ENDLIST")
     });

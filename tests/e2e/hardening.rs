@@ -467,15 +467,7 @@ fn malformed_rtmp_input_is_refused_with_a_reason() {
     let _good = Publisher::start(&server.rtmp_url("good-key"), 90, "320x180");
     server.wait_segments(GOOD, 2, Duration::from_secs(30));
     let wait_log = |needle: &str, n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while count(&server.log_text(), needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "{n} × {needle:?}:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        server.wait_log(needle, n, Duration::from_secs(10));
     };
 
     // A message header declaring 16 MB, its payload trickled in: refused at the header.

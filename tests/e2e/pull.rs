@@ -4,7 +4,7 @@
 //! and comes back is picked up again on the same playlists.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -50,18 +50,6 @@ impl Drop for Source {
     }
 }
 
-fn wait_log(server: &Server, needle: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.log_text().matches(needle).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "no {n} log lines with {needle:?}:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn rtmp_and_srt_sources_are_pulled_and_reconnected() {
     let _heavy = heavy();
@@ -87,14 +75,14 @@ channel = \"b\"
         ),
     );
     // Nothing to pull yet: refused connections are retried, and said so.
-    wait_log(&server, "pull: reconnecting", 4);
+    server.wait_log("pull: reconnecting", 4, Duration::from_secs(30));
     let rtmp_source = Source::rtmp(rtmp, 60);
     let _srt_source = Source::srt(srt, 60);
     let a = "/live/a/ts/source/index.m3u8";
     let b = "/live/b/cmaf/source/index.m3u8";
     server.wait_segments(a, 3, Duration::from_secs(60));
     server.wait_segments(b, 3, Duration::from_secs(60));
-    wait_log(&server, "pull: playing", 2);
+    server.wait_log("pull: playing", 2, Duration::from_secs(30));
     let seg = media_playlist(&get_ok(&server.url(a)));
     let ts = get_ok(&server.url(&format!(
         "/live/a/ts/source/{}",
@@ -108,9 +96,9 @@ channel = \"b\"
     let before = newest(&server, a);
     let retries = server.log_text().matches("pull: reconnecting").count();
     drop(rtmp_source);
-    wait_log(&server, "pull: reconnecting", retries + 1);
+    server.wait_log("pull: reconnecting", retries + 1, Duration::from_secs(30));
     let _rtmp_source = Source::rtmp(rtmp, 60);
-    wait_log(&server, "pull: playing", 3);
+    server.wait_log("pull: playing", 3, Duration::from_secs(30));
     still_advancing(&server, a, before + 1);
     let after = media_playlist(&get_ok(&server.url(a)));
     assert!(after.segments.iter().any(|s| s.discontinuity));

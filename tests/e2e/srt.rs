@@ -49,19 +49,6 @@ fn start(name: &str) -> (Server, u16) {
     (server, port)
 }
 
-/// Waits until the server log contains `needle` (logs are written as things happen).
-fn wait_log(server: &Server, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?}:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 const PLAIN_TS: &str = "/live/plain/ts/source/index.m3u8";
 const SECRET_CMAF: &str = "/live/secret/cmaf/source/index.m3u8";
 
@@ -117,7 +104,7 @@ fn ffmpeg_and_gstreamer_publish_over_srt_and_wrong_callers_are_refused() {
         let caller = Publisher::srt(&format!("srt://127.0.0.1:{port}?{query}"), 3);
         let (ok, _) = caller.wait(Duration::from_secs(20));
         assert!(!ok, "{query} was let in");
-        wait_log(&server, reason);
+        server.wait_log(reason, 1, Duration::from_secs(10));
         still_advancing(&server, PLAIN_TS, before);
     }
     let log = server.log_text();
@@ -273,7 +260,7 @@ fn hostile_srt_callers_and_a_datagram_flood_leave_a_publisher_alone() {
         "reason=BadCryptoLength",
         "a handshake extension srt-protocol cannot parse",
     ] {
-        wait_log(&server, reason);
+        server.wait_log(reason, 1, Duration::from_secs(10));
     }
     still_advancing(&server, PLAIN_TS, before);
 
@@ -287,7 +274,7 @@ fn hostile_srt_callers_and_a_datagram_flood_leave_a_publisher_alone() {
     );
     let (ok, _) = caller.wait(Duration::from_secs(20));
     assert!(!ok, "a wrong passphrase was let in");
-    wait_log(&server, "wrong passphrase");
+    server.wait_log("wrong passphrase", 1, Duration::from_secs(10));
     still_advancing(&server, PLAIN_TS, before);
 
     // A flood of random datagrams at the SRT port: bounded to 40,000 datagrams and 8 s.

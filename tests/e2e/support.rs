@@ -165,6 +165,21 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log holds `n` lines containing `needle` (panics after `timeout`,
+    /// with the log); returns how long that took.
+    pub fn wait_log(&self, needle: &str, n: usize, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        while self.log_text().matches(needle).count() < n {
+            assert!(
+                started.elapsed() < timeout,
+                "no {n} log lines with {needle:?} in {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started.elapsed()
+    }
+
     /// Polls `path` until `ok` accepts the body or `timeout` passes.
     pub fn wait_for(&self, path: &str, timeout: Duration, ok: impl Fn(&[u8]) -> bool) -> Vec<u8> {
         let deadline = Instant::now() + timeout;

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{ChannelBus, FeedSpec, PublishEnded, Publisher, STALE_AFTER};
 use crate::rtmp_guard::ChunkGuard;
 use crate::rtmp_session::{RtmpAction, TagMedia};
-use crate::ts_demux::{TsDemuxer, TsError, TsEvent};
+use crate::ts_demux::{TsDemuxer, TsError};
 
 /// Connecting, the handshake and the request for the stream, all together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -440,16 +440,7 @@ async fn pull_srt(
             Some(Ok((_, data))) => data,
         };
         demux.push(&data, &mut events)?;
-        for ev in events.drain(..) {
-            match ev {
-                TsEvent::VideoConfig(c) => publisher.video_config(c),
-                TsEvent::AudioConfig(c) => publisher.audio_config(c),
-                TsEvent::Frame(f) => publisher.push(f),
-                TsEvent::UnsupportedAudio(kind) => {
-                    tracing::warn!(stream_type = kind, "pull: audio is not AAC; left out")
-                }
-            }
-        }
+        crate::srt::deliver(&mut publisher, &mut events, addr);
         if let Some(why) = publisher.ended() {
             return Err(PullError::Ended(why));
         }

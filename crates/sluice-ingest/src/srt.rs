@@ -30,11 +30,13 @@ use sluice_core::Throttle;
 use srt_protocol::connection::DuplexConnection;
 use srt_protocol::options::{KeySize, PacketSize, Passphrase, SocketOptions};
 use srt_protocol::packet::{
-    ControlPacket, ControlTypes, HandshakeVsInfo, Packet, RejectReason, ServerRejectReason,
-    SrtControlPacket,
+    ControlPacket, ControlTypes, CoreRejectReason, HandshakeVsInfo, Packet, RejectReason,
+    ServerRejectReason, SrtControlPacket,
 };
 use srt_protocol::protocol::pending_connection::listen::Listen;
-use srt_protocol::protocol::pending_connection::{AccessControlResponse, ConnectionResult};
+use srt_protocol::protocol::pending_connection::{
+    AccessControlResponse, ConnectionReject, ConnectionResult,
+};
 use srt_protocol::settings::ConnInitSettings;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -201,7 +203,8 @@ struct Listener {
     conns: tokio::task::JoinSet<()>,
     refusals: HashMap<String, Throttle>,
     drops: HashMap<String, Throttle>,
-    malformed: Throttle,
+    /// Handshakes dropped because too many are in progress, logged once per 10 s.
+    pending_full: Throttle,
     out: BytesMut,
 }
 
@@ -229,7 +232,7 @@ pub async fn serve_srt(
         conns: tokio::task::JoinSet::new(),
         refusals: HashMap::new(),
         drops: HashMap::new(),
-        malformed: Throttle::default(),
+        pending_full: Throttle::default(),
         out: BytesMut::with_capacity(2048),
     };
     let mut buf = vec![0u8; 65536];
@@ -318,7 +321,7 @@ impl Listener {
         }
         if !self.pending.contains_key(&from) {
             if self.pending.len() >= MAX_PENDING {
-                if let Some(suppressed) = self.malformed.hit_now() {
+                if let Some(suppressed) = self.pending_full.hit_now() {
                     tracing::warn!(peer = %from, suppressed, "SRT: too many handshakes in progress; dropped");
                 }
                 return;
@@ -367,7 +370,7 @@ impl Listener {
                 if let Some((packet, to)) = packet {
                     self.send(packet, to).await;
                 }
-                self.log_bad_secret(from, &why.to_string());
+                self.log_bad_secret(from, &why);
             }
             ConnectionResult::RequestAccess(request) => {
                 let response = self.access(&request, from);
@@ -469,8 +472,8 @@ impl Listener {
     }
 
     /// srt-protocol rejects a wrong passphrase itself (the keys do not unwrap): say so.
-    fn log_bad_secret(&mut self, from: SocketAddr, why: &str) {
-        if why.contains("password") || why.contains("secret") {
+    fn log_bad_secret(&mut self, from: SocketAddr, why: &ConnectionReject) {
+        if let ConnectionReject::Rejecting(RejectReason::Core(CoreRejectReason::BadSecret)) = why {
             let what = format!("wrong passphrase ({why})");
             if let Some(suppressed) = self.refusals.entry(what.clone()).or_default().hit_now() {
                 tracing::warn!(peer = %from, reason = %what, suppressed, "SRT caller refused");
@@ -653,7 +656,8 @@ impl Connection {
     }
 }
 
-fn deliver(publisher: &mut Publisher, events: &mut Vec<TsEvent>, peer: SocketAddr) {
+/// Hands what the MPEG-TS demuxer found to the channel (SRT push and pull ingests).
+pub(crate) fn deliver(publisher: &mut Publisher, events: &mut Vec<TsEvent>, peer: SocketAddr) {
     for event in events.drain(..) {
         match event {
             TsEvent::VideoConfig(c) => publisher.video_config(c),
@@ -663,7 +667,7 @@ fn deliver(publisher: &mut Publisher, events: &mut Vec<TsEvent>, peer: SocketAdd
                 %peer,
                 channel = %publisher.channel(),
                 stream_type = kind,
-                "SRT input audio is not AAC (ADTS); the channel goes on without audio"
+                "SRT audio is not AAC (ADTS); the channel goes on without audio"
             ),
         }
     }

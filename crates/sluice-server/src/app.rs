@@ -232,7 +232,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                         },
                         sluice_ingest::bus::STALE_AFTER,
                     )?;
-                    let publisher = Mutex::new(publisher);
                     let tp = &ingest.test_pattern;
                     let pattern = TestPattern::start(
                         &TestPatternSettings {
@@ -241,16 +240,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
                             fps: tp.fps,
                             ..Default::default()
                         },
-                        Arc::new(move |ev: EncodedEvent| {
-                            let mut p = publisher.lock().unwrap_or_else(|e| e.into_inner());
-                            match ev {
-                                EncodedEvent::VideoConfig { config, .. } => p.video_config(config),
-                                EncodedEvent::AudioConfig(c) => p.audio_config(c),
-                                EncodedEvent::Video { frame, .. } | EncodedEvent::Audio(frame) => {
-                                    p.push(frame)
-                                }
-                            }
-                        }),
+                        publisher_sink(publisher),
                     )
                     .with_context(|| {
                         format!("cannot start test pattern {channel_id}/{ingest_id}")
@@ -538,6 +528,21 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// A generated source's encoded output (a test pattern, the slate) fed to a channel.
+pub(crate) fn publisher_sink(
+    publisher: sluice_ingest::Publisher,
+) -> Arc<dyn sluice_engine::EncodedSink> {
+    let publisher = Mutex::new(publisher);
+    Arc::new(move |ev: EncodedEvent| {
+        let mut p = publisher.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            EncodedEvent::VideoConfig { config, .. } => p.video_config(config),
+            EncodedEvent::AudioConfig(c) => p.audio_config(c),
+            EncodedEvent::Video { frame, .. } | EncodedEvent::Audio(frame) => p.push(frame),
+        }
+    })
 }
 
 /// Test builds only: `SLUICE_TEST_SLATE_TIMEOUT_SECS=N` replaces every channel's slate

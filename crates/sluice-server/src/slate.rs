@@ -6,10 +6,10 @@
 //! slate stops. After `timeout_minutes` on the slate the channel closes: the slate stops
 //! and the playlists end (`EXT-X-ENDLIST`) until a source returns.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_engine::{EncodedEvent, TestPattern, TestPatternSettings};
+use sluice_engine::{TestPattern, TestPatternSettings};
 use sluice_ingest::bus::STALE_AFTER;
 use sluice_ingest::{ChannelBus, FeedSpec};
 use tokio::time::Instant;
@@ -79,17 +79,6 @@ pub async fn watch(
 /// Starts the slate feeding `bus`.
 fn start(bus: &Arc<ChannelBus>, picture: &TestPatternSettings) -> anyhow::Result<TestPattern> {
     let publisher = bus.begin_feed("slate", FeedSpec::slate(), STALE_AFTER)?;
-    let publisher = Mutex::new(publisher);
-    let pattern = TestPattern::start(
-        picture,
-        Arc::new(move |ev: EncodedEvent| {
-            let mut p = publisher.lock().unwrap_or_else(|e| e.into_inner());
-            match ev {
-                EncodedEvent::VideoConfig { config, .. } => p.video_config(config),
-                EncodedEvent::AudioConfig(c) => p.audio_config(c),
-                EncodedEvent::Video { frame, .. } | EncodedEvent::Audio(frame) => p.push(frame),
-            }
-        }),
-    )?;
+    let pattern = TestPattern::start(picture, crate::app::publisher_sink(publisher))?;
     Ok(pattern)
 }
