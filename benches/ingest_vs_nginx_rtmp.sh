@@ -11,8 +11,11 @@
 #      passthrough engine making CMAF (LL-HLS parts) and TS: N RTMP publishers.
 #   3. Sluice, the same N channels fed over SRT (`-f mpegts srt://...`): N SRT publishers.
 # Server CPU = utime+stime of the server's processes (nginx: master and worker) from
-# /proc/<pid>/stat over BENCH_SECONDS (default 30) after a 10 s warm-up, divided by N:
-# CPU seconds per channel per wall second. The ratios Sluice/nginx are the figures to read.
+# /proc/<pid>/stat over BENCH_SECONDS (default 30) after a warm-up of BENCH_WARMUP
+# (default 75 s), divided by N: CPU seconds per channel per wall second. The ratios
+# Sluice/nginx are the figures to read. The warm-up outlasts Sluice's 60 s playlist
+# window: before that the server is still filling its window (every segment is new
+# memory, faulted in page by page), which is not the steady state a server lives in.
 #
 # Usage:   benches/ingest_vs_nginx_rtmp.sh    (BENCH_PUBLISHERS=20 BENCH_SECONDS=20 ... to change)
 # Output:  a table, and a last line BENCH_JSON {...}.
@@ -25,6 +28,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/benches/common.sh"
 N=${BENCH_PUBLISHERS:-50}
 SECONDS_MEASURED=${BENCH_SECONDS:-30}
+WARMUP=${BENCH_WARMUP:-75}
 BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
 MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -71,7 +75,7 @@ stop_publishers() {
   publishers=()
 }
 measure() { # pids...: CPU seconds per channel per second over the window
-  sleep 10
+  sleep "$WARMUP"
   local t0 t1
   t0=$(cpu_ticks "$@")
   sleep "$SECONDS_MEASURED"

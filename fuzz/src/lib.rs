@@ -6,7 +6,7 @@
 //! malformed input must come back as an error, never a panic.
 
 use bytes::Bytes;
-use sluice_ingest::{RtmpAction, RtmpSession, flv};
+use sluice_ingest::{RtmpAction, RtmpPolicy, RtmpSession, flv};
 
 /// FLV video and audio tag bodies (RTMP media message payloads), and the AVCC
 /// access-unit check applied to every video frame.
@@ -43,24 +43,26 @@ pub fn rtmp_session(data: &[u8]) {
         return;
     };
     let read_len = 1 + (split as usize).pow(2);
-    let mut session = RtmpSession::new();
+    let now = std::time::Instant::now();
+    let mut session = RtmpSession::new(RtmpPolicy::default(), now);
     for read in stream.chunks(read_len) {
-        let Ok(mut pending) = session.handle_input(read) else {
+        let Ok(mut pending) = session.handle_input(read, now) else {
             return; // The shell closes the connection on any error.
         };
         while !pending.is_empty() {
             let mut next = Vec::new();
             for action in pending {
-                if let RtmpAction::PublishRequested {
-                    request_id,
-                    stream_key,
-                    ..
-                } = action
-                {
-                    match session.accept(request_id, Some(&stream_key)) {
+                match action {
+                    RtmpAction::PublishRequested {
+                        request_id,
+                        stream_key,
+                    } => match session.accept(request_id, Some(&stream_key)) {
                         Ok(more) => next.extend(more),
                         Err(_) => return,
-                    }
+                    },
+                    // The shell closes the connection here.
+                    RtmpAction::Close(_) => return,
+                    _ => {}
                 }
             }
             pending = next;
@@ -194,7 +196,7 @@ pub fn srt_streamid(data: &[u8]) {
 mod tests {
     use std::path::Path;
 
-    use sluice_ingest::{RtmpAction, RtmpSession};
+    use sluice_ingest::{RtmpAction, RtmpPolicy, RtmpSession};
 
     /// The guard in front of rml_rtmp keeps real clients' framing: the captured ffmpeg
     /// publish still yields a publish request and frames, at every read size.
@@ -207,10 +209,11 @@ mod tests {
         ] {
             let data = std::fs::read(dir.join(name)).expect("seed");
             let (split, stream) = data.split_first().expect("non-empty");
-            let mut session = RtmpSession::new();
+            let now = std::time::Instant::now();
+            let mut session = RtmpSession::new(RtmpPolicy::default(), now);
             let (mut published, mut frames) = (false, 0);
             for read in stream.chunks(1 + (*split as usize).pow(2)) {
-                let mut pending = session.handle_input(read).expect("valid capture");
+                let mut pending = session.handle_input(read, now).expect("valid capture");
                 while !pending.is_empty() {
                     let mut next = Vec::new();
                     for action in pending {

@@ -263,9 +263,12 @@ impl<F: PipelineFactory> EngineRunner<F> {
     pub async fn run(mut self, mut input: impl MediaSource, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.timing.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Made once, not once per event: every frame passes through this loop.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => break,
+                _ = &mut cancelled => break,
                 _ = tick.tick() => self.on_tick().await,
                 ev = input.recv() => match ev {
                     Some(ev) => self.on_event(ev).await,

@@ -1,8 +1,10 @@
 //! Sluice ingest: how media enters a channel.
 //!
 //! - [`bus`]: the bounded per-channel fan-out from the live publisher to engines.
+//! - [`error`]: one error for every ingest connection's end: transport, peer, reason.
 //! - [`flv`]: FLV tag bodies (RTMP's media payloads), pure parsing.
-//! - [`rtmp_session`]: a publishing RTMP connection without I/O (rml_rtmp inside).
+//! - [`rtmp_session`]: a publishing RTMP connection without I/O (rml_rtmp inside), with
+//!   its policy: application, deadlines, byte caps.
 //! - [`rtmp_guard`]: a non-recursive check of chunks and AMF0 before rml_rtmp parses them.
 //! - [`rtmp`]: the tokio listener around it.
 //! - [`router`]: stream-key routing, from the configuration to channel buses.
@@ -13,6 +15,7 @@
 //!   (srt-protocol's sans-IO core under our own I/O).
 
 pub mod bus;
+pub mod error;
 pub mod flv;
 pub mod pull;
 pub mod router;
@@ -26,7 +29,8 @@ pub mod ts_demux;
 pub use bus::{
     BusError, BusReceiver, ChannelBus, DEFAULT_BUS_CAPACITY, FeedSpec, PublishEnded, Publisher,
 };
+pub use error::{EndReason, IngestError, Transport};
 pub use router::{KeyEntry, KeyRouter};
 pub use rtmp::{PublishRouter, Refusal, RtmpLimits, serve_rtmp_connection};
-pub use rtmp_session::{RTMP_APP, RtmpAction, RtmpSession};
+pub use rtmp_session::{RTMP_APP, RtmpAction, RtmpPolicy, RtmpSession};
 pub use srt::{SrtLimits, SrtRefusal, serve_srt};

@@ -27,10 +27,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{ChannelBus, FeedSpec, PublishEnded, Publisher, STALE_AFTER};
+use crate::bus::{ChannelBus, FeedSpec, Publisher, STALE_AFTER};
+use crate::error::{EndReason, IngestError, Transport, contained};
+use crate::rtmp::Refusal;
 use crate::rtmp_guard::ChunkGuard;
 use crate::rtmp_session::{RtmpAction, TagMedia};
-use crate::ts_demux::{TsDemuxer, TsError};
+use crate::ts_demux::TsDemuxer;
 
 /// Connecting, the handshake and the request for the stream, all together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,33 +52,6 @@ pub struct PullSpec {
     pub max_kbps: u32,
 }
 
-/// Why a pull connection ended.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error("bad URL: {0}")]
-    Url(&'static str),
-    #[error("cannot resolve {0}")]
-    Resolve(String),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("timed out {0}")]
-    Timeout(&'static str),
-    #[error("RTMP: {0}")]
-    Rtmp(String),
-    #[error("the source refused: {0}")]
-    Refused(String),
-    #[error("bad MPEG-TS: {0}")]
-    Ts(#[from] TsError),
-    #[error("no media for {0:?}")]
-    Idle(Duration),
-    #[error("sent {0} bytes without a complete frame")]
-    Unproductive(usize),
-    #[error("the channel refused the feed (this ingest is already live)")]
-    Busy,
-    #[error("publisher closed: {0}")]
-    Ended(PublishEnded),
-}
-
 /// Pulls `spec` into `bus` until `cancel`, reconnecting after failures.
 pub async fn run_pull(bus: Arc<ChannelBus>, spec: PullSpec, cancel: CancellationToken) {
     let channel = bus.channel().clone();
@@ -86,17 +61,21 @@ pub async fn run_pull(bus: Arc<ChannelBus>, spec: PullSpec, cancel: Cancellation
     loop {
         tracing::info!(%channel, %ingest, source = %target, "pull: connecting");
         let mut played = false;
-        let outcome = tokio::select! {
+        let mut peer = None;
+        let reason = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = pull_once(&bus, &spec, &mut played) => r,
+            r = pull_once(&bus, &spec, &mut played, &mut peer) => r,
         };
-        match outcome {
-            Ok(()) => {
-                tracing::info!(%channel, %ingest, source = %target, "pull: the source ended the stream")
-            }
-            Err(e) => {
-                tracing::warn!(%channel, %ingest, source = %target, error = %e, "pull: connection lost")
-            }
+        let transport = if spec.url.starts_with("srt://") {
+            Transport::SrtPull
+        } else {
+            Transport::RtmpPull
+        };
+        let e = IngestError::new(transport, peer, reason);
+        if e.reason.is_orderly() {
+            tracing::info!(%channel, %ingest, source = %target, "pull: the source ended the stream")
+        } else {
+            tracing::warn!(%channel, %ingest, source = %target, error = %e, "pull: connection lost")
         }
         if played {
             // It worked until now: the next attempt comes soon.
@@ -120,25 +99,29 @@ fn redacted(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
+/// One connection to the source, until it ends: why it did. `peer`: the source's
+/// address, once resolved.
 async fn pull_once(
     bus: &Arc<ChannelBus>,
     spec: &PullSpec,
     played: &mut bool,
-) -> Result<(), PullError> {
-    if spec.url.starts_with("rtmp://") {
-        pull_rtmp(bus, spec, played).await
+    peer: &mut Option<SocketAddr>,
+) -> EndReason {
+    let r = if spec.url.starts_with("rtmp://") {
+        pull_rtmp(bus, spec, played, peer).await
     } else if spec.url.starts_with("srt://") {
-        pull_srt(bus, spec, played).await
+        pull_srt(bus, spec, played, peer).await
     } else {
-        Err(PullError::Url("only rtmp:// and srt:// can be pulled"))
-    }
+        Err(EndReason::Url("only rtmp:// and srt:// can be pulled"))
+    };
+    r.err().unwrap_or(EndReason::Closed)
 }
 
 fn attach(
     bus: &Arc<ChannelBus>,
     spec: &PullSpec,
     peer: SocketAddr,
-) -> Result<Publisher, PullError> {
+) -> Result<Publisher, EndReason> {
     bus.begin_feed(
         format!("pull:{}/{peer}", spec.ingest),
         FeedSpec {
@@ -151,10 +134,10 @@ fn attach(
         p.set_max_kbps(spec.max_kbps);
         p
     })
-    .map_err(|_| PullError::Busy)
+    .map_err(|_| EndReason::Refused(Refusal::Busy))
 }
 
-async fn resolve(authority: &str, default_port: u16) -> Result<SocketAddr, PullError> {
+async fn resolve(authority: &str, default_port: u16) -> Result<SocketAddr, EndReason> {
     let with_port = if authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -168,49 +151,45 @@ async fn resolve(authority: &str, default_port: u16) -> Result<SocketAddr, PullE
         .await
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or(PullError::Resolve(with_port))
+        .ok_or(EndReason::Resolve(with_port))
 }
 
 /// `rtmp://host[:port]/<app>/<stream>`: (authority, app, stream).
-fn rtmp_parts(url: &str) -> Result<(&str, &str, &str), PullError> {
+fn rtmp_parts(url: &str) -> Result<(&str, &str, &str), EndReason> {
     let rest = url
         .strip_prefix("rtmp://")
-        .ok_or(PullError::Url("not rtmp://"))?;
+        .ok_or(EndReason::Url("not rtmp://"))?;
     let (authority, path) = rest
         .split_once('/')
-        .ok_or(PullError::Url("rtmp URL without an application"))?;
+        .ok_or(EndReason::Url("rtmp URL without an application"))?;
     let (app, stream) = path
         .split_once('/')
-        .ok_or(PullError::Url("rtmp URL without a stream name"))?;
+        .ok_or(EndReason::Url("rtmp URL without a stream name"))?;
     if authority.is_empty() || app.is_empty() || stream.is_empty() {
-        return Err(PullError::Url(
+        return Err(EndReason::Url(
             "rtmp URL needs host, application and stream",
         ));
     }
     Ok((authority, app, stream))
 }
 
-fn rtmp_err(e: impl std::fmt::Debug) -> PullError {
-    PullError::Rtmp(format!("{e:?}"))
-}
-
-/// Runs rml_rtmp on bytes from the source, a panic inside it becoming an error.
-fn contained<T>(f: impl FnOnce() -> T) -> Result<T, PullError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .map_err(|_| PullError::Rtmp("malformed input made rml_rtmp panic".into()))
+fn rtmp_err(e: impl std::fmt::Debug) -> EndReason {
+    EndReason::Protocol(format!("{e:?}"))
 }
 
 async fn pull_rtmp(
     bus: &Arc<ChannelBus>,
     spec: &PullSpec,
     played: &mut bool,
-) -> Result<(), PullError> {
+    peer: &mut Option<SocketAddr>,
+) -> Result<(), EndReason> {
     let (authority, app, stream_name) = rtmp_parts(&spec.url)?;
     let addr = resolve(authority, 1935).await?;
+    *peer = Some(addr);
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     let mut tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
-        .map_err(|_| PullError::Timeout("connecting"))??;
+        .map_err(|_| EndReason::Timeout("the connection"))??;
     let _ = tcp.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
 
@@ -221,11 +200,11 @@ async fn pull_rtmp(
     let remaining = loop {
         let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
             .await
-            .map_err(|_| PullError::Timeout("in the RTMP handshake"))??;
+            .map_err(|_| EndReason::Timeout("the RTMP handshake"))??;
         if n == 0 {
-            return Err(PullError::Rtmp("closed during the handshake".into()));
+            return Err(EndReason::Handshake("closed during the handshake".into()));
         }
-        match contained(|| hs.process_bytes(&buf[..n]))?.map_err(rtmp_err)? {
+        match contained("rml_rtmp", || hs.process_bytes(&buf[..n]))?.map_err(rtmp_err)? {
             HandshakeProcessResult::InProgress { response_bytes } => {
                 tcp.write_all(&response_bytes).await?;
             }
@@ -258,10 +237,9 @@ async fn pull_rtmp(
     let mut unproductive = 0usize;
     loop {
         if !input.is_empty() {
-            guard
-                .check(&input)
-                .map_err(|e| PullError::Rtmp(e.to_string()))?;
-            let results = contained(|| session.handle_input(&input))?.map_err(rtmp_err)?;
+            guard.check(&input)?;
+            let results =
+                contained("rml_rtmp", || session.handle_input(&input))?.map_err(rtmp_err)?;
             split(results, &mut outbound, &mut events);
         }
         for ev in events.drain(..) {
@@ -274,7 +252,7 @@ async fn pull_rtmp(
                     );
                 }
                 ClientSessionEvent::ConnectionRequestRejected { description } => {
-                    return Err(PullError::Refused(description));
+                    return Err(EndReason::SourceRefused(description));
                 }
                 ClientSessionEvent::PlaybackRequestAccepted if publisher.is_none() => {
                     publisher = Some(attach(bus, spec, addr)?);
@@ -305,12 +283,12 @@ async fn pull_rtmp(
                         p.push(f)
                     }
                     RtmpAction::Dropped(why) => tracing::debug!(why, "pull: RTMP data dropped"),
-                    RtmpAction::Unsupported(why) => return Err(PullError::Refused(why)),
+                    RtmpAction::Close(reason) => return Err(reason),
                     _ => {}
                 }
             }
             if let Some(why) = p.ended() {
-                return Err(PullError::Ended(why));
+                return Err(EndReason::PublisherEnded(why));
             }
         } else {
             actions.clear();
@@ -324,9 +302,9 @@ async fn pull_rtmp(
             .await
             .map_err(|_| {
                 if publisher.is_some() {
-                    PullError::Idle(IDLE_TIMEOUT)
+                    EndReason::Idle(IDLE_TIMEOUT)
                 } else {
-                    PullError::Timeout("waiting for the stream")
+                    EndReason::Timeout("the stream")
                 }
             })??;
         if n == 0 {
@@ -334,7 +312,7 @@ async fn pull_rtmp(
         }
         unproductive += n;
         if unproductive > MAX_UNPRODUCTIVE {
-            return Err(PullError::Unproductive(unproductive));
+            return Err(EndReason::Unproductive(unproductive));
         }
         input = buf[..n].to_vec();
     }
@@ -357,26 +335,26 @@ fn split(
 type SrtTarget<'a> = (&'a str, Option<String>, Option<String>, Option<Duration>);
 
 /// `srt://host:port?streamid=...&passphrase=...&latency=<ms>`.
-fn srt_parts(url: &str) -> Result<SrtTarget<'_>, PullError> {
+fn srt_parts(url: &str) -> Result<SrtTarget<'_>, EndReason> {
     let rest = url
         .strip_prefix("srt://")
-        .ok_or(PullError::Url("not srt://"))?;
+        .ok_or(EndReason::Url("not srt://"))?;
     let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
     let authority = authority.trim_end_matches('/');
     if authority.is_empty() {
-        return Err(PullError::Url("srt URL without a host"));
+        return Err(EndReason::Url("srt URL without a host"));
     }
     let (mut stream_id, mut passphrase, mut latency) = (None, None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v).ok_or(PullError::Url("bad %-escape in the srt URL"))?;
+        let v = percent_decode(v).ok_or(EndReason::Url("bad %-escape in the srt URL"))?;
         match k {
             "streamid" => stream_id = Some(v),
             "passphrase" => passphrase = Some(v),
             "latency" => {
                 let ms: u64 = v
                     .parse()
-                    .map_err(|_| PullError::Url("latency is not a number"))?;
+                    .map_err(|_| EndReason::Url("latency is not a number"))?;
                 latency = Some(Duration::from_millis(ms));
             }
             _ => {}
@@ -406,15 +384,17 @@ async fn pull_srt(
     bus: &Arc<ChannelBus>,
     spec: &PullSpec,
     played: &mut bool,
-) -> Result<(), PullError> {
+    peer: &mut Option<SocketAddr>,
+) -> Result<(), EndReason> {
     let (authority, stream_id, url_passphrase, latency) = srt_parts(&spec.url)?;
     let addr = resolve(authority, 9000).await?;
+    *peer = Some(addr);
     let mut builder = srt_tokio::SrtSocket::builder()
         .latency(latency.unwrap_or(Duration::from_millis(200)))
         .set(|o| o.connect.timeout = CONNECT_TIMEOUT);
     if let Some(p) = spec.passphrase.clone().or(url_passphrase) {
         if !(10..=79).contains(&p.len()) {
-            return Err(PullError::Url("an SRT passphrase has 10 to 79 characters"));
+            return Err(EndReason::Url("an SRT passphrase has 10 to 79 characters"));
         }
         builder = builder.encryption(0, p);
     }
@@ -423,8 +403,8 @@ async fn pull_srt(
         builder.call(addr, stream_id.as_deref()),
     )
     .await
-    .map_err(|_| PullError::Timeout("connecting"))?
-    .map_err(|e| PullError::Refused(e.to_string()))?;
+    .map_err(|_| EndReason::Timeout("the connection"))?
+    .map_err(|e| EndReason::SourceRefused(e.to_string()))?;
     let mut publisher = attach(bus, spec, addr)?;
     *played = true;
     tracing::info!(channel = %bus.channel(), ingest = %spec.ingest, source = %redacted(&spec.url), "pull: playing");
@@ -433,7 +413,7 @@ async fn pull_srt(
     loop {
         let next = tokio::time::timeout(IDLE_TIMEOUT, socket.next())
             .await
-            .map_err(|_| PullError::Idle(IDLE_TIMEOUT))?;
+            .map_err(|_| EndReason::Idle(IDLE_TIMEOUT))?;
         let data: Bytes = match next {
             None => break,
             Some(Err(e)) => return Err(e.into()),
@@ -442,7 +422,7 @@ async fn pull_srt(
         demux.push(&data, &mut events)?;
         crate::srt::deliver(&mut publisher, &mut events, addr);
         if let Some(why) = publisher.ended() {
-            return Err(PullError::Ended(why));
+            return Err(EndReason::PublisherEnded(why));
         }
     }
     Ok(())

@@ -8,9 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::PublishEnded;
 use crate::bus::Publisher;
-use crate::rtmp_session::{RTMP_APP, RtmpAction, RtmpError, RtmpSession};
+use crate::error::{EndReason, IngestError, Transport};
+use crate::rtmp_session::{RtmpAction, RtmpPolicy, RtmpSession};
 
 /// Why a publisher was turned away. Logged; the peer gets an RTMP error status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,19 +46,10 @@ pub struct RtmpLimits {
     /// Of `max_connections`, slots kept for addresses inside some ingest's
     /// `allow_cidrs` (enforced by the listener's owner).
     pub reserved_for_allowed: usize,
-    /// From accept to a completed handshake.
-    pub handshake_timeout: Duration,
-    /// From accept to an accepted publish (handshake, connect, createStream, publish):
-    /// a peer that is not publishing by then is closed, so idle peers cannot hold slots.
-    pub publish_timeout: Duration,
-    /// A connection that sends nothing for this long is closed.
-    pub idle_timeout: Duration,
+    /// A write to the peer that takes longer closes the connection.
     pub write_timeout: Duration,
-    /// Bytes a peer may send before it is publishing (handshake, connect, publish commands).
-    pub max_bytes_before_publish: usize,
-    /// Bytes a publisher may send without completing a frame: bounds what the RTMP
-    /// chunk decoder can be made to buffer for one connection.
-    pub max_bytes_between_frames: usize,
+    /// The policy each connection's session enforces: application, deadlines, byte caps.
+    pub session: RtmpPolicy,
 }
 
 impl Default for RtmpLimits {
@@ -67,20 +58,15 @@ impl Default for RtmpLimits {
             max_connections: 256,
             max_per_address: 8,
             reserved_for_allowed: 64,
-            // A handshake is two round trips and a publish about four more: seconds
-            // even over a satellite link, so idle or slow peers are gone quickly.
-            handshake_timeout: Duration::from_secs(3),
-            publish_timeout: Duration::from_secs(6),
-            idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
-            max_bytes_before_publish: 1 << 20,
-            max_bytes_between_frames: 32 << 20,
+            session: RtmpPolicy::default(),
         }
     }
 }
 
 /// Serves one accepted RTMP connection until the peer leaves, misbehaves or `cancel`
-/// fires. (The listener, its connection cap and accept back-off live with the caller.)
+/// fires, and logs how it ended. (The listener, its connection cap and accept back-off
+/// live with the caller.)
 pub async fn serve_rtmp_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -89,116 +75,88 @@ pub async fn serve_rtmp_connection(
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    match connection(stream, peer, router, limits, cancel).await {
-        Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
-        // Input stopped before it could reach rml_rtmp is an attack or a broken client:
-        // worth a warning. Everything else (timeouts, resets, refusals logged already) is
-        // routine.
-        Err(
-            e @ (ConnectionEnd::Session(RtmpError::Refused(_)) | ConnectionEnd::Unsupported(_)),
-        ) => {
-            tracing::warn!(%peer, error = %e, "RTMP connection refused and closed")
-        }
-        Err(e) => tracing::info!(%peer, error = %e, "RTMP connection ended"),
-    }
+    let mut channel = None;
+    let reason = connection(stream, peer, router, limits, cancel, &mut channel).await;
+    IngestError::new(Transport::Rtmp, Some(peer), reason).log(channel.as_deref());
 }
 
-/// Why a connection was closed by the server.
-#[derive(Debug, thiserror::Error)]
-enum ConnectionEnd {
-    #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
-    #[error("write timed out")]
-    WriteTimeout,
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Session(#[from] RtmpError),
-    #[error("sent {0} bytes without a complete frame")]
-    Unproductive(usize),
-    #[error("publish refused: {0}")]
-    Refused(Refusal),
-    #[error("publisher closed: {0}")]
-    PublisherEnded(PublishEnded),
-    #[error("unsupported input: {0}")]
-    Unsupported(String),
-}
-
+/// The socket side of one connection: reads until the session's deadline, feeds it the
+/// bytes and carries out its actions. Returns why the connection ended.
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     router: Arc<dyn PublishRouter>,
     limits: &RtmpLimits,
     cancel: CancellationToken,
-) -> Result<(), ConnectionEnd> {
-    let mut session = RtmpSession::new();
+    channel: &mut Option<String>,
+) -> EndReason {
+    let mut session = RtmpSession::new(limits.session.clone(), std::time::Instant::now());
     let mut publisher: Option<Publisher> = None;
     let mut buf = vec![0u8; 64 * 1024];
-    let accepted_at = tokio::time::Instant::now();
-    let handshake_deadline = accepted_at + limits.handshake_timeout;
-    let publish_deadline = accepted_at + limits.publish_timeout;
-    // Bytes received since the last complete frame (or since the start, before publishing).
-    let mut unproductive = 0usize;
+    // Made once per connection, not once per read: a publisher's every frame passes
+    // through this loop. The timer is moved when it fires early (input came since), or
+    // when the session's deadline comes sooner, not on every read.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(session.deadline().0.into());
+    tokio::pin!(timer);
     loop {
-        let (deadline, waiting_for) = match publisher {
-            Some(_) => (tokio::time::Instant::now() + limits.idle_timeout, "media"),
-            None if session.is_handshaking() => (handshake_deadline, "the handshake"),
-            None => (publish_deadline, "a publish"),
-        };
         let n = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            r = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match r {
-                Err(_) => return Err(ConnectionEnd::Timeout(waiting_for)),
-                Ok(Err(e)) => return Err(e.into()),
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => n,
+            _ = &mut cancelled => return EndReason::Cancelled,
+            _ = &mut timer => {
+                if let Err(timeout) = session.check_deadline(std::time::Instant::now()) {
+                    return timeout;
+                }
+                timer.as_mut().reset(session.deadline().0.into());
+                continue;
+            }
+            r = stream.read(&mut buf) => match r {
+                Err(e) => return e.into(),
+                Ok(0) => return EndReason::Closed,
+                Ok(n) => n,
             },
         };
-        unproductive += n;
-        let cap = if publisher.is_some() {
-            limits.max_bytes_between_frames
-        } else {
-            limits.max_bytes_before_publish
+        let mut pending = match session.handle_input(&buf[..n], std::time::Instant::now()) {
+            Ok(actions) => actions,
+            Err(e) => return e,
         };
-        if unproductive > cap {
-            return Err(ConnectionEnd::Unproductive(unproductive));
+        let deadline = tokio::time::Instant::from_std(session.deadline().0);
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
         }
-        let mut pending = session.handle_input(&buf[..n])?;
-        let mut refused: Option<Refusal> = None;
         while !pending.is_empty() {
             let mut next = Vec::new();
             for action in pending {
                 match action {
                     RtmpAction::Send(bytes) => {
-                        tokio::time::timeout(limits.write_timeout, stream.write_all(&bytes))
+                        match tokio::time::timeout(limits.write_timeout, stream.write_all(&bytes))
                             .await
-                            .map_err(|_| ConnectionEnd::WriteTimeout)??;
+                        {
+                            Err(_) => return EndReason::WriteTimeout,
+                            Ok(Err(e)) => return e.into(),
+                            Ok(Ok(())) => {}
+                        }
                     }
                     RtmpAction::PublishRequested {
                         request_id,
-                        app,
                         stream_key,
                     } => {
-                        let verdict = if app != RTMP_APP {
-                            Err(Refusal::UnknownKey)
-                        } else if publisher.is_some() {
-                            Err(Refusal::Busy)
-                        } else {
-                            router.authorize_rtmp(&stream_key, peer)
-                        };
-                        match verdict {
+                        let answer = match router.authorize_rtmp(&stream_key, peer) {
                             Ok(p) => {
                                 tracing::info!(%peer, channel = %p.channel(), "RTMP publish accepted");
-                                unproductive = 0;
+                                *channel = Some(p.channel().to_string());
                                 publisher = Some(p);
-                                next.extend(session.accept(request_id, Some(&stream_key))?);
+                                session.accept(request_id, Some(&stream_key))
                             }
                             Err(refusal) => {
                                 // The key itself is a secret: never log it.
-                                tracing::warn!(%peer, app, reason = %refusal, "RTMP publish refused");
-                                next.extend(session.reject(request_id, &refusal.to_string())?);
-                                refused = Some(refusal);
+                                tracing::warn!(%peer, reason = %refusal, "RTMP publish refused");
+                                session.reject(request_id, refusal)
                             }
+                        };
+                        match answer {
+                            Ok(actions) => next.extend(actions),
+                            Err(e) => return e,
                         }
                     }
                     RtmpAction::VideoConfig(cfg) => {
@@ -212,16 +170,15 @@ async fn connection(
                         }
                     }
                     RtmpAction::Frame(f) => {
-                        unproductive = 0;
                         if let Some(p) = publisher.as_mut() {
                             p.push(f);
                         }
                     }
                     RtmpAction::PublishFinished => publisher = None,
                     RtmpAction::Dropped(why) => tracing::debug!(%peer, why, "RTMP data dropped"),
-                    RtmpAction::Unsupported(why) => {
+                    RtmpAction::Close(reason) => {
                         let _ = stream.shutdown().await;
-                        return Err(ConnectionEnd::Unsupported(why));
+                        return reason;
                     }
                 }
             }
@@ -229,11 +186,7 @@ async fn connection(
         }
         if let Some(why) = publisher.as_mut().and_then(|p| p.ended()) {
             let _ = stream.shutdown().await;
-            return Err(ConnectionEnd::PublisherEnded(why));
-        }
-        if let Some(refusal) = refused {
-            let _ = stream.shutdown().await;
-            return Err(ConnectionEnd::Refused(refusal));
+            return EndReason::PublisherEnded(why);
         }
     }
 }

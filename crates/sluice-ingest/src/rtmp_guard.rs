@@ -20,7 +20,8 @@
 //! [`ChunkGuard`] mirrors rml_rtmp's chunk framing exactly (including its single
 //! payload buffer shared by every chunk stream, so both see the same message
 //! boundaries), and checks each complete message before the same bytes reach
-//! rml_rtmp. It copies each payload once and keeps no more than rml_rtmp itself does.
+//! rml_rtmp. Only the messages it inspects (control, data and command messages) are
+//! copied; audio and video, nearly all the bytes, are counted and skipped in place.
 //! Remove it when rml_rtmp bounds its own recursion and arithmetic.
 
 use std::collections::HashMap;
@@ -86,20 +87,30 @@ enum Stage {
 #[derive(Debug)]
 pub struct ChunkGuard {
     max_chunk_size: usize,
+    /// The last header of each chunk stream: ids below 64 (the one-byte basic header,
+    /// all real encoders use) by index, the rest in a map.
+    previous_low: [Option<Header>; 64],
     previous: HashMap<u32, Header>,
     current: Header,
     current_csid: u32,
     /// Header format of the chunk being read: 0 (full) to 3 (no message header).
     format: u8,
     stage: Stage,
+    /// Header bytes not parsed yet (and payload bytes that came with them).
     pending: BytesMut,
+    /// The body of the message being read, if it is one that gets inspected.
     payload: Vec<u8>,
+    /// Bytes of the current message received so far.
+    received: usize,
+    /// Payload bytes still to come in the current chunk.
+    chunk_left: usize,
 }
 
 impl Default for ChunkGuard {
     fn default() -> Self {
         ChunkGuard {
             max_chunk_size: INITIAL_CHUNK_SIZE,
+            previous_low: [None; 64],
             previous: HashMap::new(),
             current: Header::default(),
             current_csid: 0,
@@ -107,17 +118,85 @@ impl Default for ChunkGuard {
             stage: Stage::BasicHeader,
             pending: BytesMut::new(),
             payload: Vec::new(),
+            received: 0,
+            chunk_left: 0,
         }
     }
 }
+
+/// Message types whose body [`ChunkGuard::inspect`] reads: protocol and user control,
+/// AMF0/AMF3 data, shared objects and commands.
+fn inspected(type_id: u8) -> bool {
+    matches!(type_id, 1..=6 | 15 | 17 | 18 | 20)
+}
+
+/// Header bytes taken into `pending` at a time: more than the longest chunk header
+/// (3 + 11 + 4), so a header never needs two top-ups.
+const HEADER_WINDOW: usize = 32;
 
 impl ChunkGuard {
     /// Takes the bytes rml_rtmp is about to be given (after the handshake); an error
     /// means they must not reach it and the connection is to be closed.
     pub fn check(&mut self, bytes: &[u8]) -> Result<(), GuardError> {
-        self.pending.extend_from_slice(bytes);
-        while self.step()? {}
-        Ok(())
+        let mut input = bytes;
+        loop {
+            if self.stage == Stage::Payload && self.pending.is_empty() {
+                // Payload straight from the input, copied only if it gets inspected.
+                let n = self.take_payload(input)?;
+                input = &input[n..];
+                if self.stage == Stage::Payload {
+                    return Ok(()); // the chunk goes on in the next read
+                }
+                continue;
+            }
+            if !input.is_empty() && self.pending.len() < HEADER_WINDOW {
+                let n = input.len().min(HEADER_WINDOW - self.pending.len());
+                self.pending.extend_from_slice(&input[..n]);
+                input = &input[n..];
+            }
+            if !self.step()? && input.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn previous_header(&mut self, csid: u32) -> Option<Header> {
+        match self.previous_low.get(csid as usize) {
+            Some(h) => *h,
+            None => self.previous.get(&csid).copied(),
+        }
+    }
+
+    fn remember_header(&mut self) {
+        let (csid, h) = (self.current_csid, self.current);
+        match self.previous_low.get_mut(csid as usize) {
+            Some(slot) => *slot = Some(h),
+            None => {
+                self.previous.insert(csid, h);
+            }
+        }
+    }
+
+    /// Consumes payload bytes of the current chunk from `src`; at the chunk's end, the
+    /// message is inspected if it is complete and the next chunk header is awaited.
+    fn take_payload(&mut self, src: &[u8]) -> Result<usize, GuardError> {
+        let n = self.chunk_left.min(src.len());
+        if inspected(self.current.type_id) {
+            self.payload.extend_from_slice(&src[..n]);
+        }
+        self.received += n;
+        self.chunk_left -= n;
+        if self.chunk_left == 0 {
+            if self.received == self.current.message_length as usize {
+                let result = self.inspect(self.current.type_id);
+                self.payload.clear();
+                self.received = 0;
+                result?;
+            }
+            self.remember_header();
+            self.stage = Stage::BasicHeader;
+        }
+        Ok(n)
     }
 
     /// Advances one stage; `false` when more bytes are needed.
@@ -140,8 +219,7 @@ impl ChunkGuard {
                 self.current = if self.format == 0 {
                     Header::default()
                 } else {
-                    self.previous
-                        .remove(&csid)
+                    self.previous_header(csid)
                         .ok_or(GuardError::NoPreviousHeader(csid))?
                 };
                 self.current_csid = csid;
@@ -184,38 +262,39 @@ impl ChunkGuard {
                         self.pending[3],
                     ]);
                     // rml_rtmp computes `ext - 0xFFFFFF` for a continuation header.
-                    if self.format != 0 && self.payload.is_empty() && ext < MAX_THREE_BYTE_TIMESTAMP
-                    {
+                    if self.format != 0 && self.received == 0 && ext < MAX_THREE_BYTE_TIMESTAMP {
                         return Err(GuardError::BadExtendedTimestamp);
                     }
                     self.pending.advance(4);
                 }
-                self.stage = Stage::Payload;
-            }
-            Stage::Payload => {
                 let length = self.current.message_length as usize;
                 let remaining = length
-                    .checked_sub(self.payload.len())
+                    .checked_sub(self.received)
                     .ok_or(GuardError::ShrunkMessage)?;
                 // rml_rtmp reads a whole message in one chunk when it fits the chunk size,
                 // else min(remaining, chunk size): mirrored, odd as it is.
-                let take = if length > self.max_chunk_size {
+                self.chunk_left = if length > self.max_chunk_size {
                     remaining.min(self.max_chunk_size)
                 } else {
                     length
                 };
-                if self.pending.len() < take {
+                if self.received + self.chunk_left > length {
+                    // rml_rtmp would read past the message's end: the same underflow.
+                    return Err(GuardError::ShrunkMessage);
+                }
+                self.stage = Stage::Payload;
+                if self.chunk_left == 0 {
+                    self.take_payload(&[])?;
+                }
+            }
+            Stage::Payload => {
+                if self.pending.is_empty() {
                     return Ok(false);
                 }
-                self.payload.extend_from_slice(&self.pending[..take]);
-                self.pending.advance(take);
-                if self.payload.len() == length {
-                    let result = self.inspect(self.current.type_id);
-                    self.payload.clear();
-                    result?;
-                }
-                self.previous.insert(self.current_csid, self.current);
-                self.stage = Stage::BasicHeader;
+                let pending = std::mem::take(&mut self.pending);
+                let n = self.take_payload(&pending)?;
+                self.pending = pending;
+                self.pending.advance(n);
             }
         }
         Ok(true)

@@ -1,9 +1,14 @@
-//! A publishing RTMP connection without I/O: bytes in, [`RtmpAction`]s out.
+//! A publishing RTMP connection without I/O: bytes and the time in, [`RtmpAction`]s out.
 //!
 //! Wraps rml_rtmp's handshake and `ServerSession` (both sans-IO) and turns
 //! their events into what Sluice cares about: a publish request to authorise,
-//! codec configurations and frames with timestamps. The socket side lives in
-//! [`crate::rtmp`].
+//! codec configurations and frames with timestamps. It also holds the connection's
+//! policy ([`RtmpPolicy`]): the application name, the deadlines (handshake, publish,
+//! idle) and the byte caps, so all of it is testable without a socket. The socket side
+//! lives in [`crate::rtmp`]: it reads until [`RtmpSession::deadline`], feeds the bytes
+//! in and carries out the actions.
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
@@ -12,21 +17,46 @@ use rml_rtmp::sessions::{
 };
 use sluice_core::{AudioConfig, Frame, TrackKind, VideoConfig};
 
+use crate::error::{EndReason, contained};
 use crate::flv::{self, FlvAudio, FlvVideo};
-use crate::rtmp_guard::{ChunkGuard, GuardError};
+use crate::rtmp::Refusal;
+use crate::rtmp_guard::ChunkGuard;
 
 /// The RTMP application publishers must use: `rtmp://HOST/live/<stream_key>`.
 pub const RTMP_APP: &str = "live";
 
-#[derive(Debug, thiserror::Error)]
-pub enum RtmpError {
-    #[error("RTMP handshake failed: {0}")]
-    Handshake(String),
-    #[error("RTMP protocol error: {0}")]
-    Protocol(String),
-    /// Input that would crash or mislead rml_rtmp, stopped before it got there.
-    #[error("RTMP input refused: {0}")]
-    Refused(#[from] GuardError),
+/// What one RTMP connection may do, and for how long.
+#[derive(Debug, Clone)]
+pub struct RtmpPolicy {
+    /// The application in `rtmp://HOST/<app>/<stream_key>`; any other is refused.
+    pub app: String,
+    /// From accept to a completed handshake.
+    pub handshake_timeout: Duration,
+    /// From accept to an accepted publish (handshake, connect, createStream, publish):
+    /// a peer that is not publishing by then is closed, so idle peers cannot hold slots.
+    pub publish_timeout: Duration,
+    /// A publisher that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Bytes a peer may send before it is publishing (handshake, connect, publish commands).
+    pub max_bytes_before_publish: usize,
+    /// Bytes a publisher may send without completing a frame: bounds what the RTMP
+    /// chunk decoder can be made to buffer for one connection.
+    pub max_bytes_between_frames: usize,
+}
+
+impl Default for RtmpPolicy {
+    fn default() -> Self {
+        RtmpPolicy {
+            app: RTMP_APP.to_owned(),
+            // A handshake is two round trips and a publish about four more: seconds
+            // even over a satellite link, so idle or slow peers are gone quickly.
+            handshake_timeout: Duration::from_secs(3),
+            publish_timeout: Duration::from_secs(6),
+            idle_timeout: Duration::from_secs(30),
+            max_bytes_before_publish: 1 << 20,
+            max_bytes_between_frames: 32 << 20,
+        }
+    }
 }
 
 /// What the connection should do next.
@@ -34,10 +64,10 @@ pub enum RtmpError {
 pub enum RtmpAction {
     /// Bytes to write to the peer, in order.
     Send(Vec<u8>),
-    /// The peer asks to publish; answer with [`RtmpSession::accept`] or [`RtmpSession::reject`].
+    /// The peer asks to publish (on the right application, not publishing already);
+    /// answer with [`RtmpSession::accept`] or [`RtmpSession::reject`].
     PublishRequested {
         request_id: u32,
-        app: String,
         stream_key: String,
     },
     VideoConfig(VideoConfig),
@@ -48,9 +78,10 @@ pub enum RtmpAction {
     PublishFinished,
     /// Something in the stream was dropped (a malformed tag); logged by the shell.
     Dropped(String),
-    /// The stream cannot be taken (a video codec other than H.264, video without its
-    /// AVC sequence header): the shell closes the connection with this reason.
-    Unsupported(String),
+    /// The connection ends, after the `Send`s before this one: a refused publish, an
+    /// unknown application, a stream that cannot be taken (a video codec other than
+    /// H.264, video without its AVC sequence header).
+    Close(EndReason),
 }
 
 enum State {
@@ -84,6 +115,11 @@ pub struct RtmpSession {
     guard: ChunkGuard,
     media: TagMedia,
     publishing: Option<String>,
+    policy: RtmpPolicy,
+    accepted_at: Instant,
+    last_input: Instant,
+    /// Bytes received since the last complete frame (or since accept, before publishing).
+    unproductive: usize,
 }
 
 /// The media of an RTMP stream, in either direction (a publisher sending to us, or a
@@ -106,25 +142,52 @@ const MS: i64 = 1_000_000;
 /// known cases are refused by [`ChunkGuard`] before rml_rtmp sees them; this is the
 /// backstop for unknown ones (a stack overflow, which no unwinding can catch, is the
 /// guard's job alone). The session is unusable afterwards; the error closes the connection.
-fn contain_panic<T>(parse: impl FnOnce() -> T) -> Result<T, RtmpError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
-        .map_err(|_| RtmpError::Protocol("malformed input made rml_rtmp panic".into()))
+fn contain_panic<T>(parse: impl FnOnce() -> T) -> Result<T, EndReason> {
+    contained("rml_rtmp", parse)
 }
 
-impl Default for RtmpSession {
-    fn default() -> Self {
-        Self::new()
-    }
+fn protocol(e: impl std::fmt::Debug) -> EndReason {
+    EndReason::Protocol(format!("{e:?}"))
 }
 
 impl RtmpSession {
-    pub fn new() -> Self {
+    /// A connection accepted at `now`.
+    pub fn new(policy: RtmpPolicy, now: Instant) -> Self {
         RtmpSession {
             state: State::Handshaking(Box::new(Handshake::new(PeerType::Server))),
             guard: ChunkGuard::default(),
             media: TagMedia::default(),
             publishing: None,
+            policy,
+            accepted_at: now,
+            last_input: now,
+            unproductive: 0,
         }
+    }
+
+    /// When the connection is closed if nothing more arrives, and what it waits for:
+    /// the handshake and the publish by fixed deadlines from accept, media within the
+    /// idle timeout of the last input.
+    pub fn deadline(&self) -> (Instant, &'static str) {
+        if self.publishing.is_some() {
+            (self.last_input + self.policy.idle_timeout, "media")
+        } else if self.is_handshaking() {
+            (
+                self.accepted_at + self.policy.handshake_timeout,
+                "the handshake",
+            )
+        } else {
+            (self.accepted_at + self.policy.publish_timeout, "a publish")
+        }
+    }
+
+    /// The error to close with if `now` is past the deadline.
+    pub fn check_deadline(&self, now: Instant) -> Result<(), EndReason> {
+        let (at, waiting_for) = self.deadline();
+        if now >= at {
+            return Err(EndReason::Timeout(waiting_for));
+        }
+        Ok(())
     }
 
     /// Still in the RTMP handshake (C0/C1/C2).
@@ -137,12 +200,37 @@ impl RtmpSession {
         self.publishing.as_deref()
     }
 
-    pub fn handle_input(&mut self, bytes: &[u8]) -> Result<Vec<RtmpAction>, RtmpError> {
+    /// Bytes read from the peer at `now`. Bytes that arrive past the deadline, or more
+    /// bytes than the policy allows without a complete frame, end the connection.
+    pub fn handle_input(
+        &mut self,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<Vec<RtmpAction>, EndReason> {
+        self.check_deadline(now)?;
+        self.last_input = now;
+        self.unproductive = self.unproductive.saturating_add(bytes.len());
+        let cap = if self.publishing.is_some() {
+            self.policy.max_bytes_between_frames
+        } else {
+            self.policy.max_bytes_before_publish
+        };
+        if self.unproductive > cap {
+            return Err(EndReason::Unproductive(self.unproductive));
+        }
+        let out = self.input(bytes)?;
+        if out.iter().any(|a| matches!(a, RtmpAction::Frame(_))) {
+            self.unproductive = 0;
+        }
+        Ok(out)
+    }
+
+    fn input(&mut self, bytes: &[u8]) -> Result<Vec<RtmpAction>, EndReason> {
         let mut out = Vec::new();
         match &mut self.state {
             State::Handshaking(hs) => {
                 match contain_panic(|| hs.process_bytes(bytes))?
-                    .map_err(|e| RtmpError::Handshake(format!("{e:?}")))?
+                    .map_err(|e| EndReason::Handshake(format!("{e:?}")))?
                 {
                     HandshakeProcessResult::InProgress { response_bytes } => {
                         if !response_bytes.is_empty() {
@@ -156,61 +244,68 @@ impl RtmpSession {
                         if !response_bytes.is_empty() {
                             out.push(RtmpAction::Send(response_bytes));
                         }
-                        let (session, results) = ServerSession::new(ServerSessionConfig::new())
-                            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+                        let (session, results) =
+                            ServerSession::new(ServerSessionConfig::new()).map_err(protocol)?;
                         self.state = State::Session(Box::new(session));
                         self.process(results, &mut out)?;
                         if !remaining_bytes.is_empty() {
-                            out.extend(self.handle_input(&remaining_bytes)?);
+                            out.extend(self.input(&remaining_bytes)?);
                         }
                     }
                 }
             }
             State::Session(session) => {
                 self.guard.check(bytes)?;
-                let results = contain_panic(|| session.handle_input(bytes))?
-                    .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+                let results = contain_panic(|| session.handle_input(bytes))?.map_err(protocol)?;
                 self.process(results, &mut out)?;
             }
         }
         Ok(out)
     }
 
-    fn session(&mut self) -> Result<&mut ServerSession, RtmpError> {
+    fn session(&mut self) -> Result<&mut ServerSession, EndReason> {
         match &mut self.state {
             State::Session(s) => Ok(s),
-            State::Handshaking(_) => Err(RtmpError::Protocol("request before handshake".into())),
+            State::Handshaking(_) => Err(EndReason::Protocol("request before handshake".into())),
         }
     }
 
-    /// Accepts a pending connect or publish request.
+    /// Accepts a pending connect request, or (with its stream key) a publish request.
     pub fn accept(
         &mut self,
         request_id: u32,
         stream_key: Option<&str>,
-    ) -> Result<Vec<RtmpAction>, RtmpError> {
+    ) -> Result<Vec<RtmpAction>, EndReason> {
         let results = self
             .session()?
             .accept_request(request_id)
-            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+            .map_err(protocol)?;
         if let Some(k) = stream_key {
             self.publishing = Some(k.to_owned());
+            // The byte cap between frames counts from here.
+            self.unproductive = 0;
         }
         let mut out = Vec::new();
         self.process(results, &mut out)?;
         Ok(out)
     }
 
-    /// Refuses a pending request; the shell closes the connection after sending.
+    /// Refuses a pending request: the answer to send, then [`RtmpAction::Close`].
     pub fn reject(
         &mut self,
         request_id: u32,
-        description: &str,
-    ) -> Result<Vec<RtmpAction>, RtmpError> {
+        refusal: Refusal,
+    ) -> Result<Vec<RtmpAction>, EndReason> {
+        let mut out = self.refuse(request_id, &refusal.to_string())?;
+        out.push(RtmpAction::Close(EndReason::Refused(refusal)));
+        Ok(out)
+    }
+
+    fn refuse(&mut self, request_id: u32, description: &str) -> Result<Vec<RtmpAction>, EndReason> {
         let results = self
             .session()?
             .reject_request(request_id, "NetStream.Publish.BadName", description)
-            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+            .map_err(protocol)?;
         let mut out = Vec::new();
         self.process(results, &mut out)?;
         Ok(out)
@@ -220,7 +315,7 @@ impl RtmpSession {
         &mut self,
         results: Vec<ServerSessionResult>,
         out: &mut Vec<RtmpAction>,
-    ) -> Result<(), RtmpError> {
+    ) -> Result<(), EndReason> {
         for r in results {
             match r {
                 ServerSessionResult::OutboundResponse(p) => out.push(RtmpAction::Send(p.bytes)),
@@ -235,18 +330,20 @@ impl RtmpSession {
         &mut self,
         ev: ServerSessionEvent,
         out: &mut Vec<RtmpAction>,
-    ) -> Result<(), RtmpError> {
+    ) -> Result<(), EndReason> {
         match ev {
             ServerSessionEvent::ConnectionRequested {
                 request_id,
                 app_name,
             } => {
-                if app_name != RTMP_APP {
-                    let rejected = self.reject(request_id, "unknown application")?;
+                if app_name != self.policy.app {
+                    let rejected = self.refuse(request_id, "unknown application")?;
                     out.extend(rejected);
-                    return Err(RtmpError::Protocol(format!(
-                        "unknown RTMP application {app_name:?}"
-                    )));
+                    out.push(RtmpAction::Close(EndReason::Protocol(format!(
+                        "unknown RTMP application {:?}",
+                        app_name.chars().take(64).collect::<String>()
+                    ))));
+                    return Ok(());
                 }
                 let accepted = self.accept(request_id, None)?;
                 out.extend(accepted);
@@ -257,11 +354,22 @@ impl RtmpSession {
                 stream_key,
                 ..
             } => {
-                out.push(RtmpAction::PublishRequested {
-                    request_id,
-                    app: app_name,
-                    stream_key,
-                });
+                // An unknown application is answered like an unknown key: the peer
+                // learns nothing about which keys exist.
+                let refusal = if app_name != self.policy.app {
+                    Some(Refusal::UnknownKey)
+                } else if self.publishing.is_some() {
+                    Some(Refusal::Busy)
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(r) => out.extend(self.reject(request_id, r)?),
+                    None => out.push(RtmpAction::PublishRequested {
+                        request_id,
+                        stream_key,
+                    }),
+                }
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 self.publishing = None;
@@ -309,9 +417,9 @@ impl TagMedia {
                 data,
             }) => {
                 let Some(cfg) = &self.video else {
-                    out.push(RtmpAction::Unsupported(
+                    out.push(RtmpAction::Close(EndReason::Unsupported(
                         "video before its AVC sequence header".into(),
-                    ));
+                    )));
                     return;
                 };
                 if !flv::avcc_is_well_formed(&data, cfg.nal_length_size) {
@@ -330,7 +438,7 @@ impl TagMedia {
             }
             Ok(FlvVideo::EndOfSequence | FlvVideo::Ignored) => {}
             Err(e @ (flv::FlvError::UnsupportedVideoCodec(_) | flv::FlvError::EnhancedRtmp)) => {
-                out.push(RtmpAction::Unsupported(e.to_string()))
+                out.push(RtmpAction::Close(EndReason::Unsupported(e.to_string())))
             }
             Err(e) => out.push(RtmpAction::Dropped(e.to_string())),
         }
@@ -363,6 +471,7 @@ impl TagMedia {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rtmp_guard::GuardError;
 
     #[test]
     fn timestamps_extend_past_wrap() {
@@ -387,10 +496,10 @@ mod tests {
 
     /// C0 and an all-zero C1 and C2: rml_rtmp falls back to the plain handshake.
     fn handshaken() -> RtmpSession {
-        let mut s = RtmpSession::new();
+        let mut s = RtmpSession::new(RtmpPolicy::default(), Instant::now());
         let mut hs = vec![3u8];
         hs.resize(1 + 2 * 1536, 0);
-        s.handle_input(&hs).expect("handshake");
+        s.handle_input(&hs, Instant::now()).expect("handshake");
         assert!(matches!(s.state, State::Session(_)));
         s
     }
@@ -410,8 +519,8 @@ mod tests {
         let mut input = chunk0(10, 20);
         input.extend_from_slice(b"\x02\x00\x07connect");
         assert!(matches!(
-            s.handle_input(&input),
-            Err(RtmpError::Refused(GuardError::ShortCommand))
+            s.handle_input(&input, Instant::now()),
+            Err(EndReason::Malformed(GuardError::ShortCommand))
         ));
     }
 
@@ -439,8 +548,10 @@ mod tests {
                 input.extend_from_slice(part);
             }
             assert!(matches!(
-                s.handle_input(&input),
-                Err(RtmpError::Refused(GuardError::Amf0TooDeep { type_id: 20 }))
+                s.handle_input(&input, Instant::now()),
+                Err(EndReason::Malformed(GuardError::Amf0TooDeep {
+                    type_id: 20
+                }))
             ));
         }
     }
@@ -451,8 +562,8 @@ mod tests {
         let mut input = chunk0(4, 1);
         input.extend_from_slice(&0u32.to_be_bytes());
         assert!(matches!(
-            s.handle_input(&input),
-            Err(RtmpError::Refused(GuardError::ChunkSizeZero))
+            s.handle_input(&input, Instant::now()),
+            Err(EndReason::Malformed(GuardError::ChunkSizeZero))
         ));
     }
 
@@ -466,20 +577,262 @@ mod tests {
         input.extend_from_slice(&[0x43, 0, 0, 0, 0, 0, 10, 20]); // type 1: length 10
         input.extend_from_slice(&[0u8; 10]);
         assert!(matches!(
-            s.handle_input(&input),
-            Err(RtmpError::Refused(GuardError::ShrunkMessage))
+            s.handle_input(&input, Instant::now()),
+            Err(EndReason::Malformed(GuardError::ShrunkMessage))
         ));
+    }
+
+    /// An rml_rtmp client talking to a session in memory, the clock under the test's control.
+    struct Wire {
+        server: RtmpSession,
+        client: rml_rtmp::sessions::ClientSession,
+        now: Instant,
+        /// The client's events so far.
+        events: Vec<rml_rtmp::sessions::ClientSessionEvent>,
+    }
+
+    fn sends(actions: &[RtmpAction]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for a in actions {
+            if let RtmpAction::Send(b) = a {
+                out.extend_from_slice(b);
+            }
+        }
+        out
+    }
+
+    impl Wire {
+        /// Handshaken, at `t0`.
+        fn new(policy: RtmpPolicy, t0: Instant) -> Wire {
+            use rml_rtmp::handshake::HandshakeProcessResult as R;
+            let mut server = RtmpSession::new(policy, t0);
+            let mut hs = Handshake::new(PeerType::Client);
+            let c0c1 = hs.generate_outbound_p0_and_p1().unwrap();
+            let mut to_client = sends(&server.handle_input(&c0c1, t0).unwrap());
+            let opening = loop {
+                match hs.process_bytes(&to_client).unwrap() {
+                    R::InProgress { response_bytes } => {
+                        to_client = sends(&server.handle_input(&response_bytes, t0).unwrap());
+                    }
+                    R::Completed { response_bytes, .. } => {
+                        break server.handle_input(&response_bytes, t0).unwrap();
+                    }
+                }
+            };
+            assert!(!server.is_handshaking());
+            let config = rml_rtmp::sessions::ClientSessionConfig::new();
+            let (client, _) = rml_rtmp::sessions::ClientSession::new(config).unwrap();
+            let mut wire = Wire {
+                server,
+                client,
+                now: t0,
+                events: Vec::new(),
+            };
+            // The server's opening messages (chunk size, window size).
+            assert!(wire.deliver(opening).is_empty());
+            wire
+        }
+
+        /// A client packet to the server; what the server sends goes back to the client.
+        /// The server's other actions are returned.
+        fn send(
+            &mut self,
+            r: rml_rtmp::sessions::ClientSessionResult,
+        ) -> Result<Vec<RtmpAction>, EndReason> {
+            let rml_rtmp::sessions::ClientSessionResult::OutboundResponse(p) = r else {
+                panic!("not a packet");
+            };
+            let actions = self.server.handle_input(&p.bytes, self.now)?;
+            Ok(self.deliver(actions))
+        }
+
+        /// The server's `Send`s go to the client, the client's answers back, until both
+        /// are quiet: the server's other actions, in order.
+        fn deliver(&mut self, actions: Vec<RtmpAction>) -> Vec<RtmpAction> {
+            use rml_rtmp::sessions::ClientSessionResult as C;
+            let mut kept = Vec::new();
+            let mut actions = actions;
+            loop {
+                let back = sends(&actions);
+                kept.extend(
+                    actions
+                        .into_iter()
+                        .filter(|a| !matches!(a, RtmpAction::Send(_))),
+                );
+                if back.is_empty() {
+                    return kept;
+                }
+                let mut answer = Vec::new();
+                for r in self.client.handle_input(&back).unwrap() {
+                    match r {
+                        C::RaisedEvent(e) => self.events.push(e),
+                        C::OutboundResponse(p) => answer.extend_from_slice(&p.bytes),
+                        C::UnhandleableMessageReceived(_) => {}
+                    }
+                }
+                actions = self.server.handle_input(&answer, self.now).unwrap();
+            }
+        }
+
+        fn connect(&mut self, app: &str) -> Result<Vec<RtmpAction>, EndReason> {
+            let r = self.client.request_connection(app.to_owned()).unwrap();
+            self.send(r)
+        }
+
+        /// Connects to `live` and asks to publish `key`: the publish request's id.
+        fn request_publish(&mut self, key: &str) -> u32 {
+            assert!(self.connect(RTMP_APP).unwrap().is_empty());
+            let r = self
+                .client
+                .request_publishing(key.to_owned(), rml_rtmp::sessions::PublishRequestType::Live)
+                .unwrap();
+            let actions = self.send(r).unwrap();
+            match actions.as_slice() {
+                [
+                    RtmpAction::PublishRequested {
+                        request_id,
+                        stream_key,
+                    },
+                ] => {
+                    assert_eq!(stream_key, key);
+                    *request_id
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// The session keeps the deadlines: the handshake and the publish from accept, media
+    /// from the last input; input past the deadline ends the connection.
+    #[test]
+    fn deadlines_follow_the_stage_of_the_connection() {
+        let policy = RtmpPolicy::default();
+        let t0 = Instant::now();
+        let fresh = RtmpSession::new(policy.clone(), t0);
+        assert_eq!(
+            fresh.deadline(),
+            (t0 + policy.handshake_timeout, "the handshake")
+        );
+        let mut late = RtmpSession::new(policy.clone(), t0);
+        assert!(matches!(
+            late.handle_input(&[3], t0 + policy.handshake_timeout),
+            Err(EndReason::Timeout("the handshake"))
+        ));
+
+        let mut w = Wire::new(policy.clone(), t0);
+        assert_eq!(
+            w.server.deadline(),
+            (t0 + policy.publish_timeout, "a publish")
+        );
+        let id = w.request_publish("k");
+        w.deliver_accept(id);
+        assert_eq!(w.server.publishing(), Some("k"));
+        let t1 = t0 + Duration::from_secs(5);
+        w.now = t1;
+        let ping = w.client.send_ping_request().unwrap().0;
+        w.send(rml_rtmp::sessions::ClientSessionResult::OutboundResponse(
+            ping,
+        ))
+        .unwrap();
+        assert_eq!(w.server.deadline(), (t1 + policy.idle_timeout, "media"));
+        assert!(w.server.check_deadline(t1 + policy.idle_timeout).is_err());
+        assert!(
+            w.server
+                .check_deadline(t1 + policy.idle_timeout / 2)
+                .is_ok()
+        );
+    }
+
+    impl Wire {
+        fn deliver_accept(&mut self, request_id: u32) {
+            let actions = self.server.accept(request_id, Some("k")).unwrap();
+            assert!(self.deliver(actions).is_empty());
+            assert!(self.events.iter().any(|e| matches!(
+                e,
+                rml_rtmp::sessions::ClientSessionEvent::PublishRequestAccepted
+            )));
+        }
+    }
+
+    /// Another application is refused at connect: the refusal is sent, then the close.
+    #[test]
+    fn an_unknown_application_is_answered_then_closed() {
+        let mut w = Wire::new(RtmpPolicy::default(), Instant::now());
+        let actions = w.connect("admin").unwrap();
+        assert!(
+            matches!(actions.as_slice(), [RtmpAction::Close(EndReason::Protocol(m))] if m.contains("\"admin\"")),
+            "{actions:?}"
+        );
+        assert!(w.events.iter().any(|e| matches!(
+            e,
+            rml_rtmp::sessions::ClientSessionEvent::ConnectionRequestRejected { .. }
+        )));
+    }
+
+    /// A refused publish: its answer goes out, then the connection closes with the reason.
+    #[test]
+    fn a_refused_publish_is_answered_then_closed() {
+        let mut w = Wire::new(RtmpPolicy::default(), Instant::now());
+        let id = w.request_publish("nope");
+        let actions = w.server.reject(id, Refusal::UnknownKey).unwrap();
+        assert!(matches!(actions.first(), Some(RtmpAction::Send(_))));
+        assert!(matches!(
+            actions.last(),
+            Some(RtmpAction::Close(EndReason::Refused(Refusal::UnknownKey)))
+        ));
+        assert_eq!(w.server.publishing(), None);
+    }
+
+    /// The byte caps: before a publish, and between frames once publishing, a peer can
+    /// only make the session buffer so much.
+    #[test]
+    fn bytes_without_a_frame_are_capped() {
+        let policy = RtmpPolicy {
+            max_bytes_before_publish: 4096,
+            max_bytes_between_frames: 64 * 1024,
+            ..RtmpPolicy::default()
+        };
+        // A message that never completes: SetChunkSize 65536, then a 4 MB audio message.
+        let mut stuck = chunk0(4, 1);
+        stuck.extend_from_slice(&65536u32.to_be_bytes());
+        stuck.extend_from_slice(&chunk0(4_000_000, 8));
+        let filler = vec![0u8; 16 * 1024];
+
+        let mut w = Wire::new(policy.clone(), Instant::now());
+        let mut r = w.server.handle_input(&stuck, w.now);
+        while r.is_ok() {
+            r = w.server.handle_input(&filler, w.now);
+        }
+        assert!(
+            matches!(r, Err(EndReason::Unproductive(n)) if n > 4096),
+            "{r:?}"
+        );
+
+        let mut w = Wire::new(policy, Instant::now());
+        let id = w.request_publish("k");
+        w.deliver_accept(id);
+        let mut sent = 0;
+        let mut r = w.server.handle_input(&stuck, w.now);
+        while r.is_ok() {
+            sent += filler.len();
+            assert!(sent < 200 * 1024, "never capped");
+            r = w.server.handle_input(&filler, w.now);
+        }
+        assert!(
+            matches!(r, Err(EndReason::Unproductive(n)) if n > 64 * 1024),
+            "{r:?}"
+        );
     }
 
     #[test]
     fn garbage_handshake_is_an_error_not_a_panic() {
-        let mut s = RtmpSession::new();
+        let mut s = RtmpSession::new(RtmpPolicy::default(), Instant::now());
         // RTMP version byte must be 3.
-        let r = s.handle_input(&[0x06; 1537]);
+        let r = s.handle_input(&[0x06; 1537], Instant::now());
         assert!(r.is_err());
-        let mut s = RtmpSession::new();
+        let mut s = RtmpSession::new(RtmpPolicy::default(), Instant::now());
         for chunk in [0u8, 3, 255].iter().map(|b| vec![*b; 100]) {
-            let _ = s.handle_input(&chunk);
+            let _ = s.handle_input(&chunk, Instant::now());
         }
     }
 }

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::net::SocketAddr;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,10 +41,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{PublishEnded, Publisher};
+use crate::bus::Publisher;
+use crate::error::{self, EndReason, IngestError, Transport};
 use crate::rtmp::{PublishRouter, Refusal};
 use crate::srt_streamid::{SrtMode, StreamIdError, parse_stream_id};
-use crate::ts_demux::{TsDemuxer, TsError, TsEvent};
+use crate::ts_demux::{TsDemuxer, TsEvent};
 
 pub use srt_protocol::settings::KeySettings;
 
@@ -173,7 +173,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 
 /// Runs `f`, turning a panic inside srt-protocol into `None`.
 fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
-    catch_unwind(AssertUnwindSafe(f)).ok()
+    error::contained("srt-protocol", f).ok()
 }
 
 /// A handshake in progress.
@@ -237,9 +237,12 @@ pub async fn serve_srt(
     };
     let mut buf = vec![0u8; 65536];
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let cancel = l.cancel.clone();
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let received = tokio::select! {
-            _ = l.cancel.cancelled() => break,
+            _ = &mut cancelled => break,
             Some(_) = l.conns.join_next(), if !l.conns.is_empty() => continue,
             _ = sweep.tick() => {
                 l.sweep();
@@ -256,6 +259,14 @@ pub async fn serve_srt(
             }
         };
         l.datagram(&buf[..n], from).await;
+        // Whatever else has arrived, before going back to the select: datagrams come
+        // by the thousand per second.
+        for _ in 0..64 {
+            match l.socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => l.datagram(&buf[..n], from).await,
+                Err(_) => break,
+            }
+        }
     }
     // Connections saw `cancel`; they send their shutdown and end.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -526,23 +537,6 @@ struct Connection {
     limits: Arc<SrtLimits>,
 }
 
-/// Why an SRT connection ended.
-#[derive(Debug, thiserror::Error)]
-enum ConnectionEnd {
-    #[error("no media for {0:?}")]
-    Idle(Duration),
-    #[error("the SRT connection closed (peer shut down or went silent)")]
-    Closed,
-    #[error("bad input: {0}")]
-    Ts(#[from] TsError),
-    #[error("publisher closed: {0}")]
-    PublisherEnded(PublishEnded),
-    #[error("srt-protocol failed on this connection (panic contained)")]
-    Panicked,
-    #[error("server shutting down")]
-    Cancelled,
-}
-
 impl Connection {
     async fn run(mut self, mut rx: mpsc::Receiver<Packet>, cancel: CancellationToken) {
         let channel = self.publisher.channel().clone();
@@ -550,61 +544,71 @@ impl Connection {
         let mut events = Vec::new();
         let mut out = BytesMut::with_capacity(2048);
         let mut last_media = Instant::now();
+        // Made once, not per datagram.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let timer = tokio::time::sleep_until(last_media.into());
+        tokio::pin!(timer);
+        // Reused: this loop runs for every datagram.
+        let (mut packets, mut data) = (Vec::new(), Vec::new());
         let end = loop {
             let now = Instant::now();
             // What the connection wants sent, and the media it releases.
             let step = contained(|| {
-                let mut packets = Vec::new();
                 while let Some(p) = self.conn.next_packet(now) {
                     packets.push(p);
                 }
-                let mut data = Vec::new();
                 while let Some((_, d)) = self.conn.next_data(now) {
                     data.push(d);
                 }
-                let next = self.conn.check_timers(now);
-                (packets, data, next, self.conn.is_open())
+                (self.conn.check_timers(now), self.conn.is_open())
             });
-            let Some((packets, data, next, open)) = step else {
-                break Err(ConnectionEnd::Panicked);
+            let Some((next, open)) = step else {
+                break EndReason::Panicked("srt-protocol");
             };
-            for (packet, to) in packets {
+            for (packet, to) in packets.drain(..) {
                 out.clear();
                 packet.serialize(&mut out);
                 let _ = self.socket.send_to(&out, to).await;
             }
             let mut failed = None;
-            for d in data {
+            for d in data.drain(..) {
                 last_media = now;
+                if failed.is_some() {
+                    continue;
+                }
                 if let Err(e) = demux.push(&d, &mut events) {
                     failed = Some(e);
-                    break;
+                    continue;
                 }
                 deliver(&mut self.publisher, &mut events, self.peer);
             }
             if let Some(e) = failed {
-                break Err(e.into());
+                break e.into();
             }
             if let Some(why) = self.publisher.ended() {
-                break Err(ConnectionEnd::PublisherEnded(why));
+                break EndReason::PublisherEnded(why);
             }
             if !open {
-                break Err(ConnectionEnd::Closed);
+                break EndReason::Closed;
             }
             let idle_at = last_media + self.limits.idle_timeout;
             if now >= idle_at {
-                break Err(ConnectionEnd::Idle(self.limits.idle_timeout));
+                break EndReason::Idle(self.limits.idle_timeout);
             }
-            let wake = next.min(idle_at);
+            let wake = tokio::time::Instant::from_std(next.min(idle_at));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
-                _ = cancel.cancelled() => break Err(ConnectionEnd::Cancelled),
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = &mut cancelled => break EndReason::Cancelled,
+                _ = &mut timer => {}
                 p = rx.recv() => {
-                    let Some(p) = p else { break Err(ConnectionEnd::Closed) };
+                    let Some(p) = p else { break EndReason::Closed };
                     let now = Instant::now();
                     let peer = self.peer;
                     if contained(|| self.conn.handle_packet_input(now, Ok((p, peer)))).is_none() {
-                        break Err(ConnectionEnd::Panicked);
+                        break EndReason::Panicked("srt-protocol");
                     }
                     // Take whatever else has arrived before running the timers again.
                     while let Ok(p) = rx.try_recv() {
@@ -615,12 +619,12 @@ impl Connection {
                 }
             }
         };
-        if matches!(end, Err(ConnectionEnd::Closed)) {
+        if matches!(end, EndReason::Closed) {
             demux.finish(&mut events);
             deliver(&mut self.publisher, &mut events, self.peer);
         }
         // Tell the caller we are done (SRT shutdown), best effort.
-        if !matches!(end, Err(ConnectionEnd::Closed | ConnectionEnd::Panicked)) {
+        if !matches!(end, EndReason::Closed | EndReason::Panicked(_)) {
             let now = Instant::now();
             let packets = contained(|| {
                 self.conn.handle_data_input(now, None);
@@ -640,19 +644,7 @@ impl Connection {
         }
         let peer = self.peer;
         drop(self);
-        match end {
-            Ok(()) | Err(ConnectionEnd::Closed) => {
-                tracing::info!(%peer, %channel, "SRT publisher left")
-            }
-            Err(
-                e @ (ConnectionEnd::Ts(_)
-                | ConnectionEnd::PublisherEnded(_)
-                | ConnectionEnd::Panicked),
-            ) => {
-                tracing::warn!(%peer, %channel, error = %e, "SRT connection closed")
-            }
-            Err(e) => tracing::info!(%peer, %channel, error = %e, "SRT connection ended"),
-        }
+        IngestError::new(Transport::Srt, Some(peer), end).log(Some(channel.as_str()));
     }
 }
 

@@ -422,20 +422,24 @@ impl TsDemuxer {
         if !std::mem::take(&mut es.started) {
             return;
         }
-        let data = std::mem::take(&mut es.buf);
+        let mut data = std::mem::take(&mut es.buf);
         let (pts, dts, broken) = (es.pts, es.dts, es.broken);
         if broken {
             if track == TrackKind::Video {
                 self.after_damage = true;
             }
-            return;
+        } else if let Some(pts) = pts {
+            let pts = self.extend(pts);
+            let dts = dts.map_or(pts, |d| self.extend(d));
+            match track {
+                TrackKind::Video => self.video_access_unit(&data, pts, dts, out),
+                TrackKind::Audio => self.adts_frames(&data, pts, out),
+            }
         }
-        let Some(pts) = pts else { return };
-        let pts = self.extend(pts);
-        let dts = dts.map_or(pts, |d| self.extend(d));
-        match track {
-            TrackKind::Video => self.video_access_unit(&data, pts, dts, out),
-            TrackKind::Audio => self.adts_frames(&data, pts, out),
+        // The buffer goes back for the next PES packet: no regrowing it every frame.
+        data.clear();
+        if let Some(es) = self.stream(track) {
+            es.buf = data;
         }
     }
 
@@ -614,14 +618,17 @@ fn pes_header(p: &[u8]) -> Option<PesHeader> {
 
 /// NAL units of an Annex B byte stream (start codes and trailing zero bytes removed).
 fn annexb_nals(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    // Start codes by a vectorised search for their 0x01 (memchr), not byte by byte:
+    // every byte of an SRT publisher's video passes through here.
     let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            starts.push(i + 3);
-            i += 3;
+    let mut from = 2;
+    while let Some(k) = data.get(from..).and_then(|rest| memchr::memchr(1, rest)) {
+        let i = from + k;
+        if data[i - 2] == 0 && data[i - 1] == 0 {
+            starts.push(i + 1);
+            from = i + 3;
         } else {
-            i += 1;
+            from = i + 1;
         }
     }
     let ends: Vec<usize> = starts
@@ -654,4 +661,62 @@ fn avcc_record(sps: &[u8], pps: &[u8]) -> Option<Bytes> {
     r.extend_from_slice(&pps_len.to_be_bytes());
     r.extend_from_slice(pps);
     Some(Bytes::from(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start-code search agrees with a byte-by-byte reference on inputs dense in
+    /// zeros and ones (start codes, three- and four-byte, back to back, at the edges).
+    #[test]
+    fn start_codes_are_found_as_byte_by_byte() {
+        fn reference(data: &[u8]) -> Vec<&[u8]> {
+            let mut starts = Vec::new();
+            let mut i = 0;
+            while i + 3 <= data.len() {
+                if data[i..i + 3] == [0, 0, 1] {
+                    starts.push(i + 3);
+                    i += 3;
+                } else {
+                    i += 1;
+                }
+            }
+            let ends: Vec<usize> = starts
+                .iter()
+                .skip(1)
+                .map(|s| s - 3)
+                .chain([data.len()])
+                .collect();
+            starts
+                .into_iter()
+                .zip(ends)
+                .filter_map(|(s, e)| {
+                    let mut nal = data.get(s..e)?;
+                    while let [rest @ .., 0] = nal {
+                        nal = rest;
+                    }
+                    (!nal.is_empty()).then_some(nal)
+                })
+                .collect()
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..400 {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    [0, 0, 0, 1, 0x65, 0x41][(x % 6) as usize]
+                })
+                .collect();
+            assert_eq!(
+                annexb_nals(&data).collect::<Vec<_>>(),
+                reference(&data),
+                "{data:?}"
+            );
+        }
+        let nals: Vec<_> = annexb_nals(&[0, 0, 0, 1, 9, 0xf0, 0, 0, 1, 0x67, 1, 0, 0, 1]).collect();
+        assert_eq!(nals, [&[9, 0xf0][..], &[0x67, 1][..]]);
+    }
 }

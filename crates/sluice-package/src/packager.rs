@@ -896,10 +896,7 @@ impl Packager {
         }
         loop {
             let Some(o) = a.open.as_ref() else { return };
-            let frames: Vec<Frame> = a
-                .queue
-                .iter()
-                .filter(|f| f.pts >= o.published_to && f.pts < limit)
+            let frames: Vec<Frame> = audio_in(&a.queue, o.published_to, limit)
                 .take(per_part + 1)
                 .cloned()
                 .collect();
@@ -1009,13 +1006,16 @@ fn aac_frame_duration(cfg: &AudioConfig) -> MediaTime {
     1024 * NANOS_PER_SEC / cfg.sample_rate.max(1) as i64
 }
 
-/// Audio frames with pts in `[start, end)`.
+/// Audio frames with pts in `[start, end)`. The queue is in strictly increasing pts
+/// (`try_push_audio` refuses anything else; a discontinuity empties it), so this is a
+/// binary search, not a scan: it runs for every part of every frame pushed.
 fn audio_in(
     queue: &VecDeque<Frame>,
     start: MediaTime,
     end: MediaTime,
 ) -> impl Iterator<Item = &Frame> {
-    queue.iter().filter(move |f| f.pts >= start && f.pts < end)
+    let from = queue.partition_point(|f| f.pts < start);
+    queue.range(from..).take_while(move |f| f.pts < end)
 }
 
 /// Converts frames to fMP4 samples: every timestamp is rescaled from its

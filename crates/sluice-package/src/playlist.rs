@@ -400,9 +400,19 @@ pub(crate) struct Snapshot {
 }
 
 /// Seconds with five decimals (10 µs: finer than any frame, and exact for 90 kHz
-/// durations a player adds up).
-fn secs(t: MediaTime) -> String {
-    format!("{:.5}", t.max(0) as f64 / NANOS_PER_SEC as f64)
+/// durations a player adds up), rounded half up. Written in integers, straight into the
+/// playlist: a playlist of a 60 s window has a hundred of these, rendered at every part.
+fn secs(t: MediaTime) -> Secs {
+    Secs(t.max(0))
+}
+
+struct Secs(MediaTime);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tens_of_us = (self.0 + 5_000) / 10_000;
+        write!(f, "{}.{:05}", tens_of_us / 100_000, tens_of_us % 100_000)
+    }
 }
 
 impl Snapshot {
@@ -589,28 +599,41 @@ pub(crate) fn round_secs(t: MediaTime) -> u64 {
 }
 
 /// `YYYY-MM-DDThh:mm:ss.sssZ` for Unix milliseconds (proleptic Gregorian, UTC).
-pub(crate) fn rfc3339_millis(unix_ms: i64) -> String {
-    let (days, ms_of_day) = (
-        unix_ms.div_euclid(86_400_000),
-        unix_ms.rem_euclid(86_400_000),
-    );
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s, ms) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+pub(crate) fn rfc3339_millis(unix_ms: i64) -> Rfc3339Millis {
+    Rfc3339Millis(unix_ms)
+}
+
+/// A Unix time in ms as RFC 3339 UTC with milliseconds, written where it is used.
+pub(crate) struct Rfc3339Millis(i64);
+
+impl std::fmt::Display for Rfc3339Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unix_ms = self.0;
+        let (days, ms_of_day) = (
+            unix_ms.div_euclid(86_400_000),
+            unix_ms.rem_euclid(86_400_000),
+        );
+        // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (h, m, s, ms) = (
+            ms_of_day / 3_600_000,
+            ms_of_day / 60_000 % 60,
+            ms_of_day / 1000 % 60,
+            ms_of_day % 1000,
+        );
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z"
+        )
+    }
 }
 
 #[cfg(test)]
@@ -762,6 +785,23 @@ mod tests {
         );
     }
 
+    /// Durations in seconds, five decimals, rounded half up, without floating point.
+    #[test]
+    fn seconds_are_written_with_five_decimals() {
+        let cases = [
+            (0, "0.00000"),
+            (-5, "0.00000"),
+            (2 * S, "2.00000"),
+            (1_001_000_000 / 30, "0.03337"),
+            (1_999_995_000, "2.00000"),
+            (1_999_994_999, "1.99999"),
+            (3_600 * S + 1, "3600.00000"),
+        ];
+        for (t, want) in cases {
+            assert_eq!(secs(t).to_string(), want, "{t}");
+        }
+    }
+
     #[test]
     fn a_distribution_sets_its_own_hold_backs_never_below_the_minimums() {
         let pl = ll_track(3, 1).snapshot(vec![]).render().full;
@@ -784,12 +824,15 @@ mod tests {
 
     #[test]
     fn program_date_times_are_utc_with_milliseconds() {
-        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_millis(0).to_string(), "1970-01-01T00:00:00.000Z");
         assert_eq!(
-            rfc3339_millis(1_795_000_000_000),
+            rfc3339_millis(951_782_400_123).to_string(),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            rfc3339_millis(1_795_000_000_000).to_string(),
             "2026-11-18T11:06:40.000Z"
         );
-        assert_eq!(rfc3339_millis(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
     }
 }

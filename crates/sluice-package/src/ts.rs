@@ -68,16 +68,19 @@ impl TsWriter {
         self.write_pmt(&mut out, adts.is_some());
 
         let mut a = 0;
-        let mut annexb = Vec::new();
+        // One PES buffer for the segment: the header, then the access unit converted
+        // to Annex B straight behind it (one copy of the media, not three).
+        let mut pes = Vec::new();
         for (i, v) in video.iter().enumerate() {
             // Audio due before this video frame goes first, except at the segment
             // start: the segment must begin with the keyframe.
             if i > 0 {
                 a = self.write_audio_until(&mut out, adts.as_ref(), audio, a, Some(v.dts));
             }
-            annexb.clear();
-            avcc_to_annexb(video_cfg, v, &mut annexb);
-            let pes = pes_packet(0xe0, ts90k(v.pts), Some(ts90k(v.dts)), &annexb, false);
+            pes.clear();
+            pes_begin(&mut pes, 0xe0, ts90k(v.pts), Some(ts90k(v.dts)));
+            avcc_to_annexb(video_cfg, v, &mut pes);
+            pes_end(&mut pes, false);
             // The clock runs a little behind decode time, so that every byte of an access
             // unit arrives before its DTS (the T-STD model, ISO/IEC 13818-1 §2.4.2).
             let pcr = ts90k(v.dts.saturating_sub(PCR_LEAD));
@@ -107,21 +110,21 @@ impl TsWriter {
         let Some(adts) = adts else {
             return audio.len();
         };
-        let mut payload = Vec::new();
+        let mut pes = Vec::new();
         while a < audio.len() && until.is_none_or(|t| audio[a].dts <= t) {
-            payload.clear();
-            let pts = ts90k(audio[a].pts);
+            pes.clear();
+            pes_begin(&mut pes, 0xc0, ts90k(audio[a].pts), None);
             let mut n = 0;
             while n < AUDIO_FRAMES_PER_PES
                 && a < audio.len()
                 && until.is_none_or(|t| audio[a].dts <= t)
             {
-                adts.write(&mut payload, audio[a].data.len());
-                payload.extend_from_slice(&audio[a].data);
+                adts.write(&mut pes, audio[a].data.len());
+                pes.extend_from_slice(&audio[a].data);
                 a += 1;
                 n += 1;
             }
-            let pes = pes_packet(0xc0, pts, None, &payload, true);
+            pes_end(&mut pes, true);
             write_packets(out, AUDIO_PID, &mut self.cc_audio, &pes, None, false);
         }
         a
@@ -176,14 +179,30 @@ fn push_timestamp(out: &mut Vec<u8>, prefix: u8, ts: u64) {
     out.extend_from_slice(&(((ts & 0x7fff) << 1 | 1) as u16).to_be_bytes());
 }
 
-/// Builds a PES packet. Video may leave PES_packet_length at 0 (unbounded).
-/// DTS is written only when it differs from PTS.
-fn pes_packet(stream_id: u8, pts: u64, dts: Option<u64>, payload: &[u8], bounded: bool) -> Vec<u8> {
+/// Starts a PES packet in the empty `p`: its header, PES_packet_length to be filled by
+/// [`pes_end`] once the payload follows. DTS is written only when it differs from PTS.
+fn pes_begin(p: &mut Vec<u8>, stream_id: u8, pts: u64, dts: Option<u64>) {
+    debug_assert!(p.is_empty());
     let dts = dts.filter(|d| *d != pts);
     let header_data_len = if dts.is_some() { 10 } else { 5 };
-    let mut p = Vec::with_capacity(payload.len() + 9 + header_data_len);
-    p.extend_from_slice(&[0, 0, 1, stream_id]);
-    let len = 3 + header_data_len + payload.len();
+    p.extend_from_slice(&[0, 0, 1, stream_id, 0, 0]);
+    p.push(0x80); // marker bits '10', no scrambling
+    match dts {
+        Some(dts) => {
+            p.extend_from_slice(&[0xc0, header_data_len as u8]);
+            push_timestamp(p, 0x3, pts);
+            push_timestamp(p, 0x1, dts);
+        }
+        None => {
+            p.extend_from_slice(&[0x80, header_data_len as u8]);
+            push_timestamp(p, 0x2, pts);
+        }
+    }
+}
+
+/// Fills in PES_packet_length. Video may leave it at 0 (unbounded).
+fn pes_end(p: &mut [u8], bounded: bool) {
+    let len = p.len() - 6;
     // An audio PES never nears 64 KiB (a few AAC frames); video may say 0: unbounded.
     let field = if len <= 0xffff {
         len as u16
@@ -192,21 +211,7 @@ fn pes_packet(stream_id: u8, pts: u64, dts: Option<u64>, payload: &[u8], bounded
     } else {
         0
     };
-    p.extend_from_slice(&field.to_be_bytes());
-    p.push(0x80); // marker bits '10', no scrambling
-    match dts {
-        Some(dts) => {
-            p.extend_from_slice(&[0xc0, header_data_len as u8]);
-            push_timestamp(&mut p, 0x3, pts);
-            push_timestamp(&mut p, 0x1, dts);
-        }
-        None => {
-            p.extend_from_slice(&[0x80, header_data_len as u8]);
-            push_timestamp(&mut p, 0x2, pts);
-        }
-    }
-    p.extend_from_slice(payload);
-    p
+    p[4..6].copy_from_slice(&field.to_be_bytes());
 }
 
 /// Splits a PES packet into TS packets on `pid`. The first packet carries

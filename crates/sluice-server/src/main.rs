@@ -16,6 +16,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_config::Config;
 
+/// mimalloc instead of glibc's malloc. Every frame allocates and frees a few buffers
+/// (RTMP messages, fMP4 parts, segments of hundreds of KB) across the runtime's
+/// threads; glibc spends its time searching its bins and handing the big ones back to
+/// the kernel only to fault them in again (about a sixth of the server's CPU with 50
+/// passthrough channels). mimalloc's per-thread free lists and delayed purging cut
+/// that; transparent huge pages are off (`no_thp`) because purging a 2 MiB page and
+/// faulting it back in (zeroing all of it) cost more than it saved. Measured with
+/// `benches/ingest_vs_nginx_rtmp.sh`; figures in `benches/README.md`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
