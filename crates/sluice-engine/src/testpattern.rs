@@ -96,9 +96,7 @@ impl TestPattern {
         )?;
         let picture: Vec<gst::Element> = match &settings.look {
             Look::Pattern => {
-                let vsrc = make("videotestsrc", "pattern")?;
-                vsrc.set_property("is-live", true);
-                vsrc.set_property_from_str("pattern", "smpte");
+                let vsrc = live_videotestsrc("smpte")?;
                 vsrc.set_property("horizontal-speed", 4i32);
                 let clock = make("clockoverlay", "pattern-clock")?;
                 clock.set_property("time-format", "%H:%M:%S");
@@ -120,9 +118,7 @@ impl TestPattern {
                 vec![file, decode, convert, scale, freeze, vcaps]
             }
             Look::Slate { image: None } => {
-                let vsrc = make("videotestsrc", "pattern")?;
-                vsrc.set_property("is-live", true);
-                vsrc.set_property_from_str("pattern", "solid-color");
+                let vsrc = live_videotestsrc("solid-color")?;
                 vsrc.set_property("foreground-color", 0xff1c_2430u32);
                 let text = make("textoverlay", "slate-text")?;
                 text.set_property("text", "The stream will be back shortly");
@@ -192,4 +188,12 @@ impl Drop for TestPattern {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// A live `videotestsrc` drawing `pattern` (the test pattern, or the slate without an image).
+fn live_videotestsrc(pattern: &str) -> Result<gst::Element, EngineError> {
+    let vsrc = make("videotestsrc", "pattern")?;
+    vsrc.set_property("is-live", true);
+    vsrc.set_property_from_str("pattern", pattern);
+    Ok(vsrc)
 }
