@@ -31,15 +31,13 @@ use crate::bus::{ChannelBus, FeedSpec, Publisher, STALE_AFTER};
 use crate::error::{EndReason, IngestError, Transport, contained};
 use crate::rtmp::Refusal;
 use crate::rtmp_guard::ChunkGuard;
-use crate::rtmp_session::{RtmpAction, TagMedia};
+use crate::rtmp_session::{RtmpAction, RtmpPolicy, TagMedia};
 use crate::ts_demux::TsDemuxer;
 
 /// Connecting, the handshake and the request for the stream, all together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A source that sends nothing for this long is dropped (and tried again).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes an RTMP source may send without completing a frame.
-const MAX_UNPRODUCTIVE: usize = 32 << 20;
 
 /// One pull ingest, as configured.
 #[derive(Debug, Clone)]
@@ -234,6 +232,9 @@ async fn pull_rtmp(
             .map_err(rtmp_err)?,
     );
     let mut input = remaining;
+    // Bytes the source sent without completing a frame: bounded like a publisher's
+    // (what the RTMP chunk decoder can be made to buffer), by the same policy value.
+    let max_unproductive = RtmpPolicy::default().max_bytes_between_frames;
     let mut unproductive = 0usize;
     loop {
         if !input.is_empty() {
@@ -311,7 +312,7 @@ async fn pull_rtmp(
             return Ok(());
         }
         unproductive += n;
-        if unproductive > MAX_UNPRODUCTIVE {
+        if unproductive > max_unproductive {
             return Err(EndReason::Unproductive(unproductive));
         }
         input = buf[..n].to_vec();
