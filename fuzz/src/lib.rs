@@ -70,6 +70,56 @@ pub fn rtmp_session(data: &[u8]) {
     }
 }
 
+/// An RTMP chunk stream (after the handshake), read two ways: the reassembling
+/// [`ChunkGuard`](sluice_ingest::rtmp_guard::ChunkGuard) a publisher's session uses, and
+/// rml_rtmp's own chunk deserializer. Wherever the guard accepts the input, rml_rtmp
+/// must not panic on it and both must find the same messages (type, message stream,
+/// timestamp, body). The first byte picks the read size, as in [`rtmp_session`].
+pub fn rtmp_chunks(data: &[u8]) {
+    use rml_rtmp::chunk_io::ChunkDeserializer;
+    use sluice_ingest::rtmp_guard::{ChunkGuard, Message};
+
+    let Some((&split, stream)) = data.split_first() else {
+        return;
+    };
+    let mut guard = ChunkGuard::reassembling();
+    let mut rml = ChunkDeserializer::new();
+    let (mut got, mut expected) = (Vec::new(), Vec::new());
+    for read in stream.chunks(1 + (split as usize).pow(2)) {
+        if guard.check(read).is_err() {
+            return;
+        }
+        got.extend(guard.take_messages());
+        let mut input = read;
+        loop {
+            match rml.get_next_message(input) {
+                Ok(Some(m)) => {
+                    input = &[];
+                    if m.type_id == 1 {
+                        // As rml_rtmp's sessions do on SetChunkSize.
+                        let size = u32::from_be_bytes(m.data[..4].try_into().unwrap());
+                        if rml.set_max_chunk_size(size as usize).is_err() {
+                            return;
+                        }
+                    }
+                    // The types the guard hands out: control, media, data, commands.
+                    if matches!(m.type_id, 1..=6 | 8 | 9 | 15 | 17 | 18 | 20) {
+                        expected.push(Message {
+                            type_id: m.type_id,
+                            stream_id: m.message_stream_id,
+                            timestamp: m.timestamp.value,
+                            body: m.data,
+                        });
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        assert_eq!(got, expected);
+    }
+}
+
 /// An AMF0 value sequence (command and data message bodies), checked two ways: the
 /// non-recursive depth scan that guards rml_amf0 must never let through input whose
 /// recursive parse nests deeper than the limit, and neither may panic. rml_amf0 only
@@ -249,7 +299,8 @@ mod tests {
             PANICS.fetch_add(1, Ordering::SeqCst);
             default_hook(info);
         }));
-        let targets: [(&str, fn(&[u8])); 9] = [
+        let targets: [(&str, fn(&[u8])); 10] = [
+            ("rtmp_chunks", super::rtmp_chunks),
             ("ts_demux", super::ts_demux),
             ("srt_streamid", super::srt_streamid),
             ("viewer_token", super::viewer_token),

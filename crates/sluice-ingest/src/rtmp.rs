@@ -50,6 +50,14 @@ pub struct RtmpLimits {
     pub write_timeout: Duration,
     /// The policy each connection's session enforces: application, deadlines, byte caps.
     pub session: RtmpPolicy,
+    /// While publishing, a connection reads at most once per this interval; what
+    /// arrives in between waits in the socket's receive buffer and is read in one go.
+    /// An encoder writes each audio and video message as it is made (about a hundred
+    /// writes a second): reading each on its own costs a wake-up, a system call and an
+    /// engine wake-up per write, a quarter of the CPU of a passthrough channel. 20 ms
+    /// adds at most 20 ms of latency, a small part of one LL-HLS part. Zero reads as
+    /// soon as bytes arrive.
+    pub read_interval: Duration,
 }
 
 impl Default for RtmpLimits {
@@ -60,6 +68,7 @@ impl Default for RtmpLimits {
             reserved_for_allowed: 64,
             write_timeout: Duration::from_secs(10),
             session: RtmpPolicy::default(),
+            read_interval: Duration::from_millis(20),
         }
     }
 }
@@ -100,7 +109,10 @@ async fn connection(
     tokio::pin!(cancelled);
     let timer = tokio::time::sleep_until(session.deadline().0.into());
     tokio::pin!(timer);
+    let pause = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pause);
     loop {
+        let read_at = tokio::time::Instant::now();
         let n = tokio::select! {
             _ = &mut cancelled => return EndReason::Cancelled,
             _ = &mut timer => {
@@ -187,6 +199,13 @@ async fn connection(
         if let Some(why) = publisher.as_mut().and_then(|p| p.ended()) {
             let _ = stream.shutdown().await;
             return EndReason::PublisherEnded(why);
+        }
+        if publisher.is_some() && !limits.read_interval.is_zero() {
+            pause.as_mut().reset(read_at + limits.read_interval);
+            tokio::select! {
+                _ = &mut cancelled => return EndReason::Cancelled,
+                _ = &mut pause => {}
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use sluice_core::{AudioConfig, Frame, TrackKind, VideoConfig};
 use crate::error::{EndReason, contained};
 use crate::flv::{self, FlvAudio, FlvVideo};
 use crate::rtmp::Refusal;
-use crate::rtmp_guard::ChunkGuard;
+use crate::rtmp_guard::{ChunkGuard, Message};
 
 /// The RTMP application publishers must use: `rtmp://HOST/live/<stream_key>`.
 pub const RTMP_APP: &str = "live";
@@ -115,6 +115,20 @@ pub struct RtmpSession {
     guard: ChunkGuard,
     media: TagMedia,
     publishing: Option<String>,
+    /// The publish request waiting for an answer: (request id, message stream id).
+    requested: Option<(u32, u32)>,
+    /// The message stream the accepted publish sends its media on.
+    publish_stream: Option<u32>,
+    /// Bytes received since the handshake (wrapping, as RTMP acknowledgements count them).
+    received: u32,
+    /// Bytes since the last acknowledgement we sent.
+    unacknowledged: u32,
+    /// The acknowledgement window the peer asked for (Window Acknowledgement Size).
+    ack_window: Option<u32>,
+    /// A control or command message re-framed for rml_rtmp (reused).
+    reframed: Vec<u8>,
+    /// The message stream of the message rml_rtmp is handling.
+    command_stream: u32,
     policy: RtmpPolicy,
     accepted_at: Instant,
     last_input: Instant,
@@ -155,9 +169,16 @@ impl RtmpSession {
     pub fn new(policy: RtmpPolicy, now: Instant) -> Self {
         RtmpSession {
             state: State::Handshaking(Box::new(Handshake::new(PeerType::Server))),
-            guard: ChunkGuard::default(),
+            guard: ChunkGuard::reassembling(),
             media: TagMedia::default(),
             publishing: None,
+            requested: None,
+            publish_stream: None,
+            received: 0,
+            unacknowledged: 0,
+            ack_window: None,
+            reframed: Vec::new(),
+            command_stream: 0,
             policy,
             accepted_at: now,
             last_input: now,
@@ -244,8 +265,13 @@ impl RtmpSession {
                         if !response_bytes.is_empty() {
                             out.push(RtmpAction::Send(response_bytes));
                         }
-                        let (session, results) =
+                        let (mut session, results) =
                             ServerSession::new(ServerSessionConfig::new()).map_err(protocol)?;
+                        // rml_rtmp gets one message per chunk from here on (see
+                        // `forward`): any message fits its chunk size.
+                        let mut opening = chunk_header(4, 1, 0);
+                        opening.extend_from_slice(&RML_CHUNK_SIZE.to_be_bytes());
+                        session.handle_input(&opening).map_err(protocol)?;
                         self.state = State::Session(Box::new(session));
                         self.process(results, &mut out)?;
                         if !remaining_bytes.is_empty() {
@@ -254,13 +280,73 @@ impl RtmpSession {
                     }
                 }
             }
-            State::Session(session) => {
+            State::Session(_) => {
                 self.guard.check(bytes)?;
-                let results = contain_panic(|| session.handle_input(bytes))?.map_err(protocol)?;
-                self.process(results, &mut out)?;
+                self.acknowledge(bytes.len(), &mut out);
+                for message in self.guard.take_messages() {
+                    self.message(message, &mut out)?;
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Sends an Acknowledgement (RTMP 1.0 §5.4.3) each time the peer's window of bytes
+    /// has arrived since the last one. rml_rtmp would count only the bytes it is given,
+    /// so the session does it.
+    fn acknowledge(&mut self, n: usize, out: &mut Vec<RtmpAction>) {
+        let n = n as u32;
+        self.received = self.received.wrapping_add(n);
+        self.unacknowledged = self.unacknowledged.saturating_add(n);
+        if let Some(window) = self.ack_window
+            && self.unacknowledged >= window
+        {
+            self.unacknowledged = 0;
+            let mut ack = chunk_header(4, 3, 0);
+            ack[0] = 0x02; // chunk stream 2: protocol control
+            ack.extend_from_slice(&self.received.to_be_bytes());
+            out.push(RtmpAction::Send(ack));
+        }
+    }
+
+    /// One complete message from the chunk guard: audio and video decoded here, the
+    /// window size noted, everything else given to rml_rtmp.
+    fn message(&mut self, m: Message, out: &mut Vec<RtmpAction>) -> Result<(), EndReason> {
+        match m.type_id {
+            // Media of the accepted publish only (as rml_rtmp: other streams ignored).
+            8 | 9 if self.publish_stream == Some(m.stream_id) && self.publishing.is_some() => {
+                if m.type_id == 9 {
+                    self.media.video(m.timestamp, m.body, out);
+                } else {
+                    self.media.audio(m.timestamp, m.body, out);
+                }
+            }
+            8 | 9 => {}
+            // SetChunkSize: the guard reframes; rml_rtmp keeps the size it was given.
+            1 => {}
+            // Window Acknowledgement Size (4 bytes, checked by the guard).
+            5 => {
+                let b = &m.body;
+                self.ack_window = Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            }
+            _ => {
+                let State::Session(session) = &mut self.state else {
+                    return Err(EndReason::Protocol("message before handshake".into()));
+                };
+                self.reframed.clear();
+                self.reframed.extend_from_slice(&chunk_header(
+                    m.body.len() as u32,
+                    m.type_id,
+                    m.stream_id,
+                ));
+                self.reframed.extend_from_slice(&m.body);
+                self.command_stream = m.stream_id;
+                let bytes = &self.reframed;
+                let results = contain_panic(|| session.handle_input(bytes))?.map_err(protocol)?;
+                self.process(results, out)?;
+            }
+        }
+        Ok(())
     }
 
     fn session(&mut self) -> Result<&mut ServerSession, EndReason> {
@@ -282,6 +368,11 @@ impl RtmpSession {
             .map_err(protocol)?;
         if let Some(k) = stream_key {
             self.publishing = Some(k.to_owned());
+            self.publish_stream = self
+                .requested
+                .take()
+                .filter(|(id, _)| *id == request_id)
+                .map(|(_, stream)| stream);
             // The byte cap between frames counts from here.
             self.unproductive = 0;
         }
@@ -354,6 +445,8 @@ impl RtmpSession {
                 stream_key,
                 ..
             } => {
+                // The publish command came on the message stream its media will use.
+                let stream_id = self.command_stream;
                 // An unknown application is answered like an unknown key: the peer
                 // learns nothing about which keys exist.
                 let refusal = if app_name != self.policy.app {
@@ -365,26 +458,40 @@ impl RtmpSession {
                 };
                 match refusal {
                     Some(r) => out.extend(self.reject(request_id, r)?),
-                    None => out.push(RtmpAction::PublishRequested {
-                        request_id,
-                        stream_key,
-                    }),
+                    None => {
+                        self.requested = Some((request_id, stream_id));
+                        out.push(RtmpAction::PublishRequested {
+                            request_id,
+                            stream_key,
+                        })
+                    }
                 }
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 self.publishing = None;
+                self.publish_stream = None;
                 out.push(RtmpAction::PublishFinished);
             }
-            ServerSessionEvent::VideoDataReceived {
-                data, timestamp, ..
-            } if self.publishing.is_some() => self.media.video(timestamp.value, data, out),
-            ServerSessionEvent::AudioDataReceived {
-                data, timestamp, ..
-            } if self.publishing.is_some() => self.media.audio(timestamp.value, data, out),
+            // Audio and video never reach rml_rtmp (see `message`).
             _ => {}
         }
         Ok(())
     }
+}
+
+/// The chunk size rml_rtmp is told the peer uses, once the handshake is done: the
+/// largest it accepts, so every re-framed message is one chunk.
+const RML_CHUNK_SIZE: u32 = 0x7FFF_FFFF;
+
+/// A full (type 0) chunk header on chunk stream 3 at timestamp 0: what re-framed
+/// messages carry (rml_rtmp reads no timestamp of a control or command message).
+fn chunk_header(length: u32, type_id: u8, stream_id: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(12 + length.min(4096) as usize);
+    h.extend_from_slice(&[0x03, 0, 0, 0]);
+    h.extend_from_slice(&length.to_be_bytes()[1..]);
+    h.push(type_id);
+    h.extend_from_slice(&stream_id.to_le_bytes());
+    h
 }
 
 impl TagMedia {
@@ -822,6 +929,67 @@ mod tests {
             matches!(r, Err(EndReason::Unproductive(n)) if n > 64 * 1024),
             "{r:?}"
         );
+    }
+
+    /// Audio and video from a publishing client (chunked at its 4096-byte chunk size,
+    /// headers compressed) come out as frames with their timestamps; the peer gets an
+    /// acknowledgement each time its window of bytes has arrived.
+    #[test]
+    fn published_media_becomes_frames_and_is_acknowledged() {
+        use rml_rtmp::time::RtmpTimestamp;
+        use sluice_core::codec::testdata::AVCC_720P;
+
+        let mut w = Wire::new(RtmpPolicy::default(), Instant::now());
+        let id = w.request_publish("k");
+        w.deliver_accept(id);
+        let mut header = vec![0x17, 0, 0, 0, 0];
+        header.extend_from_slice(AVCC_720P);
+        let packet = w
+            .client
+            .publish_video_data(Bytes::from(header), RtmpTimestamp::new(0), false)
+            .unwrap();
+        let actions = w.send(packet).unwrap();
+        assert!(
+            matches!(actions.as_slice(), [RtmpAction::VideoConfig(_)]),
+            "{actions:?}"
+        );
+        let mut frames = Vec::new();
+        for i in 0..200u32 {
+            // One 4-byte-length NAL unit of 30 KB (several chunks), then an audio tag.
+            let mut tag = vec![if i % 50 == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 40];
+            tag.extend_from_slice(&30_000u32.to_be_bytes());
+            tag.push(if i % 50 == 0 { 0x65 } else { 0x41 });
+            tag.resize(tag.len() + 29_999, i as u8);
+            let ts = RtmpTimestamp::new(1000 + i * 40);
+            let packet = w
+                .client
+                .publish_video_data(Bytes::from(tag), ts, false)
+                .unwrap();
+            frames.extend(w.send(packet).unwrap());
+        }
+        assert_eq!(frames.len(), 200);
+        for (i, f) in frames.iter().enumerate() {
+            let RtmpAction::Frame(f) = f else {
+                panic!("{f:?}")
+            };
+            assert_eq!(f.dts, (1000 + i as i64 * 40) * MS);
+            assert_eq!(f.pts, f.dts + 40 * MS);
+            assert_eq!(f.keyframe, i % 50 == 0);
+            assert_eq!(f.data.len(), 30_004);
+        }
+        // rml_rtmp's client asks for an acknowledgement every 2,500,000 bytes: 6 MB sent.
+        let acks: Vec<u32> = w
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                rml_rtmp::sessions::ClientSessionEvent::AcknowledgementReceived {
+                    bytes_received,
+                } => Some(*bytes_received),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks.len(), 2, "{acks:?}");
+        assert!(acks[0] >= 2_500_000 && acks[1] >= 5_000_000, "{acks:?}");
     }
 
     #[test]
