@@ -6,6 +6,7 @@ mod hardening;
 mod llhls;
 mod policy;
 mod pull;
+mod reload;
 mod rtmp_client;
 mod srt;
 mod support;

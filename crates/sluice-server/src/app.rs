@@ -292,52 +292,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         },
         None => None,
     };
-    let mut catalog = Catalog {
-        trusted_proxies: cfg.server.trusted_proxies.clone(),
-        ..Catalog::default()
-    };
-    for (dist_id, dist) in &cfg.distributions {
-        // By priority (then as listed): the healthy engine of lowest priority serves.
-        let mut engines: Vec<_> = dist
-            .engines
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                let out = outputs.get(&(dist.channel.clone(), e.clone()))?;
-                let priority = cfg.channels.get(&dist.channel)?.engines.get(e)?.priority;
-                Some(((priority, i), (e.clone(), out.clone())))
-            })
-            .collect();
-        engines.sort_by_key(|(order, _)| *order);
-        let engines = engines.into_iter().map(|(_, e)| e).collect();
-        if dist.geo.is_some() && geodb.is_none() {
-            tracing::warn!(distribution = %dist_id, "geo rule without a country database (server.geoip_database): every viewer is refused");
-        }
-        let geo = dist.geo.clone().map(|rule| Geo {
-            rule,
-            db: geodb.clone(),
-        });
-        let policy = Policy::new(
-            geo,
-            dist.ip.clone(),
-            dist.allowed_origins.clone(),
-            &dist.token,
-        )
-        .with_context(|| format!("distribution {dist_id}"))?;
-        catalog.distributions.insert(
-            dist_id.clone(),
-            DistributionEntry {
-                policy: Arc::new(policy),
-                overrides: dist.overrides.clone(),
-                outputs: dist.outputs.iter().map(|o| output_kind(*o)).collect(),
-                max_kbps: (dist.max_kbps > 0).then_some(dist.max_kbps),
-                enabled: dist.enabled,
-                engines,
-                target_latency: (dist.target_latency_seconds > 0.0)
-                    .then(|| secs_f64_to_nanos(dist.target_latency_seconds)),
-            },
-        );
-    }
+    let catalog = build_catalog(&cfg, &outputs, &geodb)?;
 
     let http = Arc::new(bind(cfg.server.http_listen, "HTTP").await?);
     let rtmp = Arc::new(bind(cfg.server.rtmp_listen, "RTMP").await?);
@@ -368,6 +323,13 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     // then re-enter through the multivariant playlist, with their token).
     let sessions = SessionKey::random().context("no randomness for the session key")?;
     let state = HttpState::new(catalog, sessions);
+    let mut reloader = Reloader {
+        path: config_path.clone(),
+        running: cfg.clone(),
+        outputs: outputs.clone(),
+        geodb: geodb.clone(),
+        state: state.clone(),
+    };
     let limits = http_limits();
     let admission = AdmissionTable::new(AdmissionPolicy {
         max_total: limits.max_connections,
@@ -504,7 +466,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         }));
     }
 
-    shutdown_signal().await;
+    shutdown_signal(|| reloader.reload()).await;
     tracing::info!("shutting down");
     // Last resort: nothing (a GStreamer state change that never returns, say) may keep
     // the process alive past the deadline.
@@ -528,6 +490,178 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// What the HTTP side serves for `cfg`'s distributions, on the engines' outputs.
+fn build_catalog(
+    cfg: &Config,
+    outputs: &HashMap<(Id, Id), Arc<EngineOutput>>,
+    geodb: &Option<Arc<GeoDb>>,
+) -> anyhow::Result<Catalog> {
+    let mut catalog = Catalog {
+        trusted_proxies: cfg.server.trusted_proxies.clone(),
+        ..Catalog::default()
+    };
+    for (dist_id, dist) in &cfg.distributions {
+        // By priority (then as listed): the healthy engine of lowest priority serves.
+        let mut engines: Vec<_> = dist
+            .engines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let out = outputs.get(&(dist.channel.clone(), e.clone()))?;
+                let priority = cfg.channels.get(&dist.channel)?.engines.get(e)?.priority;
+                Some(((priority, i), (e.clone(), out.clone())))
+            })
+            .collect();
+        engines.sort_by_key(|(order, _)| *order);
+        let engines = engines.into_iter().map(|(_, e)| e).collect();
+        if dist.geo.is_some() && geodb.is_none() {
+            tracing::warn!(distribution = %dist_id, "geo rule without a country database (server.geoip_database): every viewer is refused");
+        }
+        let geo = dist.geo.clone().map(|rule| Geo {
+            rule,
+            db: geodb.clone(),
+        });
+        let policy = Policy::new(
+            geo,
+            dist.ip.clone(),
+            dist.allowed_origins.clone(),
+            &dist.token,
+        )
+        .with_context(|| format!("distribution {dist_id}"))?;
+        catalog.distributions.insert(
+            dist_id.clone(),
+            DistributionEntry {
+                policy: Arc::new(policy),
+                overrides: dist.overrides.clone(),
+                outputs: dist.outputs.iter().map(|o| output_kind(*o)).collect(),
+                max_kbps: (dist.max_kbps > 0).then_some(dist.max_kbps),
+                enabled: dist.enabled,
+                engines,
+                target_latency: (dist.target_latency_seconds > 0.0)
+                    .then(|| secs_f64_to_nanos(dist.target_latency_seconds)),
+            },
+        );
+    }
+    Ok(catalog)
+}
+
+/// What a configuration reload (SIGHUP) does, given the running configuration and the
+/// file's new one.
+#[derive(Debug, PartialEq, Eq)]
+enum ReloadPlan {
+    Unchanged,
+    /// Only distributions differ: these (added, changed, removed), applied by replacing
+    /// the HTTP catalog.
+    Distributions(Vec<String>),
+    /// Sections the running server cannot change yet (channels, ingests, engines,
+    /// ladders, listeners, the API): the reload is refused as a whole.
+    NeedsRestart(Vec<&'static str>),
+}
+
+fn reload_plan(running: &Config, next: &Config) -> ReloadPlan {
+    let mut fixed = Vec::new();
+    if running.server != next.server {
+        fixed.push("[server]");
+    }
+    if running.api != next.api {
+        fixed.push("[api]");
+    }
+    if running.ladders != next.ladders {
+        fixed.push("[ladders]");
+    }
+    if running.channels != next.channels {
+        fixed.push("[channels]");
+    }
+    if !fixed.is_empty() {
+        return ReloadPlan::NeedsRestart(fixed);
+    }
+    let mut changed = Vec::new();
+    for (id, d) in &next.distributions {
+        match running.distributions.get(id) {
+            None => changed.push(format!("{id} (added)")),
+            Some(old) if old != d => changed.push(format!("{id} (changed)")),
+            Some(_) => {}
+        }
+    }
+    for id in running.distributions.keys() {
+        if !next.distributions.contains_key(id) {
+            changed.push(format!("{id} (removed)"));
+        }
+    }
+    if changed.is_empty() {
+        ReloadPlan::Unchanged
+    } else {
+        ReloadPlan::Distributions(changed)
+    }
+}
+
+/// Reads the configuration file again on SIGHUP and applies what the running server
+/// can change in place: distributions (rules, tokens, geo, IP, origins, overrides, max
+/// bitrate, outputs, the engines they draw on, added or removed). The new catalog
+/// replaces the old one atomically: every request from then on is judged by the new
+/// rules; requests in flight finish on the one they started with. A file with errors,
+/// or one that changes anything else, leaves the running configuration as it is, and
+/// says why in the log.
+struct Reloader {
+    path: Option<PathBuf>,
+    running: Config,
+    outputs: HashMap<(Id, Id), Arc<EngineOutput>>,
+    geodb: Option<Arc<GeoDb>>,
+    state: Arc<HttpState>,
+}
+
+impl Reloader {
+    fn reload(&mut self) {
+        let Some(path) = &self.path else {
+            tracing::warn!(
+                "SIGHUP: running on the embedded default configuration, there is no file to read again"
+            );
+            return;
+        };
+        let next = match Config::load(path) {
+            Ok(next) => next,
+            Err(errors) => {
+                for e in &errors.errors {
+                    tracing::error!(
+                        file = %errors.origin,
+                        line = e.line,
+                        column = e.column,
+                        key = %e.path,
+                        "{}",
+                        e.message
+                    );
+                }
+                tracing::error!(
+                    file = %errors.origin,
+                    errors = errors.errors.len(),
+                    "configuration reload refused: the file is invalid; the running configuration stays"
+                );
+                return;
+            }
+        };
+        match reload_plan(&self.running, &next) {
+            ReloadPlan::Unchanged => tracing::info!("SIGHUP: configuration unchanged"),
+            ReloadPlan::NeedsRestart(sections) => tracing::error!(
+                sections = %sections.join(", "),
+                "configuration reload refused: these sections cannot change while the server runs yet (restart to apply them); the running configuration stays"
+            ),
+            ReloadPlan::Distributions(changed) => {
+                match build_catalog(&next, &self.outputs, &self.geodb) {
+                    Ok(catalog) => {
+                        self.state.catalog.store(Arc::new(catalog));
+                        self.running = next;
+                        tracing::info!(distributions = %changed.join(", "), "configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        error = %format!("{e:#}"),
+                        "configuration reload refused; the running configuration stays"
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// A generated source's encoded output (a test pattern, the slate) fed to a channel.
@@ -592,7 +726,8 @@ fn http_limits() -> HttpLimits {
     limits
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGINT or SIGTERM; each SIGHUP in between runs `on_hangup`.
+async fn shutdown_signal(mut on_hangup: impl FnMut()) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -607,7 +742,7 @@ async fn shutdown_signal() {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
-                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; keeping the running configuration"),
+                _ = hup.recv() => on_hangup(),
             }
         }
     }
@@ -617,7 +752,43 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::session_grid;
+    use super::{ReloadPlan, reload_plan, session_grid};
+    use sluice_config::Config;
+
+    fn config(extra: &str) -> Config {
+        let src = format!(
+            "[channels.a]\n[channels.a.ingests.main]\nprotocol = \"rtmp\"\nstream_key = \"k\"\n\
+             [channels.a.engines.src]\nladder = \"passthrough\"\n\
+             [distributions.d]\nchannel = \"a\"\nengines = [\"src\"]\n{extra}"
+        );
+        Config::from_toml_str(&src, "test.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn reloads_apply_distributions_and_refuse_the_rest() {
+        let running = config("");
+        assert_eq!(reload_plan(&running, &config("")), ReloadPlan::Unchanged);
+        assert_eq!(
+            reload_plan(&running, &config("max_kbps = 900\n")),
+            ReloadPlan::Distributions(vec!["d (changed)".into()])
+        );
+        let added = config("[distributions.e]\nchannel = \"a\"\nengines = [\"src\"]\n");
+        assert_eq!(
+            reload_plan(&running, &added),
+            ReloadPlan::Distributions(vec!["e (added)".into()])
+        );
+        assert_eq!(
+            reload_plan(&added, &running),
+            ReloadPlan::Distributions(vec!["e (removed)".into()])
+        );
+        let mut other = running.clone();
+        other.channels.values_mut().for_each(|c| c.ingests.clear());
+        other.server.rtmp_listen = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(
+            reload_plan(&running, &other),
+            ReloadPlan::NeedsRestart(vec!["[server]", "[channels]"])
+        );
+    }
 
     #[test]
     fn grid_is_a_common_multiple() {
