@@ -48,9 +48,37 @@ pub fn duration_to_nanos(d: Duration) -> MediaTime {
     d.as_nanos().min(i64::MAX as u128) as MediaTime
 }
 
+/// The first instant after `after` on a process-wide grid of `period`s (counted from
+/// the first call). Periodic work of many connections (socket reads, protocol timers)
+/// scheduled on the grid wakes the runtime once per period for all of them, instead
+/// of once per connection at scattered instants.
+pub fn next_on_grid(after: Instant, period: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| after);
+    let period_ns = period.as_nanos().max(1);
+    let since = after.saturating_duration_since(epoch).as_nanos();
+    let next = (since / period_ns + 1) * period_ns;
+    epoch + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grid_points_are_shared_and_ahead() {
+        let period = Duration::from_millis(10);
+        let now = Instant::now();
+        let a = next_on_grid(now, period);
+        assert!(a > now && a <= now + period);
+        // Anything before the same grid point lands on it; the point itself moves on.
+        assert_eq!(next_on_grid(a - Duration::from_nanos(1), period), a);
+        assert_eq!(next_on_grid(a, period), a + period);
+        // A multiple of the period shares its points.
+        let b = next_on_grid(a, 2 * period);
+        assert!(b == a + period || b == a + 2 * period);
+        assert_eq!(next_on_grid(b - period, period), b);
+    }
 
     #[test]
     fn rescale_rounds() {

@@ -55,8 +55,9 @@ pub struct RtmpLimits {
     /// An encoder writes each audio and video message as it is made (about a hundred
     /// writes a second): reading each on its own costs a wake-up, a system call and an
     /// engine wake-up per write, a quarter of the CPU of a passthrough channel. 20 ms
-    /// adds at most 20 ms of latency, a small part of one LL-HLS part. Zero reads as
-    /// soon as bytes arrive.
+    /// adds at most 20 ms of latency, a small part of one LL-HLS part. Reads fall on one
+    /// grid for all connections, so the runtime wakes once per interval for all of them.
+    /// Zero reads as soon as bytes arrive.
     pub read_interval: Duration,
 }
 
@@ -112,7 +113,6 @@ async fn connection(
     let pause = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(pause);
     loop {
-        let read_at = tokio::time::Instant::now();
         let n = tokio::select! {
             _ = &mut cancelled => return EndReason::Cancelled,
             _ = &mut timer => {
@@ -201,7 +201,11 @@ async fn connection(
             return EndReason::PublisherEnded(why);
         }
         if publisher.is_some() && !limits.read_interval.is_zero() {
-            pause.as_mut().reset(read_at + limits.read_interval);
+            // On one grid for every connection: the runtime wakes once per interval
+            // for all of them.
+            let resume =
+                sluice_core::time::next_on_grid(std::time::Instant::now(), limits.read_interval);
+            pause.as_mut().reset(resume.into());
             tokio::select! {
                 _ = &mut cancelled => return EndReason::Cancelled,
                 _ = &mut pause => {}

@@ -62,9 +62,10 @@ const CONNECTION_QUEUE: usize = 1024;
 
 /// A connection takes its datagrams and runs its timers at most once per tick (SRT's
 /// own 10 ms ACK interval): a publisher sends a few hundred datagrams a second, and a
-/// wake-up for each was most of the CPU of an SRT ingest. Datagrams wait at most one
-/// tick (well inside the receive latency, 120 ms by default); the queue holds a tick
-/// of 1 Gb/s.
+/// wake-up for each was most of the CPU of an SRT ingest. Ticks fall on one grid for
+/// all connections, so the runtime wakes once per tick for all of them. Datagrams wait
+/// at most one tick (well inside the receive latency, 120 ms by default); the queue
+/// holds a tick of 1 Gb/s.
 const TICK: Duration = Duration::from_millis(10);
 
 /// What an SRT publish may use.
@@ -173,9 +174,21 @@ pub fn decide(
     Ok((publisher, key))
 }
 
-/// Binds the SRT listener's UDP socket.
+/// Receive buffer asked for the SRT listener's socket (the kernel caps it at
+/// `net.core.rmem_max`): every publisher's datagrams share it, and a burst while the
+/// runtime is busy must not overflow it (libsrt asks for 12 MB).
+const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Binds the SRT listener's UDP socket, with a large receive buffer.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(addr).await
+    let socket = UdpSocket::bind(addr).await?;
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(RECEIVE_BUFFER);
+    tracing::debug!(
+        bytes = sock.recv_buffer_size().unwrap_or(0),
+        "SRT receive buffer"
+    );
+    Ok(socket)
 }
 
 /// Runs `f`, turning a panic inside srt-protocol into `None`.
@@ -603,8 +616,10 @@ impl Connection {
             if now >= idle_at {
                 break EndReason::Idle(self.limits.idle_timeout);
             }
-            // Datagrams are taken once per tick, not as each arrives: see `TICK`.
-            let wake = tokio::time::Instant::from_std(next.max(now + TICK).min(idle_at));
+            // Datagrams are taken once per tick, not as each arrives, and every
+            // connection ticks on the same grid: see `TICK`.
+            let tick = sluice_core::time::next_on_grid(next.max(now), TICK);
+            let wake = tokio::time::Instant::from_std(tick.min(idle_at));
             if timer.deadline() != wake {
                 timer.as_mut().reset(wake);
             }
