@@ -102,8 +102,7 @@ pub fn rtmp_chunks(data: &[u8]) {
                             return;
                         }
                     }
-                    // The types the guard hands out: control, media, data, commands.
-                    if matches!(m.type_id, 1..=6 | 8 | 9 | 15 | 17 | 18 | 20) {
+                    if sluice_ingest::rtmp_guard::handed_out(m.type_id) {
                         expected.push(Message {
                             type_id: m.type_id,
                             stream_id: m.message_stream_id,

@@ -176,6 +176,11 @@ fn media(type_id: u8) -> bool {
     matches!(type_id, 8 | 9)
 }
 
+/// Message types a reassembling guard hands out: audio, video and the inspected types.
+pub fn handed_out(type_id: u8) -> bool {
+    media(type_id) || inspected(type_id)
+}
+
 /// First allocation for a media body: most video frames of a live stream fit, and a
 /// peer declaring 8 MiB does not get 8 MiB reserved before it sends them.
 const FIRST_MEDIA_RESERVE: usize = 64 * 1024;
@@ -267,7 +272,7 @@ impl ChunkGuard {
                     } else {
                         Bytes::copy_from_slice(&self.payload)
                     };
-                    if media(type_id) || inspected(type_id) {
+                    if handed_out(type_id) {
                         self.messages.push(Message {
                             type_id,
                             stream_id: self.current.stream_id,

@@ -268,8 +268,9 @@ impl RtmpSession {
                         let (mut session, results) =
                             ServerSession::new(ServerSessionConfig::new()).map_err(protocol)?;
                         // rml_rtmp gets one message per chunk from here on (see
-                        // `forward`): any message fits its chunk size.
-                        let mut opening = chunk_header(4, 1, 0);
+                        // `message`): any message fits its chunk size.
+                        let mut opening = Vec::with_capacity(16);
+                        put_chunk_header(&mut opening, 3, 4, 1, 0);
                         opening.extend_from_slice(&RML_CHUNK_SIZE.to_be_bytes());
                         session.handle_input(&opening).map_err(protocol)?;
                         self.state = State::Session(Box::new(session));
@@ -302,8 +303,8 @@ impl RtmpSession {
             && self.unacknowledged >= window
         {
             self.unacknowledged = 0;
-            let mut ack = chunk_header(4, 3, 0);
-            ack[0] = 0x02; // chunk stream 2: protocol control
+            let mut ack = Vec::with_capacity(16);
+            put_chunk_header(&mut ack, 2, 4, 3, 0); // chunk stream 2: protocol control
             ack.extend_from_slice(&self.received.to_be_bytes());
             out.push(RtmpAction::Send(ack));
         }
@@ -314,7 +315,8 @@ impl RtmpSession {
     fn message(&mut self, m: Message, out: &mut Vec<RtmpAction>) -> Result<(), EndReason> {
         match m.type_id {
             // Media of the accepted publish only (as rml_rtmp: other streams ignored).
-            8 | 9 if self.publish_stream == Some(m.stream_id) && self.publishing.is_some() => {
+            // (`publish_stream` is set and cleared with `publishing`.)
+            8 | 9 if self.publish_stream == Some(m.stream_id) => {
                 if m.type_id == 9 {
                     self.media.video(m.timestamp, m.body, out);
                 } else {
@@ -334,11 +336,13 @@ impl RtmpSession {
                     return Err(EndReason::Protocol("message before handshake".into()));
                 };
                 self.reframed.clear();
-                self.reframed.extend_from_slice(&chunk_header(
+                put_chunk_header(
+                    &mut self.reframed,
+                    3,
                     m.body.len() as u32,
                     m.type_id,
                     m.stream_id,
-                ));
+                );
                 self.reframed.extend_from_slice(&m.body);
                 self.command_stream = m.stream_id;
                 let bytes = &self.reframed;
@@ -483,15 +487,14 @@ impl RtmpSession {
 /// largest it accepts, so every re-framed message is one chunk.
 const RML_CHUNK_SIZE: u32 = 0x7FFF_FFFF;
 
-/// A full (type 0) chunk header on chunk stream 3 at timestamp 0: what re-framed
-/// messages carry (rml_rtmp reads no timestamp of a control or command message).
-fn chunk_header(length: u32, type_id: u8, stream_id: u32) -> Vec<u8> {
-    let mut h = Vec::with_capacity(12 + length.min(4096) as usize);
-    h.extend_from_slice(&[0x03, 0, 0, 0]);
-    h.extend_from_slice(&length.to_be_bytes()[1..]);
-    h.push(type_id);
-    h.extend_from_slice(&stream_id.to_le_bytes());
-    h
+/// Appends a full (type 0) chunk header at timestamp 0 on chunk stream `csid` (2 to
+/// 63): what re-framed messages (rml_rtmp reads no timestamp of a control or command
+/// message) and our acknowledgements carry.
+fn put_chunk_header(out: &mut Vec<u8>, csid: u8, length: u32, type_id: u8, stream_id: u32) {
+    out.extend_from_slice(&[csid, 0, 0, 0]);
+    out.extend_from_slice(&length.to_be_bytes()[1..]);
+    out.push(type_id);
+    out.extend_from_slice(&stream_id.to_le_bytes());
 }
 
 impl TagMedia {

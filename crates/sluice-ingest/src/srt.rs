@@ -637,25 +637,21 @@ impl Connection {
             }
             let now = Instant::now();
             let peer = self.peer;
-            let mut panicked = false;
-            loop {
+            let ended = loop {
                 match rx.try_recv() {
                     Ok(p) => {
                         if contained(|| self.conn.handle_packet_input(now, Ok((p, peer)))).is_none()
                         {
-                            panicked = true;
-                            break;
+                            break Some(EndReason::Panicked("srt-protocol"));
                         }
                     }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break None,
+                    // Closed by the listener, and nothing left.
+                    Err(mpsc::error::TryRecvError::Disconnected) => break Some(EndReason::Closed),
                 }
-            }
-            if panicked {
-                break EndReason::Panicked("srt-protocol");
-            }
-            if rx.is_closed() && rx.is_empty() {
-                break EndReason::Closed;
+            };
+            if let Some(end) = ended {
+                break end;
             }
         };
         if matches!(end, EndReason::Closed) {
