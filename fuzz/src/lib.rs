@@ -153,6 +153,45 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
+/// A control API change made to a configuration file: the input is the file's text, a
+/// NUL byte, then `<op> <dotted.path> <json>` (op `p` merge patch, `i` insert, `r`
+/// remove). Whatever the edit, the document it leaves must still be TOML (an edit never
+/// writes a file the server could not read back), and validating it must not panic.
+pub fn config_edit(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (toml, command) = text.split_once('\0').unwrap_or((text, ""));
+    let Ok(mut doc) = sluice_config::edit::ConfigDocument::parse(toml) else {
+        return;
+    };
+    let mut parts = command.splitn(3, ' ');
+    let (op, path, json) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("null"),
+    );
+    let path: Vec<&str> = path.split('.').filter(|p| !p.is_empty()).collect();
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return;
+    };
+    let edited = match op {
+        "p" => doc.merge_patch(&path, &value),
+        "i" => doc.insert(&path, &value),
+        "r" => doc.remove(&path),
+        _ => return,
+    };
+    let _ = doc.get(&path);
+    let _ = doc.keys(&path);
+    if edited.is_ok() {
+        let out = doc.text();
+        if let Err(e) = sluice_config::edit::ConfigDocument::parse(&out) {
+            panic!("an edit left a document that is not TOML: {e}\n{out}");
+        }
+        let _ = sluice_config::Config::from_toml_str(&out, "fuzz");
+    }
+}
+
 /// An HTTP request target: the path decoded into a route (with or without a session
 /// component), the session checked, and the query's LL-HLS delivery directives.
 pub fn http_path(data: &[u8]) {
@@ -298,7 +337,8 @@ mod tests {
             PANICS.fetch_add(1, Ordering::SeqCst);
             default_hook(info);
         }));
-        let targets: [(&str, fn(&[u8])); 10] = [
+        let targets: [(&str, fn(&[u8])); 11] = [
+            ("config_edit", super::config_edit),
             ("rtmp_chunks", super::rtmp_chunks),
             ("ts_demux", super::ts_demux),
             ("srt_streamid", super::srt_streamid),

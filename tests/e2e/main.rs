@@ -1,6 +1,7 @@
 //! End-to-end: the real `sluice` binary, real RTMP from ffmpeg, real HTTP,
 //! and independent parsers (ffprobe, m3u8-rs, the mp4 crate) on the output.
 
+mod api;
 mod failover;
 mod hardening;
 mod llhls;

@@ -144,6 +144,10 @@ impl Server {
         format!("rtmp://127.0.0.1:{}/live/{key}", self.rtmp)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal (`TERM`, `INT`, ...) to the server process.
     pub fn signal(&self, name: &str) {
         send_signal(self.child.id(), name);

@@ -12,6 +12,7 @@
 //! file is reported, not just the first.
 
 mod countries;
+pub mod edit;
 mod error;
 mod model;
 mod parse;

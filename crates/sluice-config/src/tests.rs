@@ -1160,3 +1160,38 @@ fn slate_defaults_and_errors() {
         );
     }
 }
+
+#[test]
+fn override_cycles_are_refused_and_self_targets_are_not() {
+    let dist = |name: &str, target: &str| {
+        format!(
+            "[distributions.{name}]\nchannel = \"c\"\n[[distributions.{name}.overrides]]\ndevice_type = \"mobile\"\ntargets = [{{ distribution = \"{name}\", weight = 50 }}, {{ distribution = \"{target}\", weight = 50 }}]\n"
+        )
+    };
+    // a -> b -> c -> a, each also keeping a share for itself.
+    let src = format!(
+        "{BASE}{}{}{}",
+        dist("a", "b"),
+        dist("b", "c"),
+        dist("c", "a")
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert_eq!(
+        e[0].path,
+        "distributions.a.overrides[0].targets[1].distribution"
+    );
+    assert!(
+        e[0].message
+            .contains("overrides form a cycle (\"a\" -> \"b\" -> \"c\" -> \"a\")"),
+        "{}",
+        e[0].message
+    );
+    // A chain that ends is fine.
+    let src = format!(
+        "{BASE}{}{}[distributions.c]\nchannel = \"c\"\n",
+        dist("a", "b"),
+        dist("b", "c")
+    );
+    Config::from_toml_str(&src, "t.toml").unwrap();
+}

@@ -98,6 +98,7 @@ pub(crate) fn validate(
             distributions.insert(id, dist);
         }
     }
+    c.override_cycles(raw);
     let ok = c.problems.is_empty() && problems.is_empty();
     problems.append(&mut c.problems);
     ok.then_some(Config {
@@ -902,6 +903,75 @@ impl Checker<'_> {
             required,
             keys,
             issuer: r.issuer.as_ref().map(|i| i.get_ref().clone()),
+        }
+    }
+
+    /// Overrides move a viewer one hop, so a chain back to where it started (`a` sends
+    /// to `b`, `b` to `a`) never does what it reads as: refused at every target that
+    /// closes such a cycle. A distribution naming itself (keeping a share of its viewers)
+    /// is not a cycle.
+    fn override_cycles(&mut self, raw: &RawConfig) {
+        let edges: HashMap<&str, Vec<&S<String>>> = raw
+            .distributions
+            .iter()
+            .map(|(k, d)| {
+                let name = k.get_ref().as_str();
+                let targets = d
+                    .get_ref()
+                    .overrides
+                    .iter()
+                    .flat_map(|o| &o.get_ref().targets)
+                    .map(|t| &t.get_ref().distribution)
+                    .filter(|t| t.get_ref() != name)
+                    .collect();
+                (name, targets)
+            })
+            .collect();
+        let reaches = |from: &str, to: &str| -> Option<Vec<String>> {
+            // Breadth-first, remembering the way back to print the cycle.
+            let mut prev: HashMap<&str, &str> = HashMap::new();
+            let mut queue = std::collections::VecDeque::from([from]);
+            let mut seen = std::collections::HashSet::from([from]);
+            while let Some(n) = queue.pop_front() {
+                if n == to {
+                    let mut path = vec![n.to_string()];
+                    let mut at = n;
+                    while let Some(p) = prev.get(at) {
+                        path.push(p.to_string());
+                        at = p;
+                    }
+                    path.reverse();
+                    return Some(path);
+                }
+                for t in edges.get(n).into_iter().flatten() {
+                    let t = t.get_ref().as_str();
+                    if seen.insert(t) {
+                        prev.insert(t, n);
+                        queue.push_back(t);
+                    }
+                }
+            }
+            None
+        };
+        let mut found = Vec::new();
+        for (from, targets) in &edges {
+            for t in targets {
+                if let Some(back) = reaches(t.get_ref(), from) {
+                    let cycle: Vec<String> =
+                        std::iter::once(from.to_string()).chain(back).collect();
+                    found.push((
+                        t.span(),
+                        format!(
+                            "overrides form a cycle ({}): a viewer is moved one hop only, so remove one of these targets",
+                            cycle.iter().map(|n| quote(n)).collect::<Vec<_>>().join(" -> ")
+                        ),
+                    ));
+                }
+            }
+        }
+        found.sort_by_key(|(span, _)| span.start);
+        for (span, message) in found {
+            self.err(span, message);
         }
     }
 

@@ -19,7 +19,8 @@ pub mod session;
 pub use geo::{GeoDb, GeoDbError};
 pub use policy::{Geo, Policy, Refusal, SignError, sign_token};
 pub use server::{
-    Answer, Catalog, Directives, DistributionEntry, HttpLimits, HttpState, Parked, RefusalCounts,
-    RequestFacts, handle, plan, serve_http_connection,
+    API_MAX_BODY, Answer, ApiFuture, ApiRequest, Catalog, ControlApi, Directives,
+    DistributionEntry, HttpLimits, HttpState, Parked, RefusalCounts, RequestFacts, ViewerCounts,
+    handle, plan, serve_http_connection,
 };
 pub use session::SessionKey;

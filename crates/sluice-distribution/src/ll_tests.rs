@@ -85,6 +85,7 @@ fn state(out: &Arc<EngineOutput>) -> Arc<HttpState> {
                 enabled: true,
                 engines: vec![(Id::new("e").unwrap(), out.clone())],
                 target_latency: latency,
+                stopped: false,
             },
         );
     }

@@ -42,6 +42,8 @@ pub struct DistributionEntry {
     /// `target_latency_seconds`: raises the LL-HLS `PART-HOLD-BACK`/`HOLD-BACK` of its
     /// media playlists (never below the spec's minimums).
     pub target_latency: Option<MediaTime>,
+    /// Its channel was stopped (control API): admitted requests answer 503.
+    pub stopped: bool,
 }
 
 impl DistributionEntry {
@@ -104,6 +106,10 @@ pub struct HttpState {
     pub catalog: ArcSwap<Catalog>,
     pub sessions: SessionKey,
     pub refusals: RefusalCounts,
+    /// Who is watching what, for status.
+    pub viewers: ViewerCounts,
+    /// What answers `/api/...` (set once, by the server's wiring); `None`: 404.
+    pub api: std::sync::OnceLock<Arc<dyn ControlApi>>,
 }
 
 impl HttpState {
@@ -112,9 +118,38 @@ impl HttpState {
             catalog: ArcSwap::from_pointee(catalog),
             sessions,
             refusals: RefusalCounts::default(),
+            viewers: ViewerCounts::default(),
+            api: std::sync::OnceLock::new(),
         })
     }
 }
+
+/// A request to the control API, its body read in full (at most [`API_MAX_BODY`]).
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub peer: IpAddr,
+    pub authorization: Option<String>,
+    pub if_match: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+/// The future of one control API answer.
+pub type ApiFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static>>;
+
+/// Answers `/api/...` requests (the control API lives with the server's wiring, which
+/// owns the configuration; this crate only carries its requests).
+pub trait ControlApi: Send + Sync + 'static {
+    fn call(self: Arc<Self>, req: ApiRequest) -> ApiFuture;
+}
+
+/// The largest control API request body (a whole configuration section fits many
+/// times over).
+pub const API_MAX_BODY: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
@@ -251,6 +286,61 @@ impl<'a> RequestFacts<'a> {
             authorization: None,
             user_agent: None,
         }
+    }
+}
+
+/// Viewers seen in the last [`ViewerCounts::ACTIVE_SECS`], by distribution: a viewer is
+/// a client address and user agent that fetched a media playlist. Sharded, bounded
+/// (past [`ViewerCounts::MAX_PER_SHARD`] entries a shard forgets stale viewers, then
+/// stops adding): a flood of addresses cannot grow it.
+pub struct ViewerCounts {
+    shards: Vec<Mutex<HashMap<u64, (Id, u64)>>>,
+    epoch: std::time::Instant,
+}
+
+impl Default for ViewerCounts {
+    fn default() -> Self {
+        ViewerCounts {
+            shards: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
+            epoch: std::time::Instant::now(),
+        }
+    }
+}
+
+impl ViewerCounts {
+    pub const ACTIVE_SECS: u64 = 30;
+    pub const MAX_PER_SHARD: usize = 1 << 16;
+
+    fn seen(&self, dist: &Id, client: IpAddr, user_agent: Option<&str>) {
+        use std::hash::{Hash, Hasher};
+        // A fixed hasher: the same viewer lands on the same key every time.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        dist.hash(&mut h);
+        client.hash(&mut h);
+        user_agent.hash(&mut h);
+        let key = h.finish();
+        let now = self.epoch.elapsed().as_secs();
+        let shard = &self.shards[(key % self.shards.len() as u64) as usize];
+        let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= Self::MAX_PER_SHARD && !m.contains_key(&key) {
+            m.retain(|_, (_, at)| now.saturating_sub(*at) <= Self::ACTIVE_SECS);
+            if m.len() >= Self::MAX_PER_SHARD {
+                return;
+            }
+        }
+        m.insert(key, (dist.clone(), now));
+    }
+
+    /// Distinct viewers of `dist` in the last [`ViewerCounts::ACTIVE_SECS`].
+    pub fn count(&self, dist: &Id) -> u64 {
+        let now = self.epoch.elapsed().as_secs();
+        let mut n = 0;
+        for shard in &self.shards {
+            let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
+            m.retain(|_, (_, at)| now.saturating_sub(*at) <= Self::ACTIVE_SECS);
+            n += m.values().filter(|(d, _)| d == dist).count() as u64;
+        }
+        n
     }
 }
 
@@ -582,9 +672,20 @@ pub fn plan(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Answer {
             return refuse(state, dist_id, why).into();
         }
     }
+    if dist.stopped {
+        return with_cors(
+            error(StatusCode::SERVICE_UNAVAILABLE, "channel stopped\n"),
+            &dist.policy,
+            origin,
+        )
+        .into();
+    }
     if let Route::SessionCheck { .. } = route {
         // Admitted (or an open distribution): a cache in front may serve this viewer.
         return no_content().into();
+    }
+    if let Route::MediaPlaylist { .. } = route {
+        state.viewers.seen(dist_id, client, req.user_agent);
     }
     let engines = dist.engines_for(engine.as_ref());
     match serve_route(dist, &engines, &route, req.query) {
@@ -683,6 +784,9 @@ fn multivariant(
             StatusCode::NOT_FOUND,
             "output not enabled for this distribution\n",
         );
+    }
+    if served.stopped {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "channel stopped\n");
     }
     let Some((engine, body)) = served.engine_for_new_viewer(output) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n");
@@ -888,11 +992,66 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Reads a control API request's body (bounded in size and time) and hands it on.
+async fn api_service(
+    api: Arc<dyn ControlApi>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    read_timeout: Duration,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let head = |name| header_str(&req, name).map(str::to_owned);
+    let (authorization, if_match, content_type) = (
+        head(header::AUTHORIZATION),
+        head(header::IF_MATCH),
+        head(header::CONTENT_TYPE),
+    );
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, API_MAX_BODY);
+    let body = match tokio::time::timeout(read_timeout, limited.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB\n");
+        }
+        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "unreadable request body\n"),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+    };
+    let mut resp = api
+        .clone()
+        .call(ApiRequest {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            peer: peer.ip(),
+            authorization,
+            if_match,
+            content_type,
+            body,
+        })
+        .await;
+    // The API is for scripts and operators, not for pages on other origins.
+    resp.headers_mut()
+        .remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    if parts.method == Method::HEAD {
+        *resp.body_mut() = Full::new(Bytes::new());
+    }
+    tracing::debug!(method = %parts.method, path = parts.uri.path(), status = resp.status().as_u16(), "api");
+    resp
+}
+
 async fn service(
     state: Arc<HttpState>,
     peer: SocketAddr,
     req: Request<Incoming>,
+    read_timeout: Duration,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let path = req.uri().path();
+    if path == "/api" || path.starts_with("/api/") {
+        return Ok(match state.api.get() {
+            Some(api) => api_service(api.clone(), peer, req, read_timeout).await,
+            None => error(StatusCode::NOT_FOUND, "not found\n"),
+        });
+    }
     let facts = RequestFacts {
         method: req.method(),
         path: req.uri().path(),
@@ -938,7 +1097,9 @@ pub async fn serve_http_connection<S>(
     let io = WriteDeadline::new(stream, limits.write_stall_timeout)
         .with_first_read_deadline(limits.header_read_timeout);
     let stalled = io.stalled.clone();
-    let svc = hyper::service::service_fn(move |req| service(state.clone(), peer, req));
+    let read_timeout = limits.header_read_timeout;
+    let svc =
+        hyper::service::service_fn(move |req| service(state.clone(), peer, req, read_timeout));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -987,6 +1148,7 @@ mod tests {
             enabled,
             engines: vec![],
             target_latency: None,
+            stopped: false,
         }
     }
 

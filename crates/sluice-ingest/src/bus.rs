@@ -18,7 +18,7 @@
 //! subscriber. A subscriber that falls behind loses the oldest events, is told
 //! so, and resumes at the next video keyframe (with the session's `Start` again).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ pub enum BusError {
 pub enum PublishEnded {
     #[error("replaced by a newer publish on the same channel")]
     Superseded,
+    #[error("its ingest was changed or removed, or its channel stopped")]
+    Removed,
     #[error("audio-only input is not supported: no video within 5 s of media")]
     NoVideo,
     #[error(
@@ -72,6 +74,9 @@ pub enum PublishEnded {
     )]
     OverBitrate { measured_kbps: u32, max_kbps: u32 },
 }
+
+const ENDED_SUPERSEDED: u8 = 1;
+const ENDED_REMOVED: u8 = 2;
 
 /// The window an ingest's `max_kbps` is measured over: long enough that keyframes and an
 /// encoder's start-up burst average out.
@@ -141,8 +146,8 @@ struct Feed {
     spec: FeedSpec,
     /// When it last sent a frame (ms since the bus's epoch).
     last_frame_ms: Arc<AtomicU64>,
-    /// Set when a new connection of the same ingest replaced it.
-    replaced: Arc<std::sync::atomic::AtomicBool>,
+    /// Set (to `ENDED_SUPERSEDED` or `ENDED_REMOVED`) when it may feed no more.
+    replaced: Arc<AtomicU8>,
 }
 
 #[derive(Debug, Default)]
@@ -265,6 +270,23 @@ impl ChannelBus {
         self.send(MediaEvent::Close);
     }
 
+    /// Ends the feeds of ingest `ingest` (every feed when `None`): their publishers learn
+    /// [`PublishEnded::Removed`] and their connections close. For a configuration change
+    /// that removes or changes an ingest, or stops the channel.
+    pub fn end_feeds(&self, ingest: Option<&str>) {
+        let st = self.lock();
+        for f in &st.feeds {
+            if ingest.is_none_or(|i| f.spec.ingest == i) {
+                let _ = f.replaced.compare_exchange(
+                    0,
+                    ENDED_REMOVED,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
     /// How long a silent owner is kept before a standby feed takes over.
     pub fn failover_after(&self) -> Duration {
         Duration::from_millis(self.failover_after_ms)
@@ -315,7 +337,7 @@ impl ChannelBus {
             }
             self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(channel = %self.channel, idle_ms = idle, old_publisher = old.id, %source, "publisher sent nothing; a new publish takes over");
-            old.replaced.store(true, Ordering::Relaxed);
+            old.replaced.store(ENDED_SUPERSEDED, Ordering::Relaxed);
             if self.owner.load(Ordering::Relaxed) == old.id {
                 self.end_current(&mut st);
                 self.owner.store(0, Ordering::Relaxed);
@@ -325,7 +347,7 @@ impl ChannelBus {
         let id = st.next_publisher;
         st.next_publisher += 1;
         let last_frame_ms = Arc::new(AtomicU64::new(now));
-        let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let replaced = Arc::new(AtomicU8::new(0));
         st.feeds.push(Feed {
             id,
             spec: spec.clone(),
@@ -407,7 +429,7 @@ pub struct Publisher {
     source: String,
     spec: FeedSpec,
     last_frame_ms: Arc<AtomicU64>,
-    replaced: Arc<std::sync::atomic::AtomicBool>,
+    replaced: Arc<AtomicU8>,
     session: u64,
     video: Option<VideoConfig>,
     audio: Option<AudioConfig>,
@@ -457,8 +479,12 @@ impl Publisher {
     /// Set once this publisher may no longer feed the channel: the shell closes the
     /// connection with this reason. Every call is a no-op from then on.
     pub fn ended(&mut self) -> Option<PublishEnded> {
-        if self.ended.is_none() && self.replaced.load(Ordering::Relaxed) {
-            self.ended = Some(PublishEnded::Superseded);
+        if self.ended.is_none() {
+            self.ended = match self.replaced.load(Ordering::Relaxed) {
+                ENDED_SUPERSEDED => Some(PublishEnded::Superseded),
+                ENDED_REMOVED => Some(PublishEnded::Removed),
+                _ => None,
+            };
         }
         self.ended
     }
@@ -1043,6 +1069,24 @@ mod tests {
         );
         assert_eq!(bus.stats.takeovers.load(Ordering::Relaxed), 1);
         drop(new);
+        assert!(!bus.is_publishing());
+    }
+
+    /// A configuration change ends the feeds of the ingest it names (or all of them):
+    /// their publishers learn why, and the channel is free again once they are dropped.
+    #[tokio::test]
+    async fn ended_feeds_learn_they_were_removed() {
+        let bus = bus();
+        let mut a = feed(&bus, "a", 1);
+        let mut b = feed(&bus, "b", 2);
+        bus.end_feeds(Some("b"));
+        assert_eq!(a.ended(), None);
+        assert_eq!(b.ended(), Some(PublishEnded::Removed));
+        drop(b);
+        bus.end_feeds(None);
+        assert_eq!(a.ended(), Some(PublishEnded::Removed));
+        assert!(bus.is_publishing());
+        drop(a);
         assert!(!bus.is_publishing());
     }
 

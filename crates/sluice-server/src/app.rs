@@ -1,40 +1,34 @@
 //! Wiring: a validated configuration becomes buses, engines, packagers,
 //! listeners and the HTTP catalog; then supervision until a signal.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use sluice_config::{Config, IngestProtocol, LadderRef, Output};
+use sluice_config::{Config, Output};
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
 use sluice_distribution::{
     Catalog, DistributionEntry, Geo, GeoDb, HttpLimits, HttpState, Policy, SessionKey,
 };
-use sluice_engine::{
-    EncodedEvent, EngineMode, RenditionSettings, TestPattern, TestPatternSettings,
-    TranscodeSettings,
-};
-use sluice_ingest::pull::PullSpec;
-use sluice_ingest::{ChannelBus, DEFAULT_BUS_CAPACITY, FeedSpec, KeyEntry, KeyRouter, RtmpLimits};
-use sluice_package::{
-    AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
-};
+use sluice_engine::EncodedEvent;
+use sluice_ingest::RtmpLimits;
+use sluice_package::{EngineOutput, OutputKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admission::{AdmissionPolicy, AdmissionTable};
-use crate::engine_runner;
+use crate::control::Control;
 use crate::listen;
+use crate::runtime::{LiveRouter, Runtime, Shared, SrtSetup};
 use crate::srt_listen;
-use crate::supervise::supervise;
 use crate::workers::WorkerPool;
 
-/// Compressed input an engine may queue before it drops to the next keyframe (a
-/// backstop: the bound that matters is two segments of media time).
-const ENGINE_INPUT_BYTES: u64 = 32 << 20;
+/// How often the configuration file is checked for changes.
+const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn output_kind(o: Output) -> OutputKind {
     match o {
@@ -46,7 +40,7 @@ fn output_kind(o: Output) -> OutputKind {
 /// Sessions start on a common multiple of every engine's segment duration, so that each
 /// engine's first segment after a seam starts on its own grid (capped at a minute, past
 /// which the longest duration is used).
-fn session_grid(segment_seconds: impl Iterator<Item = f64>) -> MediaTime {
+pub(crate) fn session_grid(segment_seconds: impl Iterator<Item = f64>) -> MediaTime {
     fn gcd(a: u64, b: u64) -> u64 {
         if b == 0 { a } else { gcd(b, a % b) }
     }
@@ -67,17 +61,21 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
-pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     sluice_engine::check_elements()?;
     for what in sluice_config::not_served_yet(&cfg) {
         tracing::warn!("accepted, not served yet: {what}");
     }
+    for (i, t) in cfg.api.admin_tokens.iter().enumerate() {
+        if t.len() < 16 {
+            tracing::warn!(
+                "api.admin_tokens[{i}] is {} characters long: anyone who guesses it controls the server; use at least 16 random characters",
+                t.len()
+            );
+        }
+    }
     let cancel = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let mut patterns: Vec<TestPattern> = Vec::new();
-    let mut router = KeyRouter::default();
-    // (channel, engine) -> what the HTTP side reads.
-    let mut outputs: HashMap<(Id, Id), Arc<EngineOutput>> = HashMap::new();
+    let tracker = TaskTracker::new();
     // Media time starts at the wall clock: segment numbers and init versions of this run
     // never repeat those of an earlier run, whose segments caches may hold as immutable.
     let since_epoch = std::time::SystemTime::now()
@@ -85,201 +83,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         .unwrap_or_default();
     let timeline_start = sluice_core::time::duration_to_nanos(since_epoch);
     let init_version_base = u32::try_from(since_epoch.as_secs()).unwrap_or(u32::MAX / 2);
-
-    for (channel_id, channel) in &cfg.channels {
-        let grid = session_grid(channel.engines.values().map(|e| e.ladder.segment_seconds));
-        let bus = ChannelBus::new(
-            channel_id.clone(),
-            grid,
-            DEFAULT_BUS_CAPACITY,
-            timeline_start,
-        );
-
-        let mut engines: Vec<_> = channel.engines.iter().collect();
-        engines.sort_by_key(|(id, e)| (e.priority, (*id).clone()));
-        for (index, (engine_id, engine)) in engines.into_iter().enumerate() {
-            let ladder = &engine.ladder;
-            let settings = PackagerSettings {
-                segment_duration: secs_f64_to_nanos(ladder.segment_seconds),
-                window: secs_f64_to_nanos(ladder.window_seconds),
-                cmaf: engine.outputs.contains(&Output::Cmaf),
-                ts: engine.outputs.contains(&Output::Ts),
-                // Each engine its own range of init versions: a viewer that fails over
-                // to another engine fetches that engine's init segment, never a cached
-                // one of the same name with other parameter sets.
-                init_version_base: init_version_base
-                    .saturating_add(u32::try_from(index).unwrap_or(0).saturating_mul(100_000)),
-                part_duration: secs_f64_to_nanos(ladder.part_seconds),
-            };
-            let (mode, renditions, audio) = match &engine.ladder_ref {
-                LadderRef::Passthrough => (
-                    EngineMode::Passthrough,
-                    vec![RenditionSpec {
-                        name: Id::new("source").expect("valid id"),
-                        width: 0,
-                        height: 0,
-                        video_kbps: 0,
-                    }],
-                    Some(AudioSpec { kbps: 0 }),
-                ),
-                LadderRef::Named(_) => (
-                    EngineMode::Transcode(TranscodeSettings {
-                        segment_duration: settings.segment_duration,
-                        renditions: ladder
-                            .renditions
-                            .iter()
-                            .map(|r| RenditionSettings {
-                                width: r.width,
-                                height: r.height,
-                                video_kbps: r.video_kbps,
-                            })
-                            .collect(),
-                        audio_kbps: ladder.audio_kbps,
-                        preset: ladder.encoder_preset.clone(),
-                        max_queued_bytes: ENGINE_INPUT_BYTES,
-                        max_queued_time: settings.segment_duration.saturating_mul(2),
-                    }),
-                    ladder
-                        .renditions
-                        .iter()
-                        .map(|r| RenditionSpec {
-                            name: r.name.clone(),
-                            width: r.width,
-                            height: r.height,
-                            video_kbps: r.video_kbps,
-                        })
-                        .collect(),
-                    Some(AudioSpec {
-                        kbps: ladder.audio_kbps,
-                    }),
-                ),
-            };
-            let (packager, output) = Packager::new(settings, renditions, audio);
-            let packager = Arc::new(Mutex::new(packager));
-            outputs.insert((channel_id.clone(), engine_id.clone()), output);
-            let name = format!("{channel_id}/{engine_id}");
-            tasks.spawn(supervise(format!("engine {name}"), cancel.clone(), {
-                let (bus, cancel) = (bus.clone(), cancel.clone());
-                let mut runs = 0u64;
-                move || {
-                    runs += 1;
-                    engine_runner::run(
-                        name.clone(),
-                        mode.clone(),
-                        bus.subscribe(),
-                        packager.clone(),
-                        cancel.clone(),
-                        runs > 1,
-                    )
-                }
-            }));
-        }
-
-        if channel.slate.enabled {
-            // The slate is made at the size of the largest rendition any engine makes.
-            let (width, height) = channel
-                .engines
-                .values()
-                .flat_map(|e| e.ladder.renditions.iter())
-                .map(|r| (r.width, r.height))
-                .max_by_key(|(w, h)| w * h)
-                .unwrap_or((1280, 720));
-            let picture = TestPatternSettings {
-                width,
-                height,
-                fps: 30,
-                video_kbps: 800,
-                look: sluice_engine::Look::Slate {
-                    image: channel.slate.image.clone(),
-                },
-            };
-            let timeout =
-                std::time::Duration::from_secs(u64::from(channel.slate.timeout_minutes) * 60);
-            let slate_timeout = slate_timeout_override().unwrap_or(timeout);
-            tasks.spawn(supervise(format!("slate {channel_id}"), cancel.clone(), {
-                let (bus, cancel) = (bus.clone(), cancel.clone());
-                move || {
-                    crate::slate::watch(bus.clone(), picture.clone(), slate_timeout, cancel.clone())
-                }
-            }));
-        }
-
-        for (ingest_id, ingest) in &channel.ingests {
-            match ingest.protocol {
-                IngestProtocol::Rtmp | IngestProtocol::Srt => {
-                    if let Some(key) = &ingest.stream_key {
-                        router.keys.insert(
-                            key.clone(),
-                            KeyEntry {
-                                ingest: ingest_id.clone(),
-                                protocol: ingest.protocol,
-                                enabled: ingest.enabled,
-                                allow_cidrs: ingest.allow_cidrs.clone(),
-                                passphrase: ingest.passphrase.clone(),
-                                priority: ingest.priority,
-                                max_kbps: ingest.max_kbps,
-                                bus: bus.clone(),
-                            },
-                        );
-                    }
-                }
-                IngestProtocol::TestPattern if ingest.enabled => {
-                    let publisher = bus.begin_feed(
-                        format!("test-pattern:{ingest_id}"),
-                        FeedSpec {
-                            ingest: ingest_id.to_string(),
-                            priority: ingest.priority,
-                        },
-                        sluice_ingest::bus::STALE_AFTER,
-                    )?;
-                    let tp = &ingest.test_pattern;
-                    let pattern = TestPattern::start(
-                        &TestPatternSettings {
-                            width: tp.width,
-                            height: tp.height,
-                            fps: tp.fps,
-                            ..Default::default()
-                        },
-                        publisher_sink(publisher),
-                    )
-                    .with_context(|| {
-                        format!("cannot start test pattern {channel_id}/{ingest_id}")
-                    })?;
-                    tracing::info!(channel = %channel_id, ingest = %ingest_id, "test pattern started");
-                    patterns.push(pattern);
-                }
-                IngestProtocol::RtmpPull | IngestProtocol::SrtPull if ingest.enabled => {
-                    let Some(url) = ingest.url.clone() else {
-                        anyhow::bail!("{channel_id}/{ingest_id}: a pull ingest needs a url");
-                    };
-                    let spec = PullSpec {
-                        ingest: ingest_id.clone(),
-                        url,
-                        passphrase: ingest.passphrase.clone(),
-                        priority: ingest.priority,
-                        max_kbps: ingest.max_kbps,
-                    };
-                    tasks.spawn(supervise(
-                        format!("pull {channel_id}/{ingest_id}"),
-                        cancel.clone(),
-                        {
-                            let (bus, cancel) = (bus.clone(), cancel.clone());
-                            move || {
-                                sluice_ingest::pull::run_pull(
-                                    bus.clone(),
-                                    spec.clone(),
-                                    cancel.clone(),
-                                )
-                            }
-                        },
-                    ));
-                }
-                IngestProtocol::TestPattern
-                | IngestProtocol::RtmpPull
-                | IngestProtocol::SrtPull => {}
-            }
-        }
-    }
 
     // Geo rules fail closed: without a readable database they refuse every viewer.
     let geodb = match &cfg.server.geoip_database {
@@ -292,7 +95,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         },
         None => None,
     };
-    let catalog = build_catalog(&cfg, &outputs, &geodb)?;
 
     let http = Arc::new(bind(cfg.server.http_listen, "HTTP").await?);
     let rtmp = Arc::new(bind(cfg.server.rtmp_listen, "RTMP").await?);
@@ -322,14 +124,41 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     // Sessions are signed with a key made at start: they end with the process (viewers
     // then re-enter through the multivariant playlist, with their token).
     let sessions = SessionKey::random().context("no randomness for the session key")?;
-    let state = HttpState::new(catalog, sessions);
-    let mut reloader = Reloader {
-        path: config_path.clone(),
-        running: cfg.clone(),
-        outputs: outputs.clone(),
-        geodb: geodb.clone(),
-        state: state.clone(),
+    let state = HttpState::new(Catalog::default(), sessions);
+    let live_router = Arc::new(LiveRouter::default());
+    // Slots are kept for the encoders an ingest names in allow_cidrs (at start): a flood
+    // from elsewhere cannot lock them out. Those encoders are trusted hosts, and are not
+    // held to the per-address cap either: one contribution box may publish many channels.
+    let allowed: Vec<_> = cfg
+        .channels
+        .values()
+        .flat_map(|c| c.ingests.values())
+        .flat_map(|i| i.allow_cidrs.iter().copied())
+        .collect();
+    let srt_limits = Arc::new(sluice_ingest::SrtLimits::default());
+    let srt = SrtSetup {
+        addr: cfg.server.srt_listen,
+        admit: srt_listen::admission(&srt_limits, allowed.clone()),
+        limits: srt_limits,
+        router: live_router.clone(),
     };
+    let runtime = Runtime::start(
+        cfg.clone(),
+        Shared {
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+            timeline_start,
+            init_version_base,
+            geodb,
+            state: state.clone(),
+            router: live_router.clone(),
+            srt,
+        },
+    )
+    .await?;
+    let control = Arc::new(Control::new(runtime, text, config_path.clone())?);
+    let _ = state.api.set(control.clone());
+    tracker.spawn(control.clone().watch(WATCH_PERIOD, cancel.clone()));
     let limits = http_limits();
     let admission = AdmissionTable::new(AdmissionPolicy {
         max_total: limits.max_connections,
@@ -392,17 +221,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
             },
         ));
     }
-    let router: Arc<dyn sluice_ingest::PublishRouter> = Arc::new(router);
+    let router: Arc<dyn sluice_ingest::PublishRouter> = live_router;
     let limits = RtmpLimits::default();
-    // Slots are kept for the encoders an ingest names in allow_cidrs: a flood from
-    // elsewhere cannot lock them out. Those encoders are trusted hosts, and are not held
-    // to the per-address cap either: one contribution box may publish many channels.
-    let allowed: Vec<_> = cfg
-        .channels
-        .values()
-        .flat_map(|c| c.ingests.values())
-        .flat_map(|i| i.allow_cidrs.iter().copied())
-        .collect();
     let admission = AdmissionTable::new(AdmissionPolicy {
         max_total: limits.max_connections,
         max_per_address: limits.max_per_address,
@@ -414,8 +234,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         },
         reserved_for: allowed.clone(),
     });
-    let srt_router = router.clone();
-    let allowed_srt = allowed;
     servers.spawn(listen::supervised_accept_loop(
         "RTMP",
         rtmp,
@@ -430,43 +248,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         },
     ));
 
-    // SRT listens only when some ingest takes SRT: nothing else needs the UDP port.
-    let srt_ingests = cfg
-        .channels
-        .values()
-        .flat_map(|c| c.ingests.values())
-        .any(|i| i.protocol == IngestProtocol::Srt);
-    if srt_ingests {
-        let limits = Arc::new(sluice_ingest::SrtLimits::default());
-        let admit = srt_listen::admission(&limits, allowed_srt);
-        let addr = cfg.server.srt_listen;
-        // The first bind is checked here, so a taken port stops the start with its reason.
-        let first = Mutex::new(Some(srt_listen::bind(addr).await?));
-        tracing::info!(srt = %addr, "SRT listening");
-        servers.spawn(supervise("SRT listener".to_string(), cancel.clone(), {
-            let (router, cancel) = (srt_router, cancel.clone());
-            move || {
-                let (router, admit, limits, cancel) =
-                    (router.clone(), admit.clone(), limits.clone(), cancel.clone());
-                let bound = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-                async move {
-                    let socket = match bound {
-                        Some(s) => s,
-                        None => match srt_listen::bind(addr).await {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::error!(error = %format!("{e:#}"), "SRT listener cannot start again");
-                                return;
-                            }
-                        },
-                    };
-                    srt_listen::serve(socket, router, admit, limits, cancel).await
-                }
-            }
-        }));
-    }
-
-    shutdown_signal(|| reloader.reload()).await;
+    shutdown_signal(|| {
+        let control = control.clone();
+        async move { control.reload("SIGHUP", false).await }
+    })
+    .await;
     tracing::info!("shutting down");
     // Last resort: nothing (a GStreamer state change that never returns, say) may keep
     // the process alive past the deadline.
@@ -479,8 +265,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
     let stopped = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         // Viewers and encoders drain (bounded by each listener), engines flush.
         while servers.join_next().await.is_some() {}
-        drop(patterns);
-        while tasks.join_next().await.is_some() {}
+        control.shutdown().await;
+        tracker.close();
+        tracker.wait().await;
     })
     .await;
     if stopped.is_err() {
@@ -493,10 +280,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
 }
 
 /// What the HTTP side serves for `cfg`'s distributions, on the engines' outputs.
-fn build_catalog(
+pub(crate) fn build_catalog(
     cfg: &Config,
     outputs: &HashMap<(Id, Id), Arc<EngineOutput>>,
     geodb: &Option<Arc<GeoDb>>,
+    stopped: &BTreeSet<Id>,
 ) -> anyhow::Result<Catalog> {
     let mut catalog = Catalog {
         trusted_proxies: cfg.server.trusted_proxies.clone(),
@@ -516,7 +304,7 @@ fn build_catalog(
             .collect();
         engines.sort_by_key(|(order, _)| *order);
         let engines = engines.into_iter().map(|(_, e)| e).collect();
-        if dist.geo.is_some() && geodb.is_none() {
+        if dist.geo.is_some() && geodb.is_none() && !outputs.is_empty() {
             tracing::warn!(distribution = %dist_id, "geo rule without a country database (server.geoip_database): every viewer is refused");
         }
         let geo = dist.geo.clone().map(|rule| Geo {
@@ -541,127 +329,11 @@ fn build_catalog(
                 engines,
                 target_latency: (dist.target_latency_seconds > 0.0)
                     .then(|| secs_f64_to_nanos(dist.target_latency_seconds)),
+                stopped: stopped.contains(&dist.channel),
             },
         );
     }
     Ok(catalog)
-}
-
-/// What a configuration reload (SIGHUP) does, given the running configuration and the
-/// file's new one.
-#[derive(Debug, PartialEq, Eq)]
-enum ReloadPlan {
-    Unchanged,
-    /// Only distributions differ: these (added, changed, removed), applied by replacing
-    /// the HTTP catalog.
-    Distributions(Vec<String>),
-    /// Sections the running server cannot change yet (channels, ingests, engines,
-    /// ladders, listeners, the API): the reload is refused as a whole.
-    NeedsRestart(Vec<&'static str>),
-}
-
-fn reload_plan(running: &Config, next: &Config) -> ReloadPlan {
-    let mut fixed = Vec::new();
-    if running.server != next.server {
-        fixed.push("[server]");
-    }
-    if running.api != next.api {
-        fixed.push("[api]");
-    }
-    if running.ladders != next.ladders {
-        fixed.push("[ladders]");
-    }
-    if running.channels != next.channels {
-        fixed.push("[channels]");
-    }
-    if !fixed.is_empty() {
-        return ReloadPlan::NeedsRestart(fixed);
-    }
-    let mut changed = Vec::new();
-    for (id, d) in &next.distributions {
-        match running.distributions.get(id) {
-            None => changed.push(format!("{id} (added)")),
-            Some(old) if old != d => changed.push(format!("{id} (changed)")),
-            Some(_) => {}
-        }
-    }
-    for id in running.distributions.keys() {
-        if !next.distributions.contains_key(id) {
-            changed.push(format!("{id} (removed)"));
-        }
-    }
-    if changed.is_empty() {
-        ReloadPlan::Unchanged
-    } else {
-        ReloadPlan::Distributions(changed)
-    }
-}
-
-/// Reads the configuration file again on SIGHUP and applies what the running server
-/// can change in place: distributions (rules, tokens, geo, IP, origins, overrides, max
-/// bitrate, outputs, the engines they draw on, added or removed). The new catalog
-/// replaces the old one atomically: every request from then on is judged by the new
-/// rules; requests in flight finish on the one they started with. A file with errors,
-/// or one that changes anything else, leaves the running configuration as it is, and
-/// says why in the log.
-struct Reloader {
-    path: Option<PathBuf>,
-    running: Config,
-    outputs: HashMap<(Id, Id), Arc<EngineOutput>>,
-    geodb: Option<Arc<GeoDb>>,
-    state: Arc<HttpState>,
-}
-
-impl Reloader {
-    fn reload(&mut self) {
-        let Some(path) = &self.path else {
-            tracing::warn!(
-                "SIGHUP: running on the embedded default configuration, there is no file to read again"
-            );
-            return;
-        };
-        let next = match Config::load(path) {
-            Ok(next) => next,
-            Err(errors) => {
-                for e in &errors.errors {
-                    tracing::error!(
-                        file = %errors.origin,
-                        line = e.line,
-                        column = e.column,
-                        key = %e.path,
-                        "{}",
-                        e.message
-                    );
-                }
-                tracing::error!(
-                    file = %errors.origin,
-                    errors = errors.errors.len(),
-                    "configuration reload refused: the file is invalid; the running configuration stays"
-                );
-                return;
-            }
-        };
-        match reload_plan(&self.running, &next) {
-            ReloadPlan::Unchanged => tracing::info!("SIGHUP: configuration unchanged"),
-            ReloadPlan::NeedsRestart(sections) => tracing::error!(
-                sections = %sections.join(", "),
-                "configuration reload refused: these sections cannot change while the server runs yet (restart to apply them); the running configuration stays"
-            ),
-            ReloadPlan::Distributions(changed) => {
-                match build_catalog(&next, &self.outputs, &self.geodb) {
-                    Ok(catalog) => {
-                        self.state.catalog.store(Arc::new(catalog));
-                        self.running = next;
-                        tracing::info!(distributions = %changed.join(", "), "configuration reloaded");
-                    }
-                    Err(e) => tracing::error!(
-                        error = %format!("{e:#}"),
-                        "configuration reload refused; the running configuration stays"
-                    ),
-                }
-            }
-        }
-    }
 }
 
 /// A generated source's encoded output (a test pattern, the slate) fed to a channel.
@@ -681,7 +353,7 @@ pub(crate) fn publisher_sink(
 
 /// Test builds only: `SLUICE_TEST_SLATE_TIMEOUT_SECS=N` replaces every channel's slate
 /// timeout (minutes in the configuration), so end-to-end tests can see a channel close.
-fn slate_timeout_override() -> Option<std::time::Duration> {
+pub(crate) fn slate_timeout_override() -> Option<std::time::Duration> {
     if !cfg!(debug_assertions) {
         return None;
     }
@@ -727,7 +399,7 @@ fn http_limits() -> HttpLimits {
 }
 
 /// Waits for SIGINT or SIGTERM; each SIGHUP in between runs `on_hangup`.
-async fn shutdown_signal(mut on_hangup: impl FnMut()) {
+async fn shutdown_signal<F: std::future::Future<Output = ()>>(mut on_hangup: impl FnMut() -> F) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -742,7 +414,7 @@ async fn shutdown_signal(mut on_hangup: impl FnMut()) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
-                _ = hup.recv() => on_hangup(),
+                _ = hup.recv() => on_hangup().await,
             }
         }
     }
@@ -752,43 +424,7 @@ async fn shutdown_signal(mut on_hangup: impl FnMut()) {
 
 #[cfg(test)]
 mod tests {
-    use super::{ReloadPlan, reload_plan, session_grid};
-    use sluice_config::Config;
-
-    fn config(extra: &str) -> Config {
-        let src = format!(
-            "[channels.a]\n[channels.a.ingests.main]\nprotocol = \"rtmp\"\nstream_key = \"k\"\n\
-             [channels.a.engines.src]\nladder = \"passthrough\"\n\
-             [distributions.d]\nchannel = \"a\"\nengines = [\"src\"]\n{extra}"
-        );
-        Config::from_toml_str(&src, "test.toml").unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[test]
-    fn reloads_apply_distributions_and_refuse_the_rest() {
-        let running = config("");
-        assert_eq!(reload_plan(&running, &config("")), ReloadPlan::Unchanged);
-        assert_eq!(
-            reload_plan(&running, &config("max_kbps = 900\n")),
-            ReloadPlan::Distributions(vec!["d (changed)".into()])
-        );
-        let added = config("[distributions.e]\nchannel = \"a\"\nengines = [\"src\"]\n");
-        assert_eq!(
-            reload_plan(&running, &added),
-            ReloadPlan::Distributions(vec!["e (added)".into()])
-        );
-        assert_eq!(
-            reload_plan(&added, &running),
-            ReloadPlan::Distributions(vec!["e (removed)".into()])
-        );
-        let mut other = running.clone();
-        other.channels.values_mut().for_each(|c| c.ingests.clear());
-        other.server.rtmp_listen = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(
-            reload_plan(&running, &other),
-            ReloadPlan::NeedsRestart(vec!["[server]", "[channels]"])
-        );
-    }
+    use super::session_grid;
 
     #[test]
     fn grid_is_a_common_multiple() {

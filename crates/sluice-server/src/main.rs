@@ -2,8 +2,10 @@
 
 mod admission;
 mod app;
+mod control;
 mod engine_runner;
 mod listen;
+mod runtime;
 mod slate;
 mod srt_listen;
 mod supervise;
@@ -170,15 +172,30 @@ fn main() -> ExitCode {
         }
         Command::Serve { config } => {
             init_tracing(cli.log_format);
-            let cfg = match &config {
-                Some(path) => match Config::load(path) {
-                    Ok(c) => c,
-                    Err(errors) => {
-                        eprintln!("{errors}");
-                        return ExitCode::FAILURE;
+            // The text is kept: API changes are made to it, comments and all.
+            let (cfg, text) = match &config {
+                Some(path) => {
+                    let loaded = std::fs::read_to_string(path)
+                        .map_err(|_| Config::load(path).err())
+                        .and_then(|text| {
+                            Config::from_toml_str(&text, &path.display().to_string())
+                                .map(|c| (c, text))
+                                .map_err(Some)
+                        });
+                    match loaded {
+                        Ok(c) => c,
+                        Err(errors) => {
+                            if let Some(errors) = errors {
+                                eprintln!("{errors}");
+                            }
+                            return ExitCode::FAILURE;
+                        }
                     }
-                },
-                None => Config::default_embedded(),
+                }
+                None => (
+                    Config::default_embedded(),
+                    sluice_config::DEFAULT_CONFIG_TOML.to_string(),
+                ),
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -187,7 +204,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let result = runtime.block_on(app::run(cfg, config));
+            let result = runtime.block_on(app::run(cfg, text, config));
             // Blocking work still running (a pipeline that will not stop) is left behind
             // rather than waited for.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -1,0 +1,843 @@
+//! What runs for a configuration, and the reconciler that changes it in place.
+//!
+//! [`Runtime::start`] starts every channel (its bus, engines, slate, pull and generated
+//! ingests) and publishes the stream keys and the HTTP catalog. [`Runtime::apply`]
+//! takes the next validated configuration and changes only what differs:
+//!
+//! - distributions (rules, tokens, overrides, max bitrate, outputs, added, removed): a
+//!   new catalog replaces the old one atomically; no engine is touched;
+//! - an engine whose settings or ladder change is started anew beside the old one, and
+//!   the catalog moves to it once it has a segment of every rendition (bounded); the old
+//!   one then stops. Viewers see a new `EXT-X-MAP` and carry on;
+//! - ingests: stream keys are replaced at once; a publisher whose ingest was removed or
+//!   changed is disconnected; pull and generated ingests restart;
+//! - channels added start, channels removed stop (their publishers are disconnected).
+//!
+//! `[server]` (listeners, proxies, databases) cannot change in place: such a change is
+//! refused as a whole.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_config::{Channel, Config, Engine, IngestProtocol, LadderRef, Output};
+use sluice_core::time::secs_f64_to_nanos;
+use sluice_core::{Id, MediaTime};
+use sluice_distribution::{GeoDb, HttpState};
+use sluice_engine::{
+    EngineMode, RenditionSettings, TestPattern, TestPatternSettings, TranscodeSettings,
+};
+use sluice_ingest::pull::PullSpec;
+use sluice_ingest::{
+    ChannelBus, DEFAULT_BUS_CAPACITY, FeedSpec, KeyEntry, KeyRouter, PublishRouter, Publisher,
+    Refusal,
+};
+use sluice_package::{
+    AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{build_catalog, publisher_sink, session_grid, slate_timeout_override};
+use crate::engine_runner;
+use crate::supervise::supervise;
+
+/// Compressed input an engine may queue before it drops to the next keyframe (a
+/// backstop: the bound that matters is two segments of media time).
+const ENGINE_INPUT_BYTES: u64 = 32 << 20;
+
+/// Stream keys, replaced as a whole when ingests change; every authorisation reads the
+/// current table.
+#[derive(Default)]
+pub struct LiveRouter(ArcSwap<KeyRouter>);
+
+impl PublishRouter for LiveRouter {
+    fn authorize_rtmp(
+        &self,
+        stream_key: &str,
+        peer: std::net::SocketAddr,
+    ) -> Result<Publisher, Refusal> {
+        self.0.load().authorize_rtmp(stream_key, peer)
+    }
+
+    fn srt_passphrase(&self, stream_key: &str) -> Result<Option<String>, Refusal> {
+        self.0.load().srt_passphrase(stream_key)
+    }
+
+    fn authorize_srt(
+        &self,
+        stream_key: &str,
+        peer: std::net::SocketAddr,
+    ) -> Result<Publisher, Refusal> {
+        self.0.load().authorize_srt(stream_key, peer)
+    }
+}
+
+/// What every channel's tasks share.
+pub struct Shared {
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+    /// Media time of the first session (the wall clock at start).
+    pub timeline_start: MediaTime,
+    /// Init segment versions of this run start here.
+    pub init_version_base: u32,
+    pub geodb: Option<Arc<GeoDb>>,
+    pub state: Arc<HttpState>,
+    pub router: Arc<LiveRouter>,
+    pub srt: SrtSetup,
+}
+
+/// The SRT listener, started when the first SRT ingest appears (at start or later):
+/// nothing else needs its UDP port.
+pub struct SrtSetup {
+    pub addr: std::net::SocketAddr,
+    pub admit: sluice_ingest::srt::Admit,
+    pub limits: Arc<sluice_ingest::SrtLimits>,
+    pub router: Arc<LiveRouter>,
+}
+
+struct EngineRun {
+    config: Engine,
+    output: Arc<EngineOutput>,
+    cancel: CancellationToken,
+}
+
+struct ChannelRun {
+    config: Channel,
+    bus: Arc<ChannelBus>,
+    /// Everything of the channel (a child of the process's token).
+    cancel: CancellationToken,
+    engines: BTreeMap<Id, EngineRun>,
+    /// Pull ingests (a child of `cancel`).
+    pulls: CancellationToken,
+    patterns: Vec<TestPattern>,
+    slate: Option<CancellationToken>,
+    /// Input bitrate over the last sampling period (see [`sample_input`]).
+    input_kbps: Arc<AtomicU32>,
+}
+
+impl ChannelRun {
+    fn stop(self) {
+        self.cancel.cancel();
+        drop(self.patterns);
+        self.bus.end_feeds(None);
+        self.bus.close();
+    }
+}
+
+/// What is running, and the configuration it runs.
+pub struct Runtime {
+    shared: Shared,
+    running: Config,
+    channels: BTreeMap<Id, ChannelRun>,
+    /// Channels stopped through the control API (not persisted: a restart starts them).
+    stopped: BTreeSet<Id>,
+    /// Engines started so far; each start gets its own range of init versions.
+    engine_starts: u32,
+    /// While a changed engine warms up, the catalog still serves its predecessor.
+    serving_instead: HashMap<(Id, Id), Arc<EngineOutput>>,
+    srt_listening: bool,
+}
+
+impl Runtime {
+    pub async fn start(cfg: Config, shared: Shared) -> anyhow::Result<Runtime> {
+        let mut rt = Runtime {
+            srt_listening: false,
+            shared,
+            running: cfg.clone(),
+            channels: BTreeMap::new(),
+            stopped: BTreeSet::new(),
+            engine_starts: 0,
+            serving_instead: HashMap::new(),
+        };
+        for (id, channel) in &cfg.channels {
+            let run = rt.start_channel(id, channel);
+            rt.channels.insert(id.clone(), run);
+        }
+        rt.ensure_srt(&cfg).await?;
+        rt.publish()?;
+        Ok(rt)
+    }
+
+    /// Starts the SRT listener if `cfg` has an SRT ingest and it is not listening yet.
+    /// The first bind is checked here, so a taken port is an error with its reason.
+    async fn ensure_srt(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        let wanted = cfg
+            .channels
+            .values()
+            .flat_map(|c| c.ingests.values())
+            .any(|i| i.protocol == IngestProtocol::Srt);
+        if !wanted || self.srt_listening {
+            return Ok(());
+        }
+        let srt = &self.shared.srt;
+        let addr = srt.addr;
+        let first = Mutex::new(Some(crate::srt_listen::bind(addr).await?));
+        tracing::info!(srt = %addr, "SRT listening");
+        self.srt_listening = true;
+        let (router, admit, limits) = (srt.router.clone(), srt.admit.clone(), srt.limits.clone());
+        let cancel = self.shared.cancel.clone();
+        self.shared
+            .tracker
+            .spawn(supervise("SRT listener".to_string(), cancel.clone(), move || {
+                let router: Arc<dyn PublishRouter> = router.clone();
+                let (admit, limits, cancel) = (admit.clone(), limits.clone(), cancel.clone());
+                let bound = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                async move {
+                    let socket = match bound {
+                        Some(s) => s,
+                        None => match crate::srt_listen::bind(addr).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::error!(error = %format!("{e:#}"), "SRT listener cannot start again");
+                                return;
+                            }
+                        },
+                    };
+                    crate::srt_listen::serve(socket, router, admit, limits, cancel).await
+                }
+            }));
+        Ok(())
+    }
+
+    /// Stops every channel (at shutdown): generated sources stop feeding.
+    pub fn stop_all(&mut self) {
+        for (_, run) in std::mem::take(&mut self.channels) {
+            run.stop();
+        }
+    }
+
+    pub fn running(&self) -> &Config {
+        &self.running
+    }
+
+    /// Applies `next` (already validated), changing only what differs; a list of what
+    /// changed, for the log and the API's answer. `Err`: refused, nothing changed.
+    pub async fn apply(&mut self, next: Config) -> anyhow::Result<Vec<String>> {
+        if self.running.server != next.server {
+            anyhow::bail!(
+                "[server] cannot change while the server runs (listeners, proxies, databases); restart to apply it"
+            );
+        }
+        // Everything that can fail is checked before anything changes.
+        build_catalog(&next, &HashMap::new(), &self.shared.geodb, &BTreeSet::new())?;
+        self.ensure_srt(&next).await?;
+        let mut changes = Vec::new();
+        let mut warming: Vec<(Id, Id, EngineRun)> = Vec::new();
+        let old_ids: Vec<Id> = self.running.channels.keys().cloned().collect();
+        for id in old_ids {
+            if !next.channels.contains_key(&id) {
+                if let Some(run) = self.channels.remove(&id) {
+                    run.stop();
+                }
+                self.stopped.remove(&id);
+                changes.push(format!("channel {id} removed"));
+            }
+        }
+        for (id, channel) in &next.channels {
+            match self.running.channels.get(id) {
+                None => {
+                    let run = self.start_channel(id, channel);
+                    self.channels.insert(id.clone(), run);
+                    changes.push(format!("channel {id} added"));
+                }
+                Some(old) if old != channel => {
+                    if self.stopped.contains(id) {
+                        changes.push(format!("channel {id} changed (stopped)"));
+                    } else {
+                        self.update_channel(id, channel, &mut changes, &mut warming);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for (id, d) in &next.distributions {
+            match self.running.distributions.get(id) {
+                None => changes.push(format!("distribution {id} added")),
+                Some(old) if old != d => changes.push(format!("distribution {id} changed")),
+                Some(_) => {}
+            }
+        }
+        for id in self.running.distributions.keys() {
+            if !next.distributions.contains_key(id) {
+                changes.push(format!("distribution {id} removed"));
+            }
+        }
+        if self.running.api != next.api {
+            changes.push("api changed".into());
+        }
+        if self.running.ladders != next.ladders {
+            changes.push("ladders changed".into());
+        }
+        self.running = next;
+        for (channel, engine, old) in &warming {
+            self.serving_instead
+                .insert((channel.clone(), engine.clone()), old.output.clone());
+        }
+        self.publish()?;
+        if !warming.is_empty() {
+            self.warm_up(&warming).await;
+            self.serving_instead.clear();
+            self.publish()?;
+            for (channel, engine, old) in warming {
+                tracing::info!(%channel, %engine, "previous engine run stopped");
+                old.cancel.cancel();
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Waits until each new run of a changed engine has a segment of every rendition
+    /// (or its predecessor had nothing to show, or a bound passes).
+    async fn warm_up(&self, warming: &[(Id, Id, EngineRun)]) {
+        for (channel, engine, old) in warming {
+            let Some(new) = self
+                .channels
+                .get(channel)
+                .and_then(|c| c.engines.get(engine))
+            else {
+                continue;
+            };
+            if !old.output.healthy() {
+                continue;
+            }
+            let kind = match new.config.outputs.first() {
+                Some(Output::Ts) => OutputKind::Ts,
+                _ => OutputKind::Cmaf,
+            };
+            let bound = Duration::from_secs_f64(new.config.ladder.segment_seconds * 3.0)
+                + Duration::from_secs(10);
+            let deadline = tokio::time::Instant::now() + bound;
+            while new.output.multivariant(kind, None).is_none()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if new.output.multivariant(kind, None).is_none() {
+                tracing::warn!(%channel, %engine, bound_s = bound.as_secs(), "new engine run has no segments yet; switching to it anyway");
+            }
+        }
+    }
+
+    /// Stops a channel (control API): engines and ingests stop, publishers are
+    /// disconnected and refused, its distributions answer 503. `false`: no such channel.
+    pub fn stop_channel(&mut self, id: &Id) -> anyhow::Result<bool> {
+        if !self.running.channels.contains_key(id) {
+            return Ok(false);
+        }
+        if self.stopped.insert(id.clone()) {
+            if let Some(run) = self.channels.remove(id) {
+                run.stop();
+            }
+            self.publish()?;
+            tracing::info!(channel = %id, "channel stopped");
+        }
+        Ok(true)
+    }
+
+    /// Starts a stopped channel again. `false`: no such channel.
+    pub fn start_channel_again(&mut self, id: &Id) -> anyhow::Result<bool> {
+        let Some(channel) = self.running.channels.get(id).cloned() else {
+            return Ok(false);
+        };
+        if self.stopped.remove(id) {
+            let run = self.start_channel(id, &channel);
+            self.channels.insert(id.clone(), run);
+            self.publish()?;
+            tracing::info!(channel = %id, "channel started");
+        }
+        Ok(true)
+    }
+
+    /// A channel's live state for `GET /api/v1/channels/<id>/status`.
+    pub fn status(&self, id: &Id) -> Option<serde_json::Value> {
+        use serde_json::json;
+        let channel = self.running.channels.get(id)?;
+        let distributions: serde_json::Map<String, serde_json::Value> = self
+            .running
+            .distributions
+            .iter()
+            .filter(|(_, d)| &d.channel == id)
+            .map(|(d, dist)| {
+                (
+                    d.to_string(),
+                    json!({
+                        "enabled": dist.enabled,
+                        "viewers": self.shared.state.viewers.count(d),
+                    }),
+                )
+            })
+            .collect();
+        let Some(run) = self.channels.get(id) else {
+            return Some(json!({
+                "id": id.as_str(),
+                "state": "stopped",
+                "active_ingest": null,
+                "input_kbps": 0,
+                "engines": channel.engines.keys().map(|e| (e.to_string(), json!({"state": "stopped"}))).collect::<serde_json::Map<_, _>>(),
+                "distributions": distributions,
+            }));
+        };
+        let (active, live) = match run.bus.owner() {
+            Some((ingest, live)) => (Some(ingest), live),
+            None => (None, false),
+        };
+        let engines: serde_json::Map<String, serde_json::Value> = run
+            .engines
+            .iter()
+            .map(|(e, r)| {
+                let state = if r.output.healthy() {
+                    "live"
+                } else if r.output.is_live() {
+                    "waiting"
+                } else {
+                    "ended"
+                };
+                let newest: serde_json::Map<String, serde_json::Value> = r
+                    .output
+                    .rendition_names()
+                    .into_iter()
+                    .map(|n| {
+                        let msn = r.output.latest_msn(&n);
+                        (n, json!(msn))
+                    })
+                    .collect();
+                (
+                    e.to_string(),
+                    json!({
+                        "state": state,
+                        "ladder": match &r.config.ladder_ref {
+                            LadderRef::Passthrough => "passthrough".to_string(),
+                            LadderRef::Named(l) => l.to_string(),
+                        },
+                        "newest_segment": newest,
+                    }),
+                )
+            })
+            .collect();
+        Some(json!({
+            "id": id.as_str(),
+            "state": "running",
+            "active_ingest": active,
+            "ingest_live": live,
+            "input_kbps": run.input_kbps.load(Ordering::Relaxed),
+            "engines": engines,
+            "distributions": distributions,
+        }))
+    }
+
+    /// Every channel's state in one document.
+    pub fn status_all(&self) -> serde_json::Value {
+        let channels: serde_json::Map<String, serde_json::Value> = self
+            .running
+            .channels
+            .keys()
+            .filter_map(|id| Some((id.to_string(), self.status(id)?)))
+            .collect();
+        serde_json::json!({ "channels": channels })
+    }
+
+    /// Publishes the stream keys and the HTTP catalog of what runs now.
+    fn publish(&self) -> anyhow::Result<()> {
+        let mut outputs = HashMap::new();
+        for (cid, run) in &self.channels {
+            for (eid, e) in &run.engines {
+                let key = (cid.clone(), eid.clone());
+                let out = self.serving_instead.get(&key).unwrap_or(&e.output);
+                outputs.insert(key, out.clone());
+            }
+        }
+        let catalog = build_catalog(&self.running, &outputs, &self.shared.geodb, &self.stopped)?;
+        let mut router = KeyRouter::default();
+        for (cid, run) in &self.channels {
+            let Some(channel) = self.running.channels.get(cid) else {
+                continue;
+            };
+            for (ingest_id, ingest) in &channel.ingests {
+                if !matches!(ingest.protocol, IngestProtocol::Rtmp | IngestProtocol::Srt) {
+                    continue;
+                }
+                if let Some(key) = &ingest.stream_key {
+                    router.keys.insert(
+                        key.clone(),
+                        KeyEntry {
+                            ingest: ingest_id.clone(),
+                            protocol: ingest.protocol,
+                            enabled: ingest.enabled,
+                            allow_cidrs: ingest.allow_cidrs.clone(),
+                            passphrase: ingest.passphrase.clone(),
+                            priority: ingest.priority,
+                            max_kbps: ingest.max_kbps,
+                            bus: run.bus.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        self.shared.router.0.store(Arc::new(router));
+        self.shared.state.catalog.store(Arc::new(catalog));
+        Ok(())
+    }
+
+    /// Starts a channel. Nothing here fails the start: a part that cannot start (a test
+    /// pattern's pipeline, say) is logged and left out, and the rest runs.
+    fn start_channel(&mut self, id: &Id, channel: &Channel) -> ChannelRun {
+        let grid = session_grid(channel.engines.values().map(|e| e.ladder.segment_seconds));
+        let bus = ChannelBus::new(
+            id.clone(),
+            grid,
+            DEFAULT_BUS_CAPACITY,
+            self.shared.timeline_start,
+        );
+        let cancel = self.shared.cancel.child_token();
+        let mut engines = BTreeMap::new();
+        for (engine_id, engine) in &channel.engines {
+            let run = self.start_engine(id, engine_id, engine, &bus, &cancel);
+            engines.insert(engine_id.clone(), run);
+        }
+        let input_kbps = Arc::new(AtomicU32::new(0));
+        self.shared.tracker.spawn(sample_input(
+            bus.clone(),
+            input_kbps.clone(),
+            cancel.clone(),
+        ));
+        let pulls = cancel.child_token();
+        let mut run = ChannelRun {
+            config: channel.clone(),
+            bus,
+            cancel,
+            engines,
+            pulls,
+            patterns: Vec::new(),
+            slate: None,
+            input_kbps,
+        };
+        run.slate = self.start_slate(id, channel, &run.bus, &run.cancel);
+        run.patterns = self.start_ingests(id, channel, &run.bus, &run.pulls);
+        run
+    }
+
+    fn update_channel(
+        &mut self,
+        id: &Id,
+        next: &Channel,
+        changes: &mut Vec<String>,
+        warming: &mut Vec<(Id, Id, EngineRun)>,
+    ) {
+        let Some(mut run) = self.channels.remove(id) else {
+            return;
+        };
+        let old = run.config.clone();
+        let grid = |c: &Channel| session_grid(c.engines.values().map(|e| e.ladder.segment_seconds));
+        if grid(&old) != grid(next) {
+            // Sessions start on another grid: the channel starts anew.
+            run.stop();
+            let run = self.start_channel(id, next);
+            self.channels.insert(id.clone(), run);
+            changes.push(format!("channel {id} restarted (its segment grid changed)"));
+            return;
+        }
+        for engine_id in old.engines.keys() {
+            if !next.engines.contains_key(engine_id)
+                && let Some(e) = run.engines.remove(engine_id)
+            {
+                e.cancel.cancel();
+                changes.push(format!("engine {id}/{engine_id} removed"));
+            }
+        }
+        for (engine_id, engine) in &next.engines {
+            match old.engines.get(engine_id) {
+                Some(o) if o == engine => {}
+                Some(_) => {
+                    let new = self.start_engine(id, engine_id, engine, &run.bus, &run.cancel);
+                    if let Some(previous) = run.engines.insert(engine_id.clone(), new) {
+                        warming.push((id.clone(), engine_id.clone(), previous));
+                    }
+                    changes.push(format!("engine {id}/{engine_id} restarted"));
+                }
+                None => {
+                    let new = self.start_engine(id, engine_id, engine, &run.bus, &run.cancel);
+                    run.engines.insert(engine_id.clone(), new);
+                    changes.push(format!("engine {id}/{engine_id} added"));
+                }
+            }
+        }
+        // Push ingests removed or changed lose their publishers (the new key table is
+        // published by the caller).
+        for (ingest_id, ingest) in &old.ingests {
+            let pushed = matches!(ingest.protocol, IngestProtocol::Rtmp | IngestProtocol::Srt);
+            if pushed && next.ingests.get(ingest_id) != Some(ingest) {
+                run.bus.end_feeds(Some(ingest_id.as_str()));
+                changes.push(format!("ingest {id}/{ingest_id} changed or removed"));
+            }
+        }
+        let generated = |c: &Channel| -> Vec<_> {
+            c.ingests
+                .iter()
+                .filter(|(_, i)| !matches!(i.protocol, IngestProtocol::Rtmp | IngestProtocol::Srt))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        if generated(&old) != generated(next) {
+            run.pulls.cancel();
+            run.patterns.clear();
+            run.pulls = run.cancel.child_token();
+            run.patterns = self.start_ingests(id, next, &run.bus, &run.pulls);
+            changes.push(format!("pull and generated ingests of {id} restarted"));
+        }
+        if old.slate != next.slate || slate_size(&old) != slate_size(next) {
+            if let Some(s) = run.slate.take() {
+                s.cancel();
+            }
+            run.slate = self.start_slate(id, next, &run.bus, &run.cancel);
+            changes.push(format!("slate of {id} restarted"));
+        }
+        run.config = next.clone();
+        self.channels.insert(id.clone(), run);
+    }
+
+    fn start_engine(
+        &mut self,
+        channel_id: &Id,
+        engine_id: &Id,
+        engine: &Engine,
+        bus: &Arc<ChannelBus>,
+        parent: &CancellationToken,
+    ) -> EngineRun {
+        let ladder = &engine.ladder;
+        let start = self.engine_starts;
+        self.engine_starts = self.engine_starts.wrapping_add(1);
+        let settings = PackagerSettings {
+            segment_duration: secs_f64_to_nanos(ladder.segment_seconds),
+            window: secs_f64_to_nanos(ladder.window_seconds),
+            cmaf: engine.outputs.contains(&Output::Cmaf),
+            ts: engine.outputs.contains(&Output::Ts),
+            // Each engine run its own range of init versions: a viewer that fails over
+            // to another engine, or stays on an engine whose ladder changed, fetches
+            // that run's init segment, never a cached one of the same name with other
+            // parameter sets.
+            init_version_base: self
+                .shared
+                .init_version_base
+                .saturating_add(start.saturating_mul(100_000)),
+            part_duration: secs_f64_to_nanos(ladder.part_seconds),
+        };
+        let (mode, renditions, audio) = match &engine.ladder_ref {
+            LadderRef::Passthrough => (
+                EngineMode::Passthrough,
+                vec![RenditionSpec {
+                    name: Id::new("source").expect("valid id"),
+                    width: 0,
+                    height: 0,
+                    video_kbps: 0,
+                }],
+                Some(AudioSpec { kbps: 0 }),
+            ),
+            LadderRef::Named(_) => (
+                EngineMode::Transcode(TranscodeSettings {
+                    segment_duration: settings.segment_duration,
+                    renditions: ladder
+                        .renditions
+                        .iter()
+                        .map(|r| RenditionSettings {
+                            width: r.width,
+                            height: r.height,
+                            video_kbps: r.video_kbps,
+                        })
+                        .collect(),
+                    audio_kbps: ladder.audio_kbps,
+                    preset: ladder.encoder_preset.clone(),
+                    max_queued_bytes: ENGINE_INPUT_BYTES,
+                    max_queued_time: settings.segment_duration.saturating_mul(2),
+                }),
+                ladder
+                    .renditions
+                    .iter()
+                    .map(|r| RenditionSpec {
+                        name: r.name.clone(),
+                        width: r.width,
+                        height: r.height,
+                        video_kbps: r.video_kbps,
+                    })
+                    .collect(),
+                Some(AudioSpec {
+                    kbps: ladder.audio_kbps,
+                }),
+            ),
+        };
+        let (packager, output) = Packager::new(settings, renditions, audio);
+        let packager = Arc::new(Mutex::new(packager));
+        let name = format!("{channel_id}/{engine_id}");
+        let cancel = parent.child_token();
+        self.shared
+            .tracker
+            .spawn(supervise(format!("engine {name}"), cancel.clone(), {
+                let (bus, cancel) = (bus.clone(), cancel.clone());
+                let mut runs = 0u64;
+                move || {
+                    runs += 1;
+                    engine_runner::run(
+                        name.clone(),
+                        mode.clone(),
+                        bus.subscribe(),
+                        packager.clone(),
+                        cancel.clone(),
+                        runs > 1,
+                    )
+                }
+            }));
+        EngineRun {
+            config: engine.clone(),
+            output,
+            cancel,
+        }
+    }
+
+    fn start_slate(
+        &self,
+        id: &Id,
+        channel: &Channel,
+        bus: &Arc<ChannelBus>,
+        parent: &CancellationToken,
+    ) -> Option<CancellationToken> {
+        if !channel.slate.enabled {
+            return None;
+        }
+        let (width, height) = slate_size(channel);
+        let picture = TestPatternSettings {
+            width,
+            height,
+            fps: 30,
+            video_kbps: 800,
+            look: sluice_engine::Look::Slate {
+                image: channel.slate.image.clone(),
+            },
+        };
+        let timeout = Duration::from_secs(u64::from(channel.slate.timeout_minutes) * 60);
+        let slate_timeout = slate_timeout_override().unwrap_or(timeout);
+        let cancel = parent.child_token();
+        self.shared
+            .tracker
+            .spawn(supervise(format!("slate {id}"), cancel.clone(), {
+                let (bus, cancel) = (bus.clone(), cancel.clone());
+                move || {
+                    crate::slate::watch(bus.clone(), picture.clone(), slate_timeout, cancel.clone())
+                }
+            }));
+        Some(cancel)
+    }
+
+    /// Starts the channel's pull and generated (test pattern) ingests; one that cannot
+    /// start is logged with the reason and left out.
+    fn start_ingests(
+        &self,
+        channel_id: &Id,
+        channel: &Channel,
+        bus: &Arc<ChannelBus>,
+        cancel: &CancellationToken,
+    ) -> Vec<TestPattern> {
+        let mut patterns = Vec::new();
+        for (ingest_id, ingest) in &channel.ingests {
+            if !ingest.enabled {
+                continue;
+            }
+            match ingest.protocol {
+                IngestProtocol::TestPattern => {
+                    let started = bus
+                        .begin_feed(
+                            format!("test-pattern:{ingest_id}"),
+                            FeedSpec {
+                                ingest: ingest_id.to_string(),
+                                priority: ingest.priority,
+                            },
+                            sluice_ingest::bus::STALE_AFTER,
+                        )
+                        .map_err(anyhow::Error::from)
+                        .and_then(|publisher| {
+                            let tp = &ingest.test_pattern;
+                            TestPattern::start(
+                                &TestPatternSettings {
+                                    width: tp.width,
+                                    height: tp.height,
+                                    fps: tp.fps,
+                                    ..Default::default()
+                                },
+                                publisher_sink(publisher),
+                            )
+                            .map_err(anyhow::Error::from)
+                        });
+                    match started {
+                        Ok(pattern) => {
+                            tracing::info!(channel = %channel_id, ingest = %ingest_id, "test pattern started");
+                            patterns.push(pattern);
+                        }
+                        Err(e) => {
+                            tracing::error!(channel = %channel_id, ingest = %ingest_id, error = %format!("{e:#}"), "cannot start the test pattern");
+                        }
+                    }
+                }
+                IngestProtocol::RtmpPull | IngestProtocol::SrtPull => {
+                    // Validation requires a url for pull ingests.
+                    let Some(url) = ingest.url.clone() else {
+                        continue;
+                    };
+                    let spec = PullSpec {
+                        ingest: ingest_id.clone(),
+                        url,
+                        passphrase: ingest.passphrase.clone(),
+                        priority: ingest.priority,
+                        max_kbps: ingest.max_kbps,
+                    };
+                    self.shared.tracker.spawn(supervise(
+                        format!("pull {channel_id}/{ingest_id}"),
+                        cancel.clone(),
+                        {
+                            let (bus, cancel) = (bus.clone(), cancel.clone());
+                            move || {
+                                sluice_ingest::pull::run_pull(
+                                    bus.clone(),
+                                    spec.clone(),
+                                    cancel.clone(),
+                                )
+                            }
+                        },
+                    ));
+                }
+                IngestProtocol::Rtmp | IngestProtocol::Srt => {}
+            }
+        }
+        patterns
+    }
+}
+
+/// The slate is made at the size of the largest rendition any engine makes.
+fn slate_size(channel: &Channel) -> (u32, u32) {
+    channel
+        .engines
+        .values()
+        .flat_map(|e| e.ladder.renditions.iter())
+        .map(|r| (r.width, r.height))
+        .max_by_key(|(w, h)| w * h)
+        .unwrap_or((1280, 720))
+}
+
+/// Keeps `kbps` at the channel's input bitrate, measured every two seconds.
+async fn sample_input(bus: Arc<ChannelBus>, kbps: Arc<AtomicU32>, cancel: CancellationToken) {
+    const PERIOD: Duration = Duration::from_secs(2);
+    let bytes = |b: &ChannelBus| b.stats.bytes_in.load(Ordering::Relaxed);
+    let mut last = bytes(&bus);
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = bytes(&bus);
+        let rate = now.saturating_sub(last) * 8 / 1000 / PERIOD.as_secs();
+        last = now;
+        kbps.store(u32::try_from(rate).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+}
