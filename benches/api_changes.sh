@@ -6,9 +6,12 @@
 #      multivariant request reflects it (403 / 200), and the PATCH round trip itself
 #      (validation, the atomic write with fsync, the reconcile);
 #   2. throughput: segment requests per second (wrk, BENCH_SECONDS each, default 10) on a
-#      distribution with no changes, then while 10 changes a second are applied to that
-#      same distribution (its max_kbps flipped: every change replaces the whole catalog
-#      and rewrites the file), alternating A B A B. Ratios matter, not absolute numbers.
+#      distribution (A) with nothing else going on, (B) while 10 changes a second are
+#      applied to that same distribution (its max_kbps flipped: every change replaces the
+#      whole catalog and rewrites the file), and (C) while the same client makes 10 API
+#      reads a second instead (the control: what a client's 10 requests a second cost on
+#      this 2-core machine, changes or not), in the order A B C A B C. Ratios matter, not
+#      absolute numbers.
 # The last line is BENCH_JSON {...}.
 #
 #   benches/api_changes.sh
@@ -69,7 +72,7 @@ pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
 
 ffmpeg -hide_banner -loglevel error -re -f lavfi -i testsrc2=size=640x360:rate=30 \
-  -f lavfi -i sine=frequency=440:sample_rate=48000 -t $((seconds * 4 + changes / 5 + 90)) \
+  -f lavfi -i sine=frequency=440:sample_rate=48000 -t $((seconds * 6 + changes / 5 + 90)) \
   -c:v libx264 -preset ultrafast -tune zerolatency -b:v 1500k -g 30 -pix_fmt yuv420p \
   -c:a aac -b:a 96k -f flv "rtmp://127.0.0.1:$rtmp/live/bench-key" &
 pids+=($!)
@@ -124,15 +127,18 @@ PYEND
 )
 
 # 2. Throughput without and with 10 changes a second on the distribution being read.
-changer() { # runs for $1 seconds, 10 PATCHes a second
-  python3 - "$http" "$token" "$1" <<'PYEND'
+changer() { # runs for $1 seconds, 10 PATCHes (or with $2 = read, 10 GETs) a second
+  python3 - "$http" "$token" "$1" "${2:-patch}" <<'PYEND'
 import http.client, json, sys, time
-port, token, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+port, token, secs, kind = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
 api = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 hdr = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
 start, i, failed = time.monotonic(), 0, 0
 while time.monotonic() - start < secs:
-    api.request("PATCH", "/api/v1/distributions/open", json.dumps({"max_kbps": 5000 if i % 2 == 0 else 0}), hdr)
+    if kind == "read":
+        api.request("GET", "/api/v1/distributions/open", headers=hdr)
+    else:
+        api.request("PATCH", "/api/v1/distributions/open", json.dumps({"max_kbps": 5000 if i % 2 == 0 else 0}), hdr)
     r = api.getresponse(); r.read()
     failed += r.status != 200
     i += 1
@@ -145,15 +151,22 @@ rps() { wrk -t2 -c"$conns" -d"${seconds}s" "$seg_url" | awk '/Requests\/sec/ {pr
 a1=$(rps)
 changer "$seconds" >"$work/changes1" & cpid=$!
 b1=$(rps); wait "$cpid"
+changer "$seconds" read >"$work/reads1" & cpid=$!
+c1=$(rps); wait "$cpid"
 a2=$(rps)
 changer "$seconds" >"$work/changes2" & cpid=$!
 b2=$(rps); wait "$cpid"
+changer "$seconds" read >"$work/reads2" & cpid=$!
+c2=$(rps); wait "$cpid"
 read -r n1 f1 <"$work/changes1"; read -r n2 f2 <"$work/changes2"
-if [[ $f1 != 0 || $f2 != 0 ]]; then echo "bench: some changes failed ($f1, $f2)" >&2; exit 1; fi
+read -r _ g1 <"$work/reads1"; read -r _ g2 <"$work/reads2"
+if [[ $f1 != 0 || $f2 != 0 || $g1 != 0 || $g2 != 0 ]]; then echo "bench: some API calls failed" >&2; exit 1; fi
 
 mean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (a + b) / 2 }'; }
-a=$(mean "$a1" "$a2"); b=$(mean "$b1" "$b2")
+a=$(mean "$a1" "$a2"); b=$(mean "$b1" "$b2"); c=$(mean "$c1" "$c2")
 ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
+ratio_reads=$(awk -v a="$a" -v c="$c" 'BEGIN { printf "%.3f", c / a }')
+ratio_vs_reads=$(awk -v c="$c" -v b="$b" 'BEGIN { printf "%.3f", b / c }')
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$latency" "$1"; }
 row() { printf '%-58s %14s\n' "$@"; }
 echo
@@ -162,5 +175,8 @@ row "PATCH accepted -> multivariant reflects, median / p99 (ms)" "$(field visibl
 row "requests that still saw the old rule (of $changes)" "$(field stale_answers)"
 row "segment req/s, no changes (two runs)" "$a1 $a2"
 row "segment req/s, 10 changes/s (two runs; $n1, $n2 changes)" "$b1 $b2"
-row "with changes / without" "$ratio"
-echo "BENCH_JSON {\"seconds\":$seconds,\"connections\":$conns,\"latency\":$latency,\"rps_without\":[$a1,$a2],\"rps_with\":[$b1,$b2],\"changes_applied\":[$n1,$n2],\"ratio\":$ratio}"
+row "segment req/s, 10 API reads/s instead (two runs)" "$c1 $c2"
+row "with changes / nothing else" "$ratio"
+row "with reads / nothing else" "$ratio_reads"
+row "with changes / with reads" "$ratio_vs_reads"
+echo "BENCH_JSON {\"seconds\":$seconds,\"connections\":$conns,\"latency\":$latency,\"rps_without\":[$a1,$a2],\"rps_with_changes\":[$b1,$b2],\"rps_with_reads\":[$c1,$c2],\"changes_applied\":[$n1,$n2],\"ratio\":$ratio,\"ratio_reads\":$ratio_reads,\"ratio_changes_vs_reads\":$ratio_vs_reads}"

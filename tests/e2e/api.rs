@@ -215,7 +215,7 @@ fn api_changes_apply_live_persist_with_comments_and_match_the_openapi_document()
         .clone();
     let child_url = server.url(&format!("/live/abr/cmaf/{child}"));
     let stop = Arc::new(AtomicBool::new(false));
-    let playing = player(child_url, stop.clone());
+    let playing = player(child_url.clone(), stop.clone());
 
     // Without a token, or with another one: 403. The document is open.
     assert_eq!(
@@ -383,6 +383,28 @@ fn api_changes_apply_live_persist_with_comments_and_match_the_openapi_document()
     assert_eq!(std::fs::read(&file).unwrap(), before);
     std::fs::remove_dir(&blocker).unwrap();
 
+    // The operator's own edit of the file, not applied (here: invalid): the API does not
+    // write over it (409); once the file is back, changes go through again.
+    std::fs::write(
+        &file,
+        format!("{}\nbroken = [\n", String::from_utf8_lossy(&before)),
+    )
+    .unwrap();
+    let (status, body) = api.call("PATCH", "/distributions/open", Some(json!({"max_kbps": 1})));
+    assert_eq!(status, 409, "{body:?}");
+    std::fs::write(&file, &before).unwrap();
+    let (status, body) = api.call(
+        "PATCH",
+        "/channels/live/engines/copy",
+        Some(json!({"priority": 3})),
+    );
+    assert_eq!(status, 200, "{body:?}");
+    assert!(
+        server
+            .log_text()
+            .contains("engine live/copy priority changed")
+    );
+
     // A new channel and its distribution, then a publisher on it at once.
     let (status, body) = api.call(
         "POST",
@@ -433,6 +455,9 @@ fn api_changes_apply_live_persist_with_comments_and_match_the_openapi_document()
     assert!(log.contains("engine live/abr restarted"), "{log}");
     assert!(!log.contains("engine live/copy restarted"));
     still_advancing(&server, "/live/open/cmaf/source/index.m3u8", since);
+    // The player's playlist goes on from the new run with a discontinuity.
+    let playlist = String::from_utf8(get_ok(&child_url)).unwrap();
+    assert!(playlist.contains("#EXT-X-DISCONTINUITY\n"), "{playlist}");
     // Under a 270 kbit/s cap the new 180p (200 + 64 audio) fits; the old (300 + 64) did not.
     assert_eq!(
         api.call(

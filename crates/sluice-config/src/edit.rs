@@ -85,13 +85,27 @@ impl ConfigDocument {
                 "the body must be a JSON object".into(),
             ));
         }
+        let here = dotted(path);
+        // Under an inline table (`ingests = { a = { ... } }`), the new one goes inline too.
+        if let Some((grand, parent_key)) = parents.split_last().map(|(k, g)| (g, *k))
+            && let Some(Item::Value(Value::InlineTable(parent))) =
+                table_at(self.doc.as_table_mut(), grand, false).and_then(|t| t.get_mut(parent_key))
+        {
+            if parent.contains_key(last) {
+                return Err(EditError::Exists(here));
+            }
+            let mut table = InlineTable::new();
+            merge_into_inline(&mut table, value, &here)?;
+            parent.insert(*last, Value::InlineTable(table));
+            return Ok(());
+        }
         let parent = table_at(self.doc.as_table_mut(), parents, true)
             .ok_or_else(|| EditError::Invalid(dotted(parents), "not a table".into()))?;
         if parent.contains_key(last) {
-            return Err(EditError::Exists(dotted(path)));
+            return Err(EditError::Exists(here));
         }
         let mut table = Table::new();
-        merge_into_table(&mut table, value, &dotted(path))?;
+        merge_into_table(&mut table, value, &here)?;
         parent.insert(last, Item::Table(table));
         Ok(())
     }
@@ -106,9 +120,29 @@ impl ConfigDocument {
                 "a merge patch of a resource must be a JSON object".into(),
             ));
         }
-        let table = table_at(self.doc.as_table_mut(), path, false)
-            .ok_or_else(|| EditError::NotFound(dotted(path)))?;
-        merge_into_table(table, patch, &dotted(path))
+        let here = dotted(path);
+        let (last, parents) = path
+            .split_last()
+            .ok_or_else(|| EditError::Invalid(String::new(), "empty path".into()))?;
+        // The resource may be a table or an inline table (`copy = { ladder = "x" }`).
+        match table_at(self.doc.as_table_mut(), parents, false).and_then(|t| t.get_mut(last)) {
+            Some(Item::Table(t)) => merge_into_table(t, patch, &here),
+            Some(Item::Value(Value::InlineTable(t))) => merge_into_inline(t, patch, &here),
+            _ => {
+                // Or inside an inline table itself.
+                let Some((grand_key, grand)) = parents.split_last() else {
+                    return Err(EditError::NotFound(here));
+                };
+                match table_at(self.doc.as_table_mut(), grand, false)
+                    .and_then(|t| t.get_mut(grand_key))
+                    .and_then(|i| i.as_inline_table_mut())
+                    .and_then(|t| t.get_mut(last))
+                {
+                    Some(Value::InlineTable(t)) => merge_into_inline(t, patch, &here),
+                    _ => Err(EditError::NotFound(here)),
+                }
+            }
+        }
     }
 
     /// Removes the item at `path`; [`EditError::NotFound`] when there is none.
@@ -116,12 +150,21 @@ impl ConfigDocument {
         let (last, parents) = path
             .split_last()
             .ok_or_else(|| EditError::Invalid(String::new(), "empty path".into()))?;
-        let parent = table_at(self.doc.as_table_mut(), parents, false)
-            .ok_or_else(|| EditError::NotFound(dotted(path)))?;
-        parent
-            .remove(last)
-            .map(|_| ())
-            .ok_or_else(|| EditError::NotFound(dotted(path)))
+        if let Some(parent) = table_at(self.doc.as_table_mut(), parents, false)
+            && parent.remove(last).is_some()
+        {
+            return Ok(());
+        }
+        // Inside an inline table.
+        if let Some((grand_key, grand)) = parents.split_last()
+            && let Some(parent) = table_at(self.doc.as_table_mut(), grand, false)
+                .and_then(|t| t.get_mut(grand_key))
+                .and_then(|i| i.as_inline_table_mut())
+            && parent.remove(last).is_some()
+        {
+            return Ok(());
+        }
+        Err(EditError::NotFound(dotted(path)))
     }
 }
 
@@ -488,6 +531,37 @@ engines = ["src"]
             doc.text(),
             "[ladders.l]\nrenditions = [\n  { name = \"a\", video_kbps = 2 },\n  { name = \"b\", video_kbps = 3 },\n]  # the ladder\n"
         );
+    }
+
+    #[test]
+    fn resources_written_inline_are_edited_inline() {
+        let src = "[channels.c]\nengines = { copy = { ladder = \"passthrough\" } }  # kept\n";
+        let mut doc = ConfigDocument::parse(src).unwrap();
+        let engine = ["channels", "c", "engines", "copy"];
+        doc.merge_patch(&engine, &json!({"priority": 2})).unwrap();
+        assert_eq!(
+            doc.get(&engine),
+            Some(json!({"ladder": "passthrough", "priority": 2}))
+        );
+        doc.insert(
+            &["channels", "c", "engines", "more"],
+            &json!({"ladder": "l"}),
+        )
+        .unwrap();
+        assert_eq!(
+            doc.insert(&["channels", "c", "engines", "more"], &json!({})),
+            Err(EditError::Exists("channels.c.engines.more".into()))
+        );
+        doc.remove(&engine).unwrap();
+        assert_eq!(
+            doc.keys(&["channels", "c", "engines"]),
+            vec!["more".to_string()]
+        );
+        assert!(doc.text().contains("# kept"), "{}", doc.text());
+        assert!(matches!(
+            doc.merge_patch(&["channels", "c", "engines", "none"], &json!({})),
+            Err(EditError::NotFound(_))
+        ));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub enum Route {
     Init {
         dist: Id,
         rendition: Id,
-        version: u32,
+        version: u64,
     },
     /// `/live/<dist>/<output>/<rendition>/<msn>.m4s|.ts`
     Segment {

@@ -144,6 +144,9 @@ pub type ApiFuture =
 /// Answers `/api/...` requests (the control API lives with the server's wiring, which
 /// owns the configuration; this crate only carries its requests).
 pub trait ControlApi: Send + Sync + 'static {
+    /// Whether this request's body is worth reading (asked with the body still empty);
+    /// `false`: it is answered without one.
+    fn wants_body(&self, req: &ApiRequest) -> bool;
     fn call(self: Arc<Self>, req: ApiRequest) -> ApiFuture;
 }
 
@@ -294,14 +297,25 @@ impl<'a> RequestFacts<'a> {
 /// (past [`ViewerCounts::MAX_PER_SHARD`] entries a shard forgets stale viewers, then
 /// stops adding): a flood of addresses cannot grow it.
 pub struct ViewerCounts {
-    shards: Vec<Mutex<HashMap<u64, (Id, u64)>>>,
+    shards: Vec<Mutex<Shard>>,
+    /// Keyed per process: a client cannot aim its user agents at one shard.
+    hasher: std::hash::RandomState,
     epoch: std::time::Instant,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Viewer key -> (distribution, last seen, s since `epoch`).
+    seen: HashMap<u64, (Id, u64)>,
+    /// When it was last swept of viewers gone quiet (s since `epoch`).
+    swept: u64,
 }
 
 impl Default for ViewerCounts {
     fn default() -> Self {
         ViewerCounts {
-            shards: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..16).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: std::hash::RandomState::new(),
             epoch: std::time::Instant::now(),
         }
     }
@@ -312,33 +326,38 @@ impl ViewerCounts {
     pub const MAX_PER_SHARD: usize = 1 << 16;
 
     fn seen(&self, dist: &Id, client: IpAddr, user_agent: Option<&str>) {
-        use std::hash::{Hash, Hasher};
-        // A fixed hasher: the same viewer lands on the same key every time.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        dist.hash(&mut h);
-        client.hash(&mut h);
-        user_agent.hash(&mut h);
-        let key = h.finish();
+        use std::hash::BuildHasher;
+        let key = self.hasher.hash_one((dist, client, user_agent));
         let now = self.epoch.elapsed().as_secs();
         let shard = &self.shards[(key % self.shards.len() as u64) as usize];
-        let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= Self::MAX_PER_SHARD && !m.contains_key(&key) {
-            m.retain(|_, (_, at)| now.saturating_sub(*at) <= Self::ACTIVE_SECS);
-            if m.len() >= Self::MAX_PER_SHARD {
+        let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
+        // Swept at most once a second: a full shard of live viewers costs one pass a
+        // second, not one per request.
+        if sh.seen.len() >= Self::MAX_PER_SHARD && !sh.seen.contains_key(&key) {
+            if sh.swept == now {
+                return;
+            }
+            sh.swept = now;
+            sh.seen
+                .retain(|_, (_, at)| now.saturating_sub(*at) <= Self::ACTIVE_SECS);
+            if sh.seen.len() >= Self::MAX_PER_SHARD {
                 return;
             }
         }
-        m.insert(key, (dist.clone(), now));
+        sh.seen.insert(key, (dist.clone(), now));
     }
 
-    /// Distinct viewers of `dist` in the last [`ViewerCounts::ACTIVE_SECS`].
-    pub fn count(&self, dist: &Id) -> u64 {
+    /// Distinct viewers of every distribution in the last [`ViewerCounts::ACTIVE_SECS`].
+    pub fn counts(&self) -> HashMap<Id, u64> {
         let now = self.epoch.elapsed().as_secs();
-        let mut n = 0;
+        let mut n: HashMap<Id, u64> = HashMap::new();
         for shard in &self.shards {
-            let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
-            m.retain(|_, (_, at)| now.saturating_sub(*at) <= Self::ACTIVE_SECS);
-            n += m.values().filter(|(d, _)| d == dist).count() as u64;
+            let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
+            sh.seen
+                .retain(|_, (_, at)| now.saturating_sub(*at) <= Self::ACTIVE_SECS);
+            for (d, _) in sh.seen.values() {
+                *n.entry(d.clone()).or_default() += 1;
+            }
         }
         n
     }
@@ -1007,28 +1026,28 @@ async fn api_service(
         head(header::CONTENT_TYPE),
     );
     let (parts, body) = req.into_parts();
-    let limited = http_body_util::Limited::new(body, API_MAX_BODY);
-    let body = match tokio::time::timeout(read_timeout, limited.collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB\n");
-        }
-        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "unreadable request body\n"),
-        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+    let mut request = ApiRequest {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        peer: peer.ip(),
+        authorization,
+        if_match,
+        content_type,
+        body: Bytes::new(),
     };
-    let mut resp = api
-        .clone()
-        .call(ApiRequest {
-            method: parts.method.clone(),
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            peer: peer.ip(),
-            authorization,
-            if_match,
-            content_type,
-            body,
-        })
-        .await;
+    if api.wants_body(&request) {
+        let limited = http_body_util::Limited::new(body, API_MAX_BODY);
+        request.body = match tokio::time::timeout(read_timeout, limited.collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB\n");
+            }
+            Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "unreadable request body\n"),
+            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+        };
+    }
+    let mut resp = api.clone().call(request).await;
     // The API is for scripts and operators, not for pages on other origins.
     resp.headers_mut()
         .remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);

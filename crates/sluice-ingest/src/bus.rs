@@ -58,6 +58,8 @@ const AUDIO_ONLY_LIMIT: MediaTime = 5_000_000_000;
 pub enum BusError {
     #[error("channel {0} already has a publisher")]
     AlreadyPublishing(Id),
+    #[error("channel {0} is stopped")]
+    Shut(Id),
 }
 
 /// Why a publisher may no longer feed its channel; its connection is to be closed.
@@ -191,6 +193,8 @@ pub struct ChannelBus {
     /// Highest pts of the live session on the channel timeline (for a takeover).
     head: AtomicI64,
     epoch: Instant,
+    /// Set once the channel is stopped: no feed may attach (see [`ChannelBus::shut`]).
+    shut: std::sync::atomic::AtomicBool,
     pub stats: BusStats,
 }
 
@@ -224,6 +228,7 @@ impl ChannelBus {
             failover_after_ms: u64::try_from(grid / 1_000_000).unwrap_or(0).max(1000),
             head: AtomicI64::new(i64::MIN),
             epoch: Instant::now(),
+            shut: std::sync::atomic::AtomicBool::new(false),
             stats: BusStats::default(),
         })
     }
@@ -268,6 +273,13 @@ impl ChannelBus {
         let mut st = self.lock();
         self.end_current(&mut st);
         self.send(MediaEvent::Close);
+    }
+
+    /// Shuts the bus for good (its channel was stopped or removed): every feed ends, and
+    /// no new one is accepted.
+    pub fn shut(&self) {
+        self.shut.store(true, Ordering::Relaxed);
+        self.end_feeds(None);
     }
 
     /// Ends the feeds of ingest `ingest` (every feed when `None`): their publishers learn
@@ -328,15 +340,22 @@ impl ChannelBus {
     ) -> Result<Publisher, BusError> {
         let source = source.into();
         let mut st = self.lock();
+        if self.shut.load(Ordering::Relaxed) {
+            return Err(BusError::Shut(self.channel.clone()));
+        }
         let now = self.now_ms();
         if let Some(pos) = st.feeds.iter().position(|f| f.spec.ingest == spec.ingest) {
             let old = &st.feeds[pos];
             let idle = now.saturating_sub(old.last_frame_ms.load(Ordering::Relaxed));
-            if Duration::from_millis(idle) < stale_after {
+            // A feed already told to end (its ingest changed) is gone, however recent.
+            let ended = old.replaced.load(Ordering::Relaxed) != 0;
+            if !ended && Duration::from_millis(idle) < stale_after {
                 return Err(BusError::AlreadyPublishing(self.channel.clone()));
             }
-            self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(channel = %self.channel, idle_ms = idle, old_publisher = old.id, %source, "publisher sent nothing; a new publish takes over");
+            if !ended {
+                self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %self.channel, idle_ms = idle, old_publisher = old.id, %source, "publisher sent nothing; a new publish takes over");
+            }
             old.replaced.store(ENDED_SUPERSEDED, Ordering::Relaxed);
             if self.owner.load(Ordering::Relaxed) == old.id {
                 self.end_current(&mut st);
@@ -1082,12 +1101,21 @@ mod tests {
         bus.end_feeds(Some("b"));
         assert_eq!(a.ended(), None);
         assert_eq!(b.ended(), Some(PublishEnded::Removed));
+        // A new connection of an ended ingest is not kept out by the old one.
+        let c = bus.begin_feed("c", b.spec().clone(), STALE_AFTER);
+        assert!(c.is_ok());
         drop(b);
-        bus.end_feeds(None);
+        bus.shut();
         assert_eq!(a.ended(), Some(PublishEnded::Removed));
         assert!(bus.is_publishing());
         drop(a);
+        drop(c);
         assert!(!bus.is_publishing());
+        // Shut: nothing attaches any more.
+        assert!(matches!(
+            bus.begin_feed("d", FeedSpec::default(), STALE_AFTER),
+            Err(BusError::Shut(_))
+        ));
     }
 
     fn feed(bus: &Arc<ChannelBus>, ingest: &str, priority: u32) -> Publisher {

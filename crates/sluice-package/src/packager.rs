@@ -39,7 +39,7 @@ pub struct PackagerSettings {
     /// Init segments are numbered from `init_version_base + 1`. A server passes something
     /// that differs per process start (e.g. the Unix time), so that `init-<v>.mp4`, served
     /// as immutable, never names other bytes after a restart.
-    pub init_version_base: u32,
+    pub init_version_base: u64,
     /// LL-HLS part target of the CMAF output; 0: no parts.
     pub part_duration: MediaTime,
 }
@@ -66,7 +66,7 @@ struct SegmentMeta {
     msn: u64,
     discontinuity: bool,
     cfg: Arc<VideoConfig>,
-    init_version: u32,
+    init_version: u64,
     /// Wall-clock time of its start, Unix milliseconds.
     program_date_time: Option<i64>,
     /// The parts published so far (the first starts with `styp`): the segment is their
@@ -97,7 +97,7 @@ struct Cut {
 struct VideoState {
     name: String,
     cfg: Option<Arc<VideoConfig>>,
-    init_version: u32,
+    init_version: u64,
     fps_known: bool,
     /// Cuts, numbering, parts and gaps (`timeline.rs`).
     timeline: RenditionTimeline,
@@ -110,7 +110,7 @@ struct VideoState {
 #[derive(Debug)]
 struct AudioState {
     cfg: Option<Arc<AudioConfig>>,
-    init_version: u32,
+    init_version: u64,
     fragment_seq: u32,
     /// Frames in presentation order, not yet written into every output that needs them.
     queue: VecDeque<Frame>,
@@ -134,7 +134,7 @@ struct AudioState {
 struct AudioOpen {
     msn: u64,
     discontinuity: bool,
-    init_version: u32,
+    init_version: u64,
     program_date_time: Option<i64>,
     /// Frames with an earlier pts are in published parts.
     published_to: MediaTime,
@@ -273,7 +273,7 @@ impl Packager {
         if v.cfg.as_deref() == Some(&cfg) {
             return;
         }
-        v.init_version += 1;
+        v.init_version = v.init_version.saturating_add(1);
         if self.cmaf {
             self.output.add_init(
                 &v.name,
@@ -301,7 +301,7 @@ impl Packager {
         if a.cfg.as_deref() == Some(&cfg) {
             return;
         }
-        a.init_version += 1;
+        a.init_version = a.init_version.saturating_add(1);
         if self.cmaf {
             self.output.add_init(
                 AUDIO_RENDITION,
@@ -553,6 +553,22 @@ impl Packager {
         for v in &mut self.video {
             v.timeline.outage();
         }
+    }
+
+    /// This run's playlists continue `previous`'s (another run of the same engine, whose
+    /// viewers move over): the first segment of each carries `EXT-X-DISCONTINUITY`, and
+    /// the discontinuity sequence goes on from `previous`'s, so a player reloading the
+    /// same playlist URL sees a discontinuity, not a stream that starts over. Call before
+    /// the first frame.
+    pub fn continue_from(&mut self, previous: &EngineOutput) {
+        for v in &mut self.video {
+            v.timeline.mark_discontinuity();
+        }
+        if let Some(a) = self.audio.as_mut() {
+            a.carry_discontinuity = true;
+        }
+        self.output
+            .set_discontinuity_base(previous.last_discontinuity_number());
     }
 
     /// Flushes open segments; playlists get `EXT-X-ENDLIST`.
@@ -1117,6 +1133,41 @@ mod tests {
         );
         p.set_audio_config(AudioConfig::aac_lc(48_000, 2));
         (p, out)
+    }
+
+    /// A new run of an engine (its ladder changed) continues the old run's playlists:
+    /// its first segment is a discontinuity, numbered after the old run's newest one.
+    #[test]
+    fn a_continuing_run_starts_with_a_discontinuity_numbered_on() {
+        let (mut old, old_out) = packager();
+        for i in 0..60 {
+            old.push_video(0, frame(TrackKind::Video, i * 33, i % 30 == 0));
+        }
+        old.discontinuity(); // one discontinuity already in the old playlists
+        for i in 0..60 {
+            old.push_video(0, frame(TrackKind::Video, i * 33 + 3_000, i % 30 == 0));
+        }
+        assert_eq!(old_out.last_discontinuity_number(), 1);
+        let (mut new, out) = packager();
+        new.continue_from(&old_out);
+        for i in 0..60 {
+            new.push_video(0, frame(TrackKind::Video, i * 33 + 6_000, i % 30 == 0));
+            new.push_audio(frame(TrackKind::Audio, i * 33 + 6_000, true));
+        }
+        new.finish();
+        let text =
+            String::from_utf8(out.media_playlist(OutputKind::Cmaf, "v").unwrap().to_vec()).unwrap();
+        assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"), "{text}");
+        let first = text.find("#EXTINF").unwrap();
+        assert!(text[..first].contains("#EXT-X-DISCONTINUITY\n"), "{text}");
+        assert_eq!(out.last_discontinuity_number(), 2);
+        let audio = String::from_utf8(
+            out.media_playlist(OutputKind::Cmaf, AUDIO_RENDITION)
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(audio.contains("#EXT-X-DISCONTINUITY\n"), "{audio}");
     }
 
     /// One audio frame an hour ahead is dropped alone; audio after it is kept.

@@ -39,7 +39,7 @@ pub(crate) struct StoredSegment {
     pub duration: MediaTime,
     pub discontinuity: bool,
     /// CMAF only: the init segment version this segment needs.
-    pub init_version: Option<u32>,
+    pub init_version: Option<u64>,
     /// `None` marks a gap (`EXT-X-GAP`): no media for this interval.
     pub data: Option<Bytes>,
     /// Wall-clock time of the segment's start, Unix milliseconds (`EXT-X-PROGRAM-DATE-TIME`).
@@ -53,7 +53,7 @@ pub(crate) struct StoredSegment {
 pub(crate) struct OpenSegment {
     pub msn: u64,
     pub discontinuity: bool,
-    pub init_version: Option<u32>,
+    pub init_version: Option<u64>,
     pub program_date_time: Option<i64>,
     pub parts: Vec<StoredPart>,
 }
@@ -377,7 +377,7 @@ struct SegmentLine {
     msn: u64,
     duration: MediaTime,
     discontinuity: bool,
-    init_version: Option<u32>,
+    init_version: Option<u64>,
     gap: bool,
     program_date_time: Option<i64>,
     /// (duration, independent) of each listed part.

@@ -50,8 +50,11 @@ struct State {
     tracks: HashMap<(OutputKind, String), Track>,
     /// Change signals, one per media playlist (blocking reload waits on them).
     signals: HashMap<(OutputKind, String), watch::Sender<u64>>,
-    inits: HashMap<String, VecDeque<(u32, Bytes)>>,
+    inits: HashMap<String, VecDeque<(u64, Bytes)>>,
     live: bool,
+    /// `EXT-X-DISCONTINUITY-SEQUENCE` of a track's first playlist (see
+    /// [`EngineOutput::last_discontinuity_number`]).
+    discontinuity_base: u64,
 }
 
 /// Rendered multivariant playlists by (output, bitrate cap), each with the generation of
@@ -98,6 +101,7 @@ impl EngineOutput {
                 signals: HashMap::new(),
                 inits: HashMap::new(),
                 live: true,
+                discontinuity_base: 0,
             }),
             multivariant_cache: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -325,7 +329,7 @@ impl EngineOutput {
     }
 
     /// An init segment (`init-<version>.mp4`) of a CMAF rendition (or `"audio"`).
-    pub fn init_segment(&self, rendition: &str, version: u32) -> Option<Bytes> {
+    pub fn init_segment(&self, rendition: &str, version: u64) -> Option<Bytes> {
         let st = self.read();
         st.inits
             .get(rendition)?
@@ -431,10 +435,12 @@ impl EngineOutput {
         let (snapshot, version) = {
             let mut st = self.write();
             let (d, window, part) = (st.segment_duration, st.window, st.part_target);
-            let track = st
-                .tracks
-                .entry(key.clone())
-                .or_insert_with(|| Track::new(output, d, part));
+            let base = st.discontinuity_base;
+            let track = st.tracks.entry(key.clone()).or_insert_with(|| {
+                let mut t = Track::new(output, d, part);
+                t.discontinuity_sequence = base;
+                t
+            });
             change(track, window);
             if !publish {
                 return;
@@ -461,7 +467,7 @@ impl EngineOutput {
         }
     }
 
-    pub(crate) fn add_init(&self, rendition: &str, version: u32, data: Bytes) {
+    pub(crate) fn add_init(&self, rendition: &str, version: u64, data: Bytes) {
         {
             let mut st = self.write();
             let versions = st.inits.entry(rendition.to_owned()).or_default();
@@ -484,6 +490,25 @@ impl EngineOutput {
     pub(crate) fn set_audio_codec(&self, codec: String) {
         self.write().audio_codec = Some(codec);
         self.changed();
+    }
+
+    /// The discontinuity sequence number of the newest segment of any playlist: the
+    /// playlists' `EXT-X-DISCONTINUITY-SEQUENCE` plus the discontinuities they list.
+    pub fn last_discontinuity_number(&self) -> u64 {
+        let st = self.read();
+        st.tracks
+            .values()
+            .map(|t| {
+                let listed = t.segments.iter().skip(t.listed_from);
+                t.discontinuity_sequence + listed.filter(|s| s.discontinuity).count() as u64
+            })
+            .max()
+            .unwrap_or(st.discontinuity_base)
+    }
+
+    /// Playlists made from now on start at this `EXT-X-DISCONTINUITY-SEQUENCE`.
+    pub(crate) fn set_discontinuity_base(&self, base: u64) {
+        self.write().discontinuity_base = base;
     }
 
     /// Undoes [`EngineOutput::finish`]: live again, the playlists without `EXT-X-ENDLIST`.

@@ -285,6 +285,12 @@ impl RenditionTimeline {
 
     /// The input session changed: the next segment carries a discontinuity (once there
     /// has been one) and decode times start afresh. Call after [`close`](Self::close).
+    /// The next segment opened carries `EXT-X-DISCONTINUITY`, even if it is the first
+    /// (an engine run that continues another's playlists).
+    pub fn mark_discontinuity(&mut self) {
+        self.pending_discontinuity = true;
+    }
+
     pub fn seam(&mut self) {
         self.pending_discontinuity = self.next_msn.is_some() || self.pending_discontinuity;
         self.clock.reset();

@@ -67,7 +67,11 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
         tracing::warn!("accepted, not served yet: {what}");
     }
     for (i, t) in cfg.api.admin_tokens.iter().enumerate() {
-        if t.len() < 16 {
+        if t.starts_with("change-me") {
+            tracing::warn!(
+                "api.admin_tokens[{i}] is the example's placeholder: anyone who read the example controls the server; replace it with a long random token"
+            );
+        } else if t.len() < 16 {
             tracing::warn!(
                 "api.admin_tokens[{i}] is {} characters long: anyone who guesses it controls the server; use at least 16 random characters",
                 t.len()
@@ -82,7 +86,10 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let timeline_start = sluice_core::time::duration_to_nanos(since_epoch);
-    let init_version_base = u32::try_from(since_epoch.as_secs()).unwrap_or(u32::MAX / 2);
+    // Init segment versions: the start time in seconds, shifted left 20 bits, leaves
+    // room for 1,024 engine starts of 1,024 versions each before the next second's range,
+    // so neither a later run nor a restarted engine reuses a number a cache may hold.
+    let init_version_base = since_epoch.as_secs().saturating_mul(1 << 20);
 
     // Geo rules fail closed: without a readable database they refuse every viewer.
     let geodb = match &cfg.server.geoip_database {
@@ -153,6 +160,7 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
             state: state.clone(),
             router: live_router.clone(),
             srt,
+            status: Arc::default(),
         },
     )
     .await?;
@@ -248,9 +256,10 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
         },
     ));
 
+    // A reload runs beside the signal loop: SIGTERM is heard while it waits.
     shutdown_signal(|| {
         let control = control.clone();
-        async move { control.reload("SIGHUP", false).await }
+        tracker.spawn(async move { control.reload("SIGHUP", false).await });
     })
     .await;
     tracing::info!("shutting down");
@@ -399,7 +408,7 @@ fn http_limits() -> HttpLimits {
 }
 
 /// Waits for SIGINT or SIGTERM; each SIGHUP in between runs `on_hangup`.
-async fn shutdown_signal<F: std::future::Future<Output = ()>>(mut on_hangup: impl FnMut() -> F) {
+async fn shutdown_signal(mut on_hangup: impl FnMut()) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -414,7 +423,7 @@ async fn shutdown_signal<F: std::future::Future<Output = ()>>(mut on_hangup: imp
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
-                _ = hup.recv() => on_hangup().await,
+                _ = hup.recv() => on_hangup(),
             }
         }
     }

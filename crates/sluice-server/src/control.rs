@@ -25,7 +25,7 @@ use sluice_core::Id;
 use sluice_distribution::{ApiFuture, ApiRequest, ControlApi};
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, StatusView};
 
 /// The OpenAPI 3 description of this API (served at `/api/v1/openapi.json`).
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -44,6 +44,11 @@ pub struct Control {
     origin: String,
     /// The running `[api]` section, read by every request without the lock.
     api: ArcSwap<ApiConfig>,
+    /// The runtime API calls run on (the server's main one): not the HTTP workers, whose
+    /// viewers must not wait for a change being validated and written.
+    runs_on: tokio::runtime::Handle,
+    status: Arc<ArcSwap<StatusView>>,
+    http: Arc<sluice_distribution::HttpState>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -102,7 +107,8 @@ pub fn etag(value: &Json) -> String {
 fn if_match(header: &str, current: Option<&str>) -> bool {
     header.split(',').map(str::trim).any(|tag| match tag {
         "*" => current.is_some(),
-        t => Some(t.trim_start_matches("W/")) == current,
+        // Strong comparison (RFC 9110 §13.1.1): a weak tag never matches.
+        t => Some(t) == current,
     })
 }
 
@@ -159,6 +165,7 @@ impl Control {
             .as_ref()
             .map_or("<embedded default>".into(), |p| p.display().to_string());
         let api = ArcSwap::from_pointee(runtime.running().api.clone());
+        let (status, http) = runtime.observers();
         if path.is_none() {
             tracing::info!(
                 "no --config file: changes through the control API are kept in memory only"
@@ -169,6 +176,9 @@ impl Control {
             path,
             origin,
             api,
+            runs_on: tokio::runtime::Handle::current(),
+            status,
+            http,
         })
     }
 
@@ -176,8 +186,9 @@ impl Control {
         let Some(given) = req
             .authorization
             .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|a| a.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
         else {
             return false;
         };
@@ -211,16 +222,23 @@ impl Control {
             );
         }
         match (&req.method, segments.as_slice()) {
-            (m, ["status"]) if read || m == Method::GET => {
-                let inner = self.inner.lock().await;
-                json_response(StatusCode::OK, &inner.runtime.status_all())
+            // Status is read from the published view: never behind a change.
+            (_, ["status"]) if read => {
+                let viewers = self.http.viewers.counts();
+                json_response(StatusCode::OK, &self.status.load().all(&viewers))
             }
-            (m, ["channels", c, "status"]) if read || m == Method::GET => {
-                let inner = self.inner.lock().await;
-                match Id::new(c).ok().and_then(|c| inner.runtime.status(&c)) {
+            (_, ["channels", c, "status"]) if read => {
+                let viewers = self.http.viewers.counts();
+                match Id::new(c)
+                    .ok()
+                    .and_then(|c| self.status.load().channel(&c, &viewers))
+                {
                     Some(s) => json_response(StatusCode::OK, &s),
                     None => problem(StatusCode::NOT_FOUND, "no such channel"),
                 }
+            }
+            (_, ["status"] | ["channels", _, "status"]) => {
+                problem(StatusCode::METHOD_NOT_ALLOWED, "status is read with GET")
             }
             (&Method::POST, ["channels", c, action @ ("start" | "stop")]) => {
                 let Ok(c) = Id::new(c) else {
@@ -232,14 +250,13 @@ impl Control {
                 } else {
                     inner.runtime.start_channel_again(&c)
                 };
-                match done {
-                    Ok(true) => json_response(
-                        StatusCode::OK,
-                        &inner.runtime.status(&c).unwrap_or(Json::Null),
-                    ),
-                    Ok(false) => problem(StatusCode::NOT_FOUND, "no such channel"),
-                    Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+                drop(inner);
+                if !done {
+                    return problem(StatusCode::NOT_FOUND, "no such channel");
                 }
+                let viewers = self.http.viewers.counts();
+                let status = self.status.load().channel(&c, &viewers);
+                json_response(StatusCode::OK, &status.unwrap_or(Json::Null))
             }
             _ => match target(&segments) {
                 Some(t) => self.resource(req, t).await,
@@ -312,6 +329,13 @@ impl Control {
                     }
                 };
                 let mut full: Vec<&str> = path.iter().map(String::as_str).collect();
+                // Under a channel that does not exist: 404, not a validation error.
+                if full.len() > 1 && inner.doc.get(&full[..2]).is_none() {
+                    return problem(
+                        StatusCode::NOT_FOUND,
+                        format!("{}: no such item", full[..2].join(".")),
+                    );
+                }
                 full.push(&id);
                 let location = format!("/api/v1/{}", full.join("/"));
                 self.change(
@@ -368,6 +392,25 @@ impl Control {
         status: StatusCode,
         location: Option<String>,
     ) -> Answer {
+        // Checked again under the lock: a token revoked by a change this request waited
+        // for no longer counts.
+        if !self.authorized(req) {
+            return problem(StatusCode::FORBIDDEN, "an admin token is needed");
+        }
+        // An edit of the file on disk not applied yet (or refused: see the log) is the
+        // operator's work: the API does not write over it.
+        if let Some(path) = &self.path
+            && let Ok(on_disk) = std::fs::read_to_string(path)
+            && on_disk != inner.text
+        {
+            return problem(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} was edited and the edit is not applied yet (or was refused: see the log); the API will not write over it. Fix or revert the file, or retry once it is applied",
+                    path.display()
+                ),
+            );
+        }
         let before = inner.doc.get(path);
         if let Some(expected) = &req.if_match
             && !if_match(expected, before.as_ref().map(etag).as_deref())
@@ -427,7 +470,7 @@ impl Control {
         next: Config,
     ) -> Result<Vec<String>, CommitError> {
         if let Some(path) = &self.path {
-            write_atomically(path, &text).map_err(|e| {
+            write_file(path.clone(), text.clone()).await.map_err(|e| {
                 CommitError::Failed(format!(
                     "cannot write {}: {e}; the change was not applied",
                     path.display()
@@ -447,7 +490,7 @@ impl Control {
                 // Put back what was there: the file, and whatever was applied before the
                 // failure.
                 if let Some(path) = &self.path
-                    && let Err(w) = write_atomically(path, &inner.text)
+                    && let Err(w) = write_file(path.clone(), inner.text.clone()).await
                 {
                     tracing::error!(file = %path.display(), error = %w, "cannot restore the configuration file");
                 }
@@ -573,6 +616,13 @@ enum CommitError {
     Failed(String),
 }
 
+/// [`write_atomically`] on a blocking thread (it waits for the disk twice).
+async fn write_file(path: PathBuf, text: String) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || write_atomically(&path, &text))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 fn with_etag(mut r: Answer, value: &Json) -> Answer {
     if let Ok(v) = HeaderValue::from_str(&etag(value)) {
         r.headers_mut().insert(header::ETAG, v);
@@ -581,8 +631,19 @@ fn with_etag(mut r: Answer, value: &Json) -> Answer {
 }
 
 impl ControlApi for Control {
+    /// A body is read only for a change by an admin: nobody else makes the server
+    /// buffer one.
+    fn wants_body(&self, req: &ApiRequest) -> bool {
+        matches!(req.method, Method::POST | Method::PATCH) && self.authorized(req)
+    }
+
     fn call(self: Arc<Self>, req: ApiRequest) -> ApiFuture {
-        Box::pin(async move { self.handle(req).await })
+        let runs_on = self.runs_on.clone();
+        let task = runs_on.spawn(async move { self.handle(req).await });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "the change failed"))
+        })
     }
 }
 
@@ -615,6 +676,7 @@ mod tests {
                 limits,
                 router,
             },
+            status: Arc::default(),
         };
         let runtime = Runtime::start(cfg, shared).await.unwrap();
         let control = Arc::new(Control::new(runtime, text.to_string(), path).unwrap());
@@ -738,7 +800,7 @@ mod tests {
     fn if_match_and_paths() {
         assert!(if_match("\"a\"", Some("\"a\"")));
         assert!(if_match("\"b\", \"a\"", Some("\"a\"")));
-        assert!(if_match("W/\"a\"", Some("\"a\"")));
+        assert!(!if_match("W/\"a\"", Some("\"a\"")));
         assert!(!if_match("\"b\"", Some("\"a\"")));
         assert!(if_match("*", Some("\"a\"")));
         assert!(!if_match("*", None));

@@ -37,7 +37,7 @@ use sluice_ingest::{
 use sluice_package::{
     AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::app::{build_catalog, publisher_sink, session_grid, slate_timeout_override};
@@ -82,11 +82,12 @@ pub struct Shared {
     /// Media time of the first session (the wall clock at start).
     pub timeline_start: MediaTime,
     /// Init segment versions of this run start here.
-    pub init_version_base: u32,
+    pub init_version_base: u64,
     pub geodb: Option<Arc<GeoDb>>,
     pub state: Arc<HttpState>,
     pub router: Arc<LiveRouter>,
     pub srt: SrtSetup,
+    pub status: Arc<ArcSwap<StatusView>>,
 }
 
 /// The SRT listener, started when the first SRT ingest appears (at start or later):
@@ -98,12 +99,14 @@ pub struct SrtSetup {
     pub router: Arc<LiveRouter>,
 }
 
+/// One run of an engine; dropping it stops it (whatever path drops it).
 struct EngineRun {
     config: Engine,
     output: Arc<EngineOutput>,
-    cancel: CancellationToken,
+    _stop: DropGuard,
 }
 
+/// A running channel; dropping it stops everything of it.
 struct ChannelRun {
     config: Channel,
     bus: Arc<ChannelBus>,
@@ -119,11 +122,133 @@ struct ChannelRun {
 }
 
 impl ChannelRun {
+    /// Stops it: its publishers are disconnected and no new one attaches, its engines
+    /// end their playlists, generated sources stop.
     fn stop(self) {
-        self.cancel.cancel();
-        drop(self.patterns);
-        self.bus.end_feeds(None);
+        self.bus.shut();
         self.bus.close();
+        drop(self);
+    }
+}
+
+impl Drop for ChannelRun {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// What a change leaves to do once the new stream keys and catalog are published (so
+/// that nothing can attach to what is being stopped in between).
+#[derive(Default)]
+struct Pending {
+    changes: Vec<String>,
+    /// (channel, engine, the run being replaced) while the new run warms up.
+    warming: Vec<(Id, Id, EngineRun)>,
+    /// Feeds to end: (bus, ingest).
+    to_end: Vec<(Arc<ChannelBus>, String)>,
+    retired: Vec<ChannelRun>,
+}
+
+/// What status answers are made from, published with every change and read without
+/// the control lock (so a public status request never waits for a change).
+#[derive(Default)]
+pub struct StatusView {
+    channels: BTreeMap<Id, ChannelView>,
+    /// (distribution, its channel, enabled).
+    distributions: Vec<(Id, Id, bool)>,
+}
+
+struct ChannelView {
+    engines: Vec<Id>,
+    running: Option<RunningView>,
+}
+
+struct RunningView {
+    bus: Arc<ChannelBus>,
+    input_kbps: Arc<AtomicU32>,
+    /// (engine, ladder name, output).
+    engines: Vec<(Id, String, Arc<EngineOutput>)>,
+}
+
+impl StatusView {
+    /// A channel's live state (`GET /api/v1/channels/<id>/status`); `viewers` by
+    /// distribution.
+    pub fn channel(&self, id: &Id, viewers: &HashMap<Id, u64>) -> Option<serde_json::Value> {
+        use serde_json::json;
+        let view = self.channels.get(id)?;
+        let distributions: serde_json::Map<String, serde_json::Value> = self
+            .distributions
+            .iter()
+            .filter(|(_, c, _)| c == id)
+            .map(|(d, _, enabled)| {
+                let n = viewers.get(d).copied().unwrap_or(0);
+                (d.to_string(), json!({"enabled": enabled, "viewers": n}))
+            })
+            .collect();
+        let Some(run) = &view.running else {
+            let engines: serde_json::Map<String, serde_json::Value> = view
+                .engines
+                .iter()
+                .map(|e| (e.to_string(), json!({"state": "stopped"})))
+                .collect();
+            return Some(json!({
+                "id": id.as_str(),
+                "state": "stopped",
+                "active_ingest": null,
+                "ingest_live": false,
+                "input_kbps": 0,
+                "engines": engines,
+                "distributions": distributions,
+            }));
+        };
+        let (active, live) = match run.bus.owner() {
+            Some((ingest, live)) => (Some(ingest), live),
+            None => (None, false),
+        };
+        let engines: serde_json::Map<String, serde_json::Value> = run
+            .engines
+            .iter()
+            .map(|(e, ladder, output)| {
+                let state = if output.healthy() {
+                    "live"
+                } else if output.is_live() {
+                    "waiting"
+                } else {
+                    "ended"
+                };
+                let newest: serde_json::Map<String, serde_json::Value> = output
+                    .rendition_names()
+                    .into_iter()
+                    .map(|n| {
+                        let msn = output.latest_msn(&n);
+                        (n, json!(msn))
+                    })
+                    .collect();
+                (
+                    e.to_string(),
+                    json!({"state": state, "ladder": ladder, "newest_segment": newest}),
+                )
+            })
+            .collect();
+        Some(json!({
+            "id": id.as_str(),
+            "state": "running",
+            "active_ingest": active,
+            "ingest_live": live,
+            "input_kbps": run.input_kbps.load(Ordering::Relaxed),
+            "engines": engines,
+            "distributions": distributions,
+        }))
+    }
+
+    /// Every channel's state in one document (`GET /api/v1/status`).
+    pub fn all(&self, viewers: &HashMap<Id, u64>) -> serde_json::Value {
+        let channels: serde_json::Map<String, serde_json::Value> = self
+            .channels
+            .keys()
+            .filter_map(|id| Some((id.to_string(), self.channel(id, viewers)?)))
+            .collect();
+        serde_json::json!({ "channels": channels })
     }
 }
 
@@ -135,7 +260,7 @@ pub struct Runtime {
     /// Channels stopped through the control API (not persisted: a restart starts them).
     stopped: BTreeSet<Id>,
     /// Engines started so far; each start gets its own range of init versions.
-    engine_starts: u32,
+    engine_starts: u64,
     /// While a changed engine warms up, the catalog still serves its predecessor.
     serving_instead: HashMap<(Id, Id), Arc<EngineOutput>>,
     srt_listening: bool,
@@ -157,7 +282,8 @@ impl Runtime {
             rt.channels.insert(id.clone(), run);
         }
         rt.ensure_srt(&cfg).await?;
-        rt.publish()?;
+        build_catalog(&cfg, &HashMap::new(), &rt.shared.geodb, &BTreeSet::new())?;
+        rt.publish();
         Ok(rt)
     }
 
@@ -209,31 +335,35 @@ impl Runtime {
         }
     }
 
+    /// The status view and the HTTP state (for viewer counts): read without the lock.
+    pub fn observers(&self) -> (Arc<ArcSwap<StatusView>>, Arc<HttpState>) {
+        (self.shared.status.clone(), self.shared.state.clone())
+    }
+
     pub fn running(&self) -> &Config {
         &self.running
     }
 
     /// Applies `next` (already validated), changing only what differs; a list of what
-    /// changed, for the log and the API's answer. `Err`: refused, nothing changed.
+    /// changed, for the log and the API's answer. `Err`: refused, nothing changed (every
+    /// check that can fail comes before the first change).
     pub async fn apply(&mut self, next: Config) -> anyhow::Result<Vec<String>> {
         if self.running.server != next.server {
             anyhow::bail!(
                 "[server] cannot change while the server runs (listeners, proxies, databases); restart to apply it"
             );
         }
-        // Everything that can fail is checked before anything changes.
         build_catalog(&next, &HashMap::new(), &self.shared.geodb, &BTreeSet::new())?;
         self.ensure_srt(&next).await?;
-        let mut changes = Vec::new();
-        let mut warming: Vec<(Id, Id, EngineRun)> = Vec::new();
+        let mut p = Pending::default();
         let old_ids: Vec<Id> = self.running.channels.keys().cloned().collect();
         for id in old_ids {
             if !next.channels.contains_key(&id) {
                 if let Some(run) = self.channels.remove(&id) {
-                    run.stop();
+                    p.retired.push(run);
                 }
                 self.stopped.remove(&id);
-                changes.push(format!("channel {id} removed"));
+                p.changes.push(format!("channel {id} removed"));
             }
         }
         for (id, channel) in &next.channels {
@@ -241,13 +371,13 @@ impl Runtime {
                 None => {
                     let run = self.start_channel(id, channel);
                     self.channels.insert(id.clone(), run);
-                    changes.push(format!("channel {id} added"));
+                    p.changes.push(format!("channel {id} added"));
                 }
                 Some(old) if old != channel => {
                     if self.stopped.contains(id) {
-                        changes.push(format!("channel {id} changed (stopped)"));
+                        p.changes.push(format!("channel {id} changed (stopped)"));
                     } else {
-                        self.update_channel(id, channel, &mut changes, &mut warming);
+                        self.update_channel(id, channel, &mut p);
                     }
                 }
                 Some(_) => {}
@@ -255,38 +385,44 @@ impl Runtime {
         }
         for (id, d) in &next.distributions {
             match self.running.distributions.get(id) {
-                None => changes.push(format!("distribution {id} added")),
-                Some(old) if old != d => changes.push(format!("distribution {id} changed")),
+                None => p.changes.push(format!("distribution {id} added")),
+                Some(old) if old != d => p.changes.push(format!("distribution {id} changed")),
                 Some(_) => {}
             }
         }
         for id in self.running.distributions.keys() {
             if !next.distributions.contains_key(id) {
-                changes.push(format!("distribution {id} removed"));
+                p.changes.push(format!("distribution {id} removed"));
             }
         }
         if self.running.api != next.api {
-            changes.push("api changed".into());
+            p.changes.push("api changed".into());
         }
         if self.running.ladders != next.ladders {
-            changes.push("ladders changed".into());
+            p.changes.push("ladders changed".into());
         }
         self.running = next;
-        for (channel, engine, old) in &warming {
+        for (channel, engine, old) in &p.warming {
             self.serving_instead
                 .insert((channel.clone(), engine.clone()), old.output.clone());
         }
-        self.publish()?;
-        if !warming.is_empty() {
-            self.warm_up(&warming).await;
+        // The new keys and catalog first, then what they no longer name is stopped.
+        self.publish();
+        for (bus, ingest) in &p.to_end {
+            bus.end_feeds(Some(ingest));
+        }
+        for run in p.retired.drain(..) {
+            run.stop();
+        }
+        if !p.warming.is_empty() {
+            self.warm_up(&p.warming).await;
             self.serving_instead.clear();
-            self.publish()?;
-            for (channel, engine, old) in warming {
+            self.publish();
+            for (channel, engine, _) in p.warming.drain(..) {
                 tracing::info!(%channel, %engine, "previous engine run stopped");
-                old.cancel.cancel();
             }
         }
-        Ok(changes)
+        Ok(p.changes)
     }
 
     /// Waits until each new run of a changed engine has a segment of every rendition
@@ -312,8 +448,12 @@ impl Runtime {
             let deadline = tokio::time::Instant::now() + bound;
             while new.output.multivariant(kind, None).is_none()
                 && tokio::time::Instant::now() < deadline
+                && !self.shared.cancel.is_cancelled()
             {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    _ = self.shared.cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
             }
             if new.output.multivariant(kind, None).is_none() {
                 tracing::warn!(%channel, %engine, bound_s = bound.as_secs(), "new engine run has no segments yet; switching to it anyway");
@@ -323,124 +463,39 @@ impl Runtime {
 
     /// Stops a channel (control API): engines and ingests stop, publishers are
     /// disconnected and refused, its distributions answer 503. `false`: no such channel.
-    pub fn stop_channel(&mut self, id: &Id) -> anyhow::Result<bool> {
+    pub fn stop_channel(&mut self, id: &Id) -> bool {
         if !self.running.channels.contains_key(id) {
-            return Ok(false);
+            return false;
         }
         if self.stopped.insert(id.clone()) {
-            if let Some(run) = self.channels.remove(id) {
+            let run = self.channels.remove(id);
+            self.publish();
+            if let Some(run) = run {
                 run.stop();
             }
-            self.publish()?;
             tracing::info!(channel = %id, "channel stopped");
         }
-        Ok(true)
+        true
     }
 
     /// Starts a stopped channel again. `false`: no such channel.
-    pub fn start_channel_again(&mut self, id: &Id) -> anyhow::Result<bool> {
+    pub fn start_channel_again(&mut self, id: &Id) -> bool {
         let Some(channel) = self.running.channels.get(id).cloned() else {
-            return Ok(false);
+            return false;
         };
         if self.stopped.remove(id) {
             let run = self.start_channel(id, &channel);
             self.channels.insert(id.clone(), run);
-            self.publish()?;
+            self.publish();
             tracing::info!(channel = %id, "channel started");
         }
-        Ok(true)
+        true
     }
 
-    /// A channel's live state for `GET /api/v1/channels/<id>/status`.
-    pub fn status(&self, id: &Id) -> Option<serde_json::Value> {
-        use serde_json::json;
-        let channel = self.running.channels.get(id)?;
-        let distributions: serde_json::Map<String, serde_json::Value> = self
-            .running
-            .distributions
-            .iter()
-            .filter(|(_, d)| &d.channel == id)
-            .map(|(d, dist)| {
-                (
-                    d.to_string(),
-                    json!({
-                        "enabled": dist.enabled,
-                        "viewers": self.shared.state.viewers.count(d),
-                    }),
-                )
-            })
-            .collect();
-        let Some(run) = self.channels.get(id) else {
-            return Some(json!({
-                "id": id.as_str(),
-                "state": "stopped",
-                "active_ingest": null,
-                "input_kbps": 0,
-                "engines": channel.engines.keys().map(|e| (e.to_string(), json!({"state": "stopped"}))).collect::<serde_json::Map<_, _>>(),
-                "distributions": distributions,
-            }));
-        };
-        let (active, live) = match run.bus.owner() {
-            Some((ingest, live)) => (Some(ingest), live),
-            None => (None, false),
-        };
-        let engines: serde_json::Map<String, serde_json::Value> = run
-            .engines
-            .iter()
-            .map(|(e, r)| {
-                let state = if r.output.healthy() {
-                    "live"
-                } else if r.output.is_live() {
-                    "waiting"
-                } else {
-                    "ended"
-                };
-                let newest: serde_json::Map<String, serde_json::Value> = r
-                    .output
-                    .rendition_names()
-                    .into_iter()
-                    .map(|n| {
-                        let msn = r.output.latest_msn(&n);
-                        (n, json!(msn))
-                    })
-                    .collect();
-                (
-                    e.to_string(),
-                    json!({
-                        "state": state,
-                        "ladder": match &r.config.ladder_ref {
-                            LadderRef::Passthrough => "passthrough".to_string(),
-                            LadderRef::Named(l) => l.to_string(),
-                        },
-                        "newest_segment": newest,
-                    }),
-                )
-            })
-            .collect();
-        Some(json!({
-            "id": id.as_str(),
-            "state": "running",
-            "active_ingest": active,
-            "ingest_live": live,
-            "input_kbps": run.input_kbps.load(Ordering::Relaxed),
-            "engines": engines,
-            "distributions": distributions,
-        }))
-    }
-
-    /// Every channel's state in one document.
-    pub fn status_all(&self) -> serde_json::Value {
-        let channels: serde_json::Map<String, serde_json::Value> = self
-            .running
-            .channels
-            .keys()
-            .filter_map(|id| Some((id.to_string(), self.status(id)?)))
-            .collect();
-        serde_json::json!({ "channels": channels })
-    }
-
-    /// Publishes the stream keys and the HTTP catalog of what runs now.
-    fn publish(&self) -> anyhow::Result<()> {
+    /// Publishes the stream keys, the HTTP catalog and the status view of what runs
+    /// now. (The catalog of a configuration is checked before it is applied: an error
+    /// here is logged, and the previous catalog stays.)
+    fn publish(&self) {
         let mut outputs = HashMap::new();
         for (cid, run) in &self.channels {
             for (eid, e) in &run.engines {
@@ -449,7 +504,7 @@ impl Runtime {
                 outputs.insert(key, out.clone());
             }
         }
-        let catalog = build_catalog(&self.running, &outputs, &self.shared.geodb, &self.stopped)?;
+        let catalog = build_catalog(&self.running, &outputs, &self.shared.geodb, &self.stopped);
         let mut router = KeyRouter::default();
         for (cid, run) in &self.channels {
             let Some(channel) = self.running.channels.get(cid) else {
@@ -477,8 +532,50 @@ impl Runtime {
             }
         }
         self.shared.router.0.store(Arc::new(router));
-        self.shared.state.catalog.store(Arc::new(catalog));
-        Ok(())
+        match catalog {
+            Ok(c) => self.shared.state.catalog.store(Arc::new(c)),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot build the HTTP catalog; the previous one stays")
+            }
+        }
+        self.shared.status.store(Arc::new(self.status_view()));
+    }
+
+    fn status_view(&self) -> StatusView {
+        let channels = self
+            .running
+            .channels
+            .iter()
+            .map(|(id, c)| {
+                let running = self.channels.get(id).map(|run| RunningView {
+                    bus: run.bus.clone(),
+                    input_kbps: run.input_kbps.clone(),
+                    engines: run
+                        .engines
+                        .iter()
+                        .map(|(e, r)| {
+                            let ladder = match &r.config.ladder_ref {
+                                LadderRef::Passthrough => "passthrough".to_string(),
+                                LadderRef::Named(l) => l.to_string(),
+                            };
+                            (e.clone(), ladder, r.output.clone())
+                        })
+                        .collect(),
+                });
+                let engines = c.engines.keys().cloned().collect();
+                (id.clone(), ChannelView { engines, running })
+            })
+            .collect();
+        let distributions = self
+            .running
+            .distributions
+            .iter()
+            .map(|(id, d)| (id.clone(), d.channel.clone(), d.enabled))
+            .collect();
+        StatusView {
+            channels,
+            distributions,
+        }
     }
 
     /// Starts a channel. Nothing here fails the start: a part that cannot start (a test
@@ -494,7 +591,7 @@ impl Runtime {
         let cancel = self.shared.cancel.child_token();
         let mut engines = BTreeMap::new();
         for (engine_id, engine) in &channel.engines {
-            let run = self.start_engine(id, engine_id, engine, &bus, &cancel);
+            let run = self.start_engine(id, engine_id, engine, &bus, &cancel, None);
             engines.insert(engine_id.clone(), run);
         }
         let input_kbps = Arc::new(AtomicU32::new(0));
@@ -519,13 +616,7 @@ impl Runtime {
         run
     }
 
-    fn update_channel(
-        &mut self,
-        id: &Id,
-        next: &Channel,
-        changes: &mut Vec<String>,
-        warming: &mut Vec<(Id, Id, EngineRun)>,
-    ) {
+    fn update_channel(&mut self, id: &Id, next: &Channel, p: &mut Pending) {
         let Some(mut run) = self.channels.remove(id) else {
             return;
         };
@@ -533,34 +624,53 @@ impl Runtime {
         let grid = |c: &Channel| session_grid(c.engines.values().map(|e| e.ladder.segment_seconds));
         if grid(&old) != grid(next) {
             // Sessions start on another grid: the channel starts anew.
-            run.stop();
+            p.retired.push(run);
             let run = self.start_channel(id, next);
             self.channels.insert(id.clone(), run);
-            changes.push(format!("channel {id} restarted (its segment grid changed)"));
+            p.changes
+                .push(format!("channel {id} restarted (its segment grid changed)"));
             return;
         }
         for engine_id in old.engines.keys() {
-            if !next.engines.contains_key(engine_id)
-                && let Some(e) = run.engines.remove(engine_id)
-            {
-                e.cancel.cancel();
-                changes.push(format!("engine {id}/{engine_id} removed"));
+            if !next.engines.contains_key(engine_id) && run.engines.remove(engine_id).is_some() {
+                p.changes.push(format!("engine {id}/{engine_id} removed"));
             }
         }
+        // Priority only orders engines in the catalog: a change of it alone restarts
+        // nothing.
+        let settings = |e: &Engine| Engine {
+            priority: 0,
+            ..e.clone()
+        };
         for (engine_id, engine) in &next.engines {
             match old.engines.get(engine_id) {
                 Some(o) if o == engine => {}
-                Some(_) => {
-                    let new = self.start_engine(id, engine_id, engine, &run.bus, &run.cancel);
-                    if let Some(previous) = run.engines.insert(engine_id.clone(), new) {
-                        warming.push((id.clone(), engine_id.clone(), previous));
+                Some(o) if settings(o) == settings(engine) => {
+                    if let Some(r) = run.engines.get_mut(engine_id) {
+                        r.config = engine.clone();
                     }
-                    changes.push(format!("engine {id}/{engine_id} restarted"));
+                    p.changes
+                        .push(format!("engine {id}/{engine_id} priority changed"));
+                }
+                Some(_) => {
+                    let previous = run.engines.get(engine_id).map(|r| r.output.clone());
+                    let new = self.start_engine(
+                        id,
+                        engine_id,
+                        engine,
+                        &run.bus,
+                        &run.cancel,
+                        previous.as_deref(),
+                    );
+                    if let Some(previous) = run.engines.insert(engine_id.clone(), new) {
+                        p.warming.push((id.clone(), engine_id.clone(), previous));
+                    }
+                    p.changes.push(format!("engine {id}/{engine_id} restarted"));
                 }
                 None => {
-                    let new = self.start_engine(id, engine_id, engine, &run.bus, &run.cancel);
+                    let new = self.start_engine(id, engine_id, engine, &run.bus, &run.cancel, None);
                     run.engines.insert(engine_id.clone(), new);
-                    changes.push(format!("engine {id}/{engine_id} added"));
+                    p.changes.push(format!("engine {id}/{engine_id} added"));
                 }
             }
         }
@@ -569,8 +679,9 @@ impl Runtime {
         for (ingest_id, ingest) in &old.ingests {
             let pushed = matches!(ingest.protocol, IngestProtocol::Rtmp | IngestProtocol::Srt);
             if pushed && next.ingests.get(ingest_id) != Some(ingest) {
-                run.bus.end_feeds(Some(ingest_id.as_str()));
-                changes.push(format!("ingest {id}/{ingest_id} changed or removed"));
+                p.to_end.push((run.bus.clone(), ingest_id.to_string()));
+                p.changes
+                    .push(format!("ingest {id}/{ingest_id} changed or removed"));
             }
         }
         let generated = |c: &Channel| -> Vec<_> {
@@ -585,14 +696,15 @@ impl Runtime {
             run.patterns.clear();
             run.pulls = run.cancel.child_token();
             run.patterns = self.start_ingests(id, next, &run.bus, &run.pulls);
-            changes.push(format!("pull and generated ingests of {id} restarted"));
+            p.changes
+                .push(format!("pull and generated ingests of {id} restarted"));
         }
         if old.slate != next.slate || slate_size(&old) != slate_size(next) {
             if let Some(s) = run.slate.take() {
                 s.cancel();
             }
             run.slate = self.start_slate(id, next, &run.bus, &run.cancel);
-            changes.push(format!("slate of {id} restarted"));
+            p.changes.push(format!("slate of {id} restarted"));
         }
         run.config = next.clone();
         self.channels.insert(id.clone(), run);
@@ -605,10 +717,11 @@ impl Runtime {
         engine: &Engine,
         bus: &Arc<ChannelBus>,
         parent: &CancellationToken,
+        continues: Option<&EngineOutput>,
     ) -> EngineRun {
         let ladder = &engine.ladder;
         let start = self.engine_starts;
-        self.engine_starts = self.engine_starts.wrapping_add(1);
+        self.engine_starts = self.engine_starts.saturating_add(1);
         let settings = PackagerSettings {
             segment_duration: secs_f64_to_nanos(ladder.segment_seconds),
             window: secs_f64_to_nanos(ladder.window_seconds),
@@ -621,7 +734,7 @@ impl Runtime {
             init_version_base: self
                 .shared
                 .init_version_base
-                .saturating_add(start.saturating_mul(100_000)),
+                .saturating_add(start.saturating_mul(1 << 10)),
             part_duration: secs_f64_to_nanos(ladder.part_seconds),
         };
         let (mode, renditions, audio) = match &engine.ladder_ref {
@@ -667,7 +780,10 @@ impl Runtime {
                 }),
             ),
         };
-        let (packager, output) = Packager::new(settings, renditions, audio);
+        let (mut packager, output) = Packager::new(settings, renditions, audio);
+        if let Some(previous) = continues {
+            packager.continue_from(previous);
+        }
         let packager = Arc::new(Mutex::new(packager));
         let name = format!("{channel_id}/{engine_id}");
         let cancel = parent.child_token();
@@ -691,7 +807,7 @@ impl Runtime {
         EngineRun {
             config: engine.clone(),
             output,
-            cancel,
+            _stop: cancel.drop_guard(),
         }
     }
 
