@@ -405,6 +405,8 @@ pub fn write_atomically_with(
     contents: &str,
     before_rename: impl FnOnce() -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    // A symlinked file is replaced at its target (the link stays a link).
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -414,23 +416,35 @@ pub fn write_atomically_with(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "config".into());
     let temp = dir.join(format!(".{name}.sluice-{}.tmp", std::process::id()));
+    let permissions = std::fs::metadata(&path).ok().map(|m| m.permissions());
+    let mut created = false;
     let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            file.set_permissions(meta.permissions())?;
+        // A new file (never one already there, nor through a symlink put in its
+        // place), never readable by more than the file it replaces.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            options.mode(permissions.as_ref().map_or(0o600, |p| p.mode() & 0o777));
+        }
+        let mut file = options.open(&temp)?;
+        created = true;
+        if let Some(p) = &permissions {
+            file.set_permissions(p.clone())?;
         }
         file.write_all(contents.as_bytes())?;
         file.sync_all()?;
         drop(file);
         before_rename()?;
-        std::fs::rename(&temp, path)?;
+        std::fs::rename(&temp, &path)?;
         // The rename itself is durable once the directory is.
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
         Ok(())
     })();
-    if result.is_err() {
+    if result.is_err() && created {
         let _ = std::fs::remove_file(&temp);
     }
     result
@@ -652,6 +666,24 @@ engines = ["src"]
         );
         write_atomically(&path, "new\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+        // Through a symlink: the target is replaced, the link stays.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+            let link = dir.join("link.toml");
+            std::os::unix::fs::symlink(&path, &link).unwrap();
+            write_atomically(&link, "newer\n").unwrap();
+            assert!(
+                std::fs::symlink_metadata(&link)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "newer\n");
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o640, "the file's permissions are kept");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
