@@ -5,6 +5,7 @@ mod api;
 mod failover;
 mod hardening;
 mod llhls;
+mod logs;
 mod policy;
 mod pull;
 mod reload;

@@ -104,12 +104,17 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
 fn init_tracing(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colour only for a person at a terminal: a file, a pipe or a log collector gets
+    // plain text (and `NO_COLOR`, https://no-color.org, turns it off anywhere).
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(colour).init(),
+        LogFormat::Json => builder.with_ansi(false).json().init(),
     }
 }
 
