@@ -6,6 +6,7 @@ mod failover;
 mod hardening;
 mod llhls;
 mod logs;
+mod metrics;
 mod policy;
 mod pull;
 mod reload;

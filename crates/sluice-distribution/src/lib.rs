@@ -20,7 +20,8 @@ pub use geo::{GeoDb, GeoDbError};
 pub use policy::{Geo, Policy, Refusal, SignError, sign_token};
 pub use server::{
     API_MAX_BODY, Answer, ApiFuture, ApiRequest, Catalog, ControlApi, Directives,
-    DistributionEntry, HttpLimits, HttpState, Parked, RefusalCounts, RequestFacts, ViewerCounts,
-    handle, plan, serve_http_connection,
+    DistributionCounts, DistributionEntry, HttpLimits, HttpState, Parked, REQUEST_KINDS,
+    RefusalCounts, RequestCounts, RequestFacts, STATUS_CLASSES, ViewerCounts, handle, plan,
+    serve_http_connection,
 };
 pub use session::SessionKey;

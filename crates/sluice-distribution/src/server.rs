@@ -108,6 +108,8 @@ pub struct HttpState {
     pub refusals: RefusalCounts,
     /// Who is watching what, for status.
     pub viewers: ViewerCounts,
+    /// Requests and egress by distribution (metrics).
+    pub requests: RequestCounts,
     /// What answers `/api/...` (set once, by the server's wiring); `None`: 404.
     pub api: std::sync::OnceLock<Arc<dyn ControlApi>>,
 }
@@ -119,6 +121,7 @@ impl HttpState {
             sessions,
             refusals: RefusalCounts::default(),
             viewers: ViewerCounts::default(),
+            requests: RequestCounts::default(),
             api: std::sync::OnceLock::new(),
         })
     }
@@ -363,11 +366,52 @@ impl ViewerCounts {
     }
 }
 
+/// What a request asked for, as counted: the kinds of [`RequestCounts`].
+pub const REQUEST_KINDS: [&str; 4] = ["multivariant", "playlist", "segment", "part"];
+/// Status classes of [`RequestCounts`].
+pub const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// Requests and bytes sent, by distribution, kind and status class. Only distributions
+/// of the configuration are counted (a request for anything else is not), so the set of
+/// labels never grows with what clients send.
+#[derive(Default)]
+pub struct RequestCounts(std::sync::RwLock<HashMap<Id, Arc<DistributionCounts>>>);
+
+#[derive(Default)]
+pub struct DistributionCounts {
+    /// [kind][status class]
+    pub requests: [[std::sync::atomic::AtomicU64; 4]; 4],
+    /// Response body bytes (segments, parts, playlists; HEAD counts none).
+    pub egress_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl RequestCounts {
+    fn counts_for(&self, dist: &Id) -> Arc<DistributionCounts> {
+        if let Some(c) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(dist) {
+            return c.clone();
+        }
+        let mut m = self.0.write().unwrap_or_else(|e| e.into_inner());
+        m.entry(dist.clone()).or_default().clone()
+    }
+
+    /// Every distribution counted so far.
+    pub fn all(&self) -> Vec<(Id, Arc<DistributionCounts>)> {
+        let m = self.0.read().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(d, c)| (d.clone(), c.clone())).collect()
+    }
+}
+
 /// Refusals counted by distribution and reason (a later issue exports them as metrics).
 #[derive(Debug, Default)]
 pub struct RefusalCounts(Mutex<HashMap<(Id, Refusal), u64>>);
 
 impl RefusalCounts {
+    /// Every (distribution, reason) refused at least once, with its count.
+    pub fn all(&self) -> Vec<(Id, Refusal, u64)> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|((d, r), n)| (d.clone(), *r, *n)).collect()
+    }
+
     fn count(&self, dist: &Id, why: Refusal) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((dist.clone(), why)).or_default() += 1;
@@ -1011,6 +1055,34 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Counts an answered request against its distribution, if the path names one of the
+/// configuration's.
+fn count_request(state: &HttpState, path: &str, status: StatusCode, bytes: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(request) = path::parse_request(path) else {
+        return;
+    };
+    let (dist, kind) = match &request.route {
+        Route::Multivariant { dist, .. } => (dist, 0),
+        Route::MediaPlaylist { dist, .. } => (dist, 1),
+        Route::Init { dist, .. } | Route::Segment { dist, .. } => (dist, 2),
+        Route::Part { dist, .. } => (dist, 3),
+        Route::Health | Route::SessionCheck { .. } => return,
+    };
+    if !state.catalog.load().distributions.contains_key(dist) {
+        return;
+    }
+    let class = match status.as_u16() {
+        200..=299 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        _ => 3,
+    };
+    let counts = state.requests.counts_for(dist);
+    counts.requests[kind][class].fetch_add(1, Relaxed);
+    counts.egress_bytes.fetch_add(bytes, Relaxed);
+}
+
 /// Reads a control API request's body (bounded in size and time) and hands it on.
 async fn api_service(
     api: Arc<dyn ControlApi>,
@@ -1065,7 +1137,7 @@ async fn service(
     read_timeout: Duration,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let path = req.uri().path();
-    if path == "/api" || path.starts_with("/api/") {
+    if path == "/api" || path.starts_with("/api/") || path == "/metrics" {
         return Ok(match state.api.get() {
             Some(api) => api_service(api.clone(), peer, req, read_timeout).await,
             None => error(StatusCode::NOT_FOUND, "not found\n"),
@@ -1086,12 +1158,19 @@ async fn service(
         Answer::Now(r) => r,
         Answer::Park(p) => p.answer().await,
     };
-    if req.method() == Method::HEAD {
-        let n = hyper::body::Body::size_hint(resp.body())
-            .exact()
-            .unwrap_or(0);
+    let head = req.method() == Method::HEAD;
+    let body_len = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    count_request(
+        &state,
+        req.uri().path(),
+        resp.status(),
+        if head { 0 } else { body_len },
+    );
+    if head {
         resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
         *resp.body_mut() = Full::new(Bytes::new());
     }
     // The path only: a query may hold a token.

@@ -49,6 +49,7 @@ pub struct Control {
     runs_on: tokio::runtime::Handle,
     status: Arc<ArcSwap<StatusView>>,
     http: Arc<sluice_distribution::HttpState>,
+    metrics: prometheus_client::registry::Registry,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -177,6 +178,7 @@ impl Control {
             origin,
             api,
             runs_on: tokio::runtime::Handle::current(),
+            metrics: crate::metrics::registry(status.clone(), http.clone()),
             status,
             http,
         })
@@ -200,11 +202,35 @@ impl Control {
     }
 
     async fn handle(&self, req: ApiRequest) -> Answer {
+        let read = req.method == Method::GET || req.method == Method::HEAD;
+        if req.path == "/metrics" {
+            // Ids and counts only, like the public status.
+            if !read {
+                return problem(StatusCode::METHOD_NOT_ALLOWED, "metrics are read with GET");
+            }
+            if !self.api.load().public_status && !self.authorized(&req) {
+                return problem(
+                    StatusCode::FORBIDDEN,
+                    "an admin token is needed (api.public_status is false)",
+                );
+            }
+            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(
+                &self.metrics,
+            ))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                ),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return r;
+        }
         let Some(rest) = req.path.strip_prefix("/api/v1/") else {
             return problem(StatusCode::NOT_FOUND, "the control API is at /api/v1/");
         };
         let segments: Vec<&str> = rest.split('/').collect();
-        let read = req.method == Method::GET || req.method == Method::HEAD;
         // The description of the API, and (while public_status) the status, are open.
         if read && segments == ["openapi.json"] {
             let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));

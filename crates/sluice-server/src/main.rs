@@ -5,6 +5,7 @@ mod app;
 mod control;
 mod engine_runner;
 mod listen;
+mod metrics;
 mod runtime;
 mod slate;
 mod srt_listen;

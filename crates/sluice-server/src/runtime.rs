@@ -171,6 +171,27 @@ struct RunningView {
 }
 
 impl StatusView {
+    /// Every running channel's bus and input kbit/s.
+    pub fn buses(&self) -> impl Iterator<Item = (&Id, &Arc<ChannelBus>, u32)> {
+        self.channels.iter().filter_map(|(id, c)| {
+            let r = c.running.as_ref()?;
+            Some((id, &r.bus, r.input_kbps.load(Ordering::Relaxed)))
+        })
+    }
+
+    /// Every running engine: (channel, engine, output).
+    pub fn engines(&self) -> impl Iterator<Item = (&Id, &Id, &Arc<EngineOutput>)> {
+        self.channels.iter().flat_map(|(id, c)| {
+            c.running
+                .iter()
+                .flat_map(move |r| r.engines.iter().map(move |(e, _, o)| (id, e, o)))
+        })
+    }
+
+    pub fn distribution_ids(&self) -> impl Iterator<Item = &Id> {
+        self.distributions.iter().map(|(d, _, _)| d)
+    }
+
     /// A channel's live state (`GET /api/v1/channels/<id>/status`); `viewers` by
     /// distribution.
     pub fn channel(&self, id: &Id, viewers: &HashMap<Id, u64>) -> Option<serde_json::Value> {
