@@ -26,19 +26,9 @@ cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-10}
 changes=${BENCH_CHANGES:-200}
 conns=${BENCH_CONNECTIONS:-64}
-if ! command -v wrk >/dev/null; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    apt-get install -y -q wrk >/dev/null
-  else
-    echo "bench: wrk not found; install it" >&2
-    exit 1
-  fi
-fi
-for tool in ffmpeg curl cargo python3; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 1; }
-done
-
 source benches/common.sh
+need_tool wrk wrk
+for tool in ffmpeg curl cargo python3; do need_tool "$tool"; done
 bench_begin api-bench
 http=$(free_port); rtmp=$(free_port)
 token=bench-admin-token-0123456789
@@ -71,11 +61,7 @@ target/release/sluice serve --config "$work/sluice.toml" 2>"$work/sluice.log" &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
 
-ffmpeg -hide_banner -loglevel error -re -f lavfi -i testsrc2=size=640x360:rate=30 \
-  -f lavfi -i sine=frequency=440:sample_rate=48000 -t $((seconds * 6 + changes / 5 + 90)) \
-  -c:v libx264 -preset ultrafast -tune zerolatency -b:v 1500k -g 30 -pix_fmt yuv420p \
-  -c:a aac -b:a 96k -f flv "rtmp://127.0.0.1:$rtmp/live/bench-key" &
-pids+=($!)
+publish_live "$((seconds * 6 + changes / 5 + 90))" "rtmp://127.0.0.1:$rtmp/live/bench-key"
 media="http://127.0.0.1:$http/live/open/cmaf/source/index.m3u8"
 for _ in $(seq 1 300); do
   [[ $(curl -sf "$media" | grep -c '\.m4s' || true) -ge 3 ]] && break

@@ -16,3 +16,25 @@ bench_end() {
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# need_tool <command> [debian-package]: present, or installed with apt-get when running as
+# root; otherwise the benchmark stops with one clear line.
+need_tool() {
+  command -v "$1" >/dev/null && return
+  if [[ -n ${2:-} && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get install -y -q "$2" >/dev/null
+  else
+    echo "bench: $1 not found; install it" >&2
+    exit 1
+  fi
+}
+
+# publish_live <seconds> <rtmp-url>: a live 640x360 test picture at 1.5 Mb/s (a keyframe a
+# second) and a tone, pushed by ffmpeg in the background (its PID added to `pids`).
+publish_live() {
+  ffmpeg -hide_banner -loglevel error -re -f lavfi -i testsrc2=size=640x360:rate=30 \
+    -f lavfi -i sine=frequency=440:sample_rate=48000 -t "$1" \
+    -c:v libx264 -preset ultrafast -tune zerolatency -b:v 1500k -g 30 -pix_fmt yuv420p \
+    -c:a aac -b:a 96k -f flv "$2" &
+  pids+=($!)
+}

@@ -165,3 +165,11 @@ fn metrics_follow_a_live_stream_and_labels_come_from_the_configuration() {
     assert!(value(&second, "sluice_ingest_bytes_total", &live).unwrap() > bytes);
     assert!(value(&second, "sluice_ingest_bitrate_kbps", &live).unwrap() > 0.0);
 }
+
+/// `server.metrics = false`: no /metrics at all.
+#[test]
+fn metrics_can_be_turned_off() {
+    let server = Server::start_with_server_keys("metrics-off", "metrics = false", CONFIG);
+    assert_eq!(get(&server.url("/metrics")).0, 404);
+    assert_eq!(get(&server.url("/healthz")).0, 200);
+}

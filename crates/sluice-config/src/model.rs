@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// `geoip_database`: a MaxMind-format country database (`.mmdb`). Without one,
     /// geo rules fail closed. Default: none.
     pub geoip_database: Option<PathBuf>,
+    /// `metrics`: `GET /metrics`, and the per-request counts and viewer counts behind it
+    /// and the status API. `false`: none of them (`/metrics` answers 404, status shows
+    /// no viewers). Default true.
+    pub metrics: bool,
 }
 
 /// `[api]`.

@@ -41,6 +41,7 @@ pub(crate) struct RawServer {
     pub data_dir: Option<S<String>>,
     pub trusted_proxies: Vec<S<String>>,
     pub geoip_database: Option<S<String>>,
+    pub metrics: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -126,6 +126,7 @@ fn planned_config_validates_with_the_right_values() {
         Some(std::path::Path::new("assets/geo/country.mmdb"))
     );
     assert_eq!(c.api.admin_tokens, vec!["change-me".to_owned()]);
+    assert!(c.server.metrics, "metrics are on unless turned off");
 
     let standard = &c.ladders[&id("standard")];
     assert_eq!(standard.renditions.len(), 4);
@@ -1194,4 +1195,12 @@ fn override_cycles_are_refused_and_self_targets_are_not() {
         dist("b", "c")
     );
     Config::from_toml_str(&src, "t.toml").unwrap();
+}
+
+#[test]
+fn metrics_can_be_turned_off() {
+    let c = Config::from_toml_str(&format!("[server]\nmetrics = false\n{BASE}"), "t.toml").unwrap();
+    assert!(!c.server.metrics);
+    let e = errors(&format!("[server]\nmetrics = \"no\"\n{BASE}"));
+    assert_eq!(e[0].path, "server.metrics");
 }

@@ -238,6 +238,7 @@ impl Checker<'_> {
                 .geoip_database
                 .as_ref()
                 .map(|v| self.path(v, "geoip_database")),
+            metrics: s.metrics.unwrap_or(true),
         }
     }
 

@@ -22,6 +22,6 @@ pub use server::{
     API_MAX_BODY, Answer, ApiFuture, ApiRequest, Catalog, ControlApi, Directives,
     DistributionCounts, DistributionEntry, HttpLimits, HttpState, Parked, REQUEST_KINDS,
     RefusalCounts, RequestCounts, RequestFacts, STATUS_CLASSES, ViewerCounts, handle, plan,
-    serve_http_connection,
+    serve_http_connection, unused_counts,
 };
 pub use session::SessionKey;

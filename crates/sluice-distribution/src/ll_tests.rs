@@ -86,6 +86,7 @@ fn state(out: &Arc<EngineOutput>) -> Arc<HttpState> {
                 engines: vec![(Id::new("e").unwrap(), out.clone())],
                 target_latency: latency,
                 stopped: false,
+                counts: crate::server::unused_counts(),
             },
         );
     }

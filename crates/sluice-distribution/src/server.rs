@@ -44,6 +44,9 @@ pub struct DistributionEntry {
     pub target_latency: Option<MediaTime>,
     /// Its channel was stopped (control API): admitted requests answer 503.
     pub stopped: bool,
+    /// Its request counts (kept for the process's life, across catalogs:
+    /// [`RequestCounts::counts_for`]).
+    pub counts: &'static DistributionCounts,
 }
 
 impl DistributionEntry {
@@ -110,6 +113,8 @@ pub struct HttpState {
     pub viewers: ViewerCounts,
     /// Requests and egress by distribution (metrics).
     pub requests: RequestCounts,
+    /// Whether requests and viewers are counted (`server.metrics`).
+    pub measure: std::sync::atomic::AtomicBool,
     /// What answers `/api/...` (set once, by the server's wiring); `None`: 404.
     pub api: std::sync::OnceLock<Arc<dyn ControlApi>>,
 }
@@ -122,6 +127,7 @@ impl HttpState {
             refusals: RefusalCounts::default(),
             viewers: ViewerCounts::default(),
             requests: RequestCounts::default(),
+            measure: std::sync::atomic::AtomicBool::new(true),
             api: std::sync::OnceLock::new(),
         })
     }
@@ -332,6 +338,14 @@ impl ViewerCounts {
         use std::hash::BuildHasher;
         let key = self.hasher.hash_one((dist, client, user_agent));
         let now = self.epoch.elapsed().as_secs();
+        // The same viewer seen by this thread this second already: nothing to record
+        // (a player reloading, many requests on one connection).
+        thread_local! {
+            static LAST: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };
+        }
+        if LAST.with(|l| l.replace((key, now))) == (key, now) {
+            return;
+        }
         let shard = &self.shards[(key % self.shards.len() as u64) as usize];
         let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
         // Swept at most once a second: a full shard of live viewers costs one pass a
@@ -347,7 +361,12 @@ impl ViewerCounts {
                 return;
             }
         }
-        sh.seen.insert(key, (dist.clone(), now));
+        match sh.seen.get_mut(&key) {
+            Some(entry) => entry.1 = now,
+            None => {
+                sh.seen.insert(key, (dist.clone(), now));
+            }
+        }
     }
 
     /// Distinct viewers of every distribution in the last [`ViewerCounts::ACTIVE_SECS`].
@@ -366,6 +385,12 @@ impl ViewerCounts {
     }
 }
 
+/// Counts for catalogs that are never served (checks, tests): one for all of them.
+pub fn unused_counts() -> &'static DistributionCounts {
+    static UNUSED: std::sync::OnceLock<DistributionCounts> = std::sync::OnceLock::new();
+    UNUSED.get_or_init(DistributionCounts::default)
+}
+
 /// What a request asked for, as counted: the kinds of [`RequestCounts`].
 pub const REQUEST_KINDS: [&str; 4] = ["multivariant", "playlist", "segment", "part"];
 /// Status classes of [`RequestCounts`].
@@ -375,29 +400,76 @@ pub const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 /// of the configuration are counted (a request for anything else is not), so the set of
 /// labels never grows with what clients send.
 #[derive(Default)]
-pub struct RequestCounts(std::sync::RwLock<HashMap<Id, Arc<DistributionCounts>>>);
+pub struct RequestCounts(std::sync::RwLock<HashMap<Id, &'static DistributionCounts>>);
 
+/// One distribution's request counts. Each HTTP worker thread adds to its own
+/// cache-line-sized shard (no two cores write the same line); a scrape sums them.
 #[derive(Default)]
 pub struct DistributionCounts {
+    shards: [CountShard; COUNT_SHARDS],
+}
+
+const COUNT_SHARDS: usize = 8;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct CountShard {
     /// [kind][status class]
-    pub requests: [[std::sync::atomic::AtomicU64; 4]; 4],
-    /// Response body bytes (segments, parts, playlists; HEAD counts none).
-    pub egress_bytes: std::sync::atomic::AtomicU64,
+    requests: [[std::sync::atomic::AtomicU64; 4]; 4],
+    /// Response body bytes (HEAD counts none).
+    egress_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl DistributionCounts {
+    fn add(&self, kind: usize, class: usize, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        thread_local! {
+            static SHARD: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, Relaxed) % COUNT_SHARDS
+            };
+        }
+        let shard = &self.shards[SHARD.with(|s| *s)];
+        shard.requests[kind][class].fetch_add(1, Relaxed);
+        shard.egress_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Requests of kind `kind` ([`REQUEST_KINDS`]) answered with status class `class`
+    /// ([`STATUS_CLASSES`]).
+    pub fn requests(&self, kind: usize, class: usize) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shards
+            .iter()
+            .map(|s| s.requests[kind][class].load(Relaxed))
+            .sum()
+    }
+
+    pub fn egress_bytes(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shards
+            .iter()
+            .map(|s| s.egress_bytes.load(Relaxed))
+            .sum()
+    }
 }
 
 impl RequestCounts {
-    fn counts_for(&self, dist: &Id) -> Arc<DistributionCounts> {
+    /// The counts of `dist`, made on first use and kept for the life of the process (a
+    /// catalog entry holds a plain reference, so counting a request touches no shared
+    /// reference count; about 1 KiB per distribution id ever configured).
+    pub fn counts_for(&self, dist: &Id) -> &'static DistributionCounts {
         if let Some(c) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(dist) {
-            return c.clone();
+            return c;
         }
         let mut m = self.0.write().unwrap_or_else(|e| e.into_inner());
-        m.entry(dist.clone()).or_default().clone()
+        m.entry(dist.clone())
+            .or_insert_with(|| Box::leak(Box::default()))
     }
 
     /// Every distribution counted so far.
-    pub fn all(&self) -> Vec<(Id, Arc<DistributionCounts>)> {
+    pub fn all(&self) -> Vec<(Id, &'static DistributionCounts)> {
         let m = self.0.read().unwrap_or_else(|e| e.into_inner());
-        m.iter().map(|(d, c)| (d.clone(), c.clone())).collect()
+        m.iter().map(|(d, c)| (d.clone(), *c)).collect()
     }
 }
 
@@ -663,6 +735,17 @@ pub fn handle(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Response<F
 
 /// Decides one request. Pure apart from reading the state: unit-testable without sockets.
 pub fn plan(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Answer {
+    plan_counted(state, req, now, &mut None)
+}
+
+/// [`plan`], telling `count` which distribution's counts (and which kind of request)
+/// the answer is to be counted in, once its status is known.
+fn plan_counted(
+    state: &HttpState,
+    req: &RequestFacts<'_>,
+    now: u64,
+    count: &mut Option<(&'static DistributionCounts, usize)>,
+) -> Answer {
     let Some(path::Request {
         route,
         session,
@@ -703,6 +786,16 @@ pub fn plan(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Answer {
     let Some(dist) = catalog.distributions.get(dist_id).filter(|d| d.enabled) else {
         return error(StatusCode::NOT_FOUND, "unknown distribution\n").into();
     };
+    if state.measure.load(std::sync::atomic::Ordering::Relaxed) {
+        let kind = match &route {
+            Route::Multivariant { .. } => Some(0),
+            Route::MediaPlaylist { .. } => Some(1),
+            Route::Init { .. } | Route::Segment { .. } => Some(2),
+            Route::Part { .. } => Some(3),
+            Route::Health | Route::SessionCheck { .. } => None,
+        };
+        *count = kind.map(|k| (dist.counts, k));
+    }
     // The viewer's rules are judged before anything about the stream is revealed.
     let origin = policy::request_origin(req.origin, req.referer);
     // Only rules and overrides look at the viewer's address: an open distribution does
@@ -747,7 +840,9 @@ pub fn plan(state: &HttpState, req: &RequestFacts<'_>, now: u64) -> Answer {
         // Admitted (or an open distribution): a cache in front may serve this viewer.
         return no_content().into();
     }
-    if let Route::MediaPlaylist { .. } = route {
+    if let Route::MediaPlaylist { .. } = route
+        && state.measure.load(std::sync::atomic::Ordering::Relaxed)
+    {
         state.viewers.seen(dist_id, client, req.user_agent);
     }
     let engines = dist.engines_for(engine.as_ref());
@@ -1055,32 +1150,13 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Counts an answered request against its distribution, if the path names one of the
-/// configuration's.
-fn count_request(state: &HttpState, path: &str, status: StatusCode, bytes: u64) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let Some(request) = path::parse_request(path) else {
-        return;
-    };
-    let (dist, kind) = match &request.route {
-        Route::Multivariant { dist, .. } => (dist, 0),
-        Route::MediaPlaylist { dist, .. } => (dist, 1),
-        Route::Init { dist, .. } | Route::Segment { dist, .. } => (dist, 2),
-        Route::Part { dist, .. } => (dist, 3),
-        Route::Health | Route::SessionCheck { .. } => return,
-    };
-    if !state.catalog.load().distributions.contains_key(dist) {
-        return;
-    }
-    let class = match status.as_u16() {
+fn status_class(status: StatusCode) -> usize {
+    match status.as_u16() {
         200..=299 => 0,
         300..=399 => 1,
         400..=499 => 2,
         _ => 3,
-    };
-    let counts = state.requests.counts_for(dist);
-    counts.requests[kind][class].fetch_add(1, Relaxed);
-    counts.egress_bytes.fetch_add(bytes, Relaxed);
+    }
 }
 
 /// Reads a control API request's body (bounded in size and time) and hands it on.
@@ -1154,7 +1230,8 @@ async fn service(
         authorization: header_str(&req, header::AUTHORIZATION),
         user_agent: header_str(&req, header::USER_AGENT),
     };
-    let mut resp = match plan(&state, &facts, unix_now()) {
+    let mut count = None;
+    let mut resp = match plan_counted(&state, &facts, unix_now(), &mut count) {
         Answer::Now(r) => r,
         Answer::Park(p) => p.answer().await,
     };
@@ -1162,12 +1239,13 @@ async fn service(
     let body_len = hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0);
-    count_request(
-        &state,
-        req.uri().path(),
-        resp.status(),
-        if head { 0 } else { body_len },
-    );
+    if let Some((counts, kind)) = count {
+        counts.add(
+            kind,
+            status_class(resp.status()),
+            if head { 0 } else { body_len },
+        );
+    }
     if head {
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
@@ -1247,6 +1325,7 @@ mod tests {
             engines: vec![],
             target_latency: None,
             stopped: false,
+            counts: unused_counts(),
         }
     }
 

@@ -132,6 +132,9 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
     // then re-enter through the multivariant playlist, with their token).
     let sessions = SessionKey::random().context("no randomness for the session key")?;
     let state = HttpState::new(Catalog::default(), sessions);
+    state
+        .measure
+        .store(cfg.server.metrics, std::sync::atomic::Ordering::Relaxed);
     let live_router = Arc::new(LiveRouter::default());
     // Slots are kept for the encoders an ingest names in allow_cidrs (at start): a flood
     // from elsewhere cannot lock them out. Those encoders are trusted hosts, and are not
@@ -294,6 +297,7 @@ pub(crate) fn build_catalog(
     outputs: &HashMap<(Id, Id), Arc<EngineOutput>>,
     geodb: &Option<Arc<GeoDb>>,
     stopped: &BTreeSet<Id>,
+    counts: Option<&sluice_distribution::RequestCounts>,
 ) -> anyhow::Result<Catalog> {
     let mut catalog = Catalog {
         trusted_proxies: cfg.server.trusted_proxies.clone(),
@@ -339,6 +343,9 @@ pub(crate) fn build_catalog(
                 target_latency: (dist.target_latency_seconds > 0.0)
                     .then(|| secs_f64_to_nanos(dist.target_latency_seconds)),
                 stopped: stopped.contains(&dist.channel),
+                counts: counts.map_or_else(sluice_distribution::unused_counts, |c| {
+                    c.counts_for(dist_id)
+                }),
             },
         );
     }

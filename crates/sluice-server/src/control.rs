@@ -50,6 +50,8 @@ pub struct Control {
     status: Arc<ArcSwap<StatusView>>,
     http: Arc<sluice_distribution::HttpState>,
     metrics: prometheus_client::registry::Registry,
+    /// `server.metrics` (fixed while the server runs, as `[server]` is).
+    metrics_on: bool,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -167,6 +169,7 @@ impl Control {
             .map_or("<embedded default>".into(), |p| p.display().to_string());
         let api = ArcSwap::from_pointee(runtime.running().api.clone());
         let (status, http) = runtime.observers();
+        let metrics_on = runtime.running().server.metrics;
         if path.is_none() {
             tracing::info!(
                 "no --config file: changes through the control API are kept in memory only"
@@ -179,6 +182,7 @@ impl Control {
             api,
             runs_on: tokio::runtime::Handle::current(),
             metrics: crate::metrics::registry(status.clone(), http.clone()),
+            metrics_on,
             status,
             http,
         })
@@ -204,6 +208,12 @@ impl Control {
     async fn handle(&self, req: ApiRequest) -> Answer {
         let read = req.method == Method::GET || req.method == Method::HEAD;
         if req.path == "/metrics" {
+            if !self.metrics_on {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "metrics are off (server.metrics = false)",
+                );
+            }
             // Ids and counts only, like the public status.
             if !read {
                 return problem(StatusCode::METHOD_NOT_ALLOWED, "metrics are read with GET");

@@ -181,7 +181,7 @@ impl Collector for Sluice {
         for (d, counts) in self.http.requests.all() {
             for (k, kind) in REQUEST_KINDS.iter().enumerate() {
                 for (s, class) in STATUS_CLASSES.iter().enumerate() {
-                    let n = counts.requests[k][s].load(Relaxed);
+                    let n = counts.requests(k, s);
                     if n > 0 {
                         let labels = vec![
                             ("distribution", d.to_string()),
@@ -192,10 +192,7 @@ impl Collector for Sluice {
                     }
                 }
             }
-            egress.push((
-                vec![("distribution", d.to_string())],
-                counts.egress_bytes.load(Relaxed),
-            ));
+            egress.push((vec![("distribution", d.to_string())], counts.egress_bytes()));
         }
         family(
             &mut e,

@@ -303,7 +303,13 @@ impl Runtime {
             rt.channels.insert(id.clone(), run);
         }
         rt.ensure_srt(&cfg).await?;
-        build_catalog(&cfg, &HashMap::new(), &rt.shared.geodb, &BTreeSet::new())?;
+        build_catalog(
+            &cfg,
+            &HashMap::new(),
+            &rt.shared.geodb,
+            &BTreeSet::new(),
+            None,
+        )?;
         rt.publish();
         Ok(rt)
     }
@@ -374,7 +380,13 @@ impl Runtime {
                 "[server] cannot change while the server runs (listeners, proxies, databases); restart to apply it"
             );
         }
-        build_catalog(&next, &HashMap::new(), &self.shared.geodb, &BTreeSet::new())?;
+        build_catalog(
+            &next,
+            &HashMap::new(),
+            &self.shared.geodb,
+            &BTreeSet::new(),
+            None,
+        )?;
         self.ensure_srt(&next).await?;
         let mut p = Pending::default();
         let old_ids: Vec<Id> = self.running.channels.keys().cloned().collect();
@@ -525,7 +537,13 @@ impl Runtime {
                 outputs.insert(key, out.clone());
             }
         }
-        let catalog = build_catalog(&self.running, &outputs, &self.shared.geodb, &self.stopped);
+        let catalog = build_catalog(
+            &self.running,
+            &outputs,
+            &self.shared.geodb,
+            &self.stopped,
+            Some(&self.shared.state.requests),
+        );
         let mut router = KeyRouter::default();
         for (cid, run) in &self.channels {
             let Some(channel) = self.running.channels.get(cid) else {
