@@ -76,9 +76,7 @@ impl ConfigDocument {
     /// Adds a table at `path` (its parents are made as needed) with `value`'s keys.
     /// `value` must be a JSON object; an item already there is [`EditError::Exists`].
     pub fn insert(&mut self, path: &[&str], value: &Json) -> Result<(), EditError> {
-        let (last, parents) = path
-            .split_last()
-            .ok_or_else(|| EditError::Invalid(String::new(), "empty path".into()))?;
+        let (last, parents) = split(path)?;
         if !value.is_object() {
             return Err(EditError::Invalid(
                 dotted(path),
@@ -87,16 +85,13 @@ impl ConfigDocument {
         }
         let here = dotted(path);
         // Under an inline table (`ingests = { a = { ... } }`), the new one goes inline too.
-        if let Some((grand, parent_key)) = parents.split_last().map(|(k, g)| (g, *k))
-            && let Some(Item::Value(Value::InlineTable(parent))) =
-                table_at(self.doc.as_table_mut(), grand, false).and_then(|t| t.get_mut(parent_key))
-        {
+        if let Some(parent) = inline_at(self.doc.as_table_mut(), parents) {
             if parent.contains_key(last) {
                 return Err(EditError::Exists(here));
             }
             let mut table = InlineTable::new();
             merge_into_inline(&mut table, value, &here)?;
-            parent.insert(*last, Value::InlineTable(table));
+            parent.insert(last, Value::InlineTable(table));
             return Ok(());
         }
         let parent = table_at(self.doc.as_table_mut(), parents, true)
@@ -121,51 +116,52 @@ impl ConfigDocument {
             ));
         }
         let here = dotted(path);
-        let (last, parents) = path
-            .split_last()
-            .ok_or_else(|| EditError::Invalid(String::new(), "empty path".into()))?;
+        let (last, parents) = split(path)?;
         // The resource may be a table or an inline table (`copy = { ladder = "x" }`).
         match table_at(self.doc.as_table_mut(), parents, false).and_then(|t| t.get_mut(last)) {
             Some(Item::Table(t)) => merge_into_table(t, patch, &here),
             Some(Item::Value(Value::InlineTable(t))) => merge_into_inline(t, patch, &here),
-            _ => {
-                // Or inside an inline table itself.
-                let Some((grand_key, grand)) = parents.split_last() else {
-                    return Err(EditError::NotFound(here));
-                };
-                match table_at(self.doc.as_table_mut(), grand, false)
-                    .and_then(|t| t.get_mut(grand_key))
-                    .and_then(|i| i.as_inline_table_mut())
-                    .and_then(|t| t.get_mut(last))
-                {
-                    Some(Value::InlineTable(t)) => merge_into_inline(t, patch, &here),
-                    _ => Err(EditError::NotFound(here)),
-                }
-            }
+            // Or inside an inline table itself.
+            _ => match inline_at(self.doc.as_table_mut(), parents).and_then(|t| t.get_mut(last)) {
+                Some(Value::InlineTable(t)) => merge_into_inline(t, patch, &here),
+                _ => Err(EditError::NotFound(here)),
+            },
         }
     }
 
     /// Removes the item at `path`; [`EditError::NotFound`] when there is none.
     pub fn remove(&mut self, path: &[&str]) -> Result<(), EditError> {
-        let (last, parents) = path
-            .split_last()
-            .ok_or_else(|| EditError::Invalid(String::new(), "empty path".into()))?;
+        let (last, parents) = split(path)?;
         if let Some(parent) = table_at(self.doc.as_table_mut(), parents, false)
             && parent.remove(last).is_some()
         {
             return Ok(());
         }
         // Inside an inline table.
-        if let Some((grand_key, grand)) = parents.split_last()
-            && let Some(parent) = table_at(self.doc.as_table_mut(), grand, false)
-                .and_then(|t| t.get_mut(grand_key))
-                .and_then(|i| i.as_inline_table_mut())
+        if let Some(parent) = inline_at(self.doc.as_table_mut(), parents)
             && parent.remove(last).is_some()
         {
             return Ok(());
         }
         Err(EditError::NotFound(dotted(path)))
     }
+}
+
+/// A path's last key and the path to its parent; an empty path is refused.
+fn split<'a, 'p>(path: &'a [&'p str]) -> Result<(&'p str, &'a [&'p str]), EditError> {
+    match path.split_last() {
+        Some((last, parents)) => Ok((*last, parents)),
+        None => Err(EditError::Invalid(String::new(), "empty path".into())),
+    }
+}
+
+/// The inline table at `path` below `root` (its parent a standard table), if that is
+/// what is there: resources written inline (`engines = { copy = { ... } }`).
+fn inline_at<'a>(root: &'a mut Table, path: &[&str]) -> Option<&'a mut InlineTable> {
+    let (key, parents) = path.split_last()?;
+    table_at(root, parents, false)?
+        .get_mut(key)?
+        .as_inline_table_mut()
 }
 
 fn dotted(path: &[&str]) -> String {

@@ -473,7 +473,7 @@ impl RequestCounts {
     }
 }
 
-/// Refusals counted by distribution and reason (a later issue exports them as metrics).
+/// Refusals counted by distribution and reason (exported by `/metrics`).
 #[derive(Debug, Default)]
 pub struct RefusalCounts(Mutex<HashMap<(Id, Refusal), u64>>);
 

@@ -516,10 +516,7 @@ impl Control {
         let previous = inner.runtime.running().clone();
         match inner.runtime.apply(next).await {
             Ok(changes) => {
-                self.api
-                    .store(Arc::new(inner.runtime.running().api.clone()));
-                inner.doc = doc;
-                inner.text = text;
+                self.adopt(inner, doc, text);
                 Ok(changes)
             }
             Err(e) => {
@@ -587,23 +584,28 @@ impl Control {
             return; // valid for the schema, so TOML: not reached
         };
         match inner.runtime.apply(next).await {
-            Ok(changes) if changes.is_empty() => {
-                inner.doc = doc;
-                inner.text = text;
-                tracing::info!("{why}: configuration unchanged");
-            }
             Ok(changes) => {
-                self.api
-                    .store(Arc::new(inner.runtime.running().api.clone()));
-                inner.doc = doc;
-                inner.text = text;
-                tracing::info!(changes = %changes.join(", "), "configuration reloaded ({why})");
+                self.adopt(&mut inner, doc, text);
+                if changes.is_empty() {
+                    tracing::info!("{why}: configuration unchanged");
+                } else {
+                    tracing::info!(changes = %changes.join(", "), "configuration reloaded ({why})");
+                }
             }
             Err(e) => tracing::error!(
                 error = %format!("{e:#}"),
                 "configuration reload refused; the running configuration stays"
             ),
         }
+    }
+
+    /// After the runtime applied a configuration: its `[api]` answers requests from now
+    /// on, and its document and text are the ones later changes start from.
+    fn adopt(&self, inner: &mut Inner, doc: ConfigDocument, text: String) {
+        self.api
+            .store(Arc::new(inner.runtime.running().api.clone()));
+        inner.doc = doc;
+        inner.text = text;
     }
 
     /// Stops every channel (at shutdown).
