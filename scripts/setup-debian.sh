@@ -23,9 +23,10 @@ if [[ "${1:-}" == "--test" ]]; then
   # c++: libFuzzer's runtime, built by the fuzz crate whose seeds the suite replays;
   # nginx: the HTTP cache of docker/nginx-cache.conf, tested in front of the server;
   # libnginx-mod-rtmp: nginx-rtmp, the RTMP server rtmp-pull ingests are tested against;
-  # python3-m3u8: the independent LL-HLS playlist parser of the LL-HLS oracle test.
-  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light libnginx-mod-rtmp python3-m3u8)
-  commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl [c++]=g++ [python3]=python3-m3u8)
+  # python3-m3u8: the independent LL-HLS playlist parser of the LL-HLS oracle test;
+  # chromium: the headless browser that plays the status page's player.
+  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light libnginx-mod-rtmp python3-m3u8 chromium)
+  commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl [c++]=g++ [python3]=python3-m3u8 [chromium]=chromium)
 fi
 
 missing=()

@@ -159,7 +159,8 @@ fn error_paths(body: &Option<Value>) -> Vec<String> {
         .collect()
 }
 
-fn country_db(path: &std::path::Path) {
+/// A country database for tests: 127.0.0.0/8 is GB, 85.214.0.0/16 DE.
+pub(crate) fn country_db(path: &std::path::Path) {
     use mmdb_writer::{Value, Writer};
     let mut w = Writer::new("Sluice-Test-Country");
     for (net, code) in [("127.0.0.0/8", "GB"), ("85.214.0.0/16", "DE")] {

@@ -7,13 +7,18 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 fn run_until_serving(name: &str, extra: &[&str]) -> String {
+    run_until(name, extra, "", "sluice serving")
+}
+
+/// Runs the server (with `channels` after its `[server]` table) until its log has `line`.
+fn run_until(name: &str, extra: &[&str], channels: &str, line: &str) -> String {
     let dir = scratch_dir(name);
     let (http, rtmp) = (free_port(), free_port());
     let config = dir.join("sluice.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nhttp_listen = \"127.0.0.1:{http}\"\nrtmp_listen = \"127.0.0.1:{rtmp}\"\n"
+            "[server]\nhttp_listen = \"127.0.0.1:{http}\"\nrtmp_listen = \"127.0.0.1:{rtmp}\"\n{channels}"
         ),
     )
     .unwrap();
@@ -31,14 +36,14 @@ fn run_until_serving(name: &str, extra: &[&str]) -> String {
     let mut text = String::new();
     while Instant::now() < deadline {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("sluice serving") {
+        if text.contains(line) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     send_signal(child.id(), "TERM");
     let _ = child.wait();
-    assert!(text.contains("sluice serving"), "{text}");
+    assert!(text.contains(line), "{text}");
     std::fs::read_to_string(&log).unwrap()
 }
 
@@ -61,4 +66,46 @@ fn logs_to_a_file_carry_no_colour_codes_and_json_is_one_object_a_line() {
     }
     assert!(lines >= 2, "{json}");
     assert!(!json.contains('\u{1b}'));
+}
+
+/// Every line about a stream names it: the engine's lines (its packaging on GStreamer's
+/// threads too) carry the channel and engine in their span, the ingest's the channel and
+/// ingest, in both formats.
+#[test]
+fn stream_log_lines_carry_channel_ingest_and_engine_ids() {
+    let config = r#"
+[channels.cam.ingests.bars]
+protocol = "test-pattern"
+[channels.cam.engines.copy]
+ladder = "passthrough"
+"#;
+    let json = run_until(
+        "logs-ids-json",
+        &["--log-format", "json"],
+        config,
+        "input session",
+    );
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|v| v["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in:\n{json}"))
+    };
+    let engine = find("input session");
+    assert_eq!(engine["span"]["channel"], "cam", "{engine}");
+    assert_eq!(engine["span"]["engine"], "copy", "{engine}");
+    for message in ["session started", "test pattern started"] {
+        let ingest = find(message);
+        assert_eq!(ingest["fields"]["channel"], "cam", "{ingest}");
+        assert_eq!(ingest["fields"]["ingest"], "bars", "{ingest}");
+    }
+
+    let text = run_until("logs-ids-text", &[], config, "input session");
+    let line = text.lines().find(|l| l.contains("input session")).unwrap();
+    assert!(line.contains("engine{channel=cam engine=copy}"), "{line}");
 }

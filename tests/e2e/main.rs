@@ -2,6 +2,7 @@
 //! and independent parsers (ffprobe, m3u8-rs, the mp4 crate) on the output.
 
 mod api;
+mod cache_edge;
 mod failover;
 mod hardening;
 mod llhls;
@@ -12,6 +13,7 @@ mod pull;
 mod reload;
 mod rtmp_client;
 mod srt;
+mod status_page;
 mod support;
 
 use std::time::Duration;

@@ -108,9 +108,9 @@ impl Server {
         let log = dir.join("server.log");
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

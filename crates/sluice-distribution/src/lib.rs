@@ -6,6 +6,7 @@
 //! on the multivariant request; the [`Catalog`] is swapped atomically so a
 //! change never shows a request half of it.
 
+pub mod analytics;
 mod deadline;
 pub mod geo;
 #[cfg(test)]
@@ -16,12 +17,13 @@ pub mod policy;
 mod server;
 pub mod session;
 
+pub use analytics::{Audience, Viewers};
 pub use geo::{GeoDb, GeoDbError};
 pub use policy::{Geo, Policy, Refusal, SignError, sign_token};
 pub use server::{
     API_MAX_BODY, Answer, ApiFuture, ApiRequest, Catalog, ControlApi, Directives,
     DistributionCounts, DistributionEntry, HttpLimits, HttpState, Parked, REQUEST_KINDS,
-    RefusalCounts, RequestCounts, RequestFacts, STATUS_CLASSES, ViewerCounts, handle, plan,
+    RefusalCounts, RequestCounts, RequestFacts, STATUS_CLASSES, handle, plan,
     serve_http_connection, unused_counts,
 };
 pub use session::SessionKey;

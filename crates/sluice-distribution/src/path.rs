@@ -64,7 +64,7 @@ pub fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
 }
 
 /// A request path decoded: the route, and what the server put in child URLs before
-/// the output: a viewer session (`s-<expires>-<mac>`, see [`crate::session`]) and the
+/// the output: a viewer session (`s-<expires>-<viewer>-<mac>`, see [`crate::session`]) and the
 /// engine the viewer started on (`e-<engine>`). Both are optional, in that order, and
 /// only on child routes (media playlists, init segments, segments).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use ipnet::IpNet;
 use sluice_config::OverrideRule;
 
+use crate::analytics::{Sighting, ViewerKey, Viewers};
 use crate::deadline::WriteDeadline;
 use crate::overrides;
 use crate::path::{self, Route};
@@ -103,6 +104,8 @@ pub struct Catalog {
     pub distributions: HashMap<Id, DistributionEntry>,
     /// Peers whose `X-Forwarded-For` is believed (a cache or load balancer in front).
     pub trusted_proxies: Vec<IpNet>,
+    /// Places viewers for analytics (the same database geo rules use).
+    pub geodb: Option<Arc<crate::geo::GeoDb>>,
 }
 
 pub struct HttpState {
@@ -110,11 +113,13 @@ pub struct HttpState {
     pub sessions: SessionKey,
     pub refusals: RefusalCounts,
     /// Who is watching what, for status.
-    pub viewers: ViewerCounts,
+    pub viewers: Viewers,
     /// Requests and egress by distribution (metrics).
     pub requests: RequestCounts,
     /// Whether requests and viewers are counted (`server.metrics`).
     pub measure: std::sync::atomic::AtomicBool,
+    /// Blocking requests (LL-HLS playlist reloads, preload hints) held right now.
+    pub parked: std::sync::atomic::AtomicU64,
     /// What answers `/api/...` (set once, by the server's wiring); `None`: 404.
     pub api: std::sync::OnceLock<Arc<dyn ControlApi>>,
 }
@@ -125,9 +130,10 @@ impl HttpState {
             catalog: ArcSwap::from_pointee(catalog),
             sessions,
             refusals: RefusalCounts::default(),
-            viewers: ViewerCounts::default(),
+            viewers: Viewers::default(),
             requests: RequestCounts::default(),
             measure: std::sync::atomic::AtomicBool::new(true),
+            parked: std::sync::atomic::AtomicU64::new(0),
             api: std::sync::OnceLock::new(),
         })
     }
@@ -298,90 +304,6 @@ impl<'a> RequestFacts<'a> {
             authorization: None,
             user_agent: None,
         }
-    }
-}
-
-/// Viewers seen in the last [`ViewerCounts::ACTIVE_SECS`], by distribution: a viewer is
-/// a client address and user agent that fetched a media playlist. Sharded, bounded
-/// (past [`ViewerCounts::MAX_PER_SHARD`] entries a shard forgets stale viewers, then
-/// stops adding): a flood of addresses cannot grow it.
-pub struct ViewerCounts {
-    shards: Vec<Mutex<Shard>>,
-    /// Keyed per process: a client cannot aim its user agents at one shard.
-    hasher: std::hash::RandomState,
-    epoch: std::time::Instant,
-}
-
-#[derive(Default)]
-struct Shard {
-    /// Viewer key -> (distribution, last seen, s since `epoch`).
-    seen: HashMap<u64, (Id, u64)>,
-    /// When it was last swept of viewers gone quiet (s since `epoch`).
-    swept: u64,
-}
-
-impl Default for ViewerCounts {
-    fn default() -> Self {
-        ViewerCounts {
-            shards: (0..16).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: std::hash::RandomState::new(),
-            epoch: std::time::Instant::now(),
-        }
-    }
-}
-
-impl ViewerCounts {
-    pub const ACTIVE_SECS: u64 = 30;
-    pub const MAX_PER_SHARD: usize = 1 << 16;
-
-    fn seen(&self, dist: &Id, client: IpAddr, user_agent: Option<&str>) {
-        use std::hash::BuildHasher;
-        let key = self.hasher.hash_one((dist, client, user_agent));
-        let now = self.epoch.elapsed().as_secs();
-        // The same viewer seen by this thread this second already: nothing to record
-        // (a player reloading, many requests on one connection).
-        thread_local! {
-            static LAST: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };
-        }
-        if LAST.with(|l| l.replace((key, now))) == (key, now) {
-            return;
-        }
-        let shard = &self.shards[(key % self.shards.len() as u64) as usize];
-        let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
-        // Swept at most once a second: a full shard of live viewers costs one pass a
-        // second, not one per request.
-        if sh.seen.len() >= Self::MAX_PER_SHARD && !sh.seen.contains_key(&key) {
-            if sh.swept == now {
-                return;
-            }
-            sh.swept = now;
-            sh.seen
-                .retain(|_, (_, at)| now.saturating_sub(*at) <= Self::ACTIVE_SECS);
-            if sh.seen.len() >= Self::MAX_PER_SHARD {
-                return;
-            }
-        }
-        match sh.seen.get_mut(&key) {
-            Some(entry) => entry.1 = now,
-            None => {
-                sh.seen.insert(key, (dist.clone(), now));
-            }
-        }
-    }
-
-    /// Distinct viewers of every distribution in the last [`ViewerCounts::ACTIVE_SECS`].
-    pub fn counts(&self) -> HashMap<Id, u64> {
-        let now = self.epoch.elapsed().as_secs();
-        let mut n: HashMap<Id, u64> = HashMap::new();
-        for shard in &self.shards {
-            let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
-            sh.seen
-                .retain(|_, (_, at)| now.saturating_sub(*at) <= Self::ACTIVE_SECS);
-            for (d, _) in sh.seen.values() {
-                *n.entry(d.clone()).or_default() += 1;
-            }
-        }
-        n
     }
 }
 
@@ -811,6 +733,8 @@ fn plan_counted(
         )
         .into();
     }
+    // The viewer number of a verified session.
+    let mut viewer = None;
     if !dist.policy.is_open() {
         let verdict = match session {
             None => Err(Refusal::SessionMissing),
@@ -824,8 +748,9 @@ fn plan_counted(
                         .map_err(|_| Refusal::SessionInvalid)
                 }),
         };
-        if let Err(why) = verdict {
-            return refuse(state, dist_id, why).into();
+        match verdict {
+            Ok(v) => viewer = Some(v),
+            Err(why) => return refuse(state, dist_id, why).into(),
         }
     }
     if dist.stopped {
@@ -836,14 +761,20 @@ fn plan_counted(
         )
         .into();
     }
+    let sighting = matches!(
+        route,
+        Route::MediaPlaylist { .. } | Route::SessionCheck { .. }
+    );
+    if sighting && state.measure.load(std::sync::atomic::Ordering::Relaxed) {
+        // An open distribution's session (given behind a cache) is not checked for
+        // access, only to count its viewer; a bad one counts as the client.
+        let viewer =
+            viewer.or_else(|| session.and_then(|s| state.sessions.verify(dist_id, s, now).ok()));
+        see_viewer(state, &catalog, dist, dist_id, viewer, client, req, None);
+    }
     if let Route::SessionCheck { .. } = route {
         // Admitted (or an open distribution): a cache in front may serve this viewer.
         return no_content().into();
-    }
-    if let Route::MediaPlaylist { .. } = route
-        && state.measure.load(std::sync::atomic::Ordering::Relaxed)
-    {
-        state.viewers.seen(dist_id, client, req.user_agent);
     }
     let engines = dist.engines_for(engine.as_ref());
     match serve_route(dist, &engines, &route, req.query) {
@@ -853,6 +784,41 @@ fn plan_counted(
             Answer::Park(p)
         }
     }
+}
+
+/// Records a sighting of a viewer of `dist` (analytics).
+#[allow(clippy::too_many_arguments)]
+fn see_viewer(
+    state: &HttpState,
+    catalog: &Catalog,
+    dist: &DistributionEntry,
+    dist_id: &Id,
+    viewer: Option<u64>,
+    client: IpAddr,
+    req: &RequestFacts<'_>,
+    via: Option<&Id>,
+) {
+    let user_agent = req.user_agent;
+    let key = match viewer {
+        Some(v) => ViewerKey::Session(v),
+        None => ViewerKey::Client {
+            address: client,
+            user_agent,
+        },
+    };
+    let target_secs = dist.engines.first().map_or(2, |(_, e)| e.target_duration());
+    state.viewers.seen(
+        Sighting {
+            dist: dist_id,
+            key,
+            address: client,
+            user_agent,
+            query: req.query,
+            via,
+            target_secs,
+        },
+        catalog.geodb.as_deref(),
+    );
 }
 
 /// The CORS headers of an answer. Restricted origins: CORS names the (allowed, or absent)
@@ -949,12 +915,26 @@ fn multivariant(
     let Some((engine, body)) = served.engine_for_new_viewer(output) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n");
     };
-    let session = (!served.policy.is_open()).then(|| {
+    let measure = state.measure.load(std::sync::atomic::Ordering::Relaxed);
+    // Protected distributions need a session; behind a cache (the peer a trusted proxy),
+    // open ones get one too while analytics are on: the cache forwards its checks, which
+    // is how its viewers are seen.
+    let behind_cache = measure
+        && catalog
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&req.peer.to_canonical()));
+    let viewer = (!served.policy.is_open() || behind_cache).then(crate::session::new_viewer);
+    let session = viewer.map(|v| {
         state
             .sessions
-            .mint(served_id, now.saturating_add(SESSION_SECONDS))
+            .mint_for(served_id, now.saturating_add(SESSION_SECONDS), v)
     });
     let moved = served_id != entry_id;
+    if measure {
+        let via = moved.then_some(entry_id);
+        see_viewer(state, catalog, served, served_id, viewer, client, req, via);
+    }
     // Child URIs, relative to /live/<entry>/<output>/index.m3u8: through the served
     // distribution, the viewer's session, and the engine it starts on (when there is a
     // choice, so that it stays there).
@@ -1213,7 +1193,13 @@ async fn service(
     read_timeout: Duration,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let path = req.uri().path();
-    if path == "/api" || path.starts_with("/api/") || path == "/metrics" {
+    // The control API, metrics and the status page live with the server's wiring.
+    if path == "/api"
+        || path.starts_with("/api/")
+        || path == "/metrics"
+        || path == "/"
+        || path.starts_with("/status/")
+    {
         return Ok(match state.api.get() {
             Some(api) => api_service(api.clone(), peer, req, read_timeout).await,
             None => error(StatusCode::NOT_FOUND, "not found\n"),
@@ -1233,7 +1219,20 @@ async fn service(
     let mut count = None;
     let mut resp = match plan_counted(&state, &facts, unix_now(), &mut count) {
         Answer::Now(r) => r,
-        Answer::Park(p) => p.answer().await,
+        Answer::Park(p) => {
+            // Counted while held, whichever way it ends (the client may hang up).
+            struct Held<'a>(&'a std::sync::atomic::AtomicU64);
+            impl Drop for Held<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            state
+                .parked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _held = Held(&state.parked);
+            p.answer().await
+        }
     };
     let head = req.method() == Method::HEAD;
     let body_len = hyper::body::Body::size_hint(resp.body())

@@ -1,15 +1,17 @@
 //! Viewer sessions: how a viewer admitted on the multivariant request is recognised on
 //! every child request without sending its token again.
 //!
-//! A session is one path component, `s-<expires>-<mac>`, placed after the distribution:
-//! `/live/<dist>/s-1795640000-3f1c…/cmaf/720p/12.m4s`. Being in the path, it is carried by
+//! A session is one path component, `s-<expires>-<viewer>-<mac>`, placed after the
+//! distribution: `/live/<dist>/s-1795640000-9a0e…-3f1c…/cmaf/720p/12.m4s`. `<viewer>`
+//! (64 bits, hex) is new for every multivariant request: it is what viewer analytics count
+//! (one session, one viewer), also behind a cache that forwards only its session checks. Being in the path, it is carried by
 //! every relative URL of the playlists with no per-viewer rewriting: media playlists and
 //! segments stay identical bytes for all viewers, and a cache in front can cache them by
 //! the path without the session component (see `docker/nginx-cache.conf`).
 //!
-//! `<mac>` is HMAC-SHA256 over the distribution id and the expiry under a server secret,
-//! truncated to 128 bits, compared in constant time: a session cannot be forged, moved to
-//! another distribution, or extended (the expiry is signed).
+//! `<mac>` is HMAC-SHA256 over the distribution id, the expiry and the viewer under a
+//! server secret, truncated to 128 bits, compared in constant time: a session cannot be
+//! forged, moved to another distribution, or extended (the expiry is signed).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -20,7 +22,18 @@ use sluice_core::Id;
 pub const SESSION_SECONDS: u64 = 6 * 3600;
 
 const MAC_BYTES: usize = 16;
-const DOMAIN: &[u8] = b"sluice-session-v1\0";
+const DOMAIN: &[u8] = b"sluice-session-v2\0";
+
+/// A fresh viewer number: unique in this process, not guessable from the last one.
+pub fn new_viewer() -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static HASHER: OnceLock<std::hash::RandomState> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HASHER.get_or_init(std::hash::RandomState::new).hash_one(n)
+}
 
 /// Why a session component was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -66,26 +79,42 @@ impl SessionKey {
     }
 
     /// `expires` in canonical decimal, as written in the session.
-    fn mac(&self, dist: &Id, expires: &str) -> Hmac<Sha256> {
+    fn mac(&self, dist: &Id, expires: &str, viewer: u64) -> Hmac<Sha256> {
         let mut mac = self.0.clone();
         mac.update(DOMAIN);
         mac.update(dist.as_str().as_bytes());
         mac.update(b"\0");
         mac.update(expires.as_bytes());
+        mac.update(b"\0");
+        mac.update(&viewer.to_be_bytes());
         mac
     }
 
-    /// The session component for `dist`, valid until `expires` (Unix seconds).
+    /// A session component for a new viewer of `dist`, valid until `expires` (Unix
+    /// seconds).
     pub fn mint(&self, dist: &Id, expires: u64) -> String {
-        let expires = expires.to_string();
-        let tag = self.mac(dist, &expires).finalize().into_bytes();
-        format!("s-{expires}-{}", hex(&tag[..MAC_BYTES]))
+        self.mint_for(dist, expires, new_viewer())
     }
 
-    /// Checks a session component for `dist` at `now` (Unix seconds).
-    pub fn verify(&self, dist: &Id, session: &str, now: u64) -> Result<(), SessionError> {
+    /// The session component of `viewer`.
+    pub fn mint_for(&self, dist: &Id, expires: u64, viewer: u64) -> String {
+        let expires = expires.to_string();
+        let tag = self.mac(dist, &expires, viewer).finalize().into_bytes();
+        format!("s-{expires}-{viewer:016x}-{}", hex(&tag[..MAC_BYTES]))
+    }
+
+    /// Checks a session component for `dist` at `now` (Unix seconds); its viewer.
+    pub fn verify(&self, dist: &Id, session: &str, now: u64) -> Result<u64, SessionError> {
         let rest = session.strip_prefix("s-").ok_or(SessionError::Malformed)?;
-        let (expires, tag) = rest.split_once('-').ok_or(SessionError::Malformed)?;
+        let (expires, rest) = rest.split_once('-').ok_or(SessionError::Malformed)?;
+        let (viewer, tag) = rest.split_once('-').ok_or(SessionError::Malformed)?;
+        let viewer = (viewer.len() == 16
+            && viewer
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| u64::from_str_radix(viewer, 16).ok())
+        .flatten()
+        .ok_or(SessionError::Malformed)?;
         let canonical = !expires.is_empty()
             && expires.len() <= 20
             && expires.bytes().all(|b| b.is_ascii_digit())
@@ -96,13 +125,13 @@ impl SessionKey {
         };
         let tag = unhex(tag).ok_or(SessionError::Malformed)?;
         // The signature first: an expiry is only believed once it is known to be ours.
-        self.mac(dist, expires)
+        self.mac(dist, expires, viewer)
             .verify_truncated_left(&tag)
             .map_err(|_| SessionError::BadSignature)?;
         if now >= expires_at {
             return Err(SessionError::Expired);
         }
-        Ok(())
+        Ok(viewer)
     }
 }
 
@@ -140,12 +169,24 @@ mod tests {
     fn sessions_cannot_be_forged_moved_extended_or_replayed() {
         let key = SessionKey::from_secret(b"test secret");
         let now = 1_800_000_000;
-        let s = key.mint(&id("eu"), now + 60);
+        let s = key.mint_for(&id("eu"), now + 60, 0xfeed);
         assert!(
-            s.starts_with("s-1800000060-") && s.len() == 2 + 10 + 1 + 32,
+            s.starts_with("s-1800000060-000000000000feed-") && s.len() == 2 + 10 + 1 + 16 + 1 + 32,
             "{s}"
         );
-        assert_eq!(key.verify(&id("eu"), &s, now), Ok(()));
+        assert_eq!(key.verify(&id("eu"), &s, now), Ok(0xfeed));
+        // Another viewer's number under this signature.
+        let moved = s.replacen("feed", "beef", 1);
+        assert_eq!(
+            key.verify(&id("eu"), &moved, now),
+            Err(SessionError::BadSignature)
+        );
+        // Every mint is a new viewer.
+        let (a, b) = (key.mint(&id("eu"), now + 60), key.mint(&id("eu"), now + 60));
+        assert_ne!(
+            key.verify(&id("eu"), &a, now),
+            key.verify(&id("eu"), &b, now)
+        );
         // Another distribution.
         assert_eq!(
             key.verify(&id("us"), &s, now),
@@ -177,11 +218,15 @@ mod tests {
             "",
             "s-",
             "s-1-",
+            "s-1-2-",
             "x-1800000060-00",
-            "s-01800000060-0011223344556677",
-            "s-1800000060-GG112233445566778899aabbccddeeff",
-            "s-1800000060-00112233445566778899AABBCCDDEEFF",
-            "s-99999999999999999999999-00112233445566778899aabbccddeeff",
+            "s-01800000060-000000000000feed-0011223344556677",
+            "s-1800000060-000000000000feed-GG112233445566778899aabbccddeeff",
+            "s-1800000060-000000000000feed-00112233445566778899AABBCCDDEEFF",
+            "s-1800000060-000000000000FEED-00112233445566778899aabbccddeeff",
+            "s-1800000060-feed-00112233445566778899aabbccddeeff",
+            "s-1800000060-00112233445566778899aabbccddeeff",
+            "s-99999999999999999999999-000000000000feed-00112233445566778899aabbccddeeff",
         ] {
             assert_eq!(
                 key.verify(&id("eu"), bad, now),

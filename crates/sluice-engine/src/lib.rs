@@ -15,11 +15,13 @@
 
 mod error;
 pub mod runner;
+mod stats;
 mod testpattern;
 mod transcode;
 
 pub use error::EngineError;
 pub use runner::{EngineMode, EngineRunner, GstFactory, Packaging, RunnerSettings};
+pub use stats::EngineStats;
 pub use testpattern::{Look, TestPattern, TestPatternSettings};
 pub use transcode::{
     EncodedEvent, EncodedSink, PushOutcome, RenditionSettings, TranscodeSettings, Transcoder,

@@ -26,7 +26,9 @@ use sluice_core::{AudioConfig, Frame, MediaEvent, MediaSource, Throttle, TrackKi
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{EncodedEvent, EncodedSink, EngineError, PushOutcome, TranscodeSettings, Transcoder};
+use crate::{
+    EncodedEvent, EncodedSink, EngineError, EngineStats, PushOutcome, TranscodeSettings, Transcoder,
+};
 
 /// What an engine does with its input.
 #[derive(Debug, Clone)]
@@ -101,8 +103,12 @@ impl PipelineFactory for GstFactory {
         audio: Option<AudioConfig>,
         sink: Arc<dyn EncodedSink>,
     ) -> BoxFuture<'static, Result<Box<dyn Pipeline>, EngineError>> {
+        // The pipeline is built in the caller's span (the engine's ids), which its
+        // streaming threads then log in.
+        let span = tracing::Span::current();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
+                let _span = span.enter();
                 Transcoder::start(&settings, &video, audio.as_ref(), sink)
                     .map(|t| Box::new(t) as Box<dyn Pipeline>)
             })
@@ -189,14 +195,25 @@ struct Session {
 struct Counting {
     inner: Arc<dyn Packaging>,
     outputs: Arc<AtomicU64>,
+    stats: Arc<EngineStats>,
 }
 
 impl EncodedSink for Counting {
     fn on_event(&self, ev: EncodedEvent) {
         self.outputs.fetch_add(1, Ordering::Relaxed);
+        if let EncodedEvent::Video {
+            rendition: 0,
+            frame,
+        } = &ev
+        {
+            self.stats.output(frame.pts);
+        }
         self.inner.on_event(ev);
     }
 }
+
+/// How often the engine's speed is sampled.
+const SPEED_PERIOD: Duration = Duration::from_secs(2);
 
 /// One engine: owns its state and its pipeline.
 pub struct EngineRunner<F: PipelineFactory> {
@@ -216,6 +233,9 @@ pub struct EngineRunner<F: PipelineFactory> {
     planned_outage: Option<(Instant, Duration)>,
     /// The channel closed and the playlists ended; the next session reopens them.
     closed: bool,
+    stats: Arc<EngineStats>,
+    /// The last speed sample: when, and the output's media time then.
+    speed_sample: (Instant, Option<sluice_core::MediaTime>),
 }
 
 impl<F: PipelineFactory> EngineRunner<F> {
@@ -242,7 +262,20 @@ impl<F: PipelineFactory> EngineRunner<F> {
             drop_log: Throttle::default(),
             planned_outage: None,
             closed: false,
+            stats: Arc::default(),
+            speed_sample: (Instant::now(), None),
         }
+    }
+
+    /// Reports into `stats` (shared with status and metrics; kept across runs).
+    pub fn with_stats(mut self, stats: Arc<EngineStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// What this engine reports about itself.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
     }
 
     /// Takes the engine down `after` from now for `length`, as a failed pipeline would
@@ -317,12 +350,26 @@ impl<F: PipelineFactory> EngineRunner<F> {
         let until = Instant::now() + self.backoff;
         tracing::error!(engine = %self.name, why, backoff_ms = self.backoff.as_millis() as u64, "pipeline failed; restarting after the back-off at the next keyframe");
         self.backoff = (self.backoff * 2).min(self.timing.max_backoff);
+        self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         self.stop_pipeline(State::BackingOff { until }).await;
         self.packaging.outage();
     }
 
     pub async fn on_tick(&mut self) {
         let now = Instant::now();
+        let since = now.duration_since(self.speed_sample.0);
+        let out = self.stats.output_pts();
+        if self.speed_sample.1.is_none() && out.is_some() {
+            // The first output: measure from here.
+            self.speed_sample = (now, out);
+        } else if since >= SPEED_PERIOD {
+            let media = match (self.speed_sample.1, out) {
+                (Some(before), Some(after)) => after.saturating_sub(before),
+                _ => 0,
+            };
+            self.stats.set_speed(media, since);
+            self.speed_sample = (now, out);
+        }
         if let Some((at, length)) = self.planned_outage
             && now >= at
         {
@@ -465,6 +512,10 @@ impl<F: PipelineFactory> EngineRunner<F> {
         }
         let settings = match &self.mode {
             EngineMode::Passthrough => {
+                if frame.track == TrackKind::Video {
+                    self.stats.input(frame.pts);
+                    self.stats.output(frame.pts);
+                }
                 self.packaging.on_event(match frame.track {
                     TrackKind::Video => EncodedEvent::Video {
                         rendition: 0,
@@ -492,9 +543,12 @@ impl<F: PipelineFactory> EngineRunner<F> {
             let sink: Arc<dyn EncodedSink> = Arc::new(Counting {
                 inner: self.packaging.clone(),
                 outputs: self.outputs.clone(),
+                stats: self.stats.clone(),
             });
             match self.factory.start(settings, video, audio, sink).await {
                 Ok(pipeline) => {
+                    // Nothing before this frame is to come out: the lag counts from here.
+                    self.stats.started_at(frame.pts);
                     let produced = self.outputs.load(Ordering::Relaxed);
                     self.state = State::Running {
                         pipeline,
@@ -507,13 +561,17 @@ impl<F: PipelineFactory> EngineRunner<F> {
                 }
             }
         }
-        if let State::Running { pipeline, .. } = &self.state
-            && pipeline.push(&frame) == PushOutcome::Dropped
-        {
+        let State::Running { pipeline, .. } = &self.state else {
+            return;
+        };
+        if pipeline.push(&frame) == PushOutcome::Dropped {
             self.dropped += 1;
+            self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = self.drop_log.hit_now() {
                 tracing::warn!(engine = %self.name, dropped = self.dropped, suppressed, "engine behind its input; frames dropped");
             }
+        } else if frame.track == TrackKind::Video {
+            self.stats.input(frame.pts);
         }
     }
 }
@@ -678,8 +736,12 @@ mod tests {
         assert_eq!(r.state(), "idle", "no pipeline before a keyframe");
         r.on_event(video(33, true)).await;
         assert_eq!(r.state(), "running");
-        feed(&mut r, 66, 2).await;
+        feed(&mut r, 66, 3).await;
         assert!(rec.outputs.load(Ordering::SeqCst) > 50);
+        // The echoing pipeline keeps up: no lag, real-time speed.
+        assert_eq!(r.stats().input_lag(), Duration::ZERO);
+        let speed = r.stats().speed();
+        assert!((0.9..=1.1).contains(&speed), "{speed}");
         r.on_event(MediaEvent::End { session: 1 }).await;
         assert_eq!(r.state(), "draining");
         r.on_tick().await; // the pipeline posted end-of-stream
@@ -713,6 +775,7 @@ mod tests {
             assert!(t0.elapsed() < Duration::from_secs(20), "never restarted");
         }
         assert_eq!(script.starts.load(Ordering::SeqCst), 4);
+        assert_eq!(r.stats().restarts.load(Ordering::Relaxed), 3);
         let waited = t0.elapsed();
         assert!(
             waited >= Duration::from_secs(7) && waited <= Duration::from_secs(12),
@@ -737,6 +800,9 @@ mod tests {
         // Fed for longer than the stall limit (10 s) with nothing out: replaced.
         feed(&mut r, 1000, 11).await;
         assert_eq!(r.state(), "backing off");
+        // Fed 11 s with nothing out: it ran that far behind, at speed zero.
+        assert!(r.stats().input_lag() >= Duration::from_secs(10));
+        assert_eq!(r.stats().speed(), 0.0);
         assert_eq!(rec.discontinuities.load(Ordering::SeqCst), 1);
         script.silent.store(false, Ordering::SeqCst);
         feed(&mut r, 12_000, 3).await;

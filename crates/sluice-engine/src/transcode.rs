@@ -213,9 +213,12 @@ fn attach_sink(
     sink: Arc<dyn EncodedSink>,
 ) {
     let last_codec_data: Mutex<Option<gst::Buffer>> = Mutex::new(None);
+    // Lines logged on GStreamer's streaming threads carry the engine's span (its ids).
+    let span = tracing::Span::current();
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |appsink| {
+                let _span = span.enter();
                 let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 if let Some(s) = sample.caps().and_then(|c| c.structure(0))
                     && let Ok(cd) = s.get::<gst::Buffer>("codec_data")

@@ -176,6 +176,8 @@ struct BusState {
     current_start: Option<MediaEvent>,
     /// Every attached feed, the owner among them.
     feeds: Vec<Feed>,
+    /// Feeds attached so far, by ingest id (configured ids only: bounded).
+    connects: std::collections::BTreeMap<String, u64>,
 }
 
 pub struct ChannelBus {
@@ -221,6 +223,7 @@ impl ChannelBus {
                 next_start: round_up(timeline_start.max(0), grid),
                 current_start: None,
                 feeds: Vec::new(),
+                connects: Default::default(),
             }),
             owner: AtomicU64::new(0),
             last_frame_ms: AtomicU64::new(0),
@@ -365,6 +368,7 @@ impl ChannelBus {
         }
         let id = st.next_publisher;
         st.next_publisher += 1;
+        *st.connects.entry(spec.ingest.clone()).or_default() += 1;
         let last_frame_ms = Arc::new(AtomicU64::new(now));
         let replaced = Arc::new(AtomicU8::new(0));
         st.feeds.push(Feed {
@@ -420,6 +424,16 @@ impl ChannelBus {
         st.next_session += 1;
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         session
+    }
+
+    /// Feeds attached so far, by ingest: a publisher's first connection and every
+    /// reconnection (a pull ingest's too).
+    pub fn connects(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .connects
+            .iter()
+            .map(|(i, n)| (i.clone(), *n))
+            .collect()
     }
 
     pub fn subscribe(self: &Arc<Self>) -> BusReceiver {
@@ -561,13 +575,13 @@ impl Publisher {
         self.bus.send(MediaEvent::End {
             session: self.session,
         });
-        tracing::info!(channel = %self.bus.channel, session = self.session, "session ended");
+        tracing::info!(channel = %self.bus.channel, ingest = %self.spec.ingest, session = self.session, "session ended");
     }
 
     /// Ends the session and prepares a new one (same publisher) from the next keyframe:
     /// for a codec change or a clock jump, which downstream handles as a discontinuity.
     fn restart(&mut self, why: &str) {
-        tracing::info!(channel = %self.bus.channel, session = self.session, why, "input changed; new session");
+        tracing::info!(channel = %self.bus.channel, ingest = %self.spec.ingest, session = self.session, why, "input changed; new session");
         self.end_session();
         let mut st = self.bus.lock();
         self.session = self.bus.new_session(&mut st);
@@ -594,7 +608,7 @@ impl Publisher {
             && let Some(measured_kbps) = rate.add(now, frame.data.len() as u64)
         {
             let max_kbps = rate.max_kbps;
-            tracing::warn!(channel = %self.bus.channel, source = %self.source, measured_kbps, max_kbps, "input above the ingest's max_kbps; closing it");
+            tracing::warn!(channel = %self.bus.channel, ingest = %self.spec.ingest, source = %self.source, measured_kbps, max_kbps, "input above the ingest's max_kbps; closing it");
             self.ended = Some(PublishEnded::OverBitrate {
                 measured_kbps,
                 max_kbps,
@@ -614,7 +628,7 @@ impl Publisher {
             // audio-only publisher is refused instead of holding the channel.
             let first = *self.audio_before_video.get_or_insert(frame.dts);
             if frame.dts.saturating_sub(first) >= AUDIO_ONLY_LIMIT {
-                tracing::warn!(channel = %self.bus.channel, source = %self.source, "no video after 5 s of audio; refusing the publisher");
+                tracing::warn!(channel = %self.bus.channel, ingest = %self.spec.ingest, source = %self.source, "no video after 5 s of audio; refusing the publisher");
                 self.ended = Some(PublishEnded::NoVideo);
             }
             return;
@@ -685,7 +699,7 @@ impl Publisher {
         };
         self.bus.lock().current_start = Some(start.clone());
         self.bus.send(start);
-        tracing::info!(channel = %self.bus.channel, session = self.session, source = %self.source, start_ns = self.start, audio = self.audio.is_some(), "session started");
+        tracing::info!(channel = %self.bus.channel, ingest = %self.spec.ingest, session = self.session, source = %self.source, start_ns = self.start, audio = self.audio.is_some(), "session started");
         for f in std::mem::take(&mut self.waiting) {
             self.forward(f);
         }
@@ -717,7 +731,7 @@ impl Publisher {
             {
                 self.bus.stats.audio_jumps.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = self.audio_jump_log.hit_now() {
-                    tracing::warn!(channel = %self.bus.channel, audio_ms = frame.dts / 1_000_000, video_ms = video / 1_000_000, suppressed, "audio timestamp far from video; frame dropped");
+                    tracing::warn!(channel = %self.bus.channel, ingest = %self.spec.ingest, audio_ms = frame.dts / 1_000_000, video_ms = video / 1_000_000, suppressed, "audio timestamp far from video; frame dropped");
                 }
                 return;
             }

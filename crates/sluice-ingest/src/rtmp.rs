@@ -27,6 +27,27 @@ pub enum Refusal {
     Busy,
 }
 
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::UnknownKey,
+        Refusal::Disabled,
+        Refusal::AddressNotAllowed,
+        Refusal::WrongProtocol,
+        Refusal::Busy,
+    ];
+
+    /// Its name as a metrics label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::Disabled => "disabled",
+            Refusal::AddressNotAllowed => "address",
+            Refusal::WrongProtocol => "wrong_protocol",
+            Refusal::Busy => "busy",
+        }
+    }
+}
+
 /// Decides who may publish, and where to.
 pub trait PublishRouter: Send + Sync + 'static {
     fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal>;
@@ -155,7 +176,7 @@ async fn connection(
                     } => {
                         let answer = match router.authorize_rtmp(&stream_key, peer) {
                             Ok(p) => {
-                                tracing::info!(%peer, channel = %p.channel(), "RTMP publish accepted");
+                                tracing::info!(%peer, channel = %p.channel(), ingest = %p.spec().ingest, "RTMP publish accepted");
                                 *channel = Some(p.channel().to_string());
                                 publisher = Some(p);
                                 session.accept(request_id, Some(&stream_key))

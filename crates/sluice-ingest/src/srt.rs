@@ -431,7 +431,7 @@ impl Listener {
                 };
                 let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
                 self.open.insert(from, tx);
-                tracing::info!(peer = %from, channel = %publisher.channel(), "SRT publish accepted");
+                tracing::info!(peer = %from, channel = %publisher.channel(), ingest = %publisher.spec().ingest, "SRT publish accepted");
                 let run = Connection {
                     conn,
                     socket: self.socket.clone(),

@@ -22,7 +22,7 @@ pub mod ts;
 
 pub use packager::{AudioSpec, Packager, PackagerSettings, RenditionSpec};
 pub use playlist::{Awaited, Readiness, Rendered};
-pub use store::{AUDIO_RENDITION, EngineOutput};
+pub use store::{AUDIO_RENDITION, EngineOutput, Produced};
 
 /// Why a frame or call was dropped. The packager never fails its caller:
 /// odd input is logged (with this as the reason) and dropped.

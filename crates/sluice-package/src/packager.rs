@@ -1229,6 +1229,18 @@ mod tests {
         );
         assert!(out.segment(OutputKind::Cmaf, "v", 36).is_none());
         assert!(out.segment(OutputKind::Cmaf, "v", 39).is_some());
+        // Counted: the segments with media (33, 34, 39, 40), not the gaps.
+        let produced = out.produced();
+        let (_, _, v) = produced
+            .iter()
+            .find(|(o, r, _)| *o == OutputKind::Cmaf && r == "v")
+            .unwrap();
+        assert_eq!(v.segments, 4, "{produced:?}");
+        let bytes: u64 = (33..=40)
+            .filter_map(|m| out.segment(OutputKind::Cmaf, "v", m))
+            .map(|b| b.len() as u64)
+            .sum();
+        assert_eq!(v.segment_bytes, bytes);
     }
 
     /// An open segment stops growing at the frame limit when no keyframe comes.

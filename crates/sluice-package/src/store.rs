@@ -55,6 +55,19 @@ struct State {
     /// `EXT-X-DISCONTINUITY-SEQUENCE` of a track's first playlist (see
     /// [`EngineOutput::last_discontinuity_number`]).
     discontinuity_base: u64,
+    /// What each track produced (metrics).
+    produced: HashMap<(OutputKind, String), Produced>,
+}
+
+/// What one track (an output's rendition) produced since its engine run started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Produced {
+    /// Segments with media (gaps not counted), and their bytes.
+    pub segments: u64,
+    pub segment_bytes: u64,
+    /// LL-HLS parts, and their bytes.
+    pub parts: u64,
+    pub part_bytes: u64,
 }
 
 /// Rendered multivariant playlists by (output, bitrate cap), each with the generation of
@@ -102,6 +115,7 @@ impl EngineOutput {
                 inits: HashMap::new(),
                 live: true,
                 discontinuity_base: 0,
+                produced: HashMap::new(),
             }),
             multivariant_cache: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -379,6 +393,18 @@ impl EngineOutput {
             .collect()
     }
 
+    /// What each (output, rendition) produced so far, sorted.
+    pub fn produced(&self) -> Vec<(OutputKind, String, Produced)> {
+        let mut all: Vec<_> = self
+            .read()
+            .produced
+            .iter()
+            .map(|((o, r), p)| (*o, r.clone(), *p))
+            .collect();
+        all.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+        all
+    }
+
     /// Healthy: a segment with media came within two segment durations (and a second)
     /// of `now`. A distribution serves from its healthy engine of lowest priority.
     pub fn healthy_at(&self, now: Instant) -> bool {
@@ -397,7 +423,12 @@ impl EngineOutput {
         if seg.data.is_some() {
             *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         }
-        self.update_track(output, rendition, true, |track, window| {
+        let bytes = seg.data.as_ref().map(|d| d.len() as u64);
+        self.update_track(output, rendition, true, |track, window, produced| {
+            if let Some(bytes) = bytes {
+                produced.segments += 1;
+                produced.segment_bytes += bytes;
+            }
             track.push(seg, window)
         });
         self.changed();
@@ -416,7 +447,10 @@ impl EngineOutput {
     ) {
         *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         // Parts change no multivariant playlist: its cache stays good.
-        self.update_track(output, rendition, publish, |track, _| {
+        let bytes = part.data.len() as u64;
+        self.update_track(output, rendition, publish, |track, _, produced| {
+            produced.parts += 1;
+            produced.part_bytes += bytes;
             track.push_part(open, part)
         });
     }
@@ -429,11 +463,12 @@ impl EngineOutput {
         output: OutputKind,
         rendition: &str,
         publish: bool,
-        change: impl FnOnce(&mut Track, MediaTime),
+        change: impl FnOnce(&mut Track, MediaTime, &mut Produced),
     ) {
         let key = (output, rendition.to_owned());
         let (snapshot, version) = {
-            let mut st = self.write();
+            let mut guard = self.write();
+            let st = &mut *guard;
             let (d, window, part) = (st.segment_duration, st.window, st.part_target);
             let base = st.discontinuity_base;
             let track = st.tracks.entry(key.clone()).or_insert_with(|| {
@@ -441,12 +476,13 @@ impl EngineOutput {
                 t.discontinuity_sequence = base;
                 t
             });
-            change(track, window);
+            let produced = st.produced.entry(key.clone()).or_default();
+            change(track, window, produced);
             if !publish {
                 return;
             }
             let version = track.version;
-            let reports = sibling_reports(&st, &key);
+            let reports = sibling_reports(st, &key);
             (st.tracks[&key].snapshot(reports), version)
         };
         self.install_playlist(&key, snapshot.render(), version);

@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 
 use ipnet::IpNet;
 
@@ -39,6 +40,19 @@ pub enum Refused {
     Reserved,
 }
 
+impl Refused {
+    pub const ALL: [Refused; 3] = [Refused::Full, Refused::AddressFull, Refused::Reserved];
+
+    /// Its name as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Full => "full",
+            Refused::AddressFull => "address_full",
+            Refused::Reserved => "reserved",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     total: usize,
@@ -47,8 +61,37 @@ struct State {
 
 #[derive(Debug)]
 pub struct AdmissionTable {
+    /// The listener it admits to (a metrics label).
+    listener: &'static str,
     policy: AdmissionPolicy,
     state: Mutex<State>,
+    /// Refusals so far, by [`Refused::ALL`]'s order.
+    refused: [AtomicU64; 3],
+}
+
+/// Every table made in this process, for metrics.
+static TABLES: Mutex<Vec<Weak<AdmissionTable>>> = Mutex::new(Vec::new());
+
+/// (listener, open connections, refusals by reason).
+pub type ListenerReport = (&'static str, usize, [(Refused, u64); 3]);
+
+/// The tables still in use, by listener (tables of one listener summed).
+pub fn report() -> Vec<ListenerReport> {
+    let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    tables.retain(|t| t.strong_count() > 0);
+    let mut by_listener: std::collections::BTreeMap<&'static str, (usize, [u64; 3])> =
+        Default::default();
+    for t in tables.iter().filter_map(Weak::upgrade) {
+        let entry = by_listener.entry(t.listener).or_default();
+        entry.0 += t.lock().total;
+        for (sum, n) in entry.1.iter_mut().zip(&t.refused) {
+            *sum += n.load(Relaxed);
+        }
+    }
+    by_listener
+        .into_iter()
+        .map(|(l, (open, refused))| (l, open, Refused::ALL.map(|r| (r, refused[r as usize]))))
+        .collect()
 }
 
 /// A connection's slot; released on drop.
@@ -63,11 +106,19 @@ fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
 }
 
 impl AdmissionTable {
-    pub fn new(policy: AdmissionPolicy) -> Arc<Self> {
-        Arc::new(AdmissionTable {
+    /// The table of `listener` (a fixed name: "http", "rtmp", "srt").
+    pub fn new(listener: &'static str, policy: AdmissionPolicy) -> Arc<Self> {
+        let table = Arc::new(AdmissionTable {
+            listener,
             policy,
             state: Mutex::new(State::default()),
-        })
+            refused: Default::default(),
+        });
+        TABLES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&table));
+        table
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -76,6 +127,14 @@ impl AdmissionTable {
     }
 
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refused> {
+        let admitted = self.admit(ip);
+        if let Err(why) = admitted {
+            self.refused[why as usize].fetch_add(1, Relaxed);
+        }
+        admitted
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refused> {
         let ip = ip.to_canonical();
         let p = &self.policy;
         let mut st = self.lock();
@@ -132,13 +191,16 @@ mod tests {
 
     #[test]
     fn per_address_cap_exemptions_and_reserve() {
-        let t = AdmissionTable::new(AdmissionPolicy {
-            max_total: 10,
-            max_per_address: 3,
-            exempt: vec!["192.0.2.1/32".parse().unwrap()],
-            reserved: 2,
-            reserved_for: vec!["10.0.0.0/8".parse().unwrap()],
-        });
+        let t = AdmissionTable::new(
+            "test",
+            AdmissionPolicy {
+                max_total: 10,
+                max_per_address: 3,
+                exempt: vec!["192.0.2.1/32".parse().unwrap()],
+                reserved: 2,
+                reserved_for: vec!["10.0.0.0/8".parse().unwrap()],
+            },
+        );
         let attacker: Vec<_> = (0..3)
             .map(|_| t.try_admit(ip("198.51.100.7")).unwrap())
             .collect();
@@ -163,7 +225,7 @@ mod tests {
         );
         // The reserve is for allowed encoders.
         let enc1 = t.try_admit(ip("10.1.1.1")).unwrap();
-        let _enc2 = t.try_admit(ip("10.1.1.2")).unwrap();
+        let enc2 = t.try_admit(ip("10.1.1.2")).unwrap();
         assert_eq!(t.try_admit(ip("10.1.1.3")).err(), Some(Refused::Full));
         drop(enc1);
         assert!(t.try_admit(ip("10.1.1.3")).is_ok());
@@ -174,5 +236,14 @@ mod tests {
             t.lock().per_address.len() == 1,
             "released addresses are forgotten"
         );
+        let (_, open, refused) = report().into_iter().find(|(l, ..)| *l == "test").unwrap();
+        assert_eq!(open, 1);
+        assert_eq!(
+            refused.map(|(r, n)| (r.as_str(), n)),
+            [("full", 1), ("address_full", 2), ("reserved", 2)]
+        );
+        // Forgotten once the table and its slots are gone.
+        drop((t, enc2));
+        assert!(report().iter().all(|(l, ..)| *l != "test"));
     }
 }

@@ -171,17 +171,20 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
     let _ = state.api.set(control.clone());
     tracker.spawn(control.clone().watch(WATCH_PERIOD, cancel.clone()));
     let limits = http_limits();
-    let admission = AdmissionTable::new(AdmissionPolicy {
-        max_total: limits.max_connections,
-        // One address may hold at most a quarter of the slots, however it is configured.
-        max_per_address: limits
-            .max_per_address
-            .min(limits.max_connections / 4)
-            .max(1),
-        exempt: cfg.server.trusted_proxies.clone(),
-        reserved: 0,
-        reserved_for: vec![],
-    });
+    let admission = AdmissionTable::new(
+        "http",
+        AdmissionPolicy {
+            max_total: limits.max_connections,
+            // One address may hold at most a quarter of the slots, however it is configured.
+            max_per_address: limits
+                .max_per_address
+                .min(limits.max_connections / 4)
+                .max(1),
+            exempt: cfg.server.trusted_proxies.clone(),
+            reserved: 0,
+            reserved_for: vec![],
+        },
+    );
     let http_workers = Arc::new(WorkerPool::per_core("http").context("HTTP worker threads")?);
     // HTTPS shares the HTTP workers and connection slots.
     let for_https = (
@@ -234,17 +237,20 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
     }
     let router: Arc<dyn sluice_ingest::PublishRouter> = live_router;
     let limits = RtmpLimits::default();
-    let admission = AdmissionTable::new(AdmissionPolicy {
-        max_total: limits.max_connections,
-        max_per_address: limits.max_per_address,
-        exempt: allowed.clone(),
-        reserved: if allowed.is_empty() {
-            0
-        } else {
-            limits.reserved_for_allowed
+    let admission = AdmissionTable::new(
+        "rtmp",
+        AdmissionPolicy {
+            max_total: limits.max_connections,
+            max_per_address: limits.max_per_address,
+            exempt: allowed.clone(),
+            reserved: if allowed.is_empty() {
+                0
+            } else {
+                limits.reserved_for_allowed
+            },
+            reserved_for: allowed.clone(),
         },
-        reserved_for: allowed.clone(),
-    });
+    );
     servers.spawn(listen::supervised_accept_loop(
         "RTMP",
         rtmp,
@@ -301,6 +307,7 @@ pub(crate) fn build_catalog(
 ) -> anyhow::Result<Catalog> {
     let mut catalog = Catalog {
         trusted_proxies: cfg.server.trusted_proxies.clone(),
+        geodb: geodb.clone(),
         ..Catalog::default()
     };
     for (dist_id, dist) in &cfg.distributions {

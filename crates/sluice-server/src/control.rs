@@ -168,7 +168,7 @@ impl Control {
             .as_ref()
             .map_or("<embedded default>".into(), |p| p.display().to_string());
         let api = ArcSwap::from_pointee(runtime.running().api.clone());
-        let (status, http) = runtime.observers();
+        let (status, http, router) = runtime.observers();
         let metrics_on = runtime.running().server.metrics;
         if path.is_none() {
             tracing::info!(
@@ -181,7 +181,7 @@ impl Control {
             origin,
             api,
             runs_on: tokio::runtime::Handle::current(),
-            metrics: crate::metrics::registry(status.clone(), http.clone()),
+            metrics: crate::metrics::registry(status.clone(), http.clone(), router),
             metrics_on,
             status,
             http,
@@ -206,6 +206,9 @@ impl Control {
     }
 
     async fn handle(&self, req: ApiRequest) -> Answer {
+        if let Some(page) = crate::page::answer(&req.method, &req.path) {
+            return page;
+        }
         let read = req.method == Method::GET || req.method == Method::HEAD;
         if req.path == "/metrics" {
             if !self.metrics_on {
@@ -260,11 +263,11 @@ impl Control {
         match (&req.method, segments.as_slice()) {
             // Status is read from the published view: never behind a change.
             (_, ["status"]) if read => {
-                let viewers = self.http.viewers.counts();
+                let viewers = self.http.viewers.report();
                 json_response(StatusCode::OK, &self.status.load().all(&viewers))
             }
             (_, ["channels", c, "status"]) if read => {
-                let viewers = self.http.viewers.counts();
+                let viewers = self.http.viewers.report();
                 match Id::new(c)
                     .ok()
                     .and_then(|c| self.status.load().channel(&c, &viewers))
@@ -290,7 +293,7 @@ impl Control {
                 if !done {
                     return problem(StatusCode::NOT_FOUND, "no such channel");
                 }
-                let viewers = self.http.viewers.counts();
+                let viewers = self.http.viewers.report();
                 let status = self.status.load().channel(&c, &viewers);
                 json_response(StatusCode::OK, &status.unwrap_or(Json::Null))
             }

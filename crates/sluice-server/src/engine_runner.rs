@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_engine::{
-    EncodedEvent, EngineMode, EngineRunner, GstFactory, Packaging, RunnerSettings,
+    EncodedEvent, EngineMode, EngineRunner, EngineStats, GstFactory, Packaging, RunnerSettings,
 };
 use sluice_ingest::BusReceiver;
 use sluice_package::Packager;
@@ -18,11 +18,13 @@ fn lock(p: &SharedPackager) -> std::sync::MutexGuard<'_, Packager> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The packager as the engine sees it. Called from GStreamer streaming threads.
-struct ToPackager(SharedPackager);
+/// The packager as the engine sees it. Called from GStreamer streaming threads, inside
+/// the engine's span (its log lines carry the channel and engine ids).
+struct ToPackager(SharedPackager, tracing::Span);
 
 impl sluice_engine::EncodedSink for ToPackager {
     fn on_event(&self, ev: EncodedEvent) {
+        let _span = self.1.enter();
         let mut p = lock(&self.0);
         match ev {
             EncodedEvent::VideoConfig {
@@ -44,15 +46,19 @@ impl sluice_engine::EncodedSink for ToPackager {
 
 impl Packaging for ToPackager {
     fn discontinuity(&self) {
+        let _span = self.1.enter();
         lock(&self.0).discontinuity();
     }
     fn outage(&self) {
+        let _span = self.1.enter();
         lock(&self.0).outage();
     }
     fn finish(&self) {
+        let _span = self.1.enter();
         lock(&self.0).finish();
     }
     fn reopen(&self) {
+        let _span = self.1.enter();
         lock(&self.0).reopen();
     }
 }
@@ -93,10 +99,11 @@ pub async fn run(
     mode: EngineMode,
     rx: BusReceiver,
     packager: SharedPackager,
+    stats: Arc<EngineStats>,
     cancel: CancellationToken,
     resumed: bool,
 ) {
-    let packaging = Arc::new(ToPackager(packager));
+    let packaging = Arc::new(ToPackager(packager, tracing::Span::current()));
     if resumed {
         packaging.outage();
     }
@@ -107,7 +114,7 @@ pub async fn run(
         EngineMode::Passthrough => RunnerSettings::for_segment(Duration::from_secs(2)),
     };
     let outage = planned_outage(&name).filter(|_| !resumed);
-    let mut runner = EngineRunner::new(name, mode, timing, GstFactory, packaging);
+    let mut runner = EngineRunner::new(name, mode, timing, GstFactory, packaging).with_stats(stats);
     if let Some((after, length)) = outage {
         runner = runner.with_outage(after, length);
     }

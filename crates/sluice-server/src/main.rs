@@ -6,6 +6,7 @@ mod control;
 mod engine_runner;
 mod listen;
 mod metrics;
+mod page;
 mod runtime;
 mod slate;
 mod srt_listen;

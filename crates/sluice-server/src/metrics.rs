@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use sluice_distribution::{HttpState, REQUEST_KINDS, STATUS_CLASSES};
 
-use crate::runtime::StatusView;
+use crate::runtime::{LiveRouter, StatusView};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -40,9 +40,24 @@ fn family(
     Ok(())
 }
 
+/// A gauge family of fractional values.
+fn gauge_f64(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: Vec<(Labels, f64)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 struct Sluice {
     status: Arc<ArcSwap<StatusView>>,
     http: Arc<HttpState>,
+    router: Arc<LiveRouter>,
 }
 
 impl std::fmt::Debug for Sluice {
@@ -131,17 +146,80 @@ impl Collector for Sluice {
                 .collect(),
         )?;
 
-        // Engines, per rendition.
+        let mut connects = Vec::new();
+        let mut reconnects = Vec::new();
+        for (c, bus, _) in &buses {
+            for (ingest, n) in bus.connects() {
+                let labels = vec![("channel", c.to_string()), ("ingest", ingest)];
+                reconnects.push((labels.clone(), n.saturating_sub(1)));
+                connects.push((labels, n));
+            }
+        }
+        family(
+            &mut e,
+            "sluice_ingest_connects",
+            "Publisher connections accepted (pull ingests: connections made), by ingest",
+            MetricType::Counter,
+            connects,
+        )?;
+        family(
+            &mut e,
+            "sluice_ingest_reconnects",
+            "Connections of an ingest after its first",
+            MetricType::Counter,
+            reconnects,
+        )?;
+        family(
+            &mut e,
+            "sluice_ingest_refusals",
+            "Publishers refused, by protocol and reason",
+            MetricType::Counter,
+            self.router
+                .refusals()
+                .into_iter()
+                .map(|(protocol, reason, n)| {
+                    let labels = vec![
+                        ("protocol", protocol.to_string()),
+                        ("reason", reason.to_string()),
+                    ];
+                    (labels, n)
+                })
+                .collect(),
+        )?;
+
+        // Engines, and what they produce by output and rendition.
         let mut live = Vec::new();
         let mut newest = Vec::new();
-        for (c, engine, output) in view.engines() {
-            let labels = vec![("channel", c.to_string()), ("engine", engine.to_string())];
+        let mut speed = Vec::new();
+        let mut lag = Vec::new();
+        let mut restarts = Vec::new();
+        let mut dropped = Vec::new();
+        let mut produced: [Vec<(Labels, u64)>; 4] = Default::default();
+        for (c, engine) in view.engines() {
+            let labels = vec![
+                ("channel", c.to_string()),
+                ("engine", engine.id.to_string()),
+            ];
+            let output = &engine.output;
             live.push((labels.clone(), u64::from(output.healthy())));
+            speed.push((labels.clone(), engine.stats.speed()));
+            lag.push((labels.clone(), engine.stats.input_lag().as_secs_f64()));
+            restarts.push((labels.clone(), engine.stats.restarts.load(Relaxed)));
+            dropped.push((labels.clone(), engine.stats.dropped_frames.load(Relaxed)));
             for rendition in output.rendition_names() {
                 if let Some(msn) = output.latest_msn(&rendition) {
                     let mut l = labels.clone();
                     l.push(("rendition", rendition));
                     newest.push((l, msn));
+                }
+            }
+            for (kind, rendition, p) in output.produced() {
+                let mut l = labels.clone();
+                l.push(("output", kind.as_str().to_string()));
+                l.push(("rendition", rendition));
+                let values = [p.segments, p.segment_bytes, p.parts, p.part_bytes];
+                for (series, value) in produced.iter_mut().zip(values) {
+                    series.push((l.clone(), value));
                 }
             }
         }
@@ -159,23 +237,114 @@ impl Collector for Sluice {
             MetricType::Gauge,
             newest,
         )?;
-
-        // Distributions.
-        let viewers = self.http.viewers.counts();
+        gauge_f64(
+            &mut e,
+            "sluice_engine_speed",
+            "Output media seconds per wall second over the last 2 s (1: keeping up)",
+            speed,
+        )?;
+        gauge_f64(
+            &mut e,
+            "sluice_engine_input_lag_seconds",
+            "How far the engine's output runs behind its input, in media time",
+            lag,
+        )?;
         family(
             &mut e,
-            "sluice_distribution_viewers",
-            "Distinct viewers (address and user agent) that fetched a media playlist in the last 30 s",
-            MetricType::Gauge,
-            view.distribution_ids()
-                .map(|d| {
-                    (
-                        vec![("distribution", d.to_string())],
-                        viewers.get(d).copied().unwrap_or(0),
-                    )
-                })
-                .collect(),
+            "sluice_engine_restarts",
+            "Pipelines failed or stalled and started again, and engine tasks restarted",
+            MetricType::Counter,
+            restarts,
         )?;
+        family(
+            &mut e,
+            "sluice_engine_dropped_frames",
+            "Input frames dropped because the engine was behind",
+            MetricType::Counter,
+            dropped,
+        )?;
+        let [segments, segment_bytes, parts, part_bytes] = produced;
+        for (name, help, series) in [
+            (
+                "sluice_engine_segments",
+                "Media segments produced, by output and rendition",
+                segments,
+            ),
+            (
+                "sluice_engine_segment_bytes",
+                "Bytes of media segments produced",
+                segment_bytes,
+            ),
+            (
+                "sluice_engine_parts",
+                "LL-HLS parts produced, by rendition",
+                parts,
+            ),
+            (
+                "sluice_engine_part_bytes",
+                "Bytes of LL-HLS parts produced",
+                part_bytes,
+            ),
+        ] {
+            family(&mut e, name, help, MetricType::Counter, series)?;
+        }
+
+        // Distributions.
+        let audiences = self.http.viewers.report();
+        let mut viewers = Vec::new();
+        let mut countries = Vec::new();
+        let mut devices = Vec::new();
+        let mut sent = Vec::new();
+        // Configured distributions only (a viewer of one just removed is not reported).
+        for d in view.distribution_ids() {
+            let labels = vec![("distribution", d.to_string())];
+            let Some(a) = audiences.get(d) else {
+                viewers.push((labels, 0));
+                continue;
+            };
+            viewers.push((labels.clone(), a.viewers));
+            // Country codes come from the geo database (two letters or `unknown`):
+            // bounded like the ids.
+            for (country, n) in &a.countries {
+                let mut l = labels.clone();
+                l.push(("country", country.clone()));
+                countries.push((l, *n));
+            }
+            for (device, n) in &a.devices {
+                let mut l = labels.clone();
+                l.push(("device", device.to_string()));
+                devices.push((l, *n));
+            }
+            for (target, n) in &a.sent_to {
+                let mut l = labels.clone();
+                l.push(("target", target.clone()));
+                sent.push((l, *n));
+            }
+        }
+        for (name, help, series) in [
+            (
+                "sluice_distribution_viewers",
+                "Viewers now: sessions (else address and user agent) seen in the last three target durations, at least 10 s",
+                viewers,
+            ),
+            (
+                "sluice_distribution_viewers_by_country",
+                "Viewers now by country (geo database; unknown: not placed)",
+                countries,
+            ),
+            (
+                "sluice_distribution_viewers_by_device",
+                "Viewers now by device type",
+                devices,
+            ),
+            (
+                "sluice_distribution_viewers_sent",
+                "Viewers who asked for this distribution, sent by an override rule to the target",
+                sent,
+            ),
+        ] {
+            family(&mut e, name, help, MetricType::Gauge, series)?;
+        }
         let mut requests = Vec::new();
         let mut egress = Vec::new();
         for (d, counts) in self.http.requests.all() {
@@ -229,6 +398,45 @@ impl Collector for Sluice {
                 .collect(),
         )?;
 
+        family(
+            &mut e,
+            "sluice_http_parked_requests",
+            "Blocking requests (LL-HLS playlist reloads, preload hints) held now",
+            MetricType::Gauge,
+            vec![(Vec::new(), self.http.parked.load(Relaxed))],
+        )?;
+
+        // Connections, by listener.
+        let listeners = crate::admission::report();
+        family(
+            &mut e,
+            "sluice_open_connections",
+            "Connections open now, by listener (http counts HTTPS too)",
+            MetricType::Gauge,
+            listeners
+                .iter()
+                .map(|(l, open, _)| (vec![("listener", l.to_string())], *open as u64))
+                .collect(),
+        )?;
+        family(
+            &mut e,
+            "sluice_connections_refused",
+            "Connections refused before anything was read, by listener and reason",
+            MetricType::Counter,
+            listeners
+                .iter()
+                .flat_map(|(l, _, refused)| {
+                    refused.iter().map(move |(why, n)| {
+                        let labels = vec![
+                            ("listener", l.to_string()),
+                            ("reason", why.as_str().to_string()),
+                        ];
+                        (labels, *n)
+                    })
+                })
+                .collect(),
+        )?;
+
         // The process.
         family(
             &mut e,
@@ -252,9 +460,17 @@ fn resident_bytes() -> Option<u64> {
 }
 
 /// The registry `/metrics` encodes.
-pub fn registry(status: Arc<ArcSwap<StatusView>>, http: Arc<HttpState>) -> Registry {
+pub fn registry(
+    status: Arc<ArcSwap<StatusView>>,
+    http: Arc<HttpState>,
+    router: Arc<LiveRouter>,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Sluice { status, http }));
+    registry.register_collector(Box::new(Sluice {
+        status,
+        http,
+        router,
+    }));
     registry
 }
 

@@ -17,7 +17,7 @@
 //! refused as a whole.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,9 +25,9 @@ use arc_swap::ArcSwap;
 use sluice_config::{Channel, Config, Engine, IngestProtocol, LadderRef, Output};
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
-use sluice_distribution::{GeoDb, HttpState};
+use sluice_distribution::{Audience, GeoDb, HttpState};
 use sluice_engine::{
-    EngineMode, RenditionSettings, TestPattern, TestPatternSettings, TranscodeSettings,
+    EngineMode, EngineStats, RenditionSettings, TestPattern, TestPatternSettings, TranscodeSettings,
 };
 use sluice_ingest::pull::PullSpec;
 use sluice_ingest::{
@@ -43,15 +43,45 @@ use tokio_util::task::TaskTracker;
 use crate::app::{build_catalog, publisher_sink, session_grid, slate_timeout_override};
 use crate::engine_runner;
 use crate::supervise::supervise;
+use tracing::Instrument;
 
 /// Compressed input an engine may queue before it drops to the next keyframe (a
 /// backstop: the bound that matters is two segments of media time).
 const ENGINE_INPUT_BYTES: u64 = 32 << 20;
 
 /// Stream keys, replaced as a whole when ingests change; every authorisation reads the
-/// current table.
+/// current table. Counts its refusals by protocol and reason (metrics).
 #[derive(Default)]
-pub struct LiveRouter(ArcSwap<KeyRouter>);
+pub struct LiveRouter {
+    keys: ArcSwap<KeyRouter>,
+    /// [RTMP, SRT] x [`Refusal::ALL`].
+    refused: [[AtomicU64; 5]; 2],
+}
+
+impl LiveRouter {
+    fn counted<T>(&self, srt: bool, r: Result<T, Refusal>) -> Result<T, Refusal> {
+        if let Err(why) = &r {
+            let i = Refusal::ALL.iter().position(|x| x == why).unwrap_or(0);
+            self.refused[usize::from(srt)][i].fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Publishers refused so far: (protocol, reason, count).
+    pub fn refusals(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut all = Vec::new();
+        for (p, protocol) in ["rtmp", "srt"].into_iter().enumerate() {
+            for (i, why) in Refusal::ALL.iter().enumerate() {
+                all.push((
+                    protocol,
+                    why.as_str(),
+                    self.refused[p][i].load(Ordering::Relaxed),
+                ));
+            }
+        }
+        all
+    }
+}
 
 impl PublishRouter for LiveRouter {
     fn authorize_rtmp(
@@ -59,11 +89,11 @@ impl PublishRouter for LiveRouter {
         stream_key: &str,
         peer: std::net::SocketAddr,
     ) -> Result<Publisher, Refusal> {
-        self.0.load().authorize_rtmp(stream_key, peer)
+        self.counted(false, self.keys.load().authorize_rtmp(stream_key, peer))
     }
 
     fn srt_passphrase(&self, stream_key: &str) -> Result<Option<String>, Refusal> {
-        self.0.load().srt_passphrase(stream_key)
+        self.counted(true, self.keys.load().srt_passphrase(stream_key))
     }
 
     fn authorize_srt(
@@ -71,7 +101,7 @@ impl PublishRouter for LiveRouter {
         stream_key: &str,
         peer: std::net::SocketAddr,
     ) -> Result<Publisher, Refusal> {
-        self.0.load().authorize_srt(stream_key, peer)
+        self.counted(true, self.keys.load().authorize_srt(stream_key, peer))
     }
 }
 
@@ -103,6 +133,7 @@ pub struct SrtSetup {
 struct EngineRun {
     config: Engine,
     output: Arc<EngineOutput>,
+    stats: Arc<EngineStats>,
     _stop: DropGuard,
 }
 
@@ -166,8 +197,16 @@ struct ChannelView {
 struct RunningView {
     bus: Arc<ChannelBus>,
     input_kbps: Arc<AtomicU32>,
-    /// (engine, ladder name, output).
-    engines: Vec<(Id, String, Arc<EngineOutput>)>,
+    engines: Vec<EngineView>,
+}
+
+/// One running engine, as status and metrics see it.
+pub struct EngineView {
+    pub id: Id,
+    /// Its ladder's name (`passthrough` for none).
+    pub ladder: String,
+    pub output: Arc<EngineOutput>,
+    pub stats: Arc<EngineStats>,
 }
 
 impl StatusView {
@@ -179,12 +218,12 @@ impl StatusView {
         })
     }
 
-    /// Every running engine: (channel, engine, output).
-    pub fn engines(&self) -> impl Iterator<Item = (&Id, &Id, &Arc<EngineOutput>)> {
+    /// Every running engine, with its channel.
+    pub fn engines(&self) -> impl Iterator<Item = (&Id, &EngineView)> {
         self.channels.iter().flat_map(|(id, c)| {
             c.running
                 .iter()
-                .flat_map(move |r| r.engines.iter().map(move |(e, _, o)| (id, e, o)))
+                .flat_map(move |r| r.engines.iter().map(move |e| (id, e)))
         })
     }
 
@@ -194,7 +233,7 @@ impl StatusView {
 
     /// A channel's live state (`GET /api/v1/channels/<id>/status`); `viewers` by
     /// distribution.
-    pub fn channel(&self, id: &Id, viewers: &HashMap<Id, u64>) -> Option<serde_json::Value> {
+    pub fn channel(&self, id: &Id, viewers: &HashMap<Id, Audience>) -> Option<serde_json::Value> {
         use serde_json::json;
         let view = self.channels.get(id)?;
         let distributions: serde_json::Map<String, serde_json::Value> = self
@@ -202,8 +241,17 @@ impl StatusView {
             .iter()
             .filter(|(_, c, _)| c == id)
             .map(|(d, _, enabled)| {
-                let n = viewers.get(d).copied().unwrap_or(0);
-                (d.to_string(), json!({"enabled": enabled, "viewers": n}))
+                let a = viewers.get(d).cloned().unwrap_or_default();
+                (
+                    d.to_string(),
+                    json!({
+                        "enabled": enabled,
+                        "viewers": a.viewers,
+                        "countries": a.countries,
+                        "devices": a.devices,
+                        "sent_to": a.sent_to,
+                    }),
+                )
             })
             .collect();
         let Some(run) = &view.running else {
@@ -229,7 +277,8 @@ impl StatusView {
         let engines: serde_json::Map<String, serde_json::Value> = run
             .engines
             .iter()
-            .map(|(e, ladder, output)| {
+            .map(|e| {
+                let output = &e.output;
                 let state = if output.healthy() {
                     "live"
                 } else if output.is_live() {
@@ -245,9 +294,18 @@ impl StatusView {
                         (n, json!(msn))
                     })
                     .collect();
+                let lag = e.stats.input_lag().as_millis() as u64;
                 (
-                    e.to_string(),
-                    json!({"state": state, "ladder": ladder, "newest_segment": newest}),
+                    e.id.to_string(),
+                    json!({
+                        "state": state,
+                        "ladder": e.ladder,
+                        "newest_segment": newest,
+                        "speed": e.stats.speed(),
+                        "input_lag_ms": lag,
+                        "restarts": e.stats.restarts.load(Ordering::Relaxed),
+                        "dropped_frames": e.stats.dropped_frames.load(Ordering::Relaxed),
+                    }),
                 )
             })
             .collect();
@@ -263,7 +321,7 @@ impl StatusView {
     }
 
     /// Every channel's state in one document (`GET /api/v1/status`).
-    pub fn all(&self, viewers: &HashMap<Id, u64>) -> serde_json::Value {
+    pub fn all(&self, viewers: &HashMap<Id, Audience>) -> serde_json::Value {
         let channels: serde_json::Map<String, serde_json::Value> = self
             .channels
             .keys()
@@ -363,8 +421,12 @@ impl Runtime {
     }
 
     /// The status view and the HTTP state (for viewer counts): read without the lock.
-    pub fn observers(&self) -> (Arc<ArcSwap<StatusView>>, Arc<HttpState>) {
-        (self.shared.status.clone(), self.shared.state.clone())
+    pub fn observers(&self) -> (Arc<ArcSwap<StatusView>>, Arc<HttpState>, Arc<LiveRouter>) {
+        (
+            self.shared.status.clone(),
+            self.shared.state.clone(),
+            self.shared.router.clone(),
+        )
     }
 
     pub fn running(&self) -> &Config {
@@ -570,7 +632,7 @@ impl Runtime {
                 }
             }
         }
-        self.shared.router.0.store(Arc::new(router));
+        self.shared.router.keys.store(Arc::new(router));
         match catalog {
             Ok(c) => self.shared.state.catalog.store(Arc::new(c)),
             Err(e) => {
@@ -592,12 +654,14 @@ impl Runtime {
                     engines: run
                         .engines
                         .iter()
-                        .map(|(e, r)| {
-                            let ladder = match &r.config.ladder_ref {
+                        .map(|(e, r)| EngineView {
+                            id: e.clone(),
+                            ladder: match &r.config.ladder_ref {
                                 LadderRef::Passthrough => "passthrough".to_string(),
                                 LadderRef::Named(l) => l.to_string(),
-                            };
-                            (e.clone(), ladder, r.output.clone())
+                            },
+                            output: r.output.clone(),
+                            stats: r.stats.clone(),
                         })
                         .collect(),
                 });
@@ -825,27 +889,37 @@ impl Runtime {
         }
         let packager = Arc::new(Mutex::new(packager));
         let name = format!("{channel_id}/{engine_id}");
+        let stats = Arc::new(EngineStats::default());
         let cancel = parent.child_token();
+        // Every line the engine logs carries its ids (its packaging, on GStreamer's
+        // threads, enters the same span).
+        let span = tracing::info_span!("engine", channel = %channel_id, engine = %engine_id);
         self.shared
             .tracker
             .spawn(supervise(format!("engine {name}"), cancel.clone(), {
-                let (bus, cancel) = (bus.clone(), cancel.clone());
+                let (bus, cancel, stats) = (bus.clone(), cancel.clone(), stats.clone());
                 let mut runs = 0u64;
                 move || {
                     runs += 1;
+                    if runs > 1 {
+                        stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    }
                     engine_runner::run(
                         name.clone(),
                         mode.clone(),
                         bus.subscribe(),
                         packager.clone(),
+                        stats.clone(),
                         cancel.clone(),
                         runs > 1,
                     )
+                    .instrument(span.clone())
                 }
             }));
         EngineRun {
             config: engine.clone(),
             output,
+            stats,
             _stop: cancel.drop_guard(),
         }
     }
@@ -877,8 +951,10 @@ impl Runtime {
             .tracker
             .spawn(supervise(format!("slate {id}"), cancel.clone(), {
                 let (bus, cancel) = (bus.clone(), cancel.clone());
+                let span = tracing::info_span!("slate", channel = %id);
                 move || {
                     crate::slate::watch(bus.clone(), picture.clone(), slate_timeout, cancel.clone())
+                        .instrument(span.clone())
                 }
             }));
         Some(cancel)

@@ -23,13 +23,16 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 /// The admission of SRT callers, from the limits; addresses in some ingest's
 /// `allow_cidrs` (trusted encoders) are not held to the per-address cap.
 pub fn admission(limits: &SrtLimits, allowed: Vec<ipnet::IpNet>) -> Admit {
-    let table = AdmissionTable::new(AdmissionPolicy {
-        max_total: limits.max_connections,
-        max_per_address: limits.max_per_address,
-        exempt: allowed,
-        reserved: 0,
-        reserved_for: vec![],
-    });
+    let table = AdmissionTable::new(
+        "srt",
+        AdmissionPolicy {
+            max_total: limits.max_connections,
+            max_per_address: limits.max_per_address,
+            exempt: allowed,
+            reserved: 0,
+            reserved_for: vec![],
+        },
+    );
     Arc::new(move |peer: SocketAddr| {
         table
             .try_admit(peer.ip())

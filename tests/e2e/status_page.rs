@@ -1,0 +1,229 @@
+//! The status page in a real browser: headless Chromium, driven over the DevTools
+//! protocol, opens `/` of the embedded default, sees the demo channel live, starts the
+//! demo distribution's player, and the page's viewer count goes to one. Every request
+//! the page makes stays on the server.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::WebSocket;
+use tungstenite::stream::MaybeTlsStream;
+
+use crate::support::*;
+
+/// Headless Chromium with one page, and the events it reported so far.
+struct Browser {
+    child: Child,
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    events: Vec<Value>,
+}
+
+impl Browser {
+    fn launch(profile: &Path) -> Browser {
+        std::fs::create_dir_all(profile).unwrap();
+        let child = tool("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-port=0",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--mute-audio",
+                "--autoplay-policy=no-user-gesture-required",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run chromium");
+        // Chromium writes the port it chose to DevToolsActivePort in its profile.
+        let port_file = profile.join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port: u16 = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "chromium did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let list: Value = {
+            let mut body = String::new();
+            ureq::get(&format!("http://127.0.0.1:{port}/json/list"))
+                .call()
+                .expect("DevTools target list")
+                .into_reader()
+                .read_to_string(&mut body)
+                .unwrap();
+            serde_json::from_str(&body).unwrap()
+        };
+        let page = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .expect("a page target");
+        let url = page["webSocketDebuggerUrl"].as_str().unwrap();
+        let (ws, _) = tungstenite::connect(url).expect("DevTools connection");
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        Browser {
+            child,
+            ws,
+            next_id: 1,
+            events: Vec::new(),
+        }
+    }
+
+    /// Calls a DevTools method; its result (events that come first are kept).
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({"id": id, "method": method, "params": params});
+        self.ws
+            .send(tungstenite::Message::text(msg.to_string()))
+            .unwrap();
+        loop {
+            let text = match self.ws.read().expect("DevTools message") {
+                tungstenite::Message::Text(t) => t,
+                _ => continue,
+            };
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+            if v.get("method").is_some() {
+                self.events.push(v);
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true}),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until `expression` is `true` in the page.
+    fn wait_until(&mut self, what: &str, expression: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.eval(expression) != json!(true) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; the page says: {}",
+                self.eval("document.body.innerText")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn status_page_shows_the_demo_live_and_counts_its_player() {
+    let _heavy = heavy();
+    let dir = scratch_dir("status-page");
+    let server = Server::spawn(&["serve"], 8080, 1935, &dir);
+    let mut browser = Browser::launch(&dir.join("chromium"));
+    browser.call("Network.enable", json!({}));
+    browser.call("Page.navigate", json!({"url": server.url("/")}));
+
+    let channel = r#"document.querySelector('section[data-channel="demo"]')"#;
+    browser.wait_until(
+        "the demo channel live",
+        &format!("{channel}?.querySelector('.ingest-state')?.textContent === 'live'"),
+        Duration::from_secs(60),
+    );
+    // Its engine keeps up, and nobody watches yet.
+    browser.wait_until(
+        "the engine's speed",
+        &format!(
+            "/^[0-9.]+x$/.test({channel}.querySelector('tr[data-engine=\"main\"] .speed').textContent) \
+             && {channel}.querySelector('tr[data-engine=\"main\"] .state').textContent === 'live'"
+        ),
+        Duration::from_secs(30),
+    );
+    let viewers = r#"document.querySelector('tr[data-dist="demo"] .viewers').textContent"#;
+    assert_eq!(browser.eval(viewers), json!("0"));
+
+    // The player starts and plays; the page then counts one viewer.
+    browser.eval(r#"document.querySelector('tr[data-dist="demo"] button.play').click()"#);
+    // Playing: its position (media time, far from zero on a live timeline) moves on by
+    // two seconds, and it has a picture.
+    browser.wait_until(
+        "the player playing",
+        r#"(() => {
+            const v = document.querySelector('tr[data-dist="demo"] video');
+            if (!v || v.currentTime === 0 || v.videoWidth === 0) return false;
+            window.firstPosition ??= v.currentTime;
+            return v.currentTime - window.firstPosition > 2;
+        })()"#,
+        Duration::from_secs(60),
+    );
+    browser.wait_until(
+        "one viewer on the page",
+        &format!("{viewers} === '1'"),
+        Duration::from_secs(20),
+    );
+    let summary = browser.eval("document.getElementById('summary').textContent");
+    assert!(
+        summary
+            .as_str()
+            .unwrap()
+            .starts_with("1 channel, 1 live, 1 viewer;"),
+        "{summary}"
+    );
+
+    // Every request stayed on this server (hls.js included), and the media came from it.
+    let base = server.url("/");
+    let urls: Vec<String> = browser
+        .events
+        .iter()
+        .filter(|e| e["method"] == "Network.requestWillBeSent")
+        .filter_map(|e| e["params"]["request"]["url"].as_str().map(str::to_owned))
+        .collect();
+    for url in &urls {
+        assert!(
+            url.starts_with(&base) || url.starts_with("blob:") || url.starts_with("data:"),
+            "request left the server: {url}"
+        );
+    }
+    for expected in [
+        "/status/hls.min.js",
+        "/api/v1/status",
+        "/live/demo/cmaf/index.m3u8",
+    ] {
+        assert!(
+            urls.iter().any(|u| u.ends_with(expected)),
+            "{expected} never requested: {urls:?}"
+        );
+    }
+    assert!(
+        urls.iter().any(|u| u.ends_with(".m4s")),
+        "no segment: {urls:?}"
+    );
+}
