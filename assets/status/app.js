@@ -109,7 +109,7 @@ function updateChannel(section, ch) {
   }
   for (const row of dists.querySelectorAll('tr[data-dist]')) {
     if (!seen.has(row.dataset.dist)) {
-      stopPlayer(row);
+      stopPlayer(row.querySelector('td.player'));
       row.remove();
     }
   }

@@ -199,8 +199,9 @@ fn a_hundred_players_behind_the_nginx_cache_cost_the_origin_one_request_per_obje
     monitor.join().unwrap();
     assert_eq!(viewers["viewers"], PLAYERS, "{viewers}");
 
-    // Playlists: never staler than their max-age (1 s), with a second of slack for the
-    // origin's own polling and the cache's refresh in flight.
+    // Playlists: never staler than their max-age (1 s). nginx keeps cache validity in
+    // whole seconds, so a copy may be served for up to a second more; half a second of
+    // slack for the origin's own polling and the refresh in flight.
     let appeared = appeared.lock().unwrap();
     let mut worst = Duration::ZERO;
     for (at, output, newest) in &samples {
@@ -215,7 +216,7 @@ fn a_hundred_players_behind_the_nginx_cache_cost_the_origin_one_request_per_obje
         samples.len()
     );
     assert!(
-        worst <= Duration::from_secs(2),
+        worst <= Duration::from_millis(2500),
         "a playlist {worst:?} stale"
     );
 

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 fn run_until_serving(name: &str, extra: &[&str]) -> String {
-    run_until(name, extra, "", "sluice serving")
+    run_until(name, extra, "", &["sluice serving"])
 }
 
-/// Runs the server (with `channels` after its `[server]` table) until its log has `line`.
-fn run_until(name: &str, extra: &[&str], channels: &str, line: &str) -> String {
+/// Runs the server (with `channels` after its `[server]` table) until its log has every
+/// one of `lines`.
+fn run_until(name: &str, extra: &[&str], channels: &str, lines: &[&str]) -> String {
     let dir = scratch_dir(name);
     let (http, rtmp) = (free_port(), free_port());
     let config = dir.join("sluice.toml");
@@ -36,14 +37,14 @@ fn run_until(name: &str, extra: &[&str], channels: &str, line: &str) -> String {
     let mut text = String::new();
     while Instant::now() < deadline {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(line) {
+        if lines.iter().all(|l| text.contains(l)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     send_signal(child.id(), "TERM");
     let _ = child.wait();
-    assert!(text.contains(line), "{text}");
+    assert!(lines.iter().all(|l| text.contains(l)), "{text}");
     std::fs::read_to_string(&log).unwrap()
 }
 
@@ -79,12 +80,8 @@ protocol = "test-pattern"
 [channels.cam.engines.copy]
 ladder = "passthrough"
 "#;
-    let json = run_until(
-        "logs-ids-json",
-        &["--log-format", "json"],
-        config,
-        "input session",
-    );
+    let wanted = ["input session", "session started", "test pattern started"];
+    let json = run_until("logs-ids-json", &["--log-format", "json"], config, &wanted);
     let lines: Vec<serde_json::Value> = json
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -105,7 +102,7 @@ ladder = "passthrough"
         assert_eq!(ingest["fields"]["ingest"], "bars", "{ingest}");
     }
 
-    let text = run_until("logs-ids-text", &[], config, "input session");
+    let text = run_until("logs-ids-text", &[], config, &["input session"]);
     let line = text.lines().find(|l| l.contains("input session")).unwrap();
     assert!(line.contains("engine{channel=cam engine=copy}"), "{line}");
 }

@@ -89,6 +89,17 @@ fn metrics_follow_a_live_stream_and_labels_come_from_the_configuration() {
         404
     );
 
+    // An engine's speed is first sampled 2 s after its first output.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while value(
+        &scrape(&server),
+        "sluice_engine_speed",
+        &[("engine", "small")],
+    ) == Some(0.0)
+    {
+        assert!(std::time::Instant::now() < deadline, "no speed sampled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let first = scrape(&server);
     let live = [("channel", "live")];
     let bytes = value(&first, "sluice_ingest_bytes_total", &live).unwrap();
@@ -289,6 +300,10 @@ channel = "live"
 # Where the test waits for the stream (the waiting is a viewer too).
 [distributions.probe]
 channel = "live"
+
+# Open, no overrides: still placed by X-Forwarded-For behind the cache.
+[distributions.plain]
+channel = "live"
 "#;
 
 const DESKTOP: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
@@ -320,12 +335,13 @@ fn viewer_analytics_count_sessions_with_country_device_and_override_target() {
     // A viewer as a player is: the multivariant playlist, then its first variant's
     // media playlist (relative to the multivariant's URL), through `via` (a direct
     // connection, or the cache at 127.0.0.2 for a viewer at `client`).
-    let watch = |via: &str, client: &str, ua: &str| -> String {
+    let watch_dist = |dist: &str, via: &str, client: &str, ua: &str| -> String {
         let headers = [("X-Forwarded-For", client), ("User-Agent", ua)];
-        let (status, _, body) = raw_get(via, server.http, "/live/entry/cmaf/index.m3u8", &headers);
+        let entry = format!("/live/{dist}/cmaf/index.m3u8");
+        let (status, _, body) = raw_get(via, server.http, &entry, &headers);
         assert_eq!(status, 200);
         let uri = master_playlist(&body).variants[0].uri.clone();
-        let mut path: Vec<&str> = vec!["live", "entry", "cmaf"];
+        let mut path: Vec<&str> = vec!["live", dist, "cmaf"];
         for part in uri.split('/') {
             match part {
                 ".." => {
@@ -345,6 +361,7 @@ fn viewer_analytics_count_sessions_with_country_device_and_override_target() {
         media
     };
     // A direct viewer (127.0.0.1: "GB"): no session, its multivariant stays public.
+    let watch = |via: &str, client: &str, ua: &str| watch_dist("entry", via, client, ua);
     let direct = watch("127.0.0.1", "127.0.0.1", DESKTOP);
     assert!(!direct.contains("/s-"), "{direct}");
     // Two viewers behind the cache, in Germany: sessions, one sent on to `phones`.
@@ -357,6 +374,10 @@ fn viewer_analytics_count_sessions_with_country_device_and_override_target() {
     let check = format!("/live/phones/{session}/check");
     let headers = [("X-Forwarded-For", "85.214.2.2"), ("User-Agent", PHONE)];
     assert_eq!(raw_get("127.0.0.2", server.http, &check, &headers).0, 204);
+    // An open distribution without overrides behind the cache: placed by the address the
+    // cache forwards, not the cache's own.
+    let plain = watch_dist("plain", "127.0.0.2", "85.214.3.3", DESKTOP);
+    assert!(plain.starts_with("/live/plain/s-"), "{plain}");
 
     let (status, _, body) = get(&server.url("/api/v1/status"));
     assert_eq!(status, 200);
@@ -372,6 +393,11 @@ fn viewer_analytics_count_sessions_with_country_device_and_override_target() {
     assert_eq!(dists["phones"]["viewers"], 1, "{dists}");
     assert_eq!(dists["phones"]["countries"], serde_json::json!({"DE": 1}));
     assert_eq!(dists["phones"]["devices"], serde_json::json!({"mobile": 1}));
+    assert_eq!(
+        dists["plain"]["countries"],
+        serde_json::json!({"DE": 1}),
+        "{dists}"
+    );
 
     let m = scrape(&server);
     let entry = [("distribution", "entry")];

@@ -9,15 +9,20 @@
 //! and a cache in front forwards each viewer's session check (see
 //! `docker/nginx-cache.conf`), so viewers it serves from cache are seen too.
 //!
+//! A multivariant request alone does not make a viewer: it is counted from its first
+//! child request (a media playlist or a session check), so a client fetching
+//! multivariant playlists in a loop mints sessions that never count.
+//!
 //! Country (from the geo database), device type (from the user agent) and the entry
 //! distribution whose override sent the viewer are worked out once, when a viewer is
-//! first seen; later sightings only refresh the time. Sharded and bounded: past
+//! first seen; later sightings only refresh the time. Reports are made at most once a
+//! second, however many status pages and scrapers ask. Sharded and bounded: past
 //! [`Viewers::MAX_PER_SHARD`] viewers a shard forgets those gone quiet, then stops adding,
 //! so a flood of addresses or forged sessions cannot grow it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sluice_config::DeviceType;
 use sluice_core::Id;
@@ -45,6 +50,8 @@ pub struct Sighting<'a> {
     pub address: IpAddr,
     pub user_agent: Option<&'a str>,
     pub query: Option<&'a str>,
+    /// The multivariant request (which does not count the viewer yet).
+    pub admission: bool,
     /// The distribution whose override rule sent the viewer here (multivariant only).
     pub via: Option<&'a Id>,
     /// Its distribution's target duration, seconds (sets how long it counts).
@@ -60,6 +67,8 @@ struct Viewer {
     country: Option<[u8; 2]>,
     device: DeviceType,
     via: Option<Id>,
+    /// Seen on a child request: counted.
+    confirmed: bool,
 }
 
 #[derive(Default)]
@@ -82,12 +91,17 @@ pub struct Audience {
     pub sent_to: BTreeMap<String, u64>,
 }
 
+/// Every distribution's [`Audience`], shared by whoever asks within a second.
+pub type Report = Arc<HashMap<Id, Audience>>;
+
 /// Viewers of every distribution.
 pub struct Viewers {
     shards: Vec<Mutex<Shard>>,
     /// Keyed per process: a client cannot aim its keys at one shard.
     hasher: std::hash::RandomState,
     epoch: std::time::Instant,
+    /// The last report, and the second (since `epoch`) it was made in.
+    last_report: Mutex<Option<(u64, Report)>>,
 }
 
 impl Default for Viewers {
@@ -96,6 +110,7 @@ impl Default for Viewers {
             shards: (0..16).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: std::hash::RandomState::new(),
             epoch: std::time::Instant::now(),
+            last_report: Mutex::new(None),
         }
     }
 }
@@ -129,13 +144,14 @@ impl Viewers {
         thread_local! {
             static LAST: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };
         }
-        if LAST.with(|l| l.replace((key, now))) == (key, now) && s.via.is_none() {
+        if LAST.with(|l| l.replace((key, now))) == (key, now) && !s.admission {
             return;
         }
         let shard = &self.shards[(key % self.shards.len() as u64) as usize];
         let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = sh.seen.get_mut(&key) {
             v.last = now;
+            v.confirmed |= !s.admission;
             if let Some(via) = s.via {
                 v.via = Some(via.clone());
             }
@@ -163,6 +179,7 @@ impl Viewers {
             country: geo.and_then(|g| g.country_code(s.address)),
             device: crate::overrides::viewer_traits(s.user_agent, s.query).device,
             via: s.via.cloned(),
+            confirmed: !s.admission,
         };
         shard
             .lock()
@@ -172,26 +189,40 @@ impl Viewers {
             .or_insert(viewer);
     }
 
-    /// Every distribution's viewers now (distributions nobody watches are absent).
-    pub fn report(&self) -> HashMap<Id, Audience> {
+    /// Every distribution's viewers now (distributions nobody watches are absent); made
+    /// at most once a second.
+    pub fn report(&self) -> Report {
         let now = self.epoch.elapsed().as_secs();
+        let mut last = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, report)) = last.as_ref()
+            && *at == now
+        {
+            return report.clone();
+        }
+        let report = Arc::new(self.count(now));
+        *last = Some((now, report.clone()));
+        report
+    }
+
+    fn count(&self, now: u64) -> HashMap<Id, Audience> {
+        // Countries as their two bytes while counting (no allocation per viewer under
+        // a shard's lock), named once at the end.
+        let mut countries: HashMap<Id, HashMap<Option<[u8; 2]>, u64>> = HashMap::new();
         let mut all: HashMap<Id, Audience> = HashMap::new();
         for shard in &self.shards {
             let mut sh = shard.lock().unwrap_or_else(|e| e.into_inner());
             sh.seen
                 .retain(|_, v| now.saturating_sub(v.last) <= v.window);
-            for v in sh.seen.values() {
+            for v in sh.seen.values().filter(|v| v.confirmed) {
                 let a = all.entry(v.dist.clone()).or_default();
                 a.viewers += 1;
-                let country = v
-                    .country
-                    .filter(|c| c.iter().all(u8::is_ascii_uppercase))
-                    .map_or_else(
-                        || "unknown".to_string(),
-                        |c| String::from_utf8_lossy(&c).into_owned(),
-                    );
-                *a.countries.entry(country).or_default() += 1;
                 *a.devices.entry(v.device.as_str()).or_default() += 1;
+                let country = v.country.filter(|c| c.iter().all(u8::is_ascii_uppercase));
+                *countries
+                    .entry(v.dist.clone())
+                    .or_default()
+                    .entry(country)
+                    .or_default() += 1;
                 if let Some(via) = v.via.as_ref().filter(|via| **via != v.dist) {
                     *all.entry(via.clone())
                         .or_default()
@@ -201,14 +232,24 @@ impl Viewers {
                 }
             }
         }
+        for (dist, by_country) in countries {
+            let a = all.entry(dist).or_default();
+            for (c, n) in by_country {
+                let name = c.map_or_else(
+                    || "unknown".to_string(),
+                    |c| String::from_utf8_lossy(&c).into_owned(),
+                );
+                *a.countries.entry(name).or_default() += n;
+            }
+        }
         all
     }
 
     /// Viewers by distribution (what [`Viewers::report`] counts, without breakdowns).
     pub fn counts(&self) -> HashMap<Id, u64> {
         self.report()
-            .into_iter()
-            .map(|(d, a)| (d, a.viewers))
+            .iter()
+            .map(|(d, a)| (d.clone(), a.viewers))
             .collect()
     }
 }
@@ -236,6 +277,7 @@ mod tests {
             address: addr,
             user_agent: Some(ua),
             query: None,
+            admission: false,
             via,
             target_secs: 2,
         };
@@ -270,6 +312,32 @@ mod tests {
         assert_eq!(beta_a.countries.get("unknown"), Some(&1));
         assert!(beta_a.sent_to.is_empty());
         assert_eq!(v.counts()[&eu], 2);
+    }
+
+    #[test]
+    fn a_multivariant_request_alone_is_not_a_viewer() {
+        let v = Viewers::default();
+        let (eu, beta) = (id("eu"), id("beta"));
+        let sight = |key, admission, via| Sighting {
+            dist: &beta,
+            key,
+            address: "192.0.2.1".parse().unwrap(),
+            user_agent: Some(PHONE),
+            query: None,
+            admission,
+            via,
+            target_secs: 2,
+        };
+        // A thousand admissions that never play: no viewers.
+        for n in 0..1000 {
+            v.seen(sight(ViewerKey::Session(n), true, Some(&eu)), None);
+        }
+        assert!(v.count(0).is_empty());
+        // One of them plays: one viewer, sent by eu.
+        v.seen(sight(ViewerKey::Session(7), false, None), None);
+        let report = v.count(0);
+        assert_eq!(report[&beta].viewers, 1);
+        assert_eq!(report[&eu].sent_to.get("beta"), Some(&1));
     }
 
     #[test]

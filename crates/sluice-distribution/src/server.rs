@@ -720,16 +720,19 @@ fn plan_counted(
     }
     // The viewer's rules are judged before anything about the stream is revealed.
     let origin = policy::request_origin(req.origin, req.referer);
-    // Only rules and overrides look at the viewer's address: an open distribution does
-    // not parse X-Forwarded-For.
-    let client = if dist.policy.is_open() && dist.overrides.is_empty() {
-        req.peer.to_canonical()
+    // Rules, overrides and viewer analytics behind a cache look at the viewer's address:
+    // an open distribution served directly does not parse X-Forwarded-For.
+    let peer = req.peer.to_canonical();
+    let via_proxy = !catalog.trusted_proxies.is_empty()
+        && catalog.trusted_proxies.iter().any(|n| n.contains(&peer));
+    let client = if dist.policy.is_open() && dist.overrides.is_empty() && !via_proxy {
+        peer
     } else {
         policy::client_address(req.peer, req.forwarded_for, &catalog.trusted_proxies)
     };
     if let Route::Multivariant { output, .. } = &route {
         return multivariant(
-            state, &catalog, req, dist_id, dist, *output, client, origin, now,
+            state, &catalog, req, dist_id, dist, *output, client, via_proxy, origin, now,
         )
         .into();
     }
@@ -767,10 +770,12 @@ fn plan_counted(
     );
     if sighting && state.measure.load(std::sync::atomic::Ordering::Relaxed) {
         // An open distribution's session (given behind a cache) is not checked for
-        // access, only to count its viewer; a bad one counts as the client.
-        let viewer =
-            viewer.or_else(|| session.and_then(|s| state.sessions.verify(dist_id, s, now).ok()));
-        see_viewer(state, &catalog, dist, dist_id, viewer, client, req, None);
+        // access, only to count its viewer (expired or not: its player keeps it); a bad
+        // one counts as the client.
+        let viewer = viewer.or_else(|| session.and_then(|s| state.sessions.viewer_of(dist_id, s)));
+        see_viewer(
+            state, &catalog, dist, dist_id, viewer, client, req, None, false,
+        );
     }
     if let Route::SessionCheck { .. } = route {
         // Admitted (or an open distribution): a cache in front may serve this viewer.
@@ -797,6 +802,7 @@ fn see_viewer(
     client: IpAddr,
     req: &RequestFacts<'_>,
     via: Option<&Id>,
+    admission: bool,
 ) {
     let user_agent = req.user_agent;
     let key = match viewer {
@@ -814,6 +820,7 @@ fn see_viewer(
             address: client,
             user_agent,
             query: req.query,
+            admission,
             via,
             target_secs,
         },
@@ -871,6 +878,7 @@ fn multivariant(
     entry: &DistributionEntry,
     output: OutputKind,
     client: IpAddr,
+    via_proxy: bool,
     origin: Option<&str>,
     now: u64,
 ) -> Response<Full<Bytes>> {
@@ -919,11 +927,7 @@ fn multivariant(
     // Protected distributions need a session; behind a cache (the peer a trusted proxy),
     // open ones get one too while analytics are on: the cache forwards its checks, which
     // is how its viewers are seen.
-    let behind_cache = measure
-        && catalog
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&req.peer.to_canonical()));
+    let behind_cache = measure && via_proxy;
     let viewer = (!served.policy.is_open() || behind_cache).then(crate::session::new_viewer);
     let session = viewer.map(|v| {
         state
@@ -933,7 +937,9 @@ fn multivariant(
     let moved = served_id != entry_id;
     if measure {
         let via = moved.then_some(entry_id);
-        see_viewer(state, catalog, served, served_id, viewer, client, req, via);
+        see_viewer(
+            state, catalog, served, served_id, viewer, client, req, via, true,
+        );
     }
     // Child URIs, relative to /live/<entry>/<output>/index.m3u8: through the served
     // distribution, the viewer's session, and the engine it starts on (when there is a

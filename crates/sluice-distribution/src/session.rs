@@ -105,6 +105,21 @@ impl SessionKey {
 
     /// Checks a session component for `dist` at `now` (Unix seconds); its viewer.
     pub fn verify(&self, dist: &Id, session: &str, now: u64) -> Result<u64, SessionError> {
+        let (viewer, expires) = self.signed(dist, session)?;
+        if now >= expires {
+            return Err(SessionError::Expired);
+        }
+        Ok(viewer)
+    }
+
+    /// The viewer of a session signed for `dist`, expired or not (for counting viewers
+    /// of an open distribution, whose players keep an old session: it grants nothing).
+    pub fn viewer_of(&self, dist: &Id, session: &str) -> Option<u64> {
+        self.signed(dist, session).ok().map(|(viewer, _)| viewer)
+    }
+
+    /// (viewer, expiry) of a session whose signature for `dist` holds.
+    fn signed(&self, dist: &Id, session: &str) -> Result<(u64, u64), SessionError> {
         let rest = session.strip_prefix("s-").ok_or(SessionError::Malformed)?;
         let (expires, rest) = rest.split_once('-').ok_or(SessionError::Malformed)?;
         let (viewer, tag) = rest.split_once('-').ok_or(SessionError::Malformed)?;
@@ -128,10 +143,7 @@ impl SessionKey {
         self.mac(dist, expires, viewer)
             .verify_truncated_left(&tag)
             .map_err(|_| SessionError::BadSignature)?;
-        if now >= expires_at {
-            return Err(SessionError::Expired);
-        }
-        Ok(viewer)
+        Ok((viewer, expires_at))
     }
 }
 
@@ -214,6 +226,11 @@ mod tests {
             key.verify(&id("eu"), &s, now + 60),
             Err(SessionError::Expired)
         );
+        // Expired, its viewer is still known (for counting, never for access); not
+        // under another distribution or a bad signature.
+        assert_eq!(key.viewer_of(&id("eu"), &s), Some(0xfeed));
+        assert_eq!(key.viewer_of(&id("us"), &s), None);
+        assert_eq!(key.viewer_of(&id("eu"), &moved), None);
         for bad in [
             "",
             "s-",

@@ -547,8 +547,10 @@ impl<F: PipelineFactory> EngineRunner<F> {
             });
             match self.factory.start(settings, video, audio, sink).await {
                 Ok(pipeline) => {
-                    // Nothing before this frame is to come out: the lag counts from here.
+                    // Nothing before this frame is to come out: the lag counts from here,
+                    // and the speed from the first output (not across the outage).
                     self.stats.started_at(frame.pts);
+                    self.speed_sample = (Instant::now(), None);
                     let produced = self.outputs.load(Ordering::Relaxed);
                     self.state = State::Running {
                         pipeline,
@@ -564,14 +566,16 @@ impl<F: PipelineFactory> EngineRunner<F> {
         let State::Running { pipeline, .. } = &self.state else {
             return;
         };
+        // Input, even when dropped: how far behind the engine is.
+        if frame.track == TrackKind::Video {
+            self.stats.input(frame.pts);
+        }
         if pipeline.push(&frame) == PushOutcome::Dropped {
             self.dropped += 1;
             self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = self.drop_log.hit_now() {
                 tracing::warn!(engine = %self.name, dropped = self.dropped, suppressed, "engine behind its input; frames dropped");
             }
-        } else if frame.track == TrackKind::Video {
-            self.stats.input(frame.pts);
         }
     }
 }

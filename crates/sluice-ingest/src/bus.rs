@@ -368,7 +368,10 @@ impl ChannelBus {
         }
         let id = st.next_publisher;
         st.next_publisher += 1;
-        *st.connects.entry(spec.ingest.clone()).or_default() += 1;
+        // The slate is no publisher: its starts are switches, not connections.
+        if spec != FeedSpec::slate() {
+            *st.connects.entry(spec.ingest.clone()).or_default() += 1;
+        }
         let last_frame_ms = Arc::new(AtomicU64::new(now));
         let replaced = Arc::new(AtomicU8::new(0));
         st.feeds.push(Feed {
