@@ -54,8 +54,9 @@ pub struct Sighting<'a> {
     pub admission: bool,
     /// The distribution whose override rule sent the viewer here (multivariant only).
     pub via: Option<&'a Id>,
-    /// Its distribution's target duration, seconds (sets how long it counts).
-    pub target_secs: u64,
+    /// Its distribution's target duration, seconds (sets how long it counts); asked
+    /// only for a viewer seen for the first time.
+    pub target_secs: &'a dyn Fn() -> u64,
 }
 
 struct Viewer {
@@ -175,7 +176,7 @@ impl Viewers {
         let viewer = Viewer {
             dist: s.dist.clone(),
             last: now,
-            window: Self::window_for(s.target_secs),
+            window: Self::window_for((s.target_secs)()),
             country: geo.and_then(|g| g.country_code(s.address)),
             device: crate::overrides::viewer_traits(s.user_agent, s.query).device,
             via: s.via.cloned(),
@@ -279,7 +280,7 @@ mod tests {
             query: None,
             admission: false,
             via,
-            target_secs: 2,
+            target_secs: &|| 2,
         };
         // Two sessions from one address (a household behind one NAT): two viewers.
         v.seen(sight(&eu, ViewerKey::Session(1), PHONE, None), Some(&geo));
@@ -326,7 +327,7 @@ mod tests {
             query: None,
             admission,
             via,
-            target_secs: 2,
+            target_secs: &|| 2,
         };
         // A thousand admissions that never play: no viewers.
         for n in 0..1000 {

@@ -812,7 +812,7 @@ fn see_viewer(
             user_agent,
         },
     };
-    let target_secs = dist.engines.first().map_or(2, |(_, e)| e.target_duration());
+    let target_secs = || dist.engines.first().map_or(2, |(_, e)| e.target_duration());
     state.viewers.seen(
         Sighting {
             dist: dist_id,
@@ -822,7 +822,7 @@ fn see_viewer(
             query: req.query,
             admission,
             via,
-            target_secs,
+            target_secs: &target_secs,
         },
         catalog.geodb.as_deref(),
     );
