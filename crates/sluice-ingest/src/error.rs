@@ -140,18 +140,19 @@ impl IngestError {
         }
     }
 
-    /// Logs the end once: a warning if it was the peer's fault, info otherwise.
-    pub fn log(&self, channel: Option<&str>) {
-        let channel = channel.unwrap_or("-");
+    /// Logs the end once, with the channel and ingest it published to (if it got that
+    /// far): a warning if it was the peer's fault, info otherwise.
+    pub fn log(&self, stream: Option<(&str, &str)>) {
+        let (channel, ingest) = stream.unwrap_or(("-", "-"));
         let transport = self.transport.to_string();
         let peer = self.peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
         let reason = &self.reason;
         if reason.is_peer_fault() {
-            tracing::warn!(%peer, %channel, %transport, error = %reason, "ingest connection closed");
+            tracing::warn!(%peer, %channel, %ingest, %transport, error = %reason, "ingest connection closed");
         } else if reason.is_orderly() {
-            tracing::info!(%peer, %channel, %transport, "ingest connection ended ({reason})");
+            tracing::info!(%peer, %channel, %ingest, %transport, "ingest connection ended ({reason})");
         } else {
-            tracing::info!(%peer, %channel, %transport, error = %reason, "ingest connection ended");
+            tracing::info!(%peer, %channel, %ingest, %transport, error = %reason, "ingest connection ended");
         }
     }
 }

@@ -106,9 +106,13 @@ pub async fn serve_rtmp_connection(
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut channel = None;
-    let reason = connection(stream, peer, router, limits, cancel, &mut channel).await;
-    IngestError::new(Transport::Rtmp, Some(peer), reason).log(channel.as_deref());
+    // (channel, ingest), once a publish is accepted.
+    let mut published = None;
+    let reason = connection(stream, peer, router, limits, cancel, &mut published).await;
+    let stream = published
+        .as_ref()
+        .map(|(c, i): &(String, String)| (c.as_str(), i.as_str()));
+    IngestError::new(Transport::Rtmp, Some(peer), reason).log(stream);
 }
 
 /// The socket side of one connection: reads until the session's deadline, feeds it the
@@ -119,7 +123,7 @@ async fn connection(
     router: Arc<dyn PublishRouter>,
     limits: &RtmpLimits,
     cancel: CancellationToken,
-    channel: &mut Option<String>,
+    published: &mut Option<(String, String)>,
 ) -> EndReason {
     let mut session = RtmpSession::new(limits.session.clone(), std::time::Instant::now());
     let mut publisher: Option<Publisher> = None;
@@ -177,7 +181,8 @@ async fn connection(
                         let answer = match router.authorize_rtmp(&stream_key, peer) {
                             Ok(p) => {
                                 tracing::info!(%peer, channel = %p.channel(), ingest = %p.spec().ingest, "RTMP publish accepted");
-                                *channel = Some(p.channel().to_string());
+                                *published =
+                                    Some((p.channel().to_string(), p.spec().ingest.clone()));
                                 publisher = Some(p);
                                 session.accept(request_id, Some(&stream_key))
                             }

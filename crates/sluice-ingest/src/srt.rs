@@ -560,6 +560,7 @@ struct Connection {
 impl Connection {
     async fn run(mut self, mut rx: mpsc::Receiver<Packet>, cancel: CancellationToken) {
         let channel = self.publisher.channel().clone();
+        let ingest = self.publisher.spec().ingest.clone();
         let mut demux = TsDemuxer::new();
         let mut events = Vec::new();
         let mut out = BytesMut::with_capacity(2048);
@@ -679,7 +680,8 @@ impl Connection {
         }
         let peer = self.peer;
         drop(self);
-        IngestError::new(Transport::Srt, Some(peer), end).log(Some(channel.as_str()));
+        IngestError::new(Transport::Srt, Some(peer), end)
+            .log(Some((channel.as_str(), ingest.as_str())));
     }
 }
 
