@@ -39,21 +39,6 @@ enum Kind {
     LowLatency,
 }
 
-/// `uri` resolved against the directory of `base` (both absolute paths).
-fn resolve(base: &str, uri: &str) -> String {
-    let mut path: Vec<&str> = base.split('/').collect();
-    path.pop();
-    for part in uri.split('/') {
-        match part {
-            ".." => {
-                path.pop();
-            }
-            p => path.push(p),
-        }
-    }
-    path.join("/")
-}
-
 /// The newest media sequence number a media playlist lists.
 fn newest_msn(body: &[u8]) -> u64 {
     let p = media_playlist(body);
@@ -74,7 +59,7 @@ fn play(port: u16, n: usize, kind: Kind) -> Result<Vec<(Instant, &'static str, u
     if status != 200 {
         return Err(format!("{entry}: {status}"));
     }
-    let media = resolve(&entry, &master_playlist(&body).variants[0].uri);
+    let media = resolve_uri(&entry, &master_playlist(&body).variants[0].uri);
     if !media.starts_with("/live/d/s-") {
         return Err(format!("no session behind the cache: {media}"));
     }
@@ -89,7 +74,7 @@ fn play(port: u16, n: usize, kind: Kind) -> Result<Vec<(Instant, &'static str, u
             if status != 200 {
                 return Err(format!("{url}: {status}"));
             }
-            let part = resolve(&media, &hint);
+            let part = resolve_uri(&media, &hint);
             let (status, _, _) = get(&part);
             // A hinted part past a segment's end never comes (404).
             if status != 200 && status != 404 {
@@ -118,14 +103,14 @@ fn play(port: u16, n: usize, kind: Kind) -> Result<Vec<(Instant, &'static str, u
             if let Some(map) = &s.map
                 && init.as_ref() != Some(&map.uri)
             {
-                let url = resolve(&media, &map.uri);
+                let url = resolve_uri(&media, &map.uri);
                 if get(&url).0 != 200 {
                     return Err(format!("{url}: not 200"));
                 }
                 init = Some(map.uri.clone());
             }
             if fetched.insert(s.uri.clone()) {
-                let url = resolve(&media, &s.uri);
+                let url = resolve_uri(&media, &s.uri);
                 let (status, _, _) = get(&url);
                 if status != 200 {
                     return Err(format!("{url}: {status}"));

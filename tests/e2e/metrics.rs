@@ -340,17 +340,7 @@ fn viewer_analytics_count_sessions_with_country_device_and_override_target() {
         let entry = format!("/live/{dist}/cmaf/index.m3u8");
         let (status, _, body) = raw_get(via, server.http, &entry, &headers);
         assert_eq!(status, 200);
-        let uri = master_playlist(&body).variants[0].uri.clone();
-        let mut path: Vec<&str> = vec!["live", dist, "cmaf"];
-        for part in uri.split('/') {
-            match part {
-                ".." => {
-                    path.pop();
-                }
-                p => path.push(p),
-            }
-        }
-        let media = format!("/{}", path.join("/"));
+        let media = resolve_uri(&entry, &master_playlist(&body).variants[0].uri);
         for _ in 0..2 {
             assert_eq!(
                 raw_get(via, server.http, &media, &headers).0,

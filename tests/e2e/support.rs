@@ -762,6 +762,22 @@ pub fn preload_hint(playlist: &[u8]) -> String {
         .to_owned()
 }
 
+/// `uri` (relative, as a playlist names it) resolved against the directory of `base`
+/// (an absolute path).
+pub fn resolve_uri(base: &str, uri: &str) -> String {
+    let mut path: Vec<&str> = base.split('/').collect();
+    path.pop();
+    for part in uri.split('/') {
+        match part {
+            ".." => {
+                path.pop();
+            }
+            p => path.push(p),
+        }
+    }
+    path.join("/")
+}
+
 /// The blocking-reload query (`_HLS_msn=<msn>&_HLS_part=<part>`) for the part at `uri`.
 pub fn blocking_query(part_uri: &str) -> String {
     let (msn, part) = part_uri

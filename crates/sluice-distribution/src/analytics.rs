@@ -245,14 +245,6 @@ impl Viewers {
         }
         all
     }
-
-    /// Viewers by distribution (what [`Viewers::report`] counts, without breakdowns).
-    pub fn counts(&self) -> HashMap<Id, u64> {
-        self.report()
-            .iter()
-            .map(|(d, a)| (d.clone(), a.viewers))
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -312,7 +304,6 @@ mod tests {
         assert_eq!(beta_a.viewers, 2);
         assert_eq!(beta_a.countries.get("unknown"), Some(&1));
         assert!(beta_a.sent_to.is_empty());
-        assert_eq!(v.counts()[&eu], 2);
     }
 
     #[test]

@@ -236,12 +236,13 @@ impl StatusView {
     pub fn channel(&self, id: &Id, viewers: &HashMap<Id, Audience>) -> Option<serde_json::Value> {
         use serde_json::json;
         let view = self.channels.get(id)?;
+        let nobody = Audience::default();
         let distributions: serde_json::Map<String, serde_json::Value> = self
             .distributions
             .iter()
             .filter(|(_, c, _)| c == id)
             .map(|(d, _, enabled)| {
-                let a = viewers.get(d).cloned().unwrap_or_default();
+                let a = viewers.get(d).unwrap_or(&nobody);
                 (
                     d.to_string(),
                     json!({
