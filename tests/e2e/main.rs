@@ -10,6 +10,8 @@ mod logs;
 mod metrics;
 mod policy;
 mod pull;
+mod recording;
+mod relay;
 mod reload;
 mod rtmp_client;
 mod srt;
@@ -449,11 +451,11 @@ fn check_reports_every_config_error_with_its_position() {
         assert!(stderr.contains(pos), "missing an error at {pos}:\n{stderr}");
     }
     // A rule the server does not enforce yet is refused by check and by serve, with its
-    // position, instead of being accepted and ignored (nothing would be recorded).
-    let geo = dir.join("recorded.toml");
+    // position, instead of being accepted and ignored (nothing would be mixed in).
+    let geo = dir.join("extra.toml");
     std::fs::write(
         &geo,
-        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\nmax_kbps = 5000\n[channels.c.engines.e]\nladder = \"passthrough\"\nrecord = { enabled = true }\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
+        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\nmax_kbps = 5000\n[channels.c.engines.e]\nladder = \"passthrough\"\n[channels.c.sources.fr]\nkind = \"audio\"\nprotocol = \"rtmp\"\nstream_key = \"fr-key\"\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
     )
     .unwrap();
     for command in ["check", "serve"] {
@@ -465,7 +467,7 @@ fn check_reports_every_config_error_with_its_position() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
         assert!(
-            stderr.contains("recorded.toml:6:10: not supported yet: recording"),
+            stderr.contains("extra.toml:6:13: not supported yet: extra sources"),
             "{command}: {stderr}"
         );
     }

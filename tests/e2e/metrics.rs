@@ -33,7 +33,7 @@ engines = ["copy"]
 ip = { mode = "deny", cidrs = ["127.0.0.0/8"] }
 "#;
 
-fn scrape(server: &Server) -> Scrape {
+pub(crate) fn scrape(server: &Server) -> Scrape {
     let (status, headers, body) = get(&server.url("/metrics"));
     assert_eq!(status, 200);
     assert!(
@@ -45,7 +45,7 @@ fn scrape(server: &Server) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
 
-fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
         .samples
         .iter()

@@ -95,7 +95,8 @@ fn ffmpeg_and_gstreamer_publish_over_srt_and_wrong_callers_are_refused() {
             "streamid=publish:srt-plain&passphrase=some-passphrase-2",
             "has no passphrase; the caller encrypts",
         ),
-        ("streamid=#!::r=srt-plain,m=request", "not served yet"),
+        // A publish key does not read.
+        ("streamid=#!::r=srt-plain,m=request", "unknown stream key"),
         ("streamid=live/srt-plain", "neither publish:<key>"),
     ];
     for (query, reason) in cases {
@@ -256,7 +257,7 @@ fn hostile_srt_callers_and_a_datagram_flood_leave_a_publisher_alone() {
         "stream id of 513 bytes is longer than 512",
         "stream id of 10008 bytes is longer than 512",
         "reason=StreamTypeNotUtf8",
-        "reading a channel over SRT is not served yet",
+        "reason=unknown stream key",
         "reason=BadCryptoLength",
         "a handshake extension srt-protocol cannot parse",
     ] {

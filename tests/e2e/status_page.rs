@@ -227,3 +227,114 @@ fn status_page_shows_the_demo_live_and_counts_its_player() {
         "no segment: {urls:?}"
     );
 }
+
+/// A finished recording plays in hls.js (the status page's copy, in Chromium), fetched
+/// through the control API with the admin token: it has a picture, its duration is the
+/// recording's (VOD), and it plays on.
+#[test]
+fn a_recording_plays_in_hls_js() {
+    const TOKEN: &str = "recording-page-token";
+    let _heavy = heavy();
+    let dir = scratch_dir("recording-page");
+    let server = Server::start(
+        "recording-page-server",
+        &format!(
+            "[api]
+admin_tokens = [\"{TOKEN}\"]
+[channels.r.ingests.main]
+protocol = \"rtmp\"
+stream_key = \"rec-page-key\"
+[channels.r.engines.main]
+ladder = \"passthrough\"
+outputs = [\"cmaf\"]
+record = {{ format = \"cmaf\" }}
+[distributions.r]
+channel = \"r\"
+"
+        ),
+    );
+    // 30 s of media, at 5 times real time; then the channel stops, closing the recording.
+    let publish = tool("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-readrate", "5"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-ar", "48000"])
+        .args(["-f", "flv", &server.rtmp_url("rec-page-key")])
+        .output()
+        .unwrap();
+    assert!(publish.status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let authorized = |method: &str, path: &str| {
+        let resp = ureq::request(method, &server.url(path))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut body = String::new();
+        resp.into_reader().read_to_string(&mut body).unwrap();
+        body
+    };
+    authorized("POST", "/api/v1/channels/r/stop");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recording = loop {
+        let list: Value = serde_json::from_str(&authorized("GET", "/api/v1/recordings")).unwrap();
+        if let Some(r) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["state"] == "finished")
+        {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no finished recording: {list}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let duration = recording["duration_seconds"].as_f64().unwrap();
+    assert!(duration > 25.0, "{recording}");
+
+    let mut browser = Browser::launch(&dir.join("chromium"));
+    browser.call("Page.navigate", json!({"url": server.url("/")}));
+    browser.wait_until(
+        "hls.js loaded",
+        "typeof Hls === 'function'",
+        Duration::from_secs(30),
+    );
+    let playlist = recording["playlist"].as_str().unwrap();
+    browser.eval(&format!(
+        r#"(() => {{
+            const v = document.createElement('video');
+            v.id = 'recording';
+            v.muted = true;
+            document.body.append(v);
+            const hls = new Hls({{ xhrSetup: x => x.setRequestHeader('Authorization', 'Bearer {TOKEN}') }});
+            hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) window.recordingError = d.details; }});
+            hls.loadSource('{playlist}');
+            hls.attachMedia(v);
+            v.play();
+        }})()"#
+    ));
+    browser.wait_until(
+        "the recording playing",
+        r#"(() => {
+            if (window.recordingError) throw new Error(window.recordingError);
+            const v = document.getElementById('recording');
+            return v.videoWidth === 320 && v.currentTime > 4;
+        })()"#,
+        Duration::from_secs(60),
+    );
+    let listed = browser.eval("document.getElementById('recording').duration");
+    let listed = listed.as_f64().unwrap_or(f64::NAN);
+    assert!(
+        (listed - duration).abs() < 2.0,
+        "hls.js sees {listed} s, the recording is {duration} s"
+    );
+}

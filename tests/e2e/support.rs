@@ -29,21 +29,41 @@ pub fn tool(program: &str) -> Command {
     Command::new(program)
 }
 
+/// A port the kernel calls free now, and that this process has not handed out before:
+/// the kernel may offer a port again as soon as its probe socket closes, and two servers
+/// (or a server's HTTP and RTMP listeners) must not be given the same one.
+fn fresh_port(probe: impl Fn() -> u16) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = probe();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh loopback port in 1000 tries");
+}
+
 /// A UDP port free on loopback (for SRT).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    fresh_port(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    fresh_port(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
 }
 
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -77,11 +97,27 @@ impl Server {
     }
 
     pub fn start_full(name: &str, server_keys: &str, config: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_in(name, None, server_keys, config, env)
+    }
+
+    /// [`Server::start`] with `data_dir` there (default: `data` in the scratch folder).
+    pub fn start_with_data_dir(name: &str, data_dir: &Path, config: &str) -> Server {
+        Self::start_in(name, Some(data_dir), "", config, &[])
+    }
+
+    fn start_in(
+        name: &str,
+        data_dir: Option<&Path>,
+        server_keys: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let dir = scratch_dir(name);
         let (http, rtmp) = (free_port(), free_port());
+        let data = data_dir.map_or(dir.join("data"), Path::to_path_buf);
         let toml = format!(
             "[server]\nhttp_listen = \"127.0.0.1:{http}\"\nrtmp_listen = \"127.0.0.1:{rtmp}\"\ndata_dir = \"{}\"\n{server_keys}\n\n{config}",
-            dir.join("data").display()
+            data.display()
         );
         let path = dir.join("sluice.toml");
         std::fs::write(&path, toml).unwrap();

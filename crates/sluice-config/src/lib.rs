@@ -24,9 +24,10 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    ApiConfig, Channel, Config, DeviceType, Distribution, Engine, GeoRule, Ingest, IngestProtocol,
-    IpRule, Ladder, LadderRef, OsName, Output, OverrideRule, OverrideTarget, Rendition, RuleMode,
-    SdkType, ServerConfig, Slate, TestPattern, TokenAlgorithm, TokenConfig, TokenKey,
+    ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, DeviceType, Distribution,
+    Engine, GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, OsName, Output,
+    OverrideRule, OverrideTarget, Record, Rendition, RuleMode, SdkType, ServerConfig, Slate,
+    TestPattern, TokenAlgorithm, TokenConfig, TokenKey,
 };
 pub use support::not_served_yet;
 

@@ -130,6 +130,78 @@ pub struct Channel {
     pub engines: BTreeMap<Id, Engine>,
     /// `[channels.<id>.slate]`: what the engines play while no ingest is live.
     pub slate: Slate,
+    /// `[channels.<id>.outputs.<id>]`: how the channel leaves this node (relays to other
+    /// nodes, restreams, pulls by others). Default: none.
+    pub outputs: BTreeMap<Id, ChannelOutput>,
+}
+
+/// `[channels.<id>.outputs.<id>]`: the channel leaving this node, pulled by others or
+/// pushed by Sluice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelOutput {
+    /// `protocol`: `srt-listener` (pulled over SRT with `streamid=read:<read_key>`),
+    /// `rtmp-play`, `rtmp-push` or `srt-caller`. Required.
+    pub protocol: ChannelOutputProtocol,
+    /// `enabled`: a disabled output refuses readers and pushes nothing. Default true.
+    pub enabled: bool,
+    /// `read_key`: pull outputs only, and required there: the key readers give, with the
+    /// same form as a stream key and unique among all stream and read keys (so never a
+    /// publish key).
+    pub read_key: Option<String>,
+    /// `passphrase`: SRT AES passphrase, 10 to 79 characters; SRT outputs only. Default:
+    /// none (unencrypted).
+    pub passphrase: Option<String>,
+    /// `allow_cidrs`: pull outputs only; readers must connect from one of these networks.
+    /// Empty: anyone holding the read key. Default: empty.
+    pub allow_cidrs: Vec<IpNet>,
+    /// `url`: push outputs only, and required there.
+    pub url: Option<String>,
+    /// `engine` and `rendition` (both or neither): the output carries one rendition of one
+    /// of the channel's engines (as encoded, with the audio) instead of the source. The
+    /// rendition is a name of the engine's ladder (`source` for passthrough). Default: the
+    /// source.
+    pub rendition: Option<(Id, String)>,
+}
+
+/// `protocol` of a channel output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelOutputProtocol {
+    /// Readers call `srt_listen` with `streamid=read:<read_key>`.
+    SrtListener,
+    /// Readers play `rtmp://HOST/live/<read_key>`.
+    RtmpPlay,
+    /// Sluice publishes to an RTMP URL.
+    RtmpPush,
+    /// Sluice calls an SRT listener and sends.
+    SrtCaller,
+}
+
+impl ChannelOutputProtocol {
+    /// The name used in the configuration.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChannelOutputProtocol::SrtListener => "srt-listener",
+            ChannelOutputProtocol::RtmpPlay => "rtmp-play",
+            ChannelOutputProtocol::RtmpPush => "rtmp-push",
+            ChannelOutputProtocol::SrtCaller => "srt-caller",
+        }
+    }
+
+    /// True where others connect to Sluice to read (`srt-listener`, `rtmp-play`).
+    pub fn is_pull(&self) -> bool {
+        matches!(
+            self,
+            ChannelOutputProtocol::SrtListener | ChannelOutputProtocol::RtmpPlay
+        )
+    }
+
+    pub fn is_srt(&self) -> bool {
+        matches!(
+            self,
+            ChannelOutputProtocol::SrtListener | ChannelOutputProtocol::SrtCaller
+        )
+    }
 }
 
 /// `[channels.<id>.slate]`: once the channel has been live, whenever no ingest is, the
@@ -251,9 +323,23 @@ pub struct Engine {
     pub outputs: Vec<Output>,
     /// `priority`: lower numbers are preferred. Default 1.
     pub priority: u32,
+    /// `record`: write what the engine produces to disk. Default: not recorded.
+    pub record: Option<Record>,
 }
 
-/// What an engine's `ladder` key names.
+/// `[channels.<id>.engines.<id>.record]`: the engine's segments written under
+/// `server.data_dir`, with a VOD playlist per recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// `enabled`. Default true.
+    pub enabled: bool,
+    /// `format`: `cmaf` or `ts`, one the engine produces. Default: the engine's first
+    /// output.
+    pub format: Output,
+    /// `rotate_minutes`: a recording ends and the next begins after this much media,
+    /// 1 to 1440. Default 60.
+    pub rotate_minutes: u32,
+}
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LadderRef {
     /// `"passthrough"`: no transcoding.

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{DeviceType, IngestProtocol, OsName, Output, RuleMode, SdkType, TokenAlgorithm};
+use crate::model::{
+    ChannelOutputProtocol, DeviceType, IngestProtocol, OsName, Output, RuleMode, SdkType,
+    TokenAlgorithm,
+};
 
 pub(crate) type S<T> = Spanned<T>;
 pub(crate) type IdMap<T> = BTreeMap<S<String>, S<T>>;
@@ -85,9 +88,23 @@ pub(crate) struct RawChannel {
     /// Extra audio tracks and camera angles: parsed so that `check` can say they are
     /// not supported yet (`support`), instead of calling them unknown.
     pub sources: Option<S<toml::Value>>,
-    /// Relays, restreams and pull outputs: the same.
-    pub outputs: Option<S<toml::Value>>,
+    /// Relays, restreams and pull outputs.
+    #[serde(default)]
+    pub outputs: IdMap<RawChannelOutput>,
     pub slate: Option<S<RawSlate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawChannelOutput {
+    pub protocol: S<ChannelOutputProtocol>,
+    pub enabled: Option<bool>,
+    pub read_key: Option<S<String>>,
+    pub passphrase: Option<S<String>>,
+    pub allow_cidrs: Option<S<Vec<S<String>>>>,
+    pub url: Option<S<String>>,
+    pub engine: Option<S<String>>,
+    pub rendition: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,8 +137,18 @@ pub(crate) struct RawEngine {
     pub ladder: S<String>,
     pub outputs: Option<S<Vec<S<Output>>>>,
     pub priority: Option<u32>,
-    /// Recording: parsed so that `check` can say it is not supported yet.
-    pub record: Option<S<toml::Value>>,
+    pub record: Option<S<RawRecord>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table { enabled, format, rotate_minutes }"
+)]
+pub(crate) struct RawRecord {
+    pub enabled: Option<bool>,
+    pub format: Option<S<Output>>,
+    pub rotate_minutes: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

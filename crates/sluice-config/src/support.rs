@@ -32,18 +32,6 @@ pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
         if let Some(s) = &ch.sources {
             refuse(problems, s, "extra sources (audio tracks, camera angles)");
         }
-        if let Some(o) = &ch.outputs {
-            refuse(
-                problems,
-                o,
-                "channel outputs (relays, restreams, pull outputs)",
-            );
-        }
-        for e in ch.engines.values() {
-            if let Some(r) = &e.get_ref().record {
-                refuse(problems, r, "recording");
-            }
-        }
     }
 }
 

@@ -261,11 +261,7 @@ fn unenforced_keys_are_refused_with_their_position() {
         "{show}"
     );
     // Exactly these, in file order: (path, what), each at its value's line and column.
-    let want = [
-        ("channels.final.engines.main.record", "recording"),
-        ("channels.final.sources", "extra sources"),
-        ("channels.final.outputs", "channel outputs"),
-    ];
+    let want = [("channels.final.sources", "extra sources")];
     assert_eq!(got.len(), want.len(), "{show}");
     for (e, (path, fragment)) in got.iter().zip(want) {
         assert!(
@@ -276,15 +272,16 @@ fn unenforced_keys_are_refused_with_their_position() {
     let line = |marker: &str| at(PLANNED, marker);
     assert_eq!(
         (got[0].line, got[0].column),
-        line("|[channels.final.engines.main.record]")
+        line("[channels.final.|sources.commentary-fr]")
     );
 }
 
 /// Every distribution rule is enforced (viewer tokens, geo and IP rules, allowed origins,
-/// overrides, the latency target), and ingest bitrate caps, so they pass; recording is not
-/// acted on yet: refused at its value, not accepted and ignored.
+/// overrides, the latency target), ingest bitrate caps and recording, so they pass; a
+/// recording format the engine does not produce, or a rotation out of range, is an error
+/// at its value.
 #[test]
-fn recording_is_refused_not_ignored() {
+fn enforced_rules_and_recording_pass() {
     let src = format!(
         "{BASE}[distributions.d]\nchannel = \"c\"\ngeo = {{ mode = \"allow\", countries = [\"DE\"] }}\nip = {{ mode = \"deny\", cidrs = [\"203.0.113.0/24\"] }}\nallowed_origins = [\"https://eu.example.com\"]\ntarget_latency_seconds = 2.5\n[distributions.d.token]\nrequired = true\nkeys = [{{ id = \"k\", algorithm = \"HS256\", secret = \"0123456789abcdef0123\" }}]\n[[distributions.d.overrides]]\ndevice_type = \"mobile\"\ntargets = [{{ distribution = \"d\", weight = 1 }}]\n"
     );
@@ -298,15 +295,21 @@ fn recording_is_refused_not_ignored() {
         "ladder = \"passthrough\"",
         "ladder = \"passthrough\"\nrecord = { enabled = true }",
     );
-    let e = Config::from_toml_str(&recorded, "t.toml")
-        .unwrap_err()
-        .errors;
-    assert_eq!(e.len(), 1, "{e:?}");
-    assert!(
-        e[0].message.starts_with("not supported yet: ") && e[0].message.contains("recording"),
-        "{e:?}"
+    let c = Config::from_toml_str(&recorded, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let r = c.channels[&id("c")].engines[&id("e")].record.unwrap();
+    assert!(r.enabled);
+    assert_eq!((r.format, r.rotate_minutes), (crate::Output::Cmaf, 60));
+    let bad = src.replace(
+        "ladder = \"passthrough\"",
+        "ladder = \"passthrough\"\noutputs = [\"cmaf\"]\nrecord = { format = \"ts\", rotate_minutes = 0 }",
     );
-    assert_eq!((e[0].line, e[0].column), at(&recorded, "record = |{"));
+    expect(
+        &bad,
+        &[
+            ("format = |\"ts\"", "not one of this engine's outputs"),
+            ("rotate_minutes = |0", "rotate_minutes"),
+        ],
+    );
 }
 
 #[test]
@@ -1203,4 +1206,82 @@ fn metrics_can_be_turned_off() {
     assert!(!c.server.metrics);
     let e = errors(&format!("[server]\nmetrics = \"no\"\n{BASE}"));
     assert_eq!(e[0].path, "server.metrics");
+}
+
+/// Channel outputs: pull outputs need a read key of their own (never a stream key), push
+/// outputs a URL; keys that do not apply to a protocol are errors at their value.
+#[test]
+fn channel_outputs_are_checked() {
+    let src = format!(
+        r#"{BASE}[channels.c.ingests.push]
+protocol = "rtmp"
+stream_key = "shared-key"
+[channels.c.outputs.good]
+protocol = "srt-listener"
+read_key = "read-key-1"
+passphrase = "long-enough-pass"
+allow_cidrs = ["10.0.0.0/8"]
+[channels.c.outputs.reuses]
+protocol = "srt-listener"
+read_key = "shared-key"
+[channels.c.outputs.no-key]
+protocol = "srt-listener"
+[channels.c.outputs.bad-key]
+protocol = "srt-listener"
+read_key = "a b"
+[channels.c.outputs.short]
+protocol = "srt-listener"
+read_key = "read-key-2"
+passphrase = "short"
+"#
+    );
+    expect(
+        &src,
+        &[
+            (
+                "read_key = |\"shared-key\"",
+                "stream and read keys must be unique",
+            ),
+            (
+                "|[channels.c.outputs.no-key]",
+                "srt-listener outputs need a read_key",
+            ),
+            ("read_key = |\"a b\"", "read_key must be 1 to 128"),
+            ("passphrase = |\"short\"", "10 to 79"),
+        ],
+    );
+    let c = ok(&format!(
+        "{BASE}[channels.c.outputs.o]\nprotocol = \"srt-listener\"\nread_key = \"rk\"\nallow_cidrs = [\"10.0.0.0/8\"]\nenabled = false\n"
+    ));
+    let o = &c.channels[&id("c")].outputs[&id("o")];
+    assert_eq!(o.rendition, None);
+    assert_eq!(o.protocol, crate::ChannelOutputProtocol::SrtListener);
+    // One rendition of an engine: both keys, an engine of the channel, a rendition of it.
+    let c = ok(&format!(
+        "{BASE}[channels.c.outputs.o]\nprotocol = \"rtmp-push\"\nurl = \"rtmp://x/app/k\"\nengine = \"e\"\nrendition = \"source\"\n"
+    ));
+    assert_eq!(
+        c.channels[&id("c")].outputs[&id("o")].rendition,
+        Some((id("e"), "source".to_owned()))
+    );
+    let bad = format!(
+        "{BASE}[channels.c.outputs.a]\nprotocol = \"rtmp-push\"\nurl = \"rtmp://x/app/k\"\nengine = \"e\"\nrendition = \"720p\"\n[channels.c.outputs.b]\nprotocol = \"rtmp-push\"\nurl = \"rtmp://x/app/k\"\nengine = \"nope\"\nrendition = \"source\"\n[channels.c.outputs.d]\nprotocol = \"srt-caller\"\nurl = \"srt://x:9000\"\nengine = \"e\"\n"
+    );
+    expect(
+        &bad,
+        &[
+            (
+                "rendition = |\"720p\"",
+                "no rendition \"720p\" in engine \"e\" (it has source)",
+            ),
+            ("engine = |\"nope\"", "no engine \"nope\""),
+            (
+                "url = \"srt://x:9000\"\nengine = |\"e\"",
+                "needs a rendition too",
+            ),
+        ],
+    );
+    assert_eq!(o.read_key.as_deref(), Some("rk"));
+    assert_eq!(o.allow_cidrs, vec!["10.0.0.0/8".parse().unwrap()]);
+    assert!(!o.enabled);
 }

@@ -14,14 +14,14 @@ use sluice_core::Id;
 
 use crate::countries::is_country;
 use crate::model::{
-    ApiConfig, Channel, Config, Distribution, Engine, GeoRule, Ingest, IngestProtocol, IpRule,
-    Ladder, LadderRef, Output, OverrideRule, OverrideTarget, Rendition, ServerConfig, Slate,
-    TestPattern, TokenConfig, TokenKey,
+    ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, Distribution, Engine,
+    GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, Output, OverrideRule,
+    OverrideTarget, Record, Rendition, ServerConfig, Slate, TestPattern, TokenConfig, TokenKey,
 };
 use crate::parse::{Parsed, Problem, SpanIndex, key_path};
 use crate::raw::{
-    RawChannel, RawConfig, RawDistribution, RawEngine, RawIngest, RawLadder, RawOverride,
-    RawServer, RawSlate, RawToken, S,
+    RawChannel, RawChannelOutput, RawConfig, RawDistribution, RawEngine, RawIngest, RawLadder,
+    RawOverride, RawRecord, RawServer, RawSlate, RawToken, S,
 };
 
 /// The longest live window: the store keeps every rendition's window in memory.
@@ -440,6 +440,15 @@ impl Checker<'_> {
                 ),
             );
         }
+        let mut outputs = BTreeMap::new();
+        for (okey, o) in &r.outputs {
+            let opath = key_path(&key_path(&path, "outputs"), okey.get_ref());
+            let mut output = self.channel_output(&opath, o);
+            output.rendition = self.output_rendition(o.get_ref(), &engines);
+            if let Some(id) = self.id(okey, "output") {
+                outputs.insert(id, output);
+            }
+        }
         let transcodes = engines
             .values()
             .any(|e| !matches!(e.ladder_ref, LadderRef::Passthrough));
@@ -449,6 +458,144 @@ impl Checker<'_> {
             ingests,
             engines,
             slate,
+            outputs,
+        }
+    }
+
+    fn channel_output(&mut self, path: &str, o: &S<RawChannelOutput>) -> ChannelOutput {
+        let r = o.get_ref();
+        let p = *r.protocol.get_ref();
+        let proto = p.as_str();
+        if let Some(k) = &r.read_key {
+            if p.is_pull() {
+                self.key_form(k, "read_key", path);
+            } else {
+                self.err(k.span(), format!("{proto} outputs take no read_key"));
+            }
+        } else if p.is_pull() {
+            self.err(o.span(), format!("{proto} outputs need a read_key"));
+        }
+        if let Some(u) = &r.url {
+            let scheme = match p {
+                ChannelOutputProtocol::RtmpPush => "rtmp://",
+                ChannelOutputProtocol::SrtCaller => "srt://",
+                _ => "",
+            };
+            if scheme.is_empty() {
+                self.err(u.span(), format!("{proto} outputs take no url"));
+            } else if !valid_url(u.get_ref(), scheme) {
+                self.err(
+                    u.span(),
+                    format!("{proto} outputs need a url of the form {scheme}HOST[:PORT]…"),
+                );
+            }
+        } else if !p.is_pull() {
+            self.err(o.span(), format!("{proto} outputs need a url"));
+        }
+        if let Some(pp) = &r.passphrase {
+            if !p.is_srt() {
+                self.err(
+                    pp.span(),
+                    format!("{proto} outputs take no passphrase (SRT only)"),
+                );
+            } else if !(10..=79).contains(&pp.get_ref().chars().count()) {
+                self.err(pp.span(), "passphrase must be 10 to 79 characters long");
+            }
+        }
+        let allow_cidrs = match &r.allow_cidrs {
+            None => Vec::new(),
+            Some(list) => {
+                if !p.is_pull() && !list.get_ref().is_empty() {
+                    self.err(
+                        list.span(),
+                        format!("allow_cidrs applies to pull outputs only, not {proto}"),
+                    );
+                }
+                list.get_ref().iter().filter_map(|v| self.net(v)).collect()
+            }
+        };
+        ChannelOutput {
+            protocol: p,
+            enabled: r.enabled.unwrap_or(true),
+            read_key: r.read_key.as_ref().map(|v| v.get_ref().clone()),
+            passphrase: r.passphrase.as_ref().map(|v| v.get_ref().clone()),
+            allow_cidrs,
+            url: r.url.as_ref().map(|v| v.get_ref().clone()),
+            rendition: None,
+        }
+    }
+
+    /// An output's `engine` and `rendition`: both or neither, an engine of the channel and
+    /// a rendition of its ladder.
+    fn output_rendition(
+        &mut self,
+        r: &RawChannelOutput,
+        engines: &BTreeMap<Id, Engine>,
+    ) -> Option<(Id, String)> {
+        match (&r.engine, &r.rendition) {
+            (None, None) => None,
+            (Some(e), None) => {
+                self.err(e.span(), "an output with an engine needs a rendition too");
+                None
+            }
+            (None, Some(v)) => {
+                self.err(v.span(), "an output with a rendition needs an engine too");
+                None
+            }
+            (Some(e), Some(v)) => {
+                let Some((id, engine)) = engines.iter().find(|(id, _)| id.as_str() == e.get_ref())
+                else {
+                    self.err(
+                        e.span(),
+                        format!("no engine {} in this channel", quote(e.get_ref())),
+                    );
+                    return None;
+                };
+                let names: Vec<&str> = match engine.ladder_ref {
+                    LadderRef::Passthrough => vec!["source"],
+                    LadderRef::Named(_) => engine
+                        .ladder
+                        .renditions
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect(),
+                };
+                if !names.contains(&v.get_ref().as_str()) {
+                    self.err(
+                        v.span(),
+                        format!(
+                            "no rendition {} in engine {} (it has {})",
+                            quote(v.get_ref()),
+                            quote(e.get_ref()),
+                            names.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+                Some((id.clone(), v.get_ref().clone()))
+            }
+        }
+    }
+
+    /// Checks a stream or read key's form, and remembers it for the uniqueness check
+    /// (stream and read keys share one namespace: a read key is never a publish key).
+    fn key_form(&mut self, k: &S<String>, what: &str, path: &str) {
+        let s = k.get_ref();
+        let ok = (1..=128).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"/?#&=".contains(&b));
+        if ok {
+            self.stream_keys
+                .push((s.clone(), k.span(), path.to_owned()));
+        } else {
+            // Keys are credentials: describe, don't echo.
+            self.err(
+                k.span(),
+                format!(
+                    "{what} must be 1 to 128 printable ASCII characters, \
+                     without whitespace or any of / ? # & ="
+                ),
+            );
         }
     }
 
@@ -486,21 +633,7 @@ impl Checker<'_> {
         let proto = p.as_str();
         if let Some(k) = &r.stream_key {
             if p.is_push() {
-                let s = k.get_ref();
-                let ok = (1..=128).contains(&s.len())
-                    && s.bytes()
-                        .all(|b| b.is_ascii_graphic() && !b"/?#&=".contains(&b));
-                if ok {
-                    self.stream_keys
-                        .push((s.clone(), k.span(), path.to_owned()));
-                } else {
-                    // Stream keys are credentials: describe, don't echo.
-                    self.err(
-                        k.span(),
-                        "stream_key must be 1 to 128 printable ASCII characters, \
-                         without whitespace or any of / ? # & =",
-                    );
-                }
+                self.key_form(k, "stream_key", path);
             } else {
                 self.err(k.span(), format!("{proto} ingests take no stream_key"));
             }
@@ -584,7 +717,7 @@ impl Checker<'_> {
             if let Some(other) = first.get(key.as_str()) {
                 self.err(
                     span.clone(),
-                    format!("stream_key is already used by {other}; stream keys must be unique"),
+                    format!("key is already used by {other}; stream and read keys must be unique"),
                 );
             } else {
                 first.insert(key, path);
@@ -611,12 +744,42 @@ impl Checker<'_> {
             }
             return None;
         };
+        let record = e.record.as_ref().map(|r| self.record(r, &outputs));
         Some(Engine {
             ladder_ref,
             ladder,
             outputs,
             priority: e.priority.unwrap_or(1),
+            record,
         })
+    }
+
+    fn record(&mut self, raw: &S<RawRecord>, outputs: &[Output]) -> Record {
+        let r = raw.get_ref();
+        let format = match &r.format {
+            Some(f) => {
+                if !outputs.contains(f.get_ref()) {
+                    self.err(
+                        f.span(),
+                        format!(
+                            "format {:?} is not one of this engine's outputs",
+                            f.get_ref().as_str()
+                        ),
+                    );
+                }
+                *f.get_ref()
+            }
+            None => outputs.first().copied().unwrap_or(Output::Cmaf),
+        };
+        let rotate_minutes = r
+            .rotate_minutes
+            .as_ref()
+            .map_or(60, |v| self.int(v, "rotate_minutes", 1..1441, false));
+        Record {
+            enabled: r.enabled.unwrap_or(true),
+            format,
+            rotate_minutes,
+        }
     }
 
     /// An explicit `outputs` list: non-empty, no duplicates. Absent: cmaf and ts.

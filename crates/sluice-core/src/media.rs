@@ -44,6 +44,10 @@ pub enum MediaEvent {
         session: u64,
         video: VideoConfig,
         audio: Option<AudioConfig>,
+        /// The session keeps its source's timeline (a relay from another Sluice node):
+        /// media time after a seam is the source's, so engines number across it from
+        /// media time (listing what was missed as gaps) instead of counting on by one.
+        carried: bool,
     },
     Frame(Frame),
     /// The session ended (publisher left or was replaced).

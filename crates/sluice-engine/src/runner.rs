@@ -427,6 +427,7 @@ impl<F: PipelineFactory> EngineRunner<F> {
                 session,
                 video,
                 audio,
+                carried,
             } => {
                 if self.session.as_ref().is_some_and(|s| s.id == session) {
                     return; // replayed after a lag
@@ -441,6 +442,13 @@ impl<F: PipelineFactory> EngineRunner<F> {
                 }
                 if std::mem::take(&mut self.closed) {
                     self.packaging.reopen();
+                    if carried {
+                        // The source's media time went on while the channel was closed.
+                        self.packaging.outage();
+                    }
+                } else if self.session.is_some() && carried {
+                    // The source's media time goes on across the seam: numbers follow it.
+                    self.packaging.outage();
                 } else if self.session.is_some() {
                     self.packaging.discontinuity();
                 }
@@ -705,6 +713,7 @@ mod tests {
             session,
             video: VideoConfig::from_avcc(Bytes::from_static(AVCC_720P)).unwrap(),
             audio: None,
+            carried: false,
         }
     }
 

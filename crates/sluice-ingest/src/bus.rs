@@ -42,6 +42,13 @@ const AUDIO_CONFIG_WAIT_FRAMES: usize = 256;
 /// Video timestamp steps beyond which a session is restarted (source clock reset or leap).
 const MAX_CLOCK_STEP_BACK: MediaTime = 1_000_000_000;
 const MAX_CLOCK_STEP_FORWARD: MediaTime = 10_000_000_000;
+const NANOS: MediaTime = 1_000_000_000;
+/// How far behind this node's clock a carried source timeline may be: a sending node's
+/// timeline trails its wall clock by the time its channel spent without input.
+pub const CARRY_WINDOW: MediaTime = 48 * 3600 * NANOS;
+/// In a session that carries its source's timeline, a video step forward beyond the
+/// segment duration (and at least this) is media lost on the way: a new session.
+const CARRIED_MAX_STEP: MediaTime = 1_000_000_000;
 /// Audio further than this from the video clock is dropped (a jumped timestamp), not
 /// passed on to make every later frame look out of order downstream.
 const MAX_AUDIO_SKEW: MediaTime = 10_000_000_000;
@@ -178,6 +185,9 @@ struct BusState {
     feeds: Vec<Feed>,
     /// Feeds attached so far, by ingest id (configured ids only: bounded).
     connects: std::collections::BTreeMap<String, u64>,
+    /// Just past the newest media any session has sent (`None`: none yet). A session
+    /// that carries its source's timeline keeps it only from here on.
+    sent_until: Option<MediaTime>,
 }
 
 pub struct ChannelBus {
@@ -195,6 +205,9 @@ pub struct ChannelBus {
     /// Highest pts of the live session on the channel timeline (for a takeover).
     head: AtomicI64,
     epoch: Instant,
+    /// Where the channel timeline stood at `epoch` (the wall clock, in a server): a
+    /// carried source timeline is believed only near it.
+    clock_base: MediaTime,
     /// Set once the channel is stopped: no feed may attach (see [`ChannelBus::shut`]).
     shut: std::sync::atomic::AtomicBool,
     pub stats: BusStats,
@@ -224,6 +237,7 @@ impl ChannelBus {
                 current_start: None,
                 feeds: Vec::new(),
                 connects: Default::default(),
+                sent_until: None,
             }),
             owner: AtomicU64::new(0),
             last_frame_ms: AtomicU64::new(0),
@@ -231,6 +245,7 @@ impl ChannelBus {
             failover_after_ms: u64::try_from(grid / 1_000_000).unwrap_or(0).max(1000),
             head: AtomicI64::new(i64::MIN),
             epoch: Instant::now(),
+            clock_base: timeline_start.max(0),
             shut: std::sync::atomic::AtomicBool::new(false),
             stats: BusStats::default(),
         })
@@ -246,6 +261,11 @@ impl ChannelBus {
 
     pub fn channel(&self) -> &Id {
         &self.channel
+    }
+
+    /// The grid sessions start on (the channel's segment duration).
+    pub fn grid(&self) -> MediaTime {
+        self.grid
     }
 
     pub fn is_publishing(&self) -> bool {
@@ -406,6 +426,8 @@ impl ChannelBus {
             ended: None,
             audio_jump_log: Throttle::default(),
             rate: None,
+            carry: false,
+            carried: false,
         })
     }
 
@@ -417,6 +439,8 @@ impl ChannelBus {
             if head != i64::MIN {
                 st.next_start =
                     round_up(head.saturating_add(SESSION_GAP), self.grid).max(st.next_start);
+                let end = head.saturating_add(SESSION_GAP);
+                st.sent_until = Some(st.sent_until.map_or(end, |s| s.max(end)));
             }
             self.send(MediaEvent::End { session });
         }
@@ -482,9 +506,22 @@ pub struct Publisher {
     ended: Option<PublishEnded>,
     audio_jump_log: Throttle,
     rate: Option<RateCap>,
+    /// The source sends another node's channel timeline (see [`Publisher::carry_timeline`]).
+    carry: bool,
+    /// The live session keeps it.
+    carried: bool,
 }
 
 impl Publisher {
+    /// The source's timestamps are another Sluice node's channel timeline (a relay whose
+    /// stream carries the timeline anchor): each session keeps them as they are, so this
+    /// channel's segments carry the source's numbers and intervals, as long as they lie
+    /// past everything the channel has sent (always after a restart). A source behind
+    /// that (its node's timeline went back) is placed like any other.
+    pub fn carry_timeline(&mut self) {
+        self.carry = true;
+    }
+
     /// Caps this feed's input bitrate (see [`RATE_WINDOW_SECS`]); 0: no cap. Over it, the
     /// publisher ends with [`PublishEnded::OverBitrate`] and the shell closes it.
     pub fn set_max_kbps(&mut self, max_kbps: u32) {
@@ -572,7 +609,8 @@ impl Publisher {
             .max_pts
             .unwrap_or(self.start)
             .saturating_add(SESSION_GAP);
-        st.next_start = round_up(end, self.bus.grid);
+        st.next_start = round_up(end, self.bus.grid).max(st.next_start);
+        st.sent_until = Some(st.sent_until.map_or(end, |s| s.max(end)));
         st.current_start = None;
         drop(st);
         self.bus.send(MediaEvent::End {
@@ -693,12 +731,32 @@ impl Publisher {
         let Some(video) = self.video.clone() else {
             return;
         };
+        let sent_until = self.bus.lock().sent_until;
+        // A carried timeline must lie near this node's clock (within CARRY_WINDOW behind,
+        // a minute ahead): whoever holds a key cannot move the channel's numbering years
+        // away, nor back onto numbers served before a restart beyond the window.
+        let now = self
+            .bus
+            .clock_base
+            .saturating_add(i64::try_from(self.bus.epoch.elapsed().as_nanos()).unwrap_or(i64::MAX));
+        let near = first_dts >= now.saturating_sub(CARRY_WINDOW)
+            && first_dts <= now.saturating_add(60 * NANOS);
+        let carried = self.carry && near && sent_until.is_none_or(|s| first_dts >= s);
+        self.carried = carried;
+        if carried {
+            self.start = first_dts;
+        } else if self.carry && !near {
+            tracing::warn!(channel = %self.bus.channel, ingest = %self.spec.ingest, source_ns = first_dts, clock_ns = now, "the source's timeline is far from this node's clock; not carried, numbering differs from the source's");
+        } else if self.carry {
+            tracing::warn!(channel = %self.bus.channel, ingest = %self.spec.ingest, source_ns = first_dts, channel_ns = sent_until.unwrap_or_default(), "the source's timeline is behind this channel's; numbering now differs from the source's");
+        }
         self.offset = Some(self.start.saturating_sub(first_dts));
         self.audio_before_video = None;
         let start = MediaEvent::Start {
             session: self.session,
             video,
             audio: self.audio.clone(),
+            carried,
         };
         self.bus.lock().current_start = Some(start.clone());
         self.bus.send(start);
@@ -713,9 +771,17 @@ impl Publisher {
         if frame.track == TrackKind::Video {
             // An encoder that resets or leaps its clock without re-publishing: start over
             // rather than feed the packager timestamps that go backwards or skip ahead.
+            // A carried timeline that skips (media lost on the way from the source node)
+            // starts a new session there, so that engines number across the hole from
+            // media time (as gaps) as the source node did, not on by one.
+            let max_forward = if self.carried {
+                self.bus.grid.max(CARRIED_MAX_STEP)
+            } else {
+                MAX_CLOCK_STEP_FORWARD
+            };
             if let Some(last) = self.last_video_dts
                 && (frame.dts < last.saturating_sub(MAX_CLOCK_STEP_BACK)
-                    || frame.dts > last.saturating_add(MAX_CLOCK_STEP_FORWARD))
+                    || frame.dts > last.saturating_add(max_forward))
             {
                 self.restart("timestamps jumped");
                 self.push(frame);
@@ -797,6 +863,15 @@ pub struct BusReceiver {
 }
 
 impl BusReceiver {
+    /// The next event already sent, if any (tests).
+    #[cfg(test)]
+    fn try_recv_for_test(&mut self) -> Option<MediaEvent> {
+        if let Some(start) = self.replay.take() {
+            return Some(start);
+        }
+        self.rx.try_recv().ok()
+    }
+
     /// Events this subscriber lost by falling behind.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -879,6 +954,84 @@ mod tests {
 
     fn bus() -> Arc<ChannelBus> {
         ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 64, 0)
+    }
+
+    /// A relay's source timeline is kept as it is (sessions marked carried), a skip in it
+    /// starts a new carried session, and a source behind what the channel sent is placed
+    /// like any other (not carried).
+    #[tokio::test]
+    async fn a_carried_timeline_is_kept_and_a_skip_is_a_new_session() {
+        let bus = ChannelBus::new(Id::new("c").unwrap(), 2_000_000_000, 256, 50_000_000_000);
+        let mut rx = bus.subscribe();
+        let mut p = bus.begin_publish("relay").unwrap();
+        p.carry_timeline();
+        configure(&mut p);
+        // Before the bus's own timeline start (50 s): kept all the same.
+        for i in 0..30 {
+            p.push(video(20_000 + i * 33, i == 0));
+        }
+        let Some(MediaEvent::Start { carried, .. }) = rx.recv().await else {
+            panic!()
+        };
+        assert!(carried);
+        let MediaEvent::Frame(f) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.pts, 20_000_000_000);
+        // 5 s lost on the way: a new session at the source's time, carried.
+        p.push(video(26_000, true));
+        let events: Vec<_> = std::iter::from_fn(|| rx.try_recv_for_test()).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, MediaEvent::End { session: 1 }))
+        );
+        assert!(events.iter().any(|e| matches!(
+            e,
+            MediaEvent::Start {
+                session: 2,
+                carried: true,
+                ..
+            }
+        )));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, MediaEvent::Frame(f) if f.pts == 26_000_000_000))
+        );
+        drop(p);
+        // A source whose timeline went back: placed like any other source, on the
+        // channel's own timeline (never below where it started: 50 s), not carried.
+        let mut p = bus.begin_publish("relay").unwrap();
+        p.carry_timeline();
+        configure(&mut p);
+        p.push(video(10_000, true));
+        let events: Vec<_> = std::iter::from_fn(|| rx.try_recv_for_test()).collect();
+        assert!(events.iter().any(|e| matches!(
+            e,
+            MediaEvent::Start {
+                session: 3,
+                carried: false,
+                ..
+            }
+        )));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, MediaEvent::Frame(f) if f.pts == 50_000_000_000))
+        );
+        drop(p);
+        // A source a day ahead of this node's clock: not believed.
+        let mut p = bus.begin_publish("relay").unwrap();
+        p.carry_timeline();
+        configure(&mut p);
+        p.push(video(86_400_000 + 50_000, true));
+        let events: Vec<_> = std::iter::from_fn(|| rx.try_recv_for_test()).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, MediaEvent::Start { carried: false, .. }))
+        );
     }
 
     #[tokio::test]

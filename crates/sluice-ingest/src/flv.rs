@@ -115,6 +115,41 @@ pub fn avcc_is_well_formed(data: &[u8], nal_length_size: u8) -> bool {
     pos == data.len() && !data.is_empty()
 }
 
+/// The video tag body of an AVC sequence header (for a publish out).
+pub fn video_sequence_header(avcc: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(5 + avcc.len());
+    b.extend_from_slice(&[0x17, 0, 0, 0, 0]);
+    b.extend_from_slice(avcc);
+    Bytes::from(b)
+}
+
+/// The video tag body of one AVCC access unit; `composition_ms` is pts − dts.
+pub fn video_frame(keyframe: bool, composition_ms: i32, data: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(5 + data.len());
+    let ct = composition_ms
+        .clamp(-(1 << 23), (1 << 23) - 1)
+        .to_be_bytes();
+    b.extend_from_slice(&[if keyframe { 0x17 } else { 0x27 }, 1, ct[1], ct[2], ct[3]]);
+    b.extend_from_slice(data);
+    Bytes::from(b)
+}
+
+/// The audio tag body of an AAC sequence header (AudioSpecificConfig).
+pub fn audio_sequence_header(asc: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(2 + asc.len());
+    b.extend_from_slice(&[0xaf, 0]);
+    b.extend_from_slice(asc);
+    Bytes::from(b)
+}
+
+/// The audio tag body of one raw AAC frame.
+pub fn audio_frame(data: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(2 + data.len());
+    b.extend_from_slice(&[0xaf, 1]);
+    b.extend_from_slice(data);
+    Bytes::from(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

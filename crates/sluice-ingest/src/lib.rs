@@ -8,6 +8,8 @@
 //! - [`rtmp_guard`]: a non-recursive check of chunks and AMF0 before rml_rtmp parses them.
 //! - [`rtmp`]: the tokio listener around it.
 //! - [`router`]: stream-key routing, from the configuration to channel buses.
+//! - [`output`]: pull outputs' readers, and the channel as a TS stream with its timeline.
+//! - [`push`]: `rtmp-push` and `srt-caller` outputs, reconnecting with back-off.
 //! - [`pull`]: `rtmp-pull` and `srt-pull` ingests, reconnecting with back-off.
 //! - [`srt_streamid`]: SRT stream ids (`publish:<key>`, `#!::r=<key>,m=publish`), pure.
 //! - [`ts_demux`]: MPEG-TS (H.264, AAC) into frames, pure.
@@ -17,7 +19,9 @@
 pub mod bus;
 pub mod error;
 pub mod flv;
+pub mod output;
 pub mod pull;
+pub mod push;
 pub mod router;
 pub mod rtmp;
 pub mod rtmp_guard;
@@ -30,7 +34,8 @@ pub use bus::{
     BusError, BusReceiver, ChannelBus, DEFAULT_BUS_CAPACITY, FeedSpec, PublishEnded, Publisher,
 };
 pub use error::{EndReason, IngestError, Transport};
-pub use router::{KeyEntry, KeyRouter};
+pub use output::{OutputState, OutputStats, Reader};
+pub use router::{KeyEntry, KeyRouter, ReadEntry};
 pub use rtmp::{PublishRouter, Refusal, RtmpLimits, serve_rtmp_connection};
 pub use rtmp_session::{RTMP_APP, RtmpAction, RtmpPolicy, RtmpSession};
 pub use srt::{SrtLimits, SrtRefusal, serve_srt};

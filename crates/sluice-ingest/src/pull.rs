@@ -89,7 +89,7 @@ pub async fn run_pull(bus: Arc<ChannelBus>, spec: PullSpec, cancel: Cancellation
 }
 
 /// `scheme://host:port` of a URL, without what may be secret.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("?", url));
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     // No user:password either.
@@ -135,7 +135,7 @@ fn attach(
     .map_err(|_| EndReason::Refused(Refusal::Busy))
 }
 
-async fn resolve(authority: &str, default_port: u16) -> Result<SocketAddr, EndReason> {
+pub(crate) async fn resolve(authority: &str, default_port: u16) -> Result<SocketAddr, EndReason> {
     let with_port = if authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -153,7 +153,7 @@ async fn resolve(authority: &str, default_port: u16) -> Result<SocketAddr, EndRe
 }
 
 /// `rtmp://host[:port]/<app>/<stream>`: (authority, app, stream).
-fn rtmp_parts(url: &str) -> Result<(&str, &str, &str), EndReason> {
+pub(crate) fn rtmp_parts(url: &str) -> Result<(&str, &str, &str), EndReason> {
     let rest = url
         .strip_prefix("rtmp://")
         .ok_or(EndReason::Url("not rtmp://"))?;
@@ -171,7 +171,7 @@ fn rtmp_parts(url: &str) -> Result<(&str, &str, &str), EndReason> {
     Ok((authority, app, stream))
 }
 
-fn rtmp_err(e: impl std::fmt::Debug) -> EndReason {
+pub(crate) fn rtmp_err(e: impl std::fmt::Debug) -> EndReason {
     EndReason::Protocol(format!("{e:?}"))
 }
 
@@ -185,36 +185,8 @@ async fn pull_rtmp(
     let addr = resolve(authority, 1935).await?;
     *peer = Some(addr);
     let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let mut tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
-        .await
-        .map_err(|_| EndReason::Timeout("the connection"))??;
-    let _ = tcp.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
-
-    // The handshake (C0+C1 out, S0+S1+S2 in, C2 out).
-    let mut hs = Handshake::new(PeerType::Client);
-    let c0c1 = hs.generate_outbound_p0_and_p1().map_err(rtmp_err)?;
-    tcp.write_all(&c0c1).await?;
-    let remaining = loop {
-        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
-            .await
-            .map_err(|_| EndReason::Timeout("the RTMP handshake"))??;
-        if n == 0 {
-            return Err(EndReason::Handshake("closed during the handshake".into()));
-        }
-        match contained("rml_rtmp", || hs.process_bytes(&buf[..n]))?.map_err(rtmp_err)? {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                tcp.write_all(&response_bytes).await?;
-            }
-            HandshakeProcessResult::Completed {
-                response_bytes,
-                remaining_bytes,
-            } => {
-                tcp.write_all(&response_bytes).await?;
-                break remaining_bytes;
-            }
-        }
-    };
+    let (mut tcp, remaining) = rtmp_connect(addr, deadline, &mut buf).await?;
 
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(format!("rtmp://{authority}/{app}"));
@@ -319,7 +291,81 @@ async fn pull_rtmp(
     }
 }
 
-fn split(
+/// Connects to an RTMP server by `deadline` and completes the handshake (C0+C1 out,
+/// S0+S1+S2 in, C2 out): the connection, and what the server sent after the handshake.
+pub(crate) async fn rtmp_connect(
+    addr: SocketAddr,
+    deadline: Instant,
+    buf: &mut [u8],
+) -> Result<(TcpStream, Vec<u8>), EndReason> {
+    let mut tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| EndReason::Timeout("the connection"))??;
+    let _ = tcp.set_nodelay(true);
+    let mut hs = Handshake::new(PeerType::Client);
+    let c0c1 = hs.generate_outbound_p0_and_p1().map_err(rtmp_err)?;
+    handshake_write(&mut tcp, &c0c1, deadline).await?;
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.read(buf))
+            .await
+            .map_err(|_| EndReason::Timeout("the RTMP handshake"))??;
+        if n == 0 {
+            return Err(EndReason::Handshake("closed during the handshake".into()));
+        }
+        match contained("rml_rtmp", || hs.process_bytes(&buf[..n]))?.map_err(rtmp_err)? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                handshake_write(&mut tcp, &response_bytes, deadline).await?;
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                handshake_write(&mut tcp, &response_bytes, deadline).await?;
+                return Ok((tcp, remaining_bytes));
+            }
+        }
+    }
+}
+
+async fn handshake_write(
+    tcp: &mut TcpStream,
+    bytes: &[u8],
+    deadline: Instant,
+) -> Result<(), EndReason> {
+    tokio::time::timeout_at(deadline, tcp.write_all(bytes))
+        .await
+        .map_err(|_| EndReason::Timeout("the RTMP handshake"))?
+        .map_err(EndReason::from)
+}
+
+/// Calls the SRT listener of an `srt://` URL (`passphrase`: the configured one, else the
+/// URL's): the connected socket and the listener's address.
+pub(crate) async fn srt_call(
+    url: &str,
+    passphrase: Option<String>,
+) -> Result<(srt_tokio::SrtSocket, SocketAddr), EndReason> {
+    let (authority, stream_id, url_passphrase, latency) = srt_parts(url)?;
+    let addr = resolve(authority, 9000).await?;
+    let mut builder = srt_tokio::SrtSocket::builder()
+        .latency(latency.unwrap_or(Duration::from_millis(200)))
+        .set(|o| o.connect.timeout = CONNECT_TIMEOUT);
+    if let Some(p) = passphrase.or(url_passphrase) {
+        if !(10..=79).contains(&p.len()) {
+            return Err(EndReason::Url("an SRT passphrase has 10 to 79 characters"));
+        }
+        builder = builder.encryption(0, p);
+    }
+    let socket = tokio::time::timeout(
+        CONNECT_TIMEOUT + Duration::from_secs(1),
+        builder.call(addr, stream_id.as_deref()),
+    )
+    .await
+    .map_err(|_| EndReason::Timeout("the connection"))?
+    .map_err(|e| EndReason::SourceRefused(e.to_string()))?;
+    Ok((socket, addr))
+}
+
+pub(crate) fn split(
     results: Vec<ClientSessionResult>,
     outbound: &mut Vec<ClientSessionResult>,
     events: &mut Vec<ClientSessionEvent>,
@@ -336,7 +382,7 @@ fn split(
 type SrtTarget<'a> = (&'a str, Option<String>, Option<String>, Option<Duration>);
 
 /// `srt://host:port?streamid=...&passphrase=...&latency=<ms>`.
-fn srt_parts(url: &str) -> Result<SrtTarget<'_>, EndReason> {
+pub(crate) fn srt_parts(url: &str) -> Result<SrtTarget<'_>, EndReason> {
     let rest = url
         .strip_prefix("srt://")
         .ok_or(EndReason::Url("not srt://"))?;
@@ -387,25 +433,8 @@ async fn pull_srt(
     played: &mut bool,
     peer: &mut Option<SocketAddr>,
 ) -> Result<(), EndReason> {
-    let (authority, stream_id, url_passphrase, latency) = srt_parts(&spec.url)?;
-    let addr = resolve(authority, 9000).await?;
+    let (mut socket, addr) = srt_call(&spec.url, spec.passphrase.clone()).await?;
     *peer = Some(addr);
-    let mut builder = srt_tokio::SrtSocket::builder()
-        .latency(latency.unwrap_or(Duration::from_millis(200)))
-        .set(|o| o.connect.timeout = CONNECT_TIMEOUT);
-    if let Some(p) = spec.passphrase.clone().or(url_passphrase) {
-        if !(10..=79).contains(&p.len()) {
-            return Err(EndReason::Url("an SRT passphrase has 10 to 79 characters"));
-        }
-        builder = builder.encryption(0, p);
-    }
-    let mut socket = tokio::time::timeout(
-        CONNECT_TIMEOUT + Duration::from_secs(1),
-        builder.call(addr, stream_id.as_deref()),
-    )
-    .await
-    .map_err(|_| EndReason::Timeout("the connection"))?
-    .map_err(|e| EndReason::SourceRefused(e.to_string()))?;
     let mut publisher = attach(bus, spec, addr)?;
     *played = true;
     tracing::info!(channel = %bus.channel(), ingest = %spec.ingest, source = %redacted(&spec.url), "pull: playing");

@@ -7,10 +7,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::sync::atomic::Ordering;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::bus::{ChannelBus, FeedSpec, Publisher, STALE_AFTER};
+use crate::output::{OutputStats, Reader};
 use crate::rtmp::{PublishRouter, Refusal};
 use ipnet::IpNet;
-use sluice_config::IngestProtocol;
+use sluice_config::{ChannelOutputProtocol, IngestProtocol};
 use sluice_core::Id;
 
 /// One push ingest's stream key, as configured.
@@ -28,10 +33,26 @@ pub struct KeyEntry {
     pub bus: Arc<ChannelBus>,
 }
 
-/// Stream keys of every push ingest.
+/// One pull output's read key, as configured.
+pub struct ReadEntry {
+    pub channel: Id,
+    pub output: Id,
+    pub protocol: ChannelOutputProtocol,
+    pub enabled: bool,
+    pub allow_cidrs: Vec<IpNet>,
+    /// SRT AES passphrase (SRT outputs only).
+    pub passphrase: Option<String>,
+    pub bus: Arc<ChannelBus>,
+    pub stats: Arc<OutputStats>,
+    /// Cancelled when the output changes or goes: its readers are closed.
+    pub cancel: CancellationToken,
+}
+
+/// Stream keys of every push ingest, and read keys of every pull output.
 #[derive(Default)]
 pub struct KeyRouter {
     pub keys: HashMap<String, KeyEntry>,
+    pub reads: HashMap<String, ReadEntry>,
 }
 
 impl KeyRouter {
@@ -77,6 +98,47 @@ impl KeyRouter {
     }
 }
 
+impl KeyRouter {
+    /// The read key's entry, if `protocol` may use it.
+    fn read_entry(
+        &self,
+        protocol: ChannelOutputProtocol,
+        key: &str,
+    ) -> Result<&ReadEntry, Refusal> {
+        let entry = self.reads.get(key).ok_or(Refusal::UnknownKey)?;
+        if entry.protocol != protocol {
+            return Err(Refusal::WrongProtocol);
+        }
+        if !entry.enabled {
+            entry.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Disabled);
+        }
+        Ok(entry)
+    }
+
+    /// Opens the read key's output for a reader at `peer`.
+    pub fn authorize_read(
+        &self,
+        protocol: ChannelOutputProtocol,
+        key: &str,
+        peer: SocketAddr,
+    ) -> Result<Reader, Refusal> {
+        let entry = self.read_entry(protocol, key)?;
+        let ip = peer.ip().to_canonical();
+        if !entry.allow_cidrs.is_empty() && !entry.allow_cidrs.iter().any(|c| c.contains(&ip)) {
+            entry.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::AddressNotAllowed);
+        }
+        Ok(Reader::new(
+            entry.channel.clone(),
+            entry.output.clone(),
+            entry.bus.subscribe(),
+            entry.cancel.clone(),
+            entry.stats.clone(),
+        ))
+    }
+}
+
 impl PublishRouter for KeyRouter {
     fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal> {
         self.authorize(IngestProtocol::Rtmp, stream_key, peer)
@@ -91,6 +153,21 @@ impl PublishRouter for KeyRouter {
 
     fn authorize_srt(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal> {
         self.authorize(IngestProtocol::Srt, stream_key, peer)
+    }
+
+    fn srt_read_passphrase(&self, read_key: &str) -> Result<Option<String>, Refusal> {
+        Ok(self
+            .read_entry(ChannelOutputProtocol::SrtListener, read_key)?
+            .passphrase
+            .clone())
+    }
+
+    fn authorize_rtmp_play(&self, read_key: &str, peer: SocketAddr) -> Result<Reader, Refusal> {
+        self.authorize_read(ChannelOutputProtocol::RtmpPlay, read_key, peer)
+    }
+
+    fn authorize_srt_read(&self, read_key: &str, peer: SocketAddr) -> Result<Reader, Refusal> {
+        self.authorize_read(ChannelOutputProtocol::SrtListener, read_key, peer)
     }
 }
 

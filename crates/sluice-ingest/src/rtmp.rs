@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Publisher;
 use crate::error::{EndReason, IngestError, Transport};
+use crate::output::Reader;
+use crate::push::{FlvOut, FlvRelay};
 use crate::rtmp_session::{RtmpAction, RtmpPolicy, RtmpSession};
 
 /// Why a publisher was turned away. Logged; the peer gets an RTMP error status.
@@ -48,6 +50,25 @@ impl Refusal {
     }
 }
 
+/// What wakes a connection that plays an output.
+enum PlayerWake {
+    /// The next media event (`None`: the channel is gone).
+    Event(Option<sluice_core::MediaEvent>),
+    /// The output was changed or stopped.
+    OutputClosed,
+}
+
+/// The next event for a player (never, while there is none).
+async fn player_wake(reader: &mut Option<Reader>) -> PlayerWake {
+    match reader {
+        Some(r) => tokio::select! {
+            _ = r.cancel.cancelled() => PlayerWake::OutputClosed,
+            ev = r.rx.recv() => PlayerWake::Event(ev),
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Decides who may publish, and where to.
 pub trait PublishRouter: Send + Sync + 'static {
     fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal>;
@@ -56,6 +77,26 @@ pub trait PublishRouter: Send + Sync + 'static {
     fn srt_passphrase(&self, stream_key: &str) -> Result<Option<String>, Refusal>;
     /// Claims the key's channel for an SRT publisher.
     fn authorize_srt(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal>;
+    /// The passphrase of a read key's SRT output (`None`: unencrypted), if the key may
+    /// read over SRT at all. Opens nothing.
+    fn srt_read_passphrase(&self, read_key: &str) -> Result<Option<String>, Refusal> {
+        let _ = read_key;
+        Err(Refusal::UnknownKey)
+    }
+    /// Opens the read key's `rtmp-play` output for a player at `peer`.
+    fn authorize_rtmp_play(&self, read_key: &str, peer: SocketAddr) -> Result<Reader, Refusal> {
+        let _ = (read_key, peer);
+        Err(Refusal::UnknownKey)
+    }
+    /// Opens the read key's SRT output for a reader at `peer`.
+    fn authorize_srt_read(
+        &self,
+        read_key: &str,
+        peer: SocketAddr,
+    ) -> Result<crate::output::Reader, Refusal> {
+        let _ = (read_key, peer);
+        Err(Refusal::UnknownKey)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +168,10 @@ async fn connection(
 ) -> EndReason {
     let mut session = RtmpSession::new(limits.session.clone(), std::time::Instant::now());
     let mut publisher: Option<Publisher> = None;
+    // A player of an `rtmp-play` output, once accepted: its bus subscription.
+    let mut reader: Option<Reader> = None;
+    let mut relay = FlvRelay::default();
+    let mut tags = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     // Made once per connection, not once per read: a publisher's every frame passes
     // through this loop. The timer is moved when it fires early (input came since), or
@@ -152,6 +197,33 @@ async fn connection(
                 Ok(0) => return EndReason::Closed,
                 Ok(n) => n,
             },
+            wake = player_wake(&mut reader) => {
+                let ev = match wake {
+                    PlayerWake::Event(Some(ev)) => ev,
+                    PlayerWake::Event(None) => return EndReason::Closed,
+                    PlayerWake::OutputClosed => return EndReason::Cancelled,
+                };
+                relay.push(&ev, &mut tags);
+                for tag in tags.drain(..) {
+                    let len = match &tag {
+                        FlvOut::Video(_, b) | FlvOut::Audio(_, b) => b.len(),
+                        FlvOut::Metadata(_) => 0,
+                    };
+                    let bytes = match session.media(tag) {
+                        Ok(b) => b,
+                        Err(e) => return e,
+                    };
+                    match tokio::time::timeout(limits.write_timeout, stream.write_all(&bytes)).await {
+                        Err(_) => return EndReason::WriteTimeout,
+                        Ok(Err(e)) => return e.into(),
+                        Ok(Ok(())) => {}
+                    }
+                    if let Some(r) = &reader {
+                        r.sent(len);
+                    }
+                }
+                continue;
+            }
         };
         let mut pending = match session.handle_input(&buf[..n], std::time::Instant::now()) {
             Ok(actions) => actions,
@@ -213,6 +285,27 @@ async fn connection(
                         }
                     }
                     RtmpAction::PublishFinished => publisher = None,
+                    RtmpAction::PlayRequested {
+                        request_id,
+                        stream_key,
+                    } => {
+                        let answer = match router.authorize_rtmp_play(&stream_key, peer) {
+                            Ok(r) => {
+                                tracing::info!(%peer, channel = %r.channel, output = %r.output, "RTMP reader accepted");
+                                reader = Some(r);
+                                session.accept_play(request_id)
+                            }
+                            Err(refusal) => {
+                                tracing::warn!(%peer, reason = %refusal, "RTMP play refused");
+                                session.reject(request_id, refusal)
+                            }
+                        };
+                        match answer {
+                            Ok(actions) => next.extend(actions),
+                            Err(e) => return e,
+                        }
+                    }
+                    RtmpAction::PlayFinished => return EndReason::Closed,
                     RtmpAction::Dropped(why) => tracing::debug!(%peer, why, "RTMP data dropped"),
                     RtmpAction::Close(reason) => {
                         let _ = stream.shutdown().await;

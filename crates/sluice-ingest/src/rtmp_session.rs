@@ -76,6 +76,14 @@ pub enum RtmpAction {
     Frame(Frame),
     /// The peer stopped publishing (it may keep the connection open).
     PublishFinished,
+    /// The peer asks to play `stream_key` (a pull output's read key); answer with
+    /// [`RtmpSession::accept_play`] or [`RtmpSession::reject`].
+    PlayRequested {
+        request_id: u32,
+        stream_key: String,
+    },
+    /// The peer stopped playing; the connection ends.
+    PlayFinished,
     /// Something in the stream was dropped (a malformed tag); logged by the shell.
     Dropped(String),
     /// The connection ends, after the `Send`s before this one: a refused publish, an
@@ -88,6 +96,11 @@ enum State {
     Handshaking(Box<Handshake>),
     Session(Box<ServerSession>),
 }
+
+/// A player connection with nothing either way (no input, no media to send: the channel
+/// idle) for this long is closed; the player connects again. (While media flows, a player
+/// that stopped reading is found by the write timeout.)
+const PLAYER_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Extends a 32-bit millisecond RTMP timestamp (it wraps after about 49 days) to the
 /// value nearest `reference` on the extended timeline.
@@ -119,6 +132,10 @@ pub struct RtmpSession {
     requested: Option<(u32, u32)>,
     /// The message stream the accepted publish sends its media on.
     publish_stream: Option<u32>,
+    /// The play request waiting for an answer: (request id, message stream id).
+    play_requested: Option<(u32, u32)>,
+    /// The message stream an accepted play gets its media on.
+    playing: Option<u32>,
     /// Bytes received since the handshake (wrapping, as RTMP acknowledgements count them).
     received: u32,
     /// Bytes since the last acknowledgement we sent.
@@ -174,6 +191,8 @@ impl RtmpSession {
             publishing: None,
             requested: None,
             publish_stream: None,
+            play_requested: None,
+            playing: None,
             received: 0,
             unacknowledged: 0,
             ack_window: None,
@@ -190,7 +209,11 @@ impl RtmpSession {
     /// the handshake and the publish by fixed deadlines from accept, media within the
     /// idle timeout of the last input.
     pub fn deadline(&self) -> (Instant, &'static str) {
-        if self.publishing.is_some() {
+        if self.playing.is_some() {
+            // A player sends next to nothing (acknowledgements); one that stops reading
+            // is found by the write timeout instead.
+            (self.last_input + PLAYER_IDLE, "a player")
+        } else if self.publishing.is_some() {
             (self.last_input + self.policy.idle_timeout, "media")
         } else if self.is_handshaking() {
             (
@@ -385,6 +408,50 @@ impl RtmpSession {
         Ok(out)
     }
 
+    /// Accepts a pending play request: the player gets media with [`RtmpSession::media`].
+    pub fn accept_play(&mut self, request_id: u32) -> Result<Vec<RtmpAction>, EndReason> {
+        let results = self
+            .session()?
+            .accept_request(request_id)
+            .map_err(protocol)?;
+        self.playing = self
+            .play_requested
+            .take()
+            .filter(|(id, _)| *id == request_id)
+            .map(|(_, stream)| stream);
+        self.unproductive = 0;
+        let mut out = Vec::new();
+        self.process(results, &mut out)?;
+        Ok(out)
+    }
+
+    /// The bytes that send one message of the stream (metadata, a video or audio tag
+    /// body) to the player.
+    pub fn media(&mut self, tag: crate::push::FlvOut) -> Result<Vec<u8>, EndReason> {
+        use crate::push::FlvOut;
+        use rml_rtmp::time::RtmpTimestamp;
+        let Some(stream) = self.playing else {
+            return Err(EndReason::Protocol(
+                "media for a connection not playing".into(),
+            ));
+        };
+        // What a player sent between two frames is what the byte cap counts.
+        self.unproductive = 0;
+        self.last_input = Instant::now();
+        let session = self.session()?;
+        let packet = match tag {
+            FlvOut::Metadata(m) => session.send_metadata(stream, &m),
+            FlvOut::Video(ms, body) => {
+                session.send_video_data(stream, body, RtmpTimestamp::new(ms), false)
+            }
+            FlvOut::Audio(ms, body) => {
+                session.send_audio_data(stream, body, RtmpTimestamp::new(ms), false)
+            }
+        }
+        .map_err(protocol)?;
+        Ok(packet.bytes)
+    }
+
     /// Refuses a pending request: the answer to send, then [`RtmpAction::Close`].
     pub fn reject(
         &mut self,
@@ -470,6 +537,35 @@ impl RtmpSession {
                         })
                     }
                 }
+            }
+            ServerSessionEvent::PlayStreamRequested {
+                request_id,
+                app_name,
+                stream_key,
+                stream_id,
+                ..
+            } => {
+                let refusal = if app_name != self.policy.app {
+                    Some(Refusal::UnknownKey)
+                } else if self.publishing.is_some() || self.playing.is_some() {
+                    Some(Refusal::Busy)
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(r) => out.extend(self.reject(request_id, r)?),
+                    None => {
+                        self.play_requested = Some((request_id, stream_id));
+                        out.push(RtmpAction::PlayRequested {
+                            request_id,
+                            stream_key,
+                        })
+                    }
+                }
+            }
+            ServerSessionEvent::PlayStreamFinished { .. } if self.playing.is_some() => {
+                self.playing = None;
+                out.push(RtmpAction::PlayFinished);
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 self.publishing = None;

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Publisher;
 use crate::error::{self, EndReason, IngestError, Transport};
+use crate::output::{Reader, TsRelay};
 use crate::rtmp::{PublishRouter, Refusal};
 use crate::srt_streamid::{SrtMode, StreamIdError, parse_stream_id};
 use crate::ts_demux::{TsDemuxer, TsEvent};
@@ -105,8 +106,6 @@ pub type Admit = Arc<dyn Fn(SocketAddr) -> Result<Slot, String> + Send + Sync>;
 pub enum SrtRefusal {
     #[error("{0}")]
     StreamId(StreamIdError),
-    #[error("reading a channel over SRT is not served yet")]
-    ReadNotServed,
     #[error("{0}")]
     Refused(Refusal),
     #[error("this ingest needs a passphrase; the caller sent none")]
@@ -124,7 +123,6 @@ impl SrtRefusal {
     pub fn reject_reason(&self) -> RejectReason {
         RejectReason::Server(match self {
             SrtRefusal::StreamId(_) => ServerRejectReason::BadRequest,
-            SrtRefusal::ReadNotServed => ServerRejectReason::BadMode,
             SrtRefusal::Refused(Refusal::Busy) => ServerRejectReason::Conflict,
             SrtRefusal::Refused(_) => ServerRejectReason::Forbidden,
             SrtRefusal::PassphraseRequired | SrtRefusal::UnexpectedEncryption => {
@@ -136,28 +134,38 @@ impl SrtRefusal {
     }
 }
 
+/// What an accepted SRT caller does.
+pub enum Granted {
+    /// Publishes into a channel.
+    Publish(Box<Publisher>),
+    /// Reads a channel (a pull output).
+    Read(Box<Reader>),
+}
+
 /// Decides an SRT caller: its stream id (`None`: it sent none), the key size it
 /// announced, whether its handshake carries key material (it encrypts; libsrt callers
 /// that leave the key length to the listener announce no size), its address. On
-/// success the channel is claimed, and the key settings to accept with are returned; a
-/// wrong passphrase is then found by SRT itself when the keys do not unwrap.
+/// success the channel is claimed (or the output opened), and the key settings to
+/// accept with are returned; a wrong passphrase is then found by SRT itself when the
+/// keys do not unwrap.
 pub fn decide(
     router: &dyn PublishRouter,
     stream_id: Option<&str>,
     key_size: KeySize,
     key_material: bool,
     peer: SocketAddr,
-) -> Result<(Publisher, Option<KeySettings>), SrtRefusal> {
+) -> Result<(Granted, Option<KeySettings>), SrtRefusal> {
     let request = parse_stream_id(stream_id.unwrap_or_default()).map_err(SrtRefusal::StreamId)?;
-    if request.mode == SrtMode::Read {
-        return Err(SrtRefusal::ReadNotServed);
-    }
+    let read = request.mode == SrtMode::Read;
     let encrypted = key_material || key_size != KeySize::Unspecified;
     // Checked before the channel is claimed: nothing about the channel changes for a
     // caller that cannot be let in.
-    let passphrase = router
-        .srt_passphrase(request.key)
-        .map_err(SrtRefusal::Refused)?;
+    let passphrase = if read {
+        router.srt_read_passphrase(request.key)
+    } else {
+        router.srt_passphrase(request.key)
+    }
+    .map_err(SrtRefusal::Refused)?;
     let key = match (passphrase, encrypted) {
         (Some(_), false) => return Err(SrtRefusal::PassphraseRequired),
         (None, true) => return Err(SrtRefusal::UnexpectedEncryption),
@@ -168,10 +176,20 @@ pub fn decide(
             passphrase: Passphrase::try_from(p).map_err(|_| SrtRefusal::BadPassphraseConfig)?,
         }),
     };
-    let publisher = router
-        .authorize_srt(request.key, peer)
-        .map_err(SrtRefusal::Refused)?;
-    Ok((publisher, key))
+    let granted = if read {
+        Granted::Read(Box::new(
+            router
+                .authorize_srt_read(request.key, peer)
+                .map_err(SrtRefusal::Refused)?,
+        ))
+    } else {
+        Granted::Publish(Box::new(
+            router
+                .authorize_srt(request.key, peer)
+                .map_err(SrtRefusal::Refused)?,
+        ))
+    };
+    Ok((granted, key))
 }
 
 /// Receive buffer asked for the SRT listener's socket (the kernel caps it at
@@ -204,8 +222,8 @@ struct Pending {
     key_material: bool,
     /// Length of the stream id the caller sent (srt-protocol drops one over 512 bytes).
     sid_len: usize,
-    /// Decided and accepted: the publisher and slot wait for the connection.
-    granted: Option<(Publisher, Slot)>,
+    /// Decided and accepted: the publisher (or reader) and slot wait for the connection.
+    granted: Option<(Granted, Slot)>,
     /// Refused: the answer repeated to the caller's retransmissions.
     rejection: Option<Packet>,
 }
@@ -419,7 +437,7 @@ impl Listener {
                 Box::pin(self.result(next, from)).await;
             }
             ConnectionResult::Connected(packet, connection) => {
-                let Some((publisher, slot)) = self.pending.remove(&from).and_then(|p| p.granted)
+                let Some((granted, slot)) = self.pending.remove(&from).and_then(|p| p.granted)
                 else {
                     return;
                 };
@@ -431,19 +449,36 @@ impl Listener {
                 };
                 let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
                 self.open.insert(from, tx);
-                tracing::info!(peer = %from, channel = %publisher.channel(), ingest = %publisher.spec().ingest, "SRT publish accepted");
-                let run = Connection {
-                    conn,
-                    socket: self.socket.clone(),
-                    peer: from,
-                    publisher,
-                    limits: self.limits.clone(),
-                };
                 let cancel = self.cancel.child_token();
-                self.conns.spawn(async move {
-                    let _slot = slot;
-                    run.run(rx, cancel).await
-                });
+                match granted {
+                    Granted::Publish(publisher) => {
+                        tracing::info!(peer = %from, channel = %publisher.channel(), ingest = %publisher.spec().ingest, "SRT publish accepted");
+                        let run = Connection {
+                            conn,
+                            socket: self.socket.clone(),
+                            peer: from,
+                            publisher: *publisher,
+                            limits: self.limits.clone(),
+                        };
+                        self.conns.spawn(async move {
+                            let _slot = slot;
+                            run.run(rx, cancel).await
+                        });
+                    }
+                    Granted::Read(reader) => {
+                        tracing::info!(peer = %from, channel = %reader.channel, output = %reader.output, "SRT reader accepted");
+                        let run = ReadConnection {
+                            conn,
+                            socket: self.socket.clone(),
+                            peer: from,
+                            reader: *reader,
+                        };
+                        self.conns.spawn(async move {
+                            let _slot = slot;
+                            run.run(rx, cancel).await
+                        });
+                    }
+                }
             }
             ConnectionResult::Failure(e) => {
                 tracing::debug!(peer = %from, error = %e, "SRT handshake failed");
@@ -475,9 +510,9 @@ impl Listener {
             key_material,
             from,
         ) {
-            Ok((publisher, key)) => {
+            Ok((granted, key)) => {
                 if let Some(p) = self.pending.get_mut(&from) {
-                    p.granted = Some((publisher, slot));
+                    p.granted = Some((granted, slot));
                 }
                 AccessControlResponse::Accepted(key)
             }
@@ -661,27 +696,125 @@ impl Connection {
         }
         // Tell the caller we are done (SRT shutdown), best effort.
         if !matches!(end, EndReason::Closed | EndReason::Panicked(_)) {
-            let now = Instant::now();
-            let packets = contained(|| {
-                self.conn.handle_data_input(now, None);
-                self.conn.on_peer_idle_timeout(now);
-                let mut v = Vec::new();
-                while let Some(p) = self.conn.next_packet(now) {
-                    v.push(p);
-                }
-                v
-            })
-            .unwrap_or_default();
-            for (packet, to) in packets {
-                out.clear();
-                packet.serialize(&mut out);
-                let _ = self.socket.send_to(&out, to).await;
-            }
+            shut_down(&mut self.conn, &self.socket, &mut out).await;
         }
         let peer = self.peer;
         drop(self);
         IngestError::new(Transport::Srt, Some(peer), end)
             .log(Some((channel.as_str(), ingest.as_str())));
+    }
+}
+
+/// Ends a connection from our side: SRT's shutdown sent to the peer, best effort.
+async fn shut_down(conn: &mut DuplexConnection, socket: &UdpSocket, out: &mut BytesMut) {
+    let now = Instant::now();
+    let packets = contained(|| {
+        conn.handle_data_input(now, None);
+        conn.on_peer_idle_timeout(now);
+        let mut v = Vec::new();
+        while let Some(p) = conn.next_packet(now) {
+            v.push(p);
+        }
+        v
+    })
+    .unwrap_or_default();
+    for (packet, to) in packets {
+        out.clear();
+        packet.serialize(out);
+        let _ = socket.send_to(out, to).await;
+    }
+}
+
+/// TS packets per SRT message: 1316 bytes, what every live-mode SRT peer takes.
+const TS_PER_MESSAGE: usize = 7;
+
+/// One accepted reader of a pull output: its SRT connection, sending the channel as
+/// MPEG-TS ([`TsRelay`]) as the bus delivers it. What it cannot send in time SRT drops
+/// (too-late packet drop, a bounded send buffer); a reader that falls behind the bus
+/// resumes at the next keyframe.
+struct ReadConnection {
+    conn: DuplexConnection,
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    reader: Reader,
+}
+
+impl ReadConnection {
+    async fn run(mut self, mut rx: mpsc::Receiver<Packet>, cancel: CancellationToken) {
+        let mut relay = TsRelay::default();
+        let mut ts = Vec::with_capacity(64 * 1024);
+        let mut out = BytesMut::with_capacity(2048);
+        let mut packets = Vec::new();
+        let output_closed = self.reader.cancel.clone();
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let why = loop {
+            let now = Instant::now();
+            let step = contained(|| {
+                while let Some(p) = self.conn.next_packet(now) {
+                    packets.push(p);
+                }
+                // A reader sends no media; anything it does is dropped.
+                while self.conn.next_data(now).is_some() {}
+                (self.conn.check_timers(now), self.conn.is_open())
+            });
+            let Some((next, open)) = step else {
+                break "srt-protocol panicked (contained)";
+            };
+            for (packet, to) in packets.drain(..) {
+                out.clear();
+                packet.serialize(&mut out);
+                let _ = self.socket.send_to(&out, to).await;
+            }
+            if !open {
+                break "closed";
+            }
+            // Timers on the same tick grid as publishers (see `TICK`): a reader whose
+            // peer does not acknowledge never makes this a busy loop.
+            let wake = tokio::time::Instant::from_std(sluice_core::time::next_on_grid(
+                next.max(now),
+                TICK,
+            ));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break "server stopping",
+                _ = output_closed.cancelled() => break "the output was changed or stopped",
+                _ = &mut timer => {}
+                p = rx.recv() => {
+                    let Some(p) = p else { break "closed" };
+                    let peer = self.peer;
+                    if contained(|| self.conn.handle_packet_input(Instant::now(), Ok((p, peer)))).is_none() {
+                        break "srt-protocol panicked (contained)";
+                    }
+                }
+                ev = self.reader.rx.recv() => {
+                    let Some(ev) = ev else { break "the channel is gone" };
+                    relay.push(&ev, &mut ts);
+                    if ts.is_empty() {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let sent = contained(|| {
+                        for chunk in ts.chunks(TS_PER_MESSAGE * crate::ts_demux::PACKET) {
+                            self.conn
+                                .handle_data_input(now, Some((now, bytes::Bytes::copy_from_slice(chunk))));
+                        }
+                    });
+                    if sent.is_none() {
+                        break "srt-protocol panicked (contained)";
+                    }
+                    self.reader.sent(ts.len());
+                    ts.clear();
+                }
+            }
+        };
+        if why != "closed" && !why.contains("panicked") {
+            // Tell the reader we are done (SRT shutdown), best effort.
+            shut_down(&mut self.conn, &self.socket, &mut out).await;
+        }
+        tracing::info!(peer = %self.peer, channel = %self.reader.channel, output = %self.reader.output, reason = why, "SRT reader ended");
     }
 }
 
@@ -692,6 +825,10 @@ pub(crate) fn deliver(publisher: &mut Publisher, events: &mut Vec<TsEvent>, peer
             TsEvent::VideoConfig(c) => publisher.video_config(c),
             TsEvent::AudioConfig(c) => publisher.audio_config(c),
             TsEvent::Frame(f) => publisher.push(f),
+            TsEvent::Timeline => {
+                tracing::info!(%peer, channel = %publisher.channel(), "the source carries a Sluice node's timeline; segments keep its numbers");
+                publisher.carry_timeline()
+            }
             TsEvent::UnsupportedAudio(kind) => tracing::warn!(
                 %peer,
                 channel = %publisher.channel(),

@@ -52,6 +52,10 @@ pub enum TsEvent {
     Frame(Frame),
     /// An audio stream the engines cannot take was left out (reported once).
     UnsupportedAudio(u8),
+    /// The stream carries a Sluice node's timeline anchor (reported once, before the
+    /// first frame it placed): frame times from here on are that node's channel
+    /// timeline, exactly, not the 33-bit values extended from wherever they started.
+    Timeline,
 }
 
 /// Why the input cannot be taken; the connection is closed with this reason.
@@ -127,6 +131,8 @@ pub struct TsDemuxer {
     clock: Option<i64>,
     /// Video waits for a keyframe (start, or after a damaged frame).
     after_damage: bool,
+    /// A timeline anchor was seen.
+    anchored: bool,
 }
 
 impl TsDemuxer {
@@ -213,6 +219,9 @@ impl TsDemuxer {
             pos = 5 + usize::from(p[4]);
             if pos > PACKET {
                 return Ok(());
+            }
+            if pusi && self.video.as_ref().is_some_and(|e| e.pid == pid) {
+                self.anchor(&p[5..pos], out);
             }
         }
         let payload = &p[pos..];
@@ -443,6 +452,46 @@ impl TsDemuxer {
         }
     }
 
+    /// Reads Sluice's timeline anchor from a video PES start's adaptation field (the
+    /// bytes after its length), if it has one: the clock is set to it, so the PTS that
+    /// follows extends to exactly the sender's value (see sluice-package's
+    /// `ts::TIMELINE_TAG`).
+    fn anchor(&mut self, af: &[u8], out: &mut Vec<TsEvent>) {
+        let Some((&flags, mut rest)) = af.split_first() else {
+            return;
+        };
+        if flags & 0x02 == 0 {
+            return;
+        }
+        // PCR, OPCR (6 bytes each) and splice_countdown (1) come first.
+        let skip = usize::from(flags & 0x10 != 0) * 6
+            + usize::from(flags & 0x08 != 0) * 6
+            + usize::from(flags & 0x04 != 0);
+        rest = rest.get(skip..).unwrap_or_default();
+        let Some((&len, rest)) = rest.split_first() else {
+            return;
+        };
+        let Some(data) = rest.get(..usize::from(len)) else {
+            return;
+        };
+        if data.len() != 12 || &data[..4] != b"SLTL" {
+            return;
+        }
+        let mut ticks = [0u8; 8];
+        ticks.copy_from_slice(&data[4..]);
+        let ticks = i64::from_be_bytes(ticks);
+        // A timeline before 0 or past about 190 years (in nanoseconds, nearing the end
+        // of i64) is no Sluice node's.
+        if !(0..1 << 49).contains(&ticks) {
+            return;
+        }
+        self.clock = Some(ticks);
+        if !self.anchored {
+            self.anchored = true;
+            out.push(TsEvent::Timeline);
+        }
+    }
+
     /// A 33-bit timestamp extended to the value nearest the previous one, in ns.
     fn extend(&mut self, raw: u64) -> MediaTime {
         const WRAP: i64 = 1 << 33;
@@ -455,7 +504,8 @@ impl TsDemuxer {
             }
         };
         self.clock = Some(v);
-        v.saturating_mul(100_000) / 9
+        // i128: an anchored clock is a node's whole timeline (nanoseconds since 1970).
+        (i128::from(v) * 100_000 / 9).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
     }
 
     fn video_access_unit(

@@ -16,13 +16,14 @@
 pub mod fmp4;
 mod packager;
 pub mod playlist;
+pub mod recording;
 mod store;
 mod timeline;
 pub mod ts;
 
 pub use packager::{AudioSpec, Packager, PackagerSettings, RenditionSpec};
 pub use playlist::{Awaited, Readiness, Rendered};
-pub use store::{AUDIO_RENDITION, EngineOutput, Produced};
+pub use store::{AUDIO_RENDITION, EngineOutput, Produced, SegmentRecord};
 
 /// Why a frame or call was dropped. The packager never fails its caller:
 /// odd input is logged (with this as the reason) and dropped.

@@ -70,6 +70,20 @@ pub struct Produced {
     pub part_bytes: u64,
 }
 
+/// A complete segment, as a recording takes it ([`EngineOutput::segments_from`]).
+#[derive(Debug, Clone)]
+pub struct SegmentRecord {
+    pub msn: u64,
+    pub duration: MediaTime,
+    pub discontinuity: bool,
+    /// CMAF: the init segment version it needs.
+    pub init_version: Option<u64>,
+    /// `None`: a gap (no media for this interval).
+    pub data: Option<Bytes>,
+    /// Wall-clock time of its start, Unix milliseconds.
+    pub program_date_time: Option<i64>,
+}
+
 /// Rendered multivariant playlists by (output, bitrate cap), each with the generation of
 /// the state it was rendered from; `None` = not available yet.
 type MultivariantCache = HashMap<(OutputKind, Option<u32>), (u64, Option<Bytes>)>;
@@ -362,6 +376,40 @@ impl EngineOutput {
             Some(s) if s.msn == msn => s.data.clone(),
             _ => track.segments.iter().find(|s| s.msn == msn)?.data.clone(),
         }
+    }
+
+    /// The complete segments of a track numbered `from` or later, while the store keeps
+    /// them (a recorder's view: gaps have no data).
+    pub fn segments_from(
+        &self,
+        output: OutputKind,
+        rendition: &str,
+        from: u64,
+    ) -> Vec<SegmentRecord> {
+        let st = self.read();
+        let Some(track) = st.tracks.get(&(output, rendition.to_owned())) else {
+            return Vec::new();
+        };
+        track
+            .segments
+            .iter()
+            .filter(|s| s.msn >= from)
+            .map(|s| SegmentRecord {
+                msn: s.msn,
+                duration: s.duration,
+                discontinuity: s.discontinuity,
+                init_version: s.init_version,
+                data: s.data.clone(),
+                program_date_time: s.program_date_time,
+            })
+            .collect()
+    }
+
+    /// Whether the CMAF output has an audio rendition ([`AUDIO_RENDITION`]).
+    pub fn has_cmaf_audio(&self) -> bool {
+        self.read()
+            .tracks
+            .contains_key(&(OutputKind::Cmaf, AUDIO_RENDITION.to_owned()))
     }
 
     /// False once the packager finished (playlists carry `EXT-X-ENDLIST`).

@@ -152,6 +152,88 @@ impl TsWriter {
     }
 }
 
+/// The tag of Sluice's timeline anchor: the transport_private_data of each video
+/// keyframe's first packet in a [`TsStreamWriter`] stream is this tag and then the
+/// keyframe's PTS on the channel timeline in 90 kHz ticks, as a big-endian i64, unwrapped.
+/// A receiving Sluice node ([`TIMELINE_ANCHOR_LEN`] bytes in all) takes the sender's
+/// timeline from it exactly, wherever the 33-bit timestamps have wrapped; other
+/// demuxers skip private data.
+pub const TIMELINE_TAG: &[u8; 4] = b"SLTL";
+pub const TIMELINE_ANCHOR_LEN: usize = 12;
+
+/// The full 90 kHz value of `t` (not wrapped).
+pub fn ticks90k(t: MediaTime) -> i64 {
+    rescale(t, 90_000)
+}
+
+/// Muxes a channel as one continuous transport stream (an SRT output): PAT and PMT
+/// before every video keyframe, each frame its own PES, written as it comes. Every
+/// keyframe carries the timeline anchor ([`TIMELINE_TAG`]).
+#[derive(Debug)]
+pub struct TsStreamWriter {
+    w: TsWriter,
+    adts: Option<AdtsHeader>,
+    pes: Vec<u8>,
+}
+
+impl TsStreamWriter {
+    /// For a session with this audio configuration (`None`, or one ADTS cannot describe:
+    /// no audio).
+    pub fn new(audio_cfg: Option<&AudioConfig>) -> Self {
+        TsStreamWriter {
+            w: TsWriter::new(),
+            adts: audio_cfg.and_then(AdtsHeader::new),
+            pes: Vec::new(),
+        }
+    }
+
+    /// A new session's audio configuration (continuity counters go on).
+    pub fn set_audio(&mut self, audio_cfg: Option<&AudioConfig>) {
+        self.adts = audio_cfg.and_then(AdtsHeader::new);
+    }
+
+    /// Appends one video access unit (AVCC, in decode order) to `out`.
+    pub fn video(&mut self, cfg: &VideoConfig, frame: &TsFrame, out: &mut Vec<u8>) {
+        let mut anchor = [0u8; TIMELINE_ANCHOR_LEN];
+        if frame.keyframe {
+            self.w.write_pat(out);
+            self.w.write_pmt(out, self.adts.is_some());
+            anchor[..4].copy_from_slice(TIMELINE_TAG);
+            anchor[4..].copy_from_slice(&ticks90k(frame.pts).to_be_bytes());
+        }
+        self.pes.clear();
+        pes_begin(
+            &mut self.pes,
+            0xe0,
+            ts90k(frame.pts),
+            Some(ts90k(frame.dts)),
+        );
+        avcc_to_annexb(cfg, frame, &mut self.pes);
+        pes_end(&mut self.pes, false);
+        let pcr = ts90k(frame.dts.saturating_sub(PCR_LEAD));
+        write_packets_with(
+            out,
+            VIDEO_PID,
+            &mut self.w.cc_video,
+            &self.pes,
+            Some(pcr),
+            frame.keyframe,
+            frame.keyframe.then_some(&anchor[..]),
+        );
+    }
+
+    /// Appends one AAC frame to `out` (nothing when the stream has no audio).
+    pub fn audio(&mut self, frame: &TsFrame, out: &mut Vec<u8>) {
+        let Some(adts) = &self.adts else { return };
+        self.pes.clear();
+        pes_begin(&mut self.pes, 0xc0, ts90k(frame.pts), None);
+        adts.write(&mut self.pes, frame.data.len());
+        self.pes.extend_from_slice(&frame.data);
+        pes_end(&mut self.pes, true);
+        write_packets(out, AUDIO_PID, &mut self.w.cc_audio, &self.pes, None, false);
+    }
+}
+
 /// Completes a PSI section (length, CRC) and writes it in one packet.
 fn write_section(out: &mut Vec<u8>, pid: u16, cc: &mut u8, mut s: Vec<u8>) {
     // section_length counts from after the length field up to and including the CRC.
@@ -225,13 +307,28 @@ fn write_packets(
     pcr: Option<u64>,
     random_access: bool,
 ) {
+    write_packets_with(out, pid, cc, pes, pcr, random_access, None)
+}
+
+/// [`write_packets`], with `private` as the first packet's transport_private_data.
+fn write_packets_with(
+    out: &mut Vec<u8>,
+    pid: u16,
+    cc: &mut u8,
+    pes: &[u8],
+    pcr: Option<u64>,
+    random_access: bool,
+    private: Option<&[u8]>,
+) {
     let mut pos = 0;
     let mut first = true;
     while pos < pes.len() {
         let mut af: Option<Vec<u8>> = None;
-        if first && (pcr.is_some() || random_access) {
+        if first && (pcr.is_some() || random_access || private.is_some()) {
             let mut body = vec![
-                (if random_access { 0x40 } else { 0 }) | (if pcr.is_some() { 0x10 } else { 0 }),
+                (if random_access { 0x40 } else { 0 })
+                    | (if pcr.is_some() { 0x10 } else { 0 })
+                    | (if private.is_some() { 0x02 } else { 0 }),
             ];
             if let Some(pcr) = pcr {
                 // PCR base (33 bits), 6 reserved bits, extension 0.
@@ -244,6 +341,10 @@ fn write_packets(
                     ((base & 1) << 7) as u8 | 0x7e,
                     0,
                 ]);
+            }
+            if let Some(data) = private {
+                body.push(data.len() as u8);
+                body.extend_from_slice(data);
             }
             af = Some(body);
         }

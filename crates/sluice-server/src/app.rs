@@ -139,11 +139,16 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
     // Slots are kept for the encoders an ingest names in allow_cidrs (at start): a flood
     // from elsewhere cannot lock them out. Those encoders are trusted hosts, and are not
     // held to the per-address cap either: one contribution box may publish many channels.
+    // The same for the readers a pull output names (another region's node relaying many
+    // channels from one address).
     let allowed: Vec<_> = cfg
         .channels
         .values()
-        .flat_map(|c| c.ingests.values())
-        .flat_map(|i| i.allow_cidrs.iter().copied())
+        .flat_map(|c| {
+            let ingests = c.ingests.values().flat_map(|i| i.allow_cidrs.iter());
+            let outputs = c.outputs.values().flat_map(|o| o.allow_cidrs.iter());
+            ingests.chain(outputs).copied()
+        })
         .collect();
     let srt_limits = Arc::new(sluice_ingest::SrtLimits::default());
     let srt = SrtSetup {

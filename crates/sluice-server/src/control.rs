@@ -52,6 +52,8 @@ pub struct Control {
     metrics: prometheus_client::registry::Registry,
     /// `server.metrics` (fixed while the server runs, as `[server]` is).
     metrics_on: bool,
+    /// `server.data_dir` (likewise): recordings are read from here.
+    data_dir: PathBuf,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -145,12 +147,19 @@ fn target(segments: &[&str]) -> Option<Target> {
         [kind @ ("channels" | "distributions" | "ladders"), item] => {
             Some(Target::Item(vec![(*kind).into(), id(item)?]))
         }
-        ["channels", c, kind @ ("ingests" | "engines")] => Some(Target::Collection(vec![
-            "channels".into(),
-            id(c)?,
-            (*kind).into(),
-        ])),
-        ["channels", c, kind @ ("ingests" | "engines"), item] => Some(Target::Item(vec![
+        ["channels", c, kind @ ("ingests" | "engines" | "outputs")] => {
+            Some(Target::Collection(vec![
+                "channels".into(),
+                id(c)?,
+                (*kind).into(),
+            ]))
+        }
+        [
+            "channels",
+            c,
+            kind @ ("ingests" | "engines" | "outputs"),
+            item,
+        ] => Some(Target::Item(vec![
             "channels".into(),
             id(c)?,
             (*kind).into(),
@@ -170,6 +179,7 @@ impl Control {
         let api = ArcSwap::from_pointee(runtime.running().api.clone());
         let (status, http, router) = runtime.observers();
         let metrics_on = runtime.running().server.metrics;
+        let data_dir = runtime.running().server.data_dir.clone();
         if path.is_none() {
             tracing::info!(
                 "no --config file: changes through the control API are kept in memory only"
@@ -183,6 +193,7 @@ impl Control {
             runs_on: tokio::runtime::Handle::current(),
             metrics: crate::metrics::registry(status.clone(), http.clone(), router),
             metrics_on,
+            data_dir,
             status,
             http,
         })
@@ -278,6 +289,59 @@ impl Control {
             }
             (_, ["status"] | ["channels", _, "status"]) => {
                 problem(StatusCode::METHOD_NOT_ALLOWED, "status is read with GET")
+            }
+            // Recordings: listed, and their files downloaded by ids (disk reads off the
+            // async workers).
+            (_, ["recordings"]) if read => {
+                let dir = self.data_dir.clone();
+                match tokio::task::spawn_blocking(move || crate::recorder::list(&dir)).await {
+                    Ok(list) => json_response(StatusCode::OK, &Json::Array(list)),
+                    Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "cannot list recordings"),
+                }
+            }
+            (_, ["recordings", rest @ ..]) if read => {
+                let dir = self.data_dir.clone();
+                let parts: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+                let found = tokio::task::spawn_blocking(move || {
+                    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                    crate::recorder::read(&dir, &parts)
+                })
+                .await
+                .ok()
+                .flatten();
+                match found {
+                    Some((body, ty)) => {
+                        let mut r = Response::new(Full::new(Bytes::from(body)));
+                        r.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ty));
+                        r
+                    }
+                    None => problem(StatusCode::NOT_FOUND, "no such recording file"),
+                }
+            }
+            (_, ["recordings", ..]) => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "recordings are read with GET",
+            ),
+            (&Method::POST, ["channels", c, "outputs", o, action @ ("start" | "stop")]) => {
+                let (Ok(c), Ok(o)) = (Id::new(c), Id::new(o)) else {
+                    return problem(StatusCode::NOT_FOUND, "no such output");
+                };
+                let done =
+                    self.inner
+                        .lock()
+                        .await
+                        .runtime
+                        .set_output_running(&c, &o, *action == "start");
+                if !done {
+                    return problem(
+                        StatusCode::NOT_FOUND,
+                        "no such output (or its channel is stopped)",
+                    );
+                }
+                let viewers = self.http.viewers.report();
+                let status = self.status.load().channel(&c, &viewers);
+                json_response(StatusCode::OK, &status.unwrap_or(Json::Null))
             }
             (&Method::POST, ["channels", c, action @ ("start" | "stop")]) => {
                 let Ok(c) = Id::new(c) else {
@@ -854,7 +918,7 @@ mod tests {
                 "e".into()
             ]))
         );
-        assert_eq!(target(&["channels", "c", "outputs"]), None);
+        assert_eq!(target(&["channels", "c", "sources"]), None);
         assert_eq!(target(&["distributions", "../x"]), None);
         assert!(token_matches("abc", "abc"));
         assert!(!token_matches("abc", "abd"));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice_engine::{
     EncodedEvent, EngineMode, EngineRunner, EngineStats, GstFactory, Packaging, RunnerSettings,
 };
-use sluice_ingest::BusReceiver;
+use sluice_ingest::{BusReceiver, Publisher};
 use sluice_package::Packager;
 use tokio_util::sync::CancellationToken;
 
@@ -18,14 +18,51 @@ fn lock(p: &SharedPackager) -> std::sync::MutexGuard<'_, Packager> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The packager as the engine sees it. Called from GStreamer streaming threads, inside
-/// the engine's span (its log lines carry the channel and engine ids).
-struct ToPackager(SharedPackager, tracing::Span);
+/// One rendition of an engine as a feed of its own (a bus with one publisher that keeps
+/// the channel timeline), for outputs that carry that rendition instead of the source.
+pub struct Tap {
+    /// The rendition's index in the ladder.
+    pub rendition: usize,
+    pub publisher: Mutex<Publisher>,
+}
+
+/// Where an engine's encoded media goes: its packager, and its taps.
+#[derive(Clone)]
+pub struct EngineSink {
+    pub packager: SharedPackager,
+    pub taps: Arc<Vec<Tap>>,
+}
+
+/// The packager (and taps) as the engine sees it. Called from GStreamer streaming
+/// threads, inside the engine's span (its log lines carry the channel and engine ids).
+struct ToPackager(EngineSink, tracing::Span);
+
+impl ToPackager {
+    fn tap(&self, ev: &EncodedEvent) {
+        for t in self.0.taps.iter() {
+            let mut p = t.publisher.lock().unwrap_or_else(|e| e.into_inner());
+            match ev {
+                EncodedEvent::VideoConfig {
+                    rendition, config, ..
+                } if *rendition == t.rendition => p.video_config(config.clone()),
+                EncodedEvent::AudioConfig(c) => p.audio_config(c.clone()),
+                EncodedEvent::Video { rendition, frame } if *rendition == t.rendition => {
+                    p.push(frame.clone())
+                }
+                EncodedEvent::Audio(frame) => p.push(frame.clone()),
+                _ => {}
+            }
+        }
+    }
+}
 
 impl sluice_engine::EncodedSink for ToPackager {
     fn on_event(&self, ev: EncodedEvent) {
         let _span = self.1.enter();
-        let mut p = lock(&self.0);
+        if !self.0.taps.is_empty() {
+            self.tap(&ev);
+        }
+        let mut p = lock(&self.0.packager);
         match ev {
             EncodedEvent::VideoConfig {
                 rendition,
@@ -47,19 +84,19 @@ impl sluice_engine::EncodedSink for ToPackager {
 impl Packaging for ToPackager {
     fn discontinuity(&self) {
         let _span = self.1.enter();
-        lock(&self.0).discontinuity();
+        lock(&self.0.packager).discontinuity();
     }
     fn outage(&self) {
         let _span = self.1.enter();
-        lock(&self.0).outage();
+        lock(&self.0.packager).outage();
     }
     fn finish(&self) {
         let _span = self.1.enter();
-        lock(&self.0).finish();
+        lock(&self.0.packager).finish();
     }
     fn reopen(&self) {
         let _span = self.1.enter();
-        lock(&self.0).reopen();
+        lock(&self.0.packager).reopen();
     }
 }
 
@@ -98,12 +135,12 @@ pub async fn run(
     name: String,
     mode: EngineMode,
     rx: BusReceiver,
-    packager: SharedPackager,
+    sink: EngineSink,
     stats: Arc<EngineStats>,
     cancel: CancellationToken,
     resumed: bool,
 ) {
-    let packaging = Arc::new(ToPackager(packager, tracing::Span::current()));
+    let packaging = Arc::new(ToPackager(sink, tracing::Span::current()));
     if resumed {
         packaging.outage();
     }

@@ -7,6 +7,7 @@ mod engine_runner;
 mod listen;
 mod metrics;
 mod page;
+mod recorder;
 mod runtime;
 mod slate;
 mod srt_listen;

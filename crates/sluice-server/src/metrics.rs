@@ -249,6 +249,100 @@ impl Collector for Sluice {
             "How far the engine's output runs behind its input, in media time",
             lag,
         )?;
+        // Recordings, per recording engine.
+        let mut rec: [Vec<(Labels, u64)>; 4] = Default::default();
+        for (c, engine) in view.engines() {
+            let Some(r) = &engine.recorder else { continue };
+            let labels = vec![
+                ("channel", c.to_string()),
+                ("engine", engine.id.to_string()),
+            ];
+            let active = matches!(r.state(), crate::recorder::RecorderState::Recording(_));
+            rec[0].push((labels.clone(), u64::from(active)));
+            rec[1].push((labels.clone(), r.segments.load(Relaxed)));
+            rec[2].push((labels.clone(), r.bytes.load(Relaxed)));
+            rec[3].push((labels, r.errors.load(Relaxed)));
+        }
+        let [active, segments, bytes, errors] = rec;
+        family(
+            &mut e,
+            "sluice_recording_active",
+            "1 while an engine's recording is being written",
+            MetricType::Gauge,
+            active,
+        )?;
+        family(
+            &mut e,
+            "sluice_recording_segments",
+            "Segments written to recordings",
+            MetricType::Counter,
+            segments,
+        )?;
+        family(
+            &mut e,
+            "sluice_recording_bytes",
+            "Bytes written to recordings",
+            MetricType::Counter,
+            bytes,
+        )?;
+        family(
+            &mut e,
+            "sluice_recording_errors",
+            "Recording writes that failed (each ends a recording; live delivery goes on)",
+            MetricType::Counter,
+            errors,
+        )?;
+        let outputs: Vec<_> = view.outputs().collect();
+        let per_output = |f: &dyn Fn(&crate::runtime::OutputView) -> u64| -> Vec<(Labels, u64)> {
+            outputs
+                .iter()
+                .map(|(c, o)| {
+                    (
+                        vec![
+                            ("channel", c.to_string()),
+                            ("output", o.id.to_string()),
+                            ("protocol", o.protocol.to_string()),
+                        ],
+                        f(o),
+                    )
+                })
+                .collect()
+        };
+        family(
+            &mut e,
+            "sluice_output_running",
+            "1 for a channel output that is running (a pull output with readers)",
+            MetricType::Gauge,
+            per_output(&|o| u64::from(o.state() == "running")),
+        )?;
+        family(
+            &mut e,
+            "sluice_output_readers",
+            "Readers connected to a pull output now",
+            MetricType::Gauge,
+            per_output(&|o| o.stats.readers.load(Relaxed)),
+        )?;
+        family(
+            &mut e,
+            "sluice_output_connects",
+            "Readers a pull output accepted",
+            MetricType::Counter,
+            per_output(&|o| o.stats.connects.load(Relaxed)),
+        )?;
+        family(
+            &mut e,
+            "sluice_output_refusals",
+            "Readers a pull output refused (address not allowed, output disabled)",
+            MetricType::Counter,
+            per_output(&|o| o.stats.refused.load(Relaxed)),
+        )?;
+        family(
+            &mut e,
+            "sluice_output_bytes",
+            "Media bytes an output sent",
+            MetricType::Counter,
+            per_output(&|o| o.stats.bytes.load(Relaxed)),
+        )?;
         family(
             &mut e,
             "sluice_engine_restarts",

@@ -22,7 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use sluice_config::{Channel, Config, Engine, IngestProtocol, LadderRef, Output};
+use sluice_config::{
+    Channel, ChannelOutput, ChannelOutputProtocol, Config, Engine, IngestProtocol, LadderRef,
+    Output,
+};
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
 use sluice_distribution::{Audience, GeoDb, HttpState};
@@ -31,8 +34,8 @@ use sluice_engine::{
 };
 use sluice_ingest::pull::PullSpec;
 use sluice_ingest::{
-    ChannelBus, DEFAULT_BUS_CAPACITY, FeedSpec, KeyEntry, KeyRouter, PublishRouter, Publisher,
-    Refusal,
+    ChannelBus, DEFAULT_BUS_CAPACITY, FeedSpec, KeyEntry, KeyRouter, OutputState, OutputStats,
+    PublishRouter, Publisher, ReadEntry, Refusal,
 };
 use sluice_package::{
     AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
@@ -42,6 +45,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{build_catalog, publisher_sink, session_grid, slate_timeout_override};
 use crate::engine_runner;
+use crate::recorder::{RecorderState, RecorderStats};
 use crate::supervise::supervise;
 use tracing::Instrument;
 
@@ -103,6 +107,50 @@ impl PublishRouter for LiveRouter {
     ) -> Result<Publisher, Refusal> {
         self.counted(true, self.keys.load().authorize_srt(stream_key, peer))
     }
+
+    fn authorize_rtmp_play(
+        &self,
+        read_key: &str,
+        peer: std::net::SocketAddr,
+    ) -> Result<sluice_ingest::Reader, Refusal> {
+        self.counted(false, self.keys.load().authorize_rtmp_play(read_key, peer))
+    }
+
+    fn srt_read_passphrase(&self, read_key: &str) -> Result<Option<String>, Refusal> {
+        self.counted(true, self.keys.load().srt_read_passphrase(read_key))
+    }
+
+    fn authorize_srt_read(
+        &self,
+        read_key: &str,
+        peer: std::net::SocketAddr,
+    ) -> Result<sluice_ingest::Reader, Refusal> {
+        self.counted(true, self.keys.load().authorize_srt_read(read_key, peer))
+    }
+}
+
+/// The renditions of engine `engine` that `channel`'s outputs carry.
+fn tapped(channel: &Channel, engine: &Id) -> BTreeSet<String> {
+    channel
+        .outputs
+        .values()
+        .filter_map(|o| o.rendition.as_ref())
+        .filter(|(e, _)| e == engine)
+        .map(|(_, r)| r.clone())
+        .collect()
+}
+
+/// What an output carries: the channel's source, or an engine rendition's tap.
+fn output_bus(
+    engines: &BTreeMap<Id, EngineRun>,
+    source: &Arc<ChannelBus>,
+    output: &ChannelOutput,
+) -> Arc<ChannelBus> {
+    output
+        .rendition
+        .as_ref()
+        .and_then(|(e, r)| engines.get(e)?.taps.get(r).cloned())
+        .unwrap_or_else(|| source.clone())
 }
 
 /// What every channel's tasks share.
@@ -134,7 +182,43 @@ struct EngineRun {
     config: Engine,
     output: Arc<EngineOutput>,
     stats: Arc<EngineStats>,
+    /// Buses of the renditions outputs carry, by rendition name.
+    taps: BTreeMap<String, Arc<ChannelBus>>,
+    recorder: Option<RecorderRun>,
+    /// Cancelled when the run is dropped (the recorder's token is a child).
+    cancel: CancellationToken,
     _stop: DropGuard,
+}
+
+/// An engine's recorder; dropping it ends the recording in progress.
+struct RecorderRun {
+    stats: Arc<RecorderStats>,
+    _stop: DropGuard,
+}
+
+/// A channel output as it runs: its counters, and the token that closes its readers
+/// (or stops its push task).
+struct OutputRun {
+    config: ChannelOutput,
+    /// What it carries: the channel's bus, or an engine rendition's.
+    bus: Arc<ChannelBus>,
+    stats: Arc<OutputStats>,
+    cancel: CancellationToken,
+    /// Stopped through the control API (not persisted: a restart starts it).
+    stopped: bool,
+}
+
+impl OutputRun {
+    /// Whether it serves readers or pushes: enabled, and not stopped.
+    fn active(&self) -> bool {
+        self.config.enabled && !self.stopped
+    }
+}
+
+impl Drop for OutputRun {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 /// A running channel; dropping it stops everything of it.
@@ -150,6 +234,7 @@ struct ChannelRun {
     slate: Option<CancellationToken>,
     /// Input bitrate over the last sampling period (see [`sample_input`]).
     input_kbps: Arc<AtomicU32>,
+    outputs: BTreeMap<Id, OutputRun>,
 }
 
 impl ChannelRun {
@@ -198,6 +283,49 @@ struct RunningView {
     bus: Arc<ChannelBus>,
     input_kbps: Arc<AtomicU32>,
     engines: Vec<EngineView>,
+    outputs: Vec<OutputView>,
+}
+
+/// One channel output, as status and metrics see it.
+pub struct OutputView {
+    pub id: Id,
+    pub protocol: &'static str,
+    /// Enabled, and not stopped through the API.
+    pub enabled: bool,
+    /// Others connect to read it (else Sluice pushes).
+    pub pull: bool,
+    pub stats: Arc<OutputStats>,
+}
+
+impl OutputView {
+    /// `stopped` (disabled or stopped); a pull output `idle` (nobody reads) or
+    /// `running`; a push output `connecting`, `running` or `error` (retrying).
+    pub fn state(&self) -> &'static str {
+        if !self.enabled {
+            return "stopped";
+        }
+        if self.pull {
+            return if self.stats.readers.load(Ordering::Relaxed) == 0 {
+                "idle"
+            } else {
+                "running"
+            };
+        }
+        match self.stats.state() {
+            OutputState::Idle | OutputState::Connecting => "connecting",
+            OutputState::Running => "running",
+            OutputState::Error(_) => "error",
+            OutputState::Stopped => "stopped",
+        }
+    }
+
+    /// Why a push output's last connection failed, while it waits to retry.
+    pub fn error(&self) -> Option<String> {
+        match self.stats.state() {
+            OutputState::Error(why) if self.enabled && !self.pull => Some(why),
+            _ => None,
+        }
+    }
 }
 
 /// One running engine, as status and metrics see it.
@@ -207,6 +335,7 @@ pub struct EngineView {
     pub ladder: String,
     pub output: Arc<EngineOutput>,
     pub stats: Arc<EngineStats>,
+    pub recorder: Option<Arc<RecorderStats>>,
 }
 
 impl StatusView {
@@ -215,6 +344,15 @@ impl StatusView {
         self.channels.iter().filter_map(|(id, c)| {
             let r = c.running.as_ref()?;
             Some((id, &r.bus, r.input_kbps.load(Ordering::Relaxed)))
+        })
+    }
+
+    /// Every running channel's outputs, with their channel.
+    pub fn outputs(&self) -> impl Iterator<Item = (&Id, &OutputView)> {
+        self.channels.iter().flat_map(|(id, c)| {
+            c.running
+                .iter()
+                .flat_map(move |r| r.outputs.iter().map(move |o| (id, o)))
         })
     }
 
@@ -296,6 +434,22 @@ impl StatusView {
                     })
                     .collect();
                 let lag = e.stats.input_lag().as_millis() as u64;
+                let recording = e.recorder.as_ref().map(|r| {
+                    let (state, id, error) = match r.state() {
+                        RecorderState::Waiting => ("waiting", None, None),
+                        RecorderState::Recording(id) => ("recording", Some(id), None),
+                        RecorderState::Error(why) => ("error", None, Some(why)),
+                        RecorderState::Stopped => ("stopped", None, None),
+                    };
+                    json!({
+                        "state": state,
+                        "id": id,
+                        "error": error,
+                        "segments": r.segments.load(Ordering::Relaxed),
+                        "bytes": r.bytes.load(Ordering::Relaxed),
+                        "errors": r.errors.load(Ordering::Relaxed),
+                    })
+                });
                 (
                     e.id.to_string(),
                     json!({
@@ -306,6 +460,25 @@ impl StatusView {
                         "input_lag_ms": lag,
                         "restarts": e.stats.restarts.load(Ordering::Relaxed),
                         "dropped_frames": e.stats.dropped_frames.load(Ordering::Relaxed),
+                        "recording": recording,
+                    }),
+                )
+            })
+            .collect();
+        let outputs: serde_json::Map<String, serde_json::Value> = run
+            .outputs
+            .iter()
+            .map(|o| {
+                (
+                    o.id.to_string(),
+                    json!({
+                        "protocol": o.protocol,
+                        "state": o.state(),
+                        "error": o.error(),
+                        "readers": o.stats.readers.load(Ordering::Relaxed),
+                        "connects": o.stats.connects.load(Ordering::Relaxed),
+                        "refused": o.stats.refused.load(Ordering::Relaxed),
+                        "bytes": o.stats.bytes.load(Ordering::Relaxed),
                     }),
                 )
             })
@@ -317,6 +490,7 @@ impl StatusView {
             "ingest_live": live,
             "input_kbps": run.input_kbps.load(Ordering::Relaxed),
             "engines": engines,
+            "outputs": outputs,
             "distributions": distributions,
         }))
     }
@@ -376,11 +550,14 @@ impl Runtime {
     /// Starts the SRT listener if `cfg` has an SRT ingest and it is not listening yet.
     /// The first bind is checked here, so a taken port is an error with its reason.
     async fn ensure_srt(&mut self, cfg: &Config) -> anyhow::Result<()> {
-        let wanted = cfg
-            .channels
-            .values()
-            .flat_map(|c| c.ingests.values())
-            .any(|i| i.protocol == IngestProtocol::Srt);
+        let wanted = cfg.channels.values().any(|c| {
+            c.ingests
+                .values()
+                .any(|i| i.protocol == IngestProtocol::Srt)
+                || c.outputs
+                    .values()
+                    .any(|o| o.protocol == ChannelOutputProtocol::SrtListener)
+        });
         if !wanted || self.srt_listening {
             return Ok(());
         }
@@ -633,6 +810,27 @@ impl Runtime {
                 }
             }
         }
+        for (cid, run) in &self.channels {
+            for (oid, o) in &run.outputs {
+                let Some(key) = &o.config.read_key else {
+                    continue;
+                };
+                router.reads.insert(
+                    key.clone(),
+                    ReadEntry {
+                        channel: cid.clone(),
+                        output: oid.clone(),
+                        protocol: o.config.protocol,
+                        enabled: o.active(),
+                        allow_cidrs: o.config.allow_cidrs.clone(),
+                        passphrase: o.config.passphrase.clone(),
+                        bus: o.bus.clone(),
+                        stats: o.stats.clone(),
+                        cancel: o.cancel.clone(),
+                    },
+                );
+            }
+        }
         self.shared.router.keys.store(Arc::new(router));
         match catalog {
             Ok(c) => self.shared.state.catalog.store(Arc::new(c)),
@@ -662,6 +860,18 @@ impl Runtime {
                                 LadderRef::Named(l) => l.to_string(),
                             },
                             output: r.output.clone(),
+                            stats: r.stats.clone(),
+                            recorder: r.recorder.as_ref().map(|x| x.stats.clone()),
+                        })
+                        .collect(),
+                    outputs: run
+                        .outputs
+                        .iter()
+                        .map(|(o, r)| OutputView {
+                            id: o.clone(),
+                            protocol: r.config.protocol.as_str(),
+                            enabled: r.active(),
+                            pull: r.config.protocol.is_pull(),
                             stats: r.stats.clone(),
                         })
                         .collect(),
@@ -694,8 +904,8 @@ impl Runtime {
         );
         let cancel = self.shared.cancel.child_token();
         let mut engines = BTreeMap::new();
-        for (engine_id, engine) in &channel.engines {
-            let run = self.start_engine(id, engine_id, engine, &bus, &cancel, None);
+        for engine_id in channel.engines.keys() {
+            let run = self.start_engine(id, engine_id, channel, &bus, &cancel, None);
             engines.insert(engine_id.clone(), run);
         }
         let input_kbps = Arc::new(AtomicU32::new(0));
@@ -705,6 +915,17 @@ impl Runtime {
             cancel.clone(),
         ));
         let pulls = cancel.child_token();
+        let outputs = channel
+            .outputs
+            .iter()
+            .map(|(oid, o)| {
+                let source = output_bus(&engines, &bus, o);
+                (
+                    oid.clone(),
+                    self.start_output(id, oid, o, (&source, &cancel), false, None),
+                )
+            })
+            .collect();
         let mut run = ChannelRun {
             config: channel.clone(),
             bus,
@@ -714,6 +935,7 @@ impl Runtime {
             patterns: Vec::new(),
             slate: None,
             input_kbps,
+            outputs,
         };
         run.slate = self.start_slate(id, channel, &run.bus, &run.cancel);
         run.patterns = self.start_ingests(id, channel, &run.bus, &run.pulls);
@@ -742,26 +964,46 @@ impl Runtime {
         }
         // Priority only orders engines in the catalog: a change of it alone restarts
         // nothing.
+        // Nor does recording: only the recorder starts or stops.
         let settings = |e: &Engine| Engine {
             priority: 0,
+            record: None,
             ..e.clone()
         };
+        // An engine feeds the renditions outputs carry: a change of those restarts it.
+        let mut restarted = BTreeSet::new();
         for (engine_id, engine) in &next.engines {
+            let same_taps = tapped(&old, engine_id) == tapped(next, engine_id);
             match old.engines.get(engine_id) {
-                Some(o) if o == engine => {}
-                Some(o) if settings(o) == settings(engine) => {
+                Some(o) if o == engine && same_taps => {}
+                Some(o) if settings(o) == settings(engine) && same_taps => {
+                    if o.record != engine.record {
+                        let started = run.engines.get(engine_id).map(|r| {
+                            let (output, cancel) = (r.output.clone(), r.cancel.clone());
+                            self.start_recorder(id, engine_id, engine, &output, &cancel)
+                        });
+                        if let (Some(r), Some(recorder)) = (run.engines.get_mut(engine_id), started)
+                        {
+                            // The previous recorder (dropped here) closes its recording.
+                            r.recorder = recorder;
+                        }
+                        p.changes
+                            .push(format!("recording of {id}/{engine_id} changed"));
+                    }
+                    if o.priority != engine.priority {
+                        p.changes
+                            .push(format!("engine {id}/{engine_id} priority changed"));
+                    }
                     if let Some(r) = run.engines.get_mut(engine_id) {
                         r.config = engine.clone();
                     }
-                    p.changes
-                        .push(format!("engine {id}/{engine_id} priority changed"));
                 }
                 Some(_) => {
                     let previous = run.engines.get(engine_id).map(|r| r.output.clone());
                     let new = self.start_engine(
                         id,
                         engine_id,
-                        engine,
+                        next,
                         &run.bus,
                         &run.cancel,
                         previous.as_deref(),
@@ -769,11 +1011,13 @@ impl Runtime {
                     if let Some(previous) = run.engines.insert(engine_id.clone(), new) {
                         p.warming.push((id.clone(), engine_id.clone(), previous));
                     }
+                    restarted.insert(engine_id.clone());
                     p.changes.push(format!("engine {id}/{engine_id} restarted"));
                 }
                 None => {
-                    let new = self.start_engine(id, engine_id, engine, &run.bus, &run.cancel, None);
+                    let new = self.start_engine(id, engine_id, next, &run.bus, &run.cancel, None);
                     run.engines.insert(engine_id.clone(), new);
+                    restarted.insert(engine_id.clone());
                     p.changes.push(format!("engine {id}/{engine_id} added"));
                 }
             }
@@ -810,6 +1054,31 @@ impl Runtime {
             run.slate = self.start_slate(id, next, &run.bus, &run.cancel);
             p.changes.push(format!("slate of {id} restarted"));
         }
+        // Outputs changed or removed close their readers; the new key table (published
+        // by the caller) takes new ones.
+        // So do outputs of a rendition of an engine that restarted.
+        run.outputs.retain(|oid, o| {
+            let keep = next.outputs.get(oid) == Some(&o.config)
+                && o.config
+                    .rendition
+                    .as_ref()
+                    .is_none_or(|(e, _)| !restarted.contains(e));
+            if !keep {
+                p.changes
+                    .push(format!("output {id}/{oid} changed or removed"));
+            }
+            keep
+        });
+        for (oid, o) in &next.outputs {
+            if !run.outputs.contains_key(oid) {
+                let source = output_bus(&run.engines, &run.bus, o);
+                let started = self.start_output(id, oid, o, (&source, &run.cancel), false, None);
+                run.outputs.insert(oid.clone(), started);
+                if !old.outputs.contains_key(oid) {
+                    p.changes.push(format!("output {id}/{oid} added"));
+                }
+            }
+        }
         run.config = next.clone();
         self.channels.insert(id.clone(), run);
     }
@@ -818,11 +1087,12 @@ impl Runtime {
         &mut self,
         channel_id: &Id,
         engine_id: &Id,
-        engine: &Engine,
+        channel: &Channel,
         bus: &Arc<ChannelBus>,
         parent: &CancellationToken,
         continues: Option<&EngineOutput>,
     ) -> EngineRun {
+        let engine = &channel.engines[engine_id];
         let ladder = &engine.ladder;
         let start = self.engine_starts;
         self.engine_starts = self.engine_starts.saturating_add(1);
@@ -889,6 +1159,41 @@ impl Runtime {
             packager.continue_from(previous);
         }
         let packager = Arc::new(Mutex::new(packager));
+        // Renditions that outputs carry get a bus of their own, fed as they are encoded.
+        let mut taps = Vec::new();
+        let mut tap_buses = BTreeMap::new();
+        for o in channel.outputs.values() {
+            let Some((e, r)) = &o.rendition else { continue };
+            if e != engine_id || tap_buses.contains_key(r) {
+                continue;
+            }
+            let index = match engine.ladder_ref {
+                LadderRef::Passthrough => Some(0),
+                LadderRef::Named(_) => ladder.renditions.iter().position(|x| x.name.as_str() == r),
+            };
+            let Some(index) = index else { continue };
+            let tap = ChannelBus::new(channel_id.clone(), bus.grid(), DEFAULT_BUS_CAPACITY, 0);
+            let Ok(mut publisher) = tap.begin_feed(
+                format!("engine:{engine_id}/{r}"),
+                FeedSpec {
+                    ingest: format!("{engine_id}/{r}"),
+                    priority: 1,
+                },
+                sluice_ingest::bus::STALE_AFTER,
+            ) else {
+                continue;
+            };
+            publisher.carry_timeline();
+            taps.push(engine_runner::Tap {
+                rendition: index,
+                publisher: Mutex::new(publisher),
+            });
+            tap_buses.insert(r.clone(), tap);
+        }
+        let sink = engine_runner::EngineSink {
+            packager,
+            taps: Arc::new(taps),
+        };
         let name = format!("{channel_id}/{engine_id}");
         let stats = Arc::new(EngineStats::default());
         let cancel = parent.child_token();
@@ -909,7 +1214,7 @@ impl Runtime {
                         name.clone(),
                         mode.clone(),
                         bus.subscribe(),
-                        packager.clone(),
+                        sink.clone(),
                         stats.clone(),
                         cancel.clone(),
                         runs > 1,
@@ -917,12 +1222,113 @@ impl Runtime {
                     .instrument(span.clone())
                 }
             }));
+        let recorder = self.start_recorder(channel_id, engine_id, engine, &output, &cancel);
         EngineRun {
             config: engine.clone(),
             output,
             stats,
+            taps: tap_buses,
+            recorder,
+            cancel: cancel.clone(),
             _stop: cancel.drop_guard(),
         }
+    }
+
+    /// Starts an output: a pull output waits for readers; an enabled push output starts
+    /// pushing (unless `stopped`).
+    fn start_output(
+        &self,
+        channel_id: &Id,
+        output_id: &Id,
+        config: &ChannelOutput,
+        (bus, parent): (&Arc<ChannelBus>, &CancellationToken),
+        stopped: bool,
+        previous: Option<&OutputStats>,
+    ) -> OutputRun {
+        let run = OutputRun {
+            config: config.clone(),
+            bus: bus.clone(),
+            stats: Arc::new(previous.map_or_else(OutputStats::default, OutputStats::continuing)),
+            cancel: parent.child_token(),
+            stopped,
+        };
+        if run.active()
+            && !config.protocol.is_pull()
+            && let Some(url) = &config.url
+        {
+            let spec = sluice_ingest::push::PushSpec {
+                output: output_id.clone(),
+                url: url.clone(),
+                passphrase: config.passphrase.clone(),
+            };
+            let span = tracing::info_span!("output", channel = %channel_id, output = %output_id);
+            self.shared.tracker.spawn(
+                sluice_ingest::push::run_push(
+                    bus.clone(),
+                    spec,
+                    run.stats.clone(),
+                    run.cancel.clone(),
+                )
+                .instrument(span),
+            );
+        }
+        run
+    }
+
+    /// Starts or stops a channel output (control API; not persisted). `false`: no such
+    /// output, or its channel is not running.
+    pub fn set_output_running(&mut self, channel: &Id, output: &Id, start: bool) -> bool {
+        let Some(run) = self.channels.get(channel) else {
+            return false;
+        };
+        let Some(current) = run.outputs.get(output) else {
+            return false;
+        };
+        if current.stopped != start {
+            return true;
+        }
+        let (config, cancel) = (current.config.clone(), run.cancel.clone());
+        let bus = output_bus(&run.engines, &run.bus, &config);
+        let stats = current.stats.clone();
+        let next = self.start_output(
+            channel,
+            output,
+            &config,
+            (&bus, &cancel),
+            !start,
+            Some(&stats),
+        );
+        if let Some(run) = self.channels.get_mut(channel) {
+            // The previous run (dropped here) closes its readers or stops pushing.
+            run.outputs.insert(output.clone(), next);
+        }
+        self.publish();
+        tracing::info!(%channel, %output, "output {}", if start { "started" } else { "stopped" });
+        true
+    }
+
+    /// Starts the engine's recorder, when it records.
+    fn start_recorder(
+        &self,
+        channel_id: &Id,
+        engine_id: &Id,
+        engine: &Engine,
+        output: &Arc<EngineOutput>,
+        parent: &CancellationToken,
+    ) -> Option<RecorderRun> {
+        let record = engine.record.filter(|r| r.enabled)?;
+        let dir = crate::recorder::engine_dir(&self.running.server.data_dir, channel_id, engine_id);
+        let stats = Arc::new(RecorderStats::default());
+        let cancel = parent.child_token();
+        let span = tracing::info_span!("recorder", channel = %channel_id, engine = %engine_id);
+        self.shared.tracker.spawn(
+            crate::recorder::run(output.clone(), dir, record, stats.clone(), cancel.clone())
+                .instrument(span),
+        );
+        Some(RecorderRun {
+            stats,
+            _stop: cancel.drop_guard(),
+        })
     }
 
     fn start_slate(
