@@ -24,9 +24,10 @@ if [[ "${1:-}" == "--test" ]]; then
   # nginx: the HTTP cache of docker/nginx-cache.conf, tested in front of the server;
   # libnginx-mod-rtmp: nginx-rtmp, the RTMP server rtmp-pull ingests are tested against;
   # python3-m3u8: the independent LL-HLS playlist parser of the LL-HLS oracle test;
-  # chromium: the headless browser that plays the status page's player.
-  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light libnginx-mod-rtmp python3-m3u8 chromium)
-  commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl [c++]=g++ [python3]=python3-m3u8 [chromium]=chromium)
+  # chromium: the headless browser that plays the status page's player (and a recording);
+  # mount: the size-limited tmpfs a recording is made to fill up (the suite runs as root).
+  packages+=(ffmpeg gstreamer1.0-tools curl g++ nginx-light libnginx-mod-rtmp python3-m3u8 chromium mount)
+  commands+=([ffmpeg]=ffmpeg [ffprobe]=ffmpeg [gst-launch-1.0]=gstreamer1.0-tools [curl]=curl [c++]=g++ [python3]=python3-m3u8 [chromium]=chromium [mount]=mount [umount]=mount)
 fi
 
 missing=()
