@@ -551,5 +551,10 @@ channel = \"a\"
         Some(1.0)
     );
     assert!(crate::metrics::value(&m, "sluice_output_connects_total", &labels) >= Some(2.0));
+    // The channel goes quiet, then node B goes away: the srt-caller notices without
+    // anything to send, and retries.
     drop(publisher);
+    std::thread::sleep(Duration::from_secs(3));
+    drop(b);
+    wait_output_state(&a, "to-b", "error");
 }

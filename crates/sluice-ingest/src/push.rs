@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
     PublishRequestType, StreamMetadata,
@@ -327,7 +327,18 @@ async fn push_srt(
     let mut rx = bus.subscribe();
     let mut relay = TsRelay::default();
     let mut ts = Vec::with_capacity(64 * 1024);
-    while let Some(ev) = rx.recv().await {
+    loop {
+        // The target closing (or going silent past SRT's peer timeout) ends the push even
+        // while the channel has nothing to send.
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            incoming = socket.next() => match incoming {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(_)) => continue, // a listener that sends: ignored
+            },
+        };
+        let Some(ev) = ev else { return Ok(()) };
         relay.push(&ev, &mut ts);
         for chunk in ts.chunks(TS_PER_MESSAGE * crate::ts_demux::PACKET) {
             tokio::time::timeout(
@@ -344,7 +355,6 @@ async fn push_srt(
             .fetch_add(ts.len() as u64, std::sync::atomic::Ordering::Relaxed);
         ts.clear();
     }
-    Ok(())
 }
 
 #[cfg(test)]
