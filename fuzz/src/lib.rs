@@ -277,6 +277,16 @@ pub fn srt_streamid(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(request) = sluice_ingest::srt_streamid::parse_stream_id(&text) {
         assert!(!request.key.is_empty() && text.len() <= 512);
+        if let Some(t) = request.tracking_id {
+            assert!(t.len() <= sluice_ingest::srt_streamid::MAX_TRACKING_ID);
+        }
+    }
+    // RTMP publish and play names (`key?tracking_id=...`) come from the same kind of
+    // stranger.
+    let (key, tracking) = sluice_ingest::rtmp_session::stream_name(&text);
+    assert!(key.len() <= text.len() && !key.contains('?'));
+    if let Some(t) = tracking {
+        assert!(t.len() <= sluice_ingest::srt_streamid::MAX_TRACKING_ID);
     }
 }
 

@@ -456,14 +456,97 @@ fn post(server: &Server, path: &str) -> u16 {
     }
 }
 
-/// Push outputs: `rtmp-push` to a real nginx-rtmp, read back by ffprobe; `srt-caller` to
-/// another Sluice node's SRT ingest, which keeps A's numbers; one to a closed port shows
-/// `error` with its reason and retries; stopping and starting an output through the API.
+/// An HTTP endpoint for nginx-rtmp's `on_publish`: answers 200 and keeps each request
+/// (request line and form body).
+struct Hook {
+    port: u16,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Hook {
+    fn start() -> Hook {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (kept, stopped) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                tcp.set_nonblocking(false).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then Content-Length bytes of body; bounded at 64 KB.
+                while request.len() < 65536 {
+                    let Ok(n) = tcp.read(&mut buf) else { break };
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break;
+                        }
+                    }
+                }
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&request).to_string());
+                let _ = tcp.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Hook { port, seen, stop }
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The status API's view of a channel.
+fn channel_status(server: &Server, channel: &str) -> serde_json::Value {
+    let (code, _, body) = get(&server.url("/api/v1/status"));
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["channels"][channel].clone()
+}
+
+/// Push outputs: `rtmp-push` to a real nginx-rtmp, read back by ffprobe, its tracking id
+/// reaching nginx's `on_publish` as a query parameter while the stream keeps its name;
+/// `srt-caller` to another Sluice node's SRT ingest, which keeps A's numbers, and
+/// `rtmp-push` to its RTMP ingest, each with a tracking id that node shows; one to a
+/// closed port shows `error` with its reason and retries; stopping and starting an output
+/// through the API.
 #[test]
 fn push_outputs_reach_nginx_rtmp_and_another_node() {
     let _heavy = heavy();
     let nginx_port = free_port();
-    let _nginx = NginxRtmp::start("relay-push-nginx", nginx_port);
+    let hook = Hook::start();
+    let _nginx = NginxRtmp::start_with(
+        "relay-push-nginx",
+        nginx_port,
+        &format!("on_publish http://127.0.0.1:{}/publish;", hook.port),
+    );
     let b_srt = free_udp_port();
     let b = Server::start_with_server_keys(
         "relay-push-b",
@@ -475,8 +558,14 @@ stream_key = \"b-ingest-key\"
 ladder = \"passthrough\"
 [distributions.b]
 channel = \"b\"
+[channels.b2.ingests.from-a]
+protocol = \"rtmp\"
+stream_key = \"b-rtmp-key\"
+[channels.b2.engines.main]
+ladder = \"passthrough\"
 ",
     );
+    let b_rtmp = b.rtmp_url("b-rtmp-key");
     let dead = free_port();
     let a = Server::start(
         "relay-push-a",
@@ -491,9 +580,15 @@ ladder = \"passthrough\"
 [channels.a.outputs.platform]
 protocol = \"rtmp-push\"
 url = \"rtmp://127.0.0.1:{nginx_port}/live/pushed\"
+tracking_id = \"eu-run-7\"
 [channels.a.outputs.to-b]
 protocol = \"srt-caller\"
 url = \"srt://127.0.0.1:{b_srt}?streamid=publish:b-ingest-key&latency=200\"
+tracking_id = \"srt-run.8\"
+[channels.a.outputs.to-b-rtmp]
+protocol = \"rtmp-push\"
+url = \"{b_rtmp}\"
+tracking_id = \"rtmp-run_9\"
 [channels.a.outputs.nowhere]
 protocol = \"rtmp-push\"
 url = \"rtmp://127.0.0.1:{dead}/live/x\"
@@ -522,6 +617,27 @@ channel = \"a\"
     let n = listed(&b, B_MEDIA).last().unwrap().0 - 1;
     let (pa, pb) = (first_pts(&a, A_MEDIA, n), first_pts(&b, B_MEDIA, n));
     assert!((pa - pb).abs() < 0.001, "segment {n}: A {pa} s, B {pb} s");
+    // Tracking ids: nginx's on_publish got it beside the stream's own name; B shows the
+    // ids its publishers sent, over SRT (a #!:: stream id key) and over RTMP (a query).
+    let published: Vec<String> = hook.seen.lock().unwrap().clone();
+    assert!(
+        published
+            .iter()
+            .any(|r| r.contains("name=pushed") && r.contains("tracking_id=eu-run-7")),
+        "{published:?}"
+    );
+    assert_eq!(channel_status(&b, "b")["tracking_id"], "srt-run.8");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while channel_status(&b, "b2")["tracking_id"] != "rtmp-run_9" {
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            channel_status(&b, "b2"),
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_output_state(&a, "to-b-rtmp", "running");
     // A target that refuses: error with the reason, retried.
     let out = wait_output_state(&a, "nowhere", "error");
     assert!(

@@ -831,6 +831,11 @@ pub struct NginxRtmp {
 
 impl NginxRtmp {
     pub fn start(name: &str, port: u16) -> NginxRtmp {
+        NginxRtmp::start_with(name, port, "")
+    }
+
+    /// With more directives in `application live` (e.g. `on_publish`).
+    pub fn start_with(name: &str, port: u16, directives: &str) -> NginxRtmp {
         let module = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
         assert!(
             Path::new(module).exists(),
@@ -841,7 +846,7 @@ impl NginxRtmp {
             &dir,
             &format!("load_module {module};\n"),
             &format!(
-                "rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}"
+                "rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; {directives} }} }} }}"
             ),
         );
         let nginx = NginxRtmp { child };

@@ -27,7 +27,7 @@ pub use model::{
     ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, DeviceType, Distribution,
     Engine, GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, OsName, Output,
     OverrideRule, OverrideTarget, Record, Rendition, RuleMode, SdkType, ServerConfig, Slate,
-    TestPattern, TokenAlgorithm, TokenConfig, TokenKey,
+    TRACKING_PARAM, TestPattern, TokenAlgorithm, TokenConfig, TokenKey, Tracking, tracked_url,
 };
 pub use support::not_served_yet;
 

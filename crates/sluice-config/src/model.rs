@@ -156,11 +156,93 @@ pub struct ChannelOutput {
     pub allow_cidrs: Vec<IpNet>,
     /// `url`: push outputs only, and required there.
     pub url: Option<String>,
+    /// `tracking_id` (and `tracking_param`, default `tracking_id`): push outputs only; an
+    /// id the target can log or bill against, appended to `url` the way targets expect
+    /// (see [`tracked_url`]). Default: none.
+    pub tracking: Option<Tracking>,
     /// `engine` and `rendition` (both or neither): the output carries one rendition of one
     /// of the channel's engines (as encoded, with the audio) instead of the source. The
     /// rendition is a name of the engine's ladder (`source` for passthrough). Default: the
     /// source.
     pub rendition: Option<(Id, String)>,
+}
+
+impl ChannelOutput {
+    /// Where a push output connects: `url` with the tracking id appended. `None` for pull
+    /// outputs.
+    pub fn target_url(&self) -> Option<String> {
+        let url = self.url.as_ref()?;
+        Some(match &self.tracking {
+            // Validation refused the URLs this fails on.
+            Some(t) => tracked_url(url, &t.param, &t.id).unwrap_or_else(|_| url.clone()),
+            None => url.clone(),
+        })
+    }
+}
+
+/// A push output's tracking id and the name of the parameter that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracking {
+    pub param: String,
+    pub id: String,
+}
+
+/// The parameter name a tracking id goes under when none is configured; Sluice as a
+/// target reads this one.
+pub const TRACKING_PARAM: &str = "tracking_id";
+
+/// `url` with `param=id` appended the way each protocol's targets read extra
+/// parameters:
+/// - `rtmp://`: a query on the stream name (`.../app/name?param=id`, or `&param=id` after
+///   a query already there), as nginx-rtmp (`on_publish` gets it), SRS, Wowza and Sluice
+///   read it, while the stream keeps its name;
+/// - `srt://`: a key of the access-control stream id (`#!::r=<key>,m=publish,param=id`);
+///   a `publish:<key>` stream id is rewritten to that form. Other stream ids have no place
+///   for it, and are refused, as is a stream id grown past SRT's 512 bytes.
+pub fn tracked_url(url: &str, param: &str, id: &str) -> Result<String, &'static str> {
+    if url.starts_with("rtmp://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        return Ok(format!("{url}{sep}{param}={id}"));
+    }
+    let Some((base, query)) = url.split_once('?') else {
+        return Err(
+            "a tracking id needs a streamid in the srt url (?streamid=#!::r=<key>,m=publish)",
+        );
+    };
+    let mut found = false;
+    let mut pairs = Vec::new();
+    for pair in query.split('&') {
+        let Some(value) = pair.strip_prefix("streamid=") else {
+            pairs.push(pair.to_owned());
+            continue;
+        };
+        found = true;
+        let grown = if let Some(key) = value.strip_prefix("publish:") {
+            format!("%23!::r={key},m=publish,{param}={id}")
+        } else if value.starts_with("#!::")
+            || value
+                .get(..3)
+                .is_some_and(|p| p.eq_ignore_ascii_case("%23"))
+        {
+            format!("{value},{param}={id}")
+        } else {
+            return Err(
+                "a tracking id needs the srt url's streamid as #!::r=<key>,m=publish or publish:<key>",
+            );
+        };
+        // `%23` is one byte once decoded.
+        let decoded_len = grown.len() - 2 * grown.matches('%').count();
+        if decoded_len > 512 {
+            return Err("the stream id with the tracking id is longer than SRT's 512 bytes");
+        }
+        pairs.push(format!("streamid={grown}"));
+    }
+    if !found {
+        return Err(
+            "a tracking id needs a streamid in the srt url (?streamid=#!::r=<key>,m=publish)",
+        );
+    }
+    Ok(format!("{base}?{}", pairs.join("&")))
 }
 
 /// `protocol` of a channel output.

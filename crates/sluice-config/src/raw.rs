@@ -103,6 +103,8 @@ pub(crate) struct RawChannelOutput {
     pub passphrase: Option<S<String>>,
     pub allow_cidrs: Option<S<Vec<S<String>>>>,
     pub url: Option<S<String>>,
+    pub tracking_id: Option<S<String>>,
+    pub tracking_param: Option<S<String>>,
     pub engine: Option<S<String>>,
     pub rendition: Option<S<String>>,
 }

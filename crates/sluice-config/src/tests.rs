@@ -1285,3 +1285,87 @@ passphrase = "short"
     assert_eq!(o.allow_cidrs, vec!["10.0.0.0/8".parse().unwrap()]);
     assert!(!o.enabled);
 }
+
+/// A push output's tracking id goes where each protocol's targets read it: a query on
+/// the RTMP stream name, a key of the SRT access-control stream id. Where it has no
+/// place, or is not URL-safe, `check` says so at the value.
+#[test]
+fn tracking_ids_are_appended_the_way_targets_read_them() {
+    use crate::tracked_url;
+    assert_eq!(
+        tracked_url("rtmp://h/app/key", "tracking_id", "eu-1").as_deref(),
+        Ok("rtmp://h/app/key?tracking_id=eu-1")
+    );
+    assert_eq!(
+        tracked_url("rtmp://h:1936/app/key?pwd=x", "t", "eu-1").as_deref(),
+        Ok("rtmp://h:1936/app/key?pwd=x&t=eu-1")
+    );
+    assert_eq!(
+        tracked_url(
+            "srt://h:9000?streamid=publish:k&latency=200",
+            "tracking_id",
+            "eu-1"
+        )
+        .as_deref(),
+        Ok("srt://h:9000?streamid=%23!::r=k,m=publish,tracking_id=eu-1&latency=200")
+    );
+    assert_eq!(
+        tracked_url(
+            "srt://h:9000?passphrase=p&streamid=%23!::r=k,m=publish",
+            "tracking_id",
+            "eu-1"
+        )
+        .as_deref(),
+        Ok("srt://h:9000?passphrase=p&streamid=%23!::r=k,m=publish,tracking_id=eu-1")
+    );
+    assert_eq!(
+        tracked_url("srt://h:9000?streamid=#!::r=k", "x-run", "7").as_deref(),
+        Ok("srt://h:9000?streamid=#!::r=k,x-run=7")
+    );
+    assert!(tracked_url("srt://h:9000", "tracking_id", "a").is_err());
+    assert!(tracked_url("srt://h:9000?latency=20", "tracking_id", "a").is_err());
+    assert!(tracked_url("srt://h:9000?streamid=live/k", "tracking_id", "a").is_err());
+    let long = format!("srt://h?streamid=publish:{}", "k".repeat(480));
+    assert!(tracked_url(&long, "tracking_id", "abcdefgh").is_err());
+
+    let c = ok(&format!(
+        "{BASE}[channels.c.outputs.o]\nprotocol = \"srt-caller\"\nurl = \"srt://h:9000?streamid=publish:k\"\ntracking_id = \"run.7\"\n"
+    ));
+    let o = &c.channels[&id("c")].outputs[&id("o")];
+    assert_eq!(
+        o.target_url().as_deref(),
+        Some("srt://h:9000?streamid=%23!::r=k,m=publish,tracking_id=run.7")
+    );
+    let c = ok(&format!(
+        "{BASE}[channels.c.outputs.o]\nprotocol = \"rtmp-push\"\nurl = \"rtmp://h/app/k\"\n"
+    ));
+    assert_eq!(
+        c.channels[&id("c")].outputs[&id("o")]
+            .target_url()
+            .as_deref(),
+        Some("rtmp://h/app/k")
+    );
+    let bad = format!(
+        "{BASE}[channels.c.outputs.a]\nprotocol = \"srt-caller\"\nurl = \"srt://h:9000?streamid=live/k\"\ntracking_id = \"t1\"\n\
+         [channels.c.outputs.b]\nprotocol = \"rtmp-push\"\nurl = \"rtmp://h/app/k\"\ntracking_id = \"a&b\"\n\
+         [channels.c.outputs.d]\nprotocol = \"srt-listener\"\nread_key = \"rk\"\ntracking_id = \"t2\"\n\
+         [channels.c.outputs.e]\nprotocol = \"srt-caller\"\nurl = \"srt://h:9000?streamid=publish:k\"\ntracking_id = \"t3\"\ntracking_param = \"r\"\n\
+         [channels.c.outputs.f]\nprotocol = \"rtmp-push\"\nurl = \"rtmp://h/app/k\"\ntracking_param = \"tid\"\n"
+    );
+    expect(
+        &bad,
+        &[
+            ("tracking_id = |\"t1\"", "streamid as #!::r=<key>,m=publish"),
+            ("tracking_id = |\"a&b\"", "tracking_id must be 1 to 128"),
+            (
+                "tracking_id = |\"t2\"",
+                "srt-listener outputs take no tracking_id",
+            ),
+            ("tracking_param = |\"r\"", "cannot be r, m or t"),
+            (
+                "tracking_param = |\"tid\"",
+                "tracking_param without a tracking_id",
+            ),
+        ],
+    );
+}

@@ -16,7 +16,8 @@ use crate::countries::is_country;
 use crate::model::{
     ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, Distribution, Engine,
     GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, Output, OverrideRule,
-    OverrideTarget, Record, Rendition, ServerConfig, Slate, TestPattern, TokenConfig, TokenKey,
+    OverrideTarget, Record, Rendition, ServerConfig, Slate, TRACKING_PARAM, TestPattern,
+    TokenConfig, TokenKey, Tracking, tracked_url,
 };
 use crate::parse::{Parsed, Problem, SpanIndex, key_path};
 use crate::raw::{
@@ -514,6 +515,7 @@ impl Checker<'_> {
                 list.get_ref().iter().filter_map(|v| self.net(v)).collect()
             }
         };
+        let tracking = self.tracking(r, p);
         ChannelOutput {
             protocol: p,
             enabled: r.enabled.unwrap_or(true),
@@ -521,8 +523,67 @@ impl Checker<'_> {
             passphrase: r.passphrase.as_ref().map(|v| v.get_ref().clone()),
             allow_cidrs,
             url: r.url.as_ref().map(|v| v.get_ref().clone()),
+            tracking,
             rendition: None,
         }
+    }
+
+    /// A push output's `tracking_id` and `tracking_param`: URL-safe, and with a place in
+    /// the output's url.
+    fn tracking(&mut self, r: &RawChannelOutput, p: ChannelOutputProtocol) -> Option<Tracking> {
+        let proto = p.as_str();
+        let param = match &r.tracking_param {
+            None => TRACKING_PARAM.to_owned(),
+            Some(v) => {
+                let s = v.get_ref();
+                let ok = (1..=32).contains(&s.len())
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+                if !ok {
+                    self.err(
+                        v.span(),
+                        "tracking_param must be 1 to 32 letters, digits, _ or -",
+                    );
+                } else if p.is_srt() && matches!(s.as_str(), "r" | "m" | "t") {
+                    self.err(
+                        v.span(),
+                        "tracking_param cannot be r, m or t: the SRT stream id uses them",
+                    );
+                } else if r.tracking_id.is_none() {
+                    self.err(v.span(), "tracking_param without a tracking_id");
+                }
+                s.clone()
+            }
+        };
+        let v = r.tracking_id.as_ref()?;
+        if p.is_pull() {
+            self.err(
+                v.span(),
+                format!("{proto} outputs take no tracking_id (push outputs only)"),
+            );
+            return None;
+        }
+        let id = v.get_ref();
+        let ok = (1..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
+        if !ok {
+            self.err(
+                v.span(),
+                "tracking_id must be 1 to 128 letters, digits, . _ ~ or -",
+            );
+            return None;
+        }
+        let url = r.url.as_ref()?;
+        if let Err(e) = tracked_url(url.get_ref(), &param, id) {
+            self.err(v.span(), e);
+            return None;
+        }
+        Some(Tracking {
+            param,
+            id: id.clone(),
+        })
     }
 
     /// An output's `engine` and `rendition`: both or neither, an engine of the channel and

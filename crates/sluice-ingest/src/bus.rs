@@ -128,6 +128,9 @@ impl RateCap {
 pub struct FeedSpec {
     pub ingest: String,
     pub priority: u32,
+    /// The id a publisher sent along (a push output's `tracking_id`), shown, never acted
+    /// on.
+    pub tracking_id: Option<String>,
 }
 
 impl FeedSpec {
@@ -136,6 +139,7 @@ impl FeedSpec {
         FeedSpec {
             ingest: "slate".into(),
             priority: u32::MAX,
+            tracking_id: None,
         }
     }
 }
@@ -145,6 +149,7 @@ impl Default for FeedSpec {
         FeedSpec {
             ingest: String::new(),
             priority: 1,
+            tracking_id: None,
         }
     }
 }
@@ -282,6 +287,14 @@ impl ChannelBus {
             .now_ms()
             .saturating_sub(self.last_frame_ms.load(Ordering::Relaxed));
         Some((feed.spec.ingest.clone(), idle <= self.failover_after_ms))
+    }
+
+    /// The tracking id the owner's publisher sent, if any.
+    pub fn owner_tracking_id(&self) -> Option<String> {
+        let st = self.lock();
+        let owner = self.owner.load(Ordering::Relaxed);
+        let feed = st.feeds.iter().find(|f| f.id == owner)?;
+        feed.spec.tracking_id.clone()
     }
 
     /// Whether some feed other than the slate owns the channel and is live.
@@ -1292,6 +1305,7 @@ mod tests {
         let spec = FeedSpec {
             ingest: ingest.into(),
             priority,
+            tracking_id: None,
         };
         let mut p = bus.begin_feed(ingest, spec, STALE_AFTER).unwrap();
         configure(&mut p);
@@ -1312,7 +1326,8 @@ mod tests {
                 "x",
                 FeedSpec {
                     ingest: "backup".into(),
-                    priority: 2
+                    priority: 2,
+                    tracking_id: None,
                 },
                 STALE_AFTER
             )

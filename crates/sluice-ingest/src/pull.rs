@@ -125,6 +125,7 @@ fn attach(
         FeedSpec {
             ingest: spec.ingest.to_string(),
             priority: spec.priority,
+            tracking_id: None,
         },
         STALE_AFTER,
     )

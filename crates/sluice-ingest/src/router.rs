@@ -73,6 +73,7 @@ impl KeyRouter {
         protocol: IngestProtocol,
         key: &str,
         peer: SocketAddr,
+        tracking_id: Option<&str>,
     ) -> Result<Publisher, Refusal> {
         let entry = self.entry(protocol, key)?;
         let ip = peer.ip().to_canonical();
@@ -82,6 +83,7 @@ impl KeyRouter {
         let spec = FeedSpec {
             ingest: entry.ingest.to_string(),
             priority: entry.priority,
+            tracking_id: tracking_id.map(str::to_owned),
         };
         entry
             .bus
@@ -140,8 +142,13 @@ impl KeyRouter {
 }
 
 impl PublishRouter for KeyRouter {
-    fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal> {
-        self.authorize(IngestProtocol::Rtmp, stream_key, peer)
+    fn authorize_rtmp(
+        &self,
+        stream_key: &str,
+        peer: SocketAddr,
+        tracking_id: Option<&str>,
+    ) -> Result<Publisher, Refusal> {
+        self.authorize(IngestProtocol::Rtmp, stream_key, peer, tracking_id)
     }
 
     fn srt_passphrase(&self, stream_key: &str) -> Result<Option<String>, Refusal> {
@@ -151,8 +158,13 @@ impl PublishRouter for KeyRouter {
             .clone())
     }
 
-    fn authorize_srt(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal> {
-        self.authorize(IngestProtocol::Srt, stream_key, peer)
+    fn authorize_srt(
+        &self,
+        stream_key: &str,
+        peer: SocketAddr,
+        tracking_id: Option<&str>,
+    ) -> Result<Publisher, Refusal> {
+        self.authorize(IngestProtocol::Srt, stream_key, peer, tracking_id)
     }
 
     fn srt_read_passphrase(&self, read_key: &str) -> Result<Option<String>, Refusal> {
@@ -202,22 +214,25 @@ mod tests {
         let r = router();
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert_eq!(
-            r.authorize_rtmp("nope", local).err(),
+            r.authorize_rtmp("nope", local, None).err(),
             Some(Refusal::UnknownKey)
         );
         assert_eq!(
-            r.authorize_rtmp("off", local).err(),
+            r.authorize_rtmp("off", local, None).err(),
             Some(Refusal::Disabled)
         );
         assert_eq!(
-            r.authorize_rtmp("lan", local).err(),
+            r.authorize_rtmp("lan", local, None).err(),
             Some(Refusal::AddressNotAllowed)
         );
-        let p = r.authorize_rtmp("open", local).unwrap();
-        assert_eq!(r.authorize_rtmp("open", local).err(), Some(Refusal::Busy));
+        let p = r.authorize_rtmp("open", local, None).unwrap();
+        assert_eq!(
+            r.authorize_rtmp("open", local, None).err(),
+            Some(Refusal::Busy)
+        );
         drop(p);
         assert!(
-            r.authorize_rtmp("lan", "10.1.2.3:1".parse().unwrap())
+            r.authorize_rtmp("lan", "10.1.2.3:1".parse().unwrap(), None)
                 .is_ok()
         );
     }

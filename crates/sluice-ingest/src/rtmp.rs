@@ -71,12 +71,24 @@ async fn player_wake(reader: &mut Option<Reader>) -> PlayerWake {
 
 /// Decides who may publish, and where to.
 pub trait PublishRouter: Send + Sync + 'static {
-    fn authorize_rtmp(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal>;
+    /// Claims the key's channel for an RTMP publisher; `tracking_id` is what the
+    /// publisher appended to its stream name, if anything (kept with the feed and shown).
+    fn authorize_rtmp(
+        &self,
+        stream_key: &str,
+        peer: SocketAddr,
+        tracking_id: Option<&str>,
+    ) -> Result<Publisher, Refusal>;
     /// The passphrase of an SRT key's ingest (`None`: unencrypted), if the key may
     /// publish over SRT at all. Claims nothing.
     fn srt_passphrase(&self, stream_key: &str) -> Result<Option<String>, Refusal>;
     /// Claims the key's channel for an SRT publisher.
-    fn authorize_srt(&self, stream_key: &str, peer: SocketAddr) -> Result<Publisher, Refusal>;
+    fn authorize_srt(
+        &self,
+        stream_key: &str,
+        peer: SocketAddr,
+        tracking_id: Option<&str>,
+    ) -> Result<Publisher, Refusal>;
     /// The passphrase of a read key's SRT output (`None`: unencrypted), if the key may
     /// read over SRT at all. Opens nothing.
     fn srt_read_passphrase(&self, read_key: &str) -> Result<Option<String>, Refusal> {
@@ -250,9 +262,10 @@ async fn connection(
                         request_id,
                         stream_key,
                     } => {
-                        let answer = match router.authorize_rtmp(&stream_key, peer) {
+                        let (key, tracking_id) = crate::rtmp_session::stream_name(&stream_key);
+                        let answer = match router.authorize_rtmp(key, peer, tracking_id) {
                             Ok(p) => {
-                                tracing::info!(%peer, channel = %p.channel(), ingest = %p.spec().ingest, "RTMP publish accepted");
+                                tracing::info!(%peer, channel = %p.channel(), ingest = %p.spec().ingest, tracking_id = tracking_id.unwrap_or(""), "RTMP publish accepted");
                                 *published =
                                     Some((p.channel().to_string(), p.spec().ingest.clone()));
                                 publisher = Some(p);
@@ -289,7 +302,10 @@ async fn connection(
                         request_id,
                         stream_key,
                     } => {
-                        let answer = match router.authorize_rtmp_play(&stream_key, peer) {
+                        let answer = match router.authorize_rtmp_play(
+                            crate::rtmp_session::stream_name(&stream_key).0,
+                            peer,
+                        ) {
                             Ok(r) => {
                                 tracing::info!(%peer, channel = %r.channel, output = %r.output, "RTMP reader accepted");
                                 reader = Some(r);

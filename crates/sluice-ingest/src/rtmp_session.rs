@@ -25,6 +25,20 @@ use crate::rtmp_guard::{ChunkGuard, Message};
 /// The RTMP application publishers must use: `rtmp://HOST/live/<stream_key>`.
 pub const RTMP_APP: &str = "live";
 
+/// A publish or play name as `key[?query]`: the key, and a well-formed `tracking_id`
+/// from the query (what another node's `rtmp-push` output appends; other parameters are
+/// ignored). Keys never hold `?` (`sluice check` refuses them).
+pub fn stream_name(name: &str) -> (&str, Option<&str>) {
+    let Some((key, query)) = name.split_once('?') else {
+        return (name, None);
+    };
+    let tracking = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("tracking_id="))
+        .and_then(crate::srt_streamid::tracking_id);
+    (key, tracking)
+}
+
 /// What one RTMP connection may do, and for how long.
 #[derive(Debug, Clone)]
 pub struct RtmpPolicy {
@@ -677,6 +691,19 @@ impl TagMedia {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_names_split_off_their_query() {
+        assert_eq!(stream_name("key"), ("key", None));
+        assert_eq!(stream_name("key?tracking_id=eu-7"), ("key", Some("eu-7")));
+        assert_eq!(
+            stream_name("key?a=1&tracking_id=eu-7&b"),
+            ("key", Some("eu-7"))
+        );
+        assert_eq!(stream_name("key?tracking_id=a%20b"), ("key", None));
+        assert_eq!(stream_name("key?"), ("key", None));
+        assert_eq!(stream_name("?tracking_id=x"), ("", Some("x")));
+    }
     use crate::rtmp_guard::GuardError;
 
     #[test]

@@ -185,7 +185,7 @@ pub fn decide(
     } else {
         Granted::Publish(Box::new(
             router
-                .authorize_srt(request.key, peer)
+                .authorize_srt(request.key, peer, request.tracking_id)
                 .map_err(SrtRefusal::Refused)?,
         ))
     };

@@ -6,7 +6,8 @@
 //! - `publish:<key>` and `read:<key>`;
 //! - the SRT access-control form (Haivision's "SRT Access Control Guidelines"):
 //!   `#!::r=<key>,m=publish` or `m=request`, with other keys (`u`, `s`, `h`, `t`) allowed
-//!   and ignored, except that `t` must be `stream` when present.
+//!   and ignored, except that `t` must be `stream` when present; a `tracking_id` key
+//!   (what another node's `srt-caller` output appends) is kept when it is well formed.
 
 /// The longest stream id SRT carries (`SRTO_STREAMID`).
 pub const MAX_STREAM_ID: usize = 512;
@@ -34,6 +35,21 @@ impl SrtMode {
 pub struct StreamRequest<'a> {
     pub mode: SrtMode,
     pub key: &'a str,
+    /// A well-formed `tracking_id` from the access-control form (shown, never acted on).
+    pub tracking_id: Option<&'a str>,
+}
+
+/// The longest tracking id kept.
+pub const MAX_TRACKING_ID: usize = 128;
+
+/// A tracking id worth keeping: 1 to 128 letters, digits, `.`, `_`, `~` or `-` (what
+/// `sluice check` allows a push output to send). Others are dropped, not refused: the
+/// id is informational.
+pub fn tracking_id(s: &str) -> Option<&str> {
+    let ok = (1..=MAX_TRACKING_ID).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
+    ok.then_some(s)
 }
 
 /// Why a stream id was refused. The messages never quote the id (it holds a key).
@@ -71,11 +87,13 @@ pub fn parse_stream_id(id: &str) -> Result<StreamRequest<'_>, StreamIdError> {
         StreamRequest {
             mode: SrtMode::Publish,
             key,
+            tracking_id: None,
         }
     } else if let Some(key) = id.strip_prefix("read:") {
         StreamRequest {
             mode: SrtMode::Read,
             key,
+            tracking_id: None,
         }
     } else if let Some(pairs) = id.strip_prefix("#!::") {
         access_control(pairs)?
@@ -93,13 +111,14 @@ pub fn parse_stream_id(id: &str) -> Result<StreamRequest<'_>, StreamIdError> {
 
 /// `k=v,k=v` after `#!::`.
 fn access_control(pairs: &str) -> Result<StreamRequest<'_>, StreamIdError> {
-    let (mut resource, mut mode, mut kind) = (None, None, None);
+    let (mut resource, mut mode, mut kind, mut tracking) = (None, None, None, None);
     for pair in pairs.split(',') {
         let (k, v) = pair.split_once('=').ok_or(StreamIdError::Malformed)?;
         let slot = match k {
             "r" => &mut resource,
             "m" => &mut mode,
             "t" => &mut kind,
+            "tracking_id" => &mut tracking,
             "u" | "s" | "h" => continue,
             _ if k.is_empty() => return Err(StreamIdError::Malformed),
             // Keys of other applications are allowed by the guidelines; ignored.
@@ -125,6 +144,7 @@ fn access_control(pairs: &str) -> Result<StreamRequest<'_>, StreamIdError> {
     Ok(StreamRequest {
         mode,
         key: resource.ok_or(StreamIdError::NoKey)?,
+        tracking_id: tracking.and_then(tracking_id),
     })
 }
 
@@ -139,33 +159,53 @@ mod tests {
             p("publish:abc"),
             Ok(StreamRequest {
                 mode: SrtMode::Publish,
-                key: "abc"
+                key: "abc",
+                tracking_id: None
             })
         );
         assert_eq!(
             p("read:r-1"),
             Ok(StreamRequest {
                 mode: SrtMode::Read,
-                key: "r-1"
+                key: "r-1",
+                tracking_id: None
             })
         );
         assert_eq!(
             p("#!::r=abc,m=publish"),
             Ok(StreamRequest {
                 mode: SrtMode::Publish,
-                key: "abc"
+                key: "abc",
+                tracking_id: None
             })
         );
         assert_eq!(
             p("#!::u=alice,m=request,r=live/x,t=stream"),
             Ok(StreamRequest {
                 mode: SrtMode::Read,
-                key: "live/x"
+                key: "live/x",
+                tracking_id: None
             })
         );
         assert_eq!(p("#!::r=abc").map(|r| r.mode), Ok(SrtMode::Read));
         // The key may itself contain ':' and '=' in the plain form.
         assert_eq!(p("publish:a:b=c").map(|r| r.key), Ok("a:b=c"));
+    }
+
+    #[test]
+    fn a_tracking_id_is_kept_when_well_formed() {
+        let t = |s| parse_stream_id(s).map(|r| (r.key, r.tracking_id));
+        assert_eq!(
+            t("#!::r=abc,m=publish,tracking_id=eu-run.7"),
+            Ok(("abc", Some("eu-run.7")))
+        );
+        // Dropped, not refused: a space, a comma's worth of garbage, too long.
+        assert_eq!(t("#!::r=abc,m=publish,tracking_id=a b"), Ok(("abc", None)));
+        let long = format!("#!::r=abc,m=publish,tracking_id={}", "x".repeat(129));
+        assert_eq!(t(&long), Ok(("abc", None)));
+        assert_eq!(t("#!::r=abc,m=publish,tracking_id="), Ok(("abc", None)));
+        // The plain form has no place for one: it is part of the key.
+        assert_eq!(t("publish:abc"), Ok(("abc", None)));
     }
 
     #[test]

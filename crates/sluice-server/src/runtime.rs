@@ -92,8 +92,14 @@ impl PublishRouter for LiveRouter {
         &self,
         stream_key: &str,
         peer: std::net::SocketAddr,
+        tracking_id: Option<&str>,
     ) -> Result<Publisher, Refusal> {
-        self.counted(false, self.keys.load().authorize_rtmp(stream_key, peer))
+        self.counted(
+            false,
+            self.keys
+                .load()
+                .authorize_rtmp(stream_key, peer, tracking_id),
+        )
     }
 
     fn srt_passphrase(&self, stream_key: &str) -> Result<Option<String>, Refusal> {
@@ -104,8 +110,14 @@ impl PublishRouter for LiveRouter {
         &self,
         stream_key: &str,
         peer: std::net::SocketAddr,
+        tracking_id: Option<&str>,
     ) -> Result<Publisher, Refusal> {
-        self.counted(true, self.keys.load().authorize_srt(stream_key, peer))
+        self.counted(
+            true,
+            self.keys
+                .load()
+                .authorize_srt(stream_key, peer, tracking_id),
+        )
     }
 
     fn authorize_rtmp_play(
@@ -404,6 +416,7 @@ impl StatusView {
                 "state": "stopped",
                 "active_ingest": null,
                 "ingest_live": false,
+                "tracking_id": null,
                 "input_kbps": 0,
                 "engines": engines,
                 "distributions": distributions,
@@ -488,6 +501,7 @@ impl StatusView {
             "state": "running",
             "active_ingest": active,
             "ingest_live": live,
+            "tracking_id": run.bus.owner_tracking_id(),
             "input_kbps": run.input_kbps.load(Ordering::Relaxed),
             "engines": engines,
             "outputs": outputs,
@@ -1178,6 +1192,7 @@ impl Runtime {
                 FeedSpec {
                     ingest: format!("{engine_id}/{r}"),
                     priority: 1,
+                    tracking_id: None,
                 },
                 sluice_ingest::bus::STALE_AFTER,
             ) else {
@@ -1254,11 +1269,11 @@ impl Runtime {
         };
         if run.active()
             && !config.protocol.is_pull()
-            && let Some(url) = &config.url
+            && let Some(url) = config.target_url()
         {
             let spec = sluice_ingest::push::PushSpec {
                 output: output_id.clone(),
-                url: url.clone(),
+                url,
                 passphrase: config.passphrase.clone(),
             };
             let span = tracing::info_span!("output", channel = %channel_id, output = %output_id);
@@ -1389,6 +1404,7 @@ impl Runtime {
                             FeedSpec {
                                 ingest: ingest_id.to_string(),
                                 priority: ingest.priority,
+                                tracking_id: None,
                             },
                             sluice_ingest::bus::STALE_AFTER,
                         )
