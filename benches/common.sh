@@ -1,5 +1,5 @@
 # Shared by the benchmark scripts (sourced, not run): a scratch folder, the processes
-# started (stopped on exit), and free loopback ports.
+# started (stopped on exit), free loopback ports, CPU ticks, -c copy publishers.
 #   source benches/common.sh; bench_begin <name>
 # sets $work; append started PIDs to the array `pids`. BENCH_KEEP=1 keeps $work.
 
@@ -37,4 +37,43 @@ publish_live() {
     -c:v libx264 -preset ultrafast -tune zerolatency -b:v 1500k -g 30 -pix_fmt yuv420p \
     -c:a aac -b:a 96k -f flv "$2" &
   pids+=($!)
+}
+
+# cpu_ticks <pid>...: utime + stime (clock ticks) of the given processes, summed.
+cpu_ticks() {
+  local total=0 p f
+  for p in "$@"; do
+    [[ -r /proc/$p/stat ]] || continue
+    f=$(sed 's/^.*) //' "/proc/$p/stat")
+    read -r -a a <<<"$f"
+    total=$((total + a[11] + a[12]))
+  done
+  echo "$total"
+}
+
+# copy_input: $work/in.flv, 10 s of 720p30 H.264 at 2.5 Mb/s (a keyframe every 2 s) and
+# AAC, encoded once for the -c copy publishers below.
+copy_input() {
+  ffmpeg -hide_banner -loglevel error -f lavfi -i testsrc2=size=1280x720:rate=30 \
+    -f lavfi -i sine=frequency=440:sample_rate=48000 -t 10 -c:v libx264 -preset veryfast \
+    -b:v 2500k -g 60 -pix_fmt yuv420p -c:a aac -b:a 128k -ac 2 -f flv "$work/in.flv"
+}
+
+# start_publishers <url-prefix> [format [suffix]]: $N ffmpeg publishers looping
+# $work/in.flv with -c copy to <prefix><i><suffix> (format: flv by default); their PIDs
+# in `publishers` (and `pids`). stop_publishers stops them.
+publishers=()
+start_publishers() {
+  local prefix=$1 format=${2:-flv} suffix=${3:-} i
+  for ((i = 0; i < N; i++)); do
+    ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$work/in.flv" -c copy \
+      -f "$format" "$prefix$i$suffix" </dev/null >/dev/null 2>&1 &
+    publishers+=($!)
+    pids+=($!)
+  done
+}
+stop_publishers() {
+  for p in "${publishers[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${publishers[@]}"; do wait "$p" 2>/dev/null || true; done
+  publishers=()
 }

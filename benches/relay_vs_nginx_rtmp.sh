@@ -43,36 +43,8 @@ command -v ffmpeg >/dev/null || die "ffmpeg is needed"
 bench_begin relay-vs-nginx-rtmp
 tick=$(getconf CLK_TCK)
 
-cpu_ticks() { # pids...: utime + stime, summed
-  local total=0 p f
-  for p in "$@"; do
-    [[ -r /proc/$p/stat ]] || continue
-    f=$(sed 's/^.*) //' "/proc/$p/stat")
-    read -r -a a <<<"$f"
-    total=$((total + a[11] + a[12]))
-  done
-  echo "$total"
-}
+copy_input
 
-ffmpeg -hide_banner -loglevel error -f lavfi -i testsrc2=size=1280x720:rate=30 \
-  -f lavfi -i sine=frequency=440:sample_rate=48000 -t 10 -c:v libx264 -preset veryfast \
-  -b:v 2500k -g 60 -pix_fmt yuv420p -c:a aac -b:a 128k -ac 2 -f flv "$work/in.flv"
-
-publishers=()
-start_publishers() { # rtmp prefix: N -c copy publishers to <prefix><i>
-  local i
-  for ((i = 0; i < N; i++)); do
-    ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$work/in.flv" -c copy \
-      -f flv "$1$i" </dev/null >/dev/null 2>&1 &
-    publishers+=($!)
-    pids+=($!)
-  done
-}
-stop_publishers() {
-  for p in "${publishers[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${publishers[@]}"; do wait "$p" 2>/dev/null || true; done
-  publishers=()
-}
 # measure "pids of A" ["pids of B"]: CPU s per channel per s of each, after the warm-up.
 measure() {
   sleep "$WARMUP"

@@ -15,19 +15,7 @@ const TOKEN: &str = "recording-admin-token";
 
 /// An admin request: (status, body).
 fn admin(server: &Server, method: &str, path: &str) -> (u16, Vec<u8>) {
-    let req = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .request(method, &server.url(path))
-        .set("Authorization", &format!("Bearer {TOKEN}"));
-    let resp = match req.call() {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    let status = resp.status();
-    let mut body = Vec::new();
-    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
-    (status, body)
+    admin_request(server, TOKEN, method, path)
 }
 
 fn recordings(server: &Server) -> Vec<Value> {

@@ -447,13 +447,7 @@ fn wait_output_state(server: &Server, output: &str, state: &str) -> serde_json::
 }
 
 fn post(server: &Server, path: &str) -> u16 {
-    let resp = ureq::post(&server.url(path))
-        .set("Authorization", "Bearer relay-admin-token")
-        .call();
-    match resp {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r.status(),
-        Err(e) => panic!("{path}: {e}"),
-    }
+    admin_request(server, "relay-admin-token", "POST", path).0
 }
 
 /// An HTTP endpoint for nginx-rtmp's `on_publish`: answers 200 and keeps each request

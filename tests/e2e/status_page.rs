@@ -275,13 +275,9 @@ channel = \"r\"
     assert!(publish.status.success());
     std::thread::sleep(Duration::from_secs(2));
     let authorized = |method: &str, path: &str| {
-        let resp = ureq::request(method, &server.url(path))
-            .set("Authorization", &format!("Bearer {TOKEN}"))
-            .call()
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let mut body = String::new();
-        resp.into_reader().read_to_string(&mut body).unwrap();
-        body
+        let (status, body) = admin_request(&server, TOKEN, method, path);
+        assert_eq!(status, 200, "{method} {path}");
+        String::from_utf8(body).unwrap()
     };
     authorized("POST", "/api/v1/channels/r/stop");
     let deadline = Instant::now() + Duration::from_secs(20);

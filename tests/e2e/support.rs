@@ -870,3 +870,21 @@ impl Drop for NginxRtmp {
         let _ = self.child.wait();
     }
 }
+
+/// A control API request with an admin token: (status, body). Error statuses are
+/// returned, not panicked on; a failed connection panics.
+pub fn admin_request(server: &Server, token: &str, method: &str, path: &str) -> (u16, Vec<u8>) {
+    let req = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .request(method, &server.url(path))
+        .set("Authorization", &format!("Bearer {token}"));
+    let resp = match req.call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+    (status, body)
+}

@@ -163,6 +163,24 @@ pub(crate) fn contained<T>(library: &'static str, f: impl FnOnce() -> T) -> Resu
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| EndReason::Panicked(library))
 }
 
+/// Writes all of `bytes` to a peer before `deadline`; a peer that takes longer ends the
+/// connection with `late` (a slow reader must not hold a task and its buffers).
+pub(crate) async fn write_by<W>(
+    out: &mut W,
+    bytes: &[u8],
+    deadline: tokio::time::Instant,
+    late: EndReason,
+) -> Result<(), EndReason>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    match tokio::time::timeout_at(deadline, out.write_all(bytes)).await {
+        Err(_) => Err(late),
+        Ok(r) => r.map_err(EndReason::from),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{ChannelBus, FeedSpec, Publisher, STALE_AFTER};
-use crate::error::{EndReason, IngestError, Transport, contained};
+use crate::error::{EndReason, IngestError, Transport, contained, write_by};
 use crate::rtmp::Refusal;
 use crate::rtmp_guard::ChunkGuard;
 use crate::rtmp_session::{RtmpAction, RtmpPolicy, TagMedia};
@@ -333,10 +333,13 @@ async fn handshake_write(
     bytes: &[u8],
     deadline: Instant,
 ) -> Result<(), EndReason> {
-    tokio::time::timeout_at(deadline, tcp.write_all(bytes))
-        .await
-        .map_err(|_| EndReason::Timeout("the RTMP handshake"))?
-        .map_err(EndReason::from)
+    write_by(
+        tcp,
+        bytes,
+        deadline,
+        EndReason::Timeout("the RTMP handshake"),
+    )
+    .await
 }
 
 /// Calls the SRT listener of an `srt://` URL (`passphrase`: the configured one, else the

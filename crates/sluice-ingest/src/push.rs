@@ -26,13 +26,13 @@ use rml_rtmp::sessions::{
 };
 use rml_rtmp::time::RtmpTimestamp;
 use sluice_core::{AudioConfig, Id, MediaEvent, MediaTime, TrackKind, VideoConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::ChannelBus;
-use crate::error::{EndReason, contained};
+use crate::error::{EndReason, contained, write_by};
 use crate::flv;
 use crate::output::{OutputState, OutputStats, TsRelay};
 use crate::pull::{redacted, resolve, rtmp_connect, rtmp_err, rtmp_parts, srt_call};
@@ -119,10 +119,8 @@ fn running(stats: &OutputStats, spec: &PushSpec, channel: &Id) {
 }
 
 async fn write(tcp: &mut TcpStream, bytes: &[u8]) -> Result<(), EndReason> {
-    tokio::time::timeout(WRITE_TIMEOUT, tcp.write_all(bytes))
-        .await
-        .map_err(|_| EndReason::Timeout("a write to the target"))?
-        .map_err(EndReason::from)
+    let late = EndReason::Timeout("a write to the target");
+    write_by(tcp, bytes, Instant::now() + WRITE_TIMEOUT, late).await
 }
 
 /// What an RTMP stream out carries: metadata (`onMetaData`, so that players know the

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Publisher;
-use crate::error::{EndReason, IngestError, Transport};
+use crate::error::{EndReason, IngestError, Transport, write_by};
 use crate::output::Reader;
 use crate::push::{FlvOut, FlvRelay};
 use crate::rtmp_session::{RtmpAction, RtmpPolicy, RtmpSession};
@@ -225,10 +225,9 @@ async fn connection(
                         Ok(b) => b,
                         Err(e) => return e,
                     };
-                    match tokio::time::timeout(limits.write_timeout, stream.write_all(&bytes)).await {
-                        Err(_) => return EndReason::WriteTimeout,
-                        Ok(Err(e)) => return e.into(),
-                        Ok(Ok(())) => {}
+                    let by = tokio::time::Instant::now() + limits.write_timeout;
+                    if let Err(e) = write_by(&mut stream, &bytes, by, EndReason::WriteTimeout).await {
+                        return e;
                     }
                     if let Some(r) = &reader {
                         r.sent(len);
@@ -250,12 +249,11 @@ async fn connection(
             for action in pending {
                 match action {
                     RtmpAction::Send(bytes) => {
-                        match tokio::time::timeout(limits.write_timeout, stream.write_all(&bytes))
-                            .await
+                        let by = tokio::time::Instant::now() + limits.write_timeout;
+                        if let Err(e) =
+                            write_by(&mut stream, &bytes, by, EndReason::WriteTimeout).await
                         {
-                            Err(_) => return EndReason::WriteTimeout,
-                            Ok(Err(e)) => return e.into(),
-                            Ok(Ok(())) => {}
+                            return e;
                         }
                     }
                     RtmpAction::PublishRequested {

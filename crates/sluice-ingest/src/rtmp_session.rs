@@ -422,6 +422,18 @@ impl RtmpSession {
         Ok(out)
     }
 
+    /// Why a publish or play request is refused, if it is. An unknown application is
+    /// answered like an unknown key: the peer learns nothing about which keys exist.
+    fn request_refusal(&self, app_name: &str, busy: bool) -> Option<Refusal> {
+        if app_name != self.policy.app {
+            Some(Refusal::UnknownKey)
+        } else if busy {
+            Some(Refusal::Busy)
+        } else {
+            None
+        }
+    }
+
     /// Accepts a pending play request: the player gets media with [`RtmpSession::media`].
     pub fn accept_play(&mut self, request_id: u32) -> Result<Vec<RtmpAction>, EndReason> {
         let results = self
@@ -532,16 +544,7 @@ impl RtmpSession {
             } => {
                 // The publish command came on the message stream its media will use.
                 let stream_id = self.command_stream;
-                // An unknown application is answered like an unknown key: the peer
-                // learns nothing about which keys exist.
-                let refusal = if app_name != self.policy.app {
-                    Some(Refusal::UnknownKey)
-                } else if self.publishing.is_some() {
-                    Some(Refusal::Busy)
-                } else {
-                    None
-                };
-                match refusal {
+                match self.request_refusal(&app_name, self.publishing.is_some()) {
                     Some(r) => out.extend(self.reject(request_id, r)?),
                     None => {
                         self.requested = Some((request_id, stream_id));
@@ -559,14 +562,8 @@ impl RtmpSession {
                 stream_id,
                 ..
             } => {
-                let refusal = if app_name != self.policy.app {
-                    Some(Refusal::UnknownKey)
-                } else if self.publishing.is_some() || self.playing.is_some() {
-                    Some(Refusal::Busy)
-                } else {
-                    None
-                };
-                match refusal {
+                let busy = self.publishing.is_some() || self.playing.is_some();
+                match self.request_refusal(&app_name, busy) {
                     Some(r) => out.extend(self.reject(request_id, r)?),
                     None => {
                         self.play_requested = Some((request_id, stream_id));

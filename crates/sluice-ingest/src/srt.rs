@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use sluice_core::Throttle;
 use srt_protocol::connection::DuplexConnection;
 use srt_protocol::options::{KeySize, PacketSize, Passphrase, SocketOptions};
@@ -609,24 +609,17 @@ impl Connection {
         let (mut packets, mut data) = (Vec::new(), Vec::new());
         let end = loop {
             let now = Instant::now();
-            // What the connection wants sent, and the media it releases.
-            let step = contained(|| {
-                while let Some(p) = self.conn.next_packet(now) {
-                    packets.push(p);
-                }
-                while let Some((_, d)) = self.conn.next_data(now) {
-                    data.push(d);
-                }
-                (self.conn.check_timers(now), self.conn.is_open())
-            });
-            let Some((next, open)) = step else {
+            let step = drive(
+                &mut self.conn,
+                &self.socket,
+                now,
+                &mut packets,
+                Some(&mut data),
+                &mut out,
+            );
+            let Some((next, open)) = step.await else {
                 break EndReason::Panicked("srt-protocol");
             };
-            for (packet, to) in packets.drain(..) {
-                out.clear();
-                packet.serialize(&mut out);
-                let _ = self.socket.send_to(&out, to).await;
-            }
             let mut failed = None;
             for d in data.drain(..) {
                 last_media = now;
@@ -705,6 +698,36 @@ impl Connection {
     }
 }
 
+/// One step of a connection: what srt-protocol wants sent is sent, the media it releases
+/// go to `data` (dropped when `None`: a reader sends none). Returns when its next timer
+/// is due and whether it is still open; `None` when srt-protocol panicked (contained).
+async fn drive(
+    conn: &mut DuplexConnection,
+    socket: &UdpSocket,
+    now: Instant,
+    packets: &mut Vec<(srt_protocol::packet::Packet, SocketAddr)>,
+    mut data: Option<&mut Vec<Bytes>>,
+    out: &mut BytesMut,
+) -> Option<(Instant, bool)> {
+    let step = contained(|| {
+        while let Some(p) = conn.next_packet(now) {
+            packets.push(p);
+        }
+        while let Some((_, d)) = conn.next_data(now) {
+            if let Some(data) = data.as_deref_mut() {
+                data.push(d);
+            }
+        }
+        (conn.check_timers(now), conn.is_open())
+    });
+    for (packet, to) in packets.drain(..) {
+        out.clear();
+        packet.serialize(out);
+        let _ = socket.send_to(out, to).await;
+    }
+    step
+}
+
 /// Ends a connection from our side: SRT's shutdown sent to the peer, best effort.
 async fn shut_down(conn: &mut DuplexConnection, socket: &UdpSocket, out: &mut BytesMut) {
     let now = Instant::now();
@@ -750,22 +773,18 @@ impl ReadConnection {
         tokio::pin!(timer);
         let why = loop {
             let now = Instant::now();
-            let step = contained(|| {
-                while let Some(p) = self.conn.next_packet(now) {
-                    packets.push(p);
-                }
-                // A reader sends no media; anything it does is dropped.
-                while self.conn.next_data(now).is_some() {}
-                (self.conn.check_timers(now), self.conn.is_open())
-            });
-            let Some((next, open)) = step else {
+            // A reader sends no media; anything it does is dropped.
+            let step = drive(
+                &mut self.conn,
+                &self.socket,
+                now,
+                &mut packets,
+                None,
+                &mut out,
+            );
+            let Some((next, open)) = step.await else {
                 break "srt-protocol panicked (contained)";
             };
-            for (packet, to) in packets.drain(..) {
-                out.clear();
-                packet.serialize(&mut out);
-                let _ = self.socket.send_to(&out, to).await;
-            }
             if !open {
                 break "closed";
             }

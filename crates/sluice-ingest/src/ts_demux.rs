@@ -22,6 +22,7 @@ use bytes::Bytes;
 use sluice_core::codec::crc32_mpeg2;
 use sluice_core::time::NANOS_PER_SEC;
 use sluice_core::{AudioConfig, Frame, MediaTime, TrackKind, VideoConfig};
+use sluice_package::ts::{TIMELINE_ANCHOR_LEN, TIMELINE_TAG};
 
 /// An MPEG-TS packet.
 pub const PACKET: usize = 188;
@@ -474,11 +475,11 @@ impl TsDemuxer {
         let Some(data) = rest.get(..usize::from(len)) else {
             return;
         };
-        if data.len() != 12 || &data[..4] != b"SLTL" {
+        if data.len() != TIMELINE_ANCHOR_LEN || &data[..TIMELINE_TAG.len()] != TIMELINE_TAG {
             return;
         }
         let mut ticks = [0u8; 8];
-        ticks.copy_from_slice(&data[4..]);
+        ticks.copy_from_slice(&data[TIMELINE_TAG.len()..]);
         let ticks = i64::from_be_bytes(ticks);
         // A timeline before 0 or past about 190 years (in nanoseconds, nearing the end
         // of i64) is no Sluice node's.
