@@ -17,6 +17,12 @@
 //! One task owns the socket's receive side and routes datagrams by source address; each
 //! connection is a task that owns its `DuplexConnection`, its MPEG-TS demuxer and its
 //! publisher (no channel between the transport and the demuxer).
+//!
+//! The socket is not registered with the runtime's reactor: a registered UDP socket wakes
+//! a worker thread for every datagram that arrives (thousands a second per server, most
+//! of an SRT ingest's CPU in scheduling alone), even when no task is waiting on it. The
+//! listener drains it on a [`RX_TICK`] grid instead, and sends are plain non-blocking
+//! `sendto` calls (a full send buffer drops the datagram, as the network could).
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -68,6 +74,21 @@ const CONNECTION_QUEUE: usize = 1024;
 /// at most one tick (well inside the receive latency, 120 ms by default); the queue
 /// holds a tick of 1 Gb/s.
 const TICK: Duration = Duration::from_millis(10);
+
+/// The listener drains the socket every 5 ms, on the same grid as [`TICK`] (every
+/// other drain lands just before the connections' tick): a handshake round trip waits
+/// at most 5 ms, media at most a tick and a half. The socket's receive buffer holds what
+/// arrives in between ([`RECEIVE_BUFFER`]; the kernel caps it at `net.core.rmem_max`).
+const RX_TICK: Duration = Duration::from_millis(5);
+
+/// Datagrams read per drain at most before the listener yields to other tasks (and
+/// drains again at once).
+const RX_BATCH: usize = 2048;
+
+/// Sends a datagram without waiting: a full socket buffer drops it (SRT retransmits).
+fn send_now(socket: &std::net::UdpSocket, bytes: &[u8], to: SocketAddr) {
+    let _ = socket.send_to(bytes, to);
+}
 
 /// What an SRT publish may use.
 #[derive(Debug, Clone)]
@@ -230,7 +251,7 @@ struct Pending {
 
 /// The listener's state: routes datagrams, runs handshakes, starts connections.
 struct Listener {
-    socket: Arc<UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     router: Arc<dyn PublishRouter>,
     admit: Admit,
     limits: Arc<SrtLimits>,
@@ -258,6 +279,14 @@ pub async fn serve_srt(
     options.sender.max_payload_size = PacketSize(MAX_PAYLOAD);
     options.receiver.latency = limits.latency;
     options.sender.peer_latency = limits.latency;
+    // Out of the reactor: see the module's notes. The socket stays non-blocking.
+    let socket = match socket.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "SRT listener: cannot take the socket out of the runtime");
+            return;
+        }
+    };
     let mut l = Listener {
         socket: Arc::new(socket),
         router,
@@ -278,33 +307,38 @@ pub async fn serve_srt(
     let cancel = l.cancel.clone();
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
+    let drain = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(drain);
     loop {
-        let received = tokio::select! {
+        tokio::select! {
             _ = &mut cancelled => break,
             Some(_) = l.conns.join_next(), if !l.conns.is_empty() => continue,
             _ = sweep.tick() => {
                 l.sweep();
                 continue;
             }
-            r = l.socket.recv_from(&mut buf) => r,
-        };
-        let (n, from) = match received {
-            Ok(x) => x,
-            Err(e) => {
-                // ICMP port unreachable from a peer that left, and the like.
-                tracing::debug!(error = %e, "SRT receive error");
-                continue;
-            }
-        };
-        l.datagram(&buf[..n], from).await;
-        // Whatever else has arrived, before going back to the select: datagrams come
-        // by the thousand per second.
-        for _ in 0..64 {
-            match l.socket.try_recv_from(&mut buf) {
+            _ = &mut drain => {}
+        }
+        let mut full = true;
+        for _ in 0..RX_BATCH {
+            match l.socket.recv_from(&mut buf) {
                 Ok((n, from)) => l.datagram(&buf[..n], from).await,
-                Err(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    full = false;
+                    break;
+                }
+                // ICMP port unreachable from a peer that left, and the like.
+                Err(e) => tracing::debug!(error = %e, "SRT receive error"),
             }
         }
+        let next = if full {
+            // More is waiting: let other tasks run, then drain again.
+            tokio::task::yield_now().await;
+            Instant::now()
+        } else {
+            sluice_core::time::next_on_grid(Instant::now(), RX_TICK)
+        };
+        drain.as_mut().reset(tokio::time::Instant::from_std(next));
     }
     // Connections saw `cancel`; they send their shutdown and end.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -550,7 +584,7 @@ impl Listener {
     async fn send(&mut self, packet: Packet, to: SocketAddr) {
         self.out.clear();
         packet.serialize(&mut self.out);
-        let _ = self.socket.send_to(&self.out, to).await;
+        send_now(&self.socket, &self.out, to);
     }
 
     /// Forgets handshakes that did not finish in time, and routes of ended connections.
@@ -586,7 +620,7 @@ fn handshake_extensions_known(data: &[u8]) -> Result<(), String> {
 /// One accepted publisher: its SRT connection, its demuxer and its publisher.
 struct Connection {
     conn: DuplexConnection,
-    socket: Arc<UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     peer: SocketAddr,
     publisher: Publisher,
     limits: Arc<SrtLimits>,
@@ -703,7 +737,7 @@ impl Connection {
 /// is due and whether it is still open; `None` when srt-protocol panicked (contained).
 async fn drive(
     conn: &mut DuplexConnection,
-    socket: &UdpSocket,
+    socket: &std::net::UdpSocket,
     now: Instant,
     packets: &mut Vec<(srt_protocol::packet::Packet, SocketAddr)>,
     mut data: Option<&mut Vec<Bytes>>,
@@ -723,13 +757,13 @@ async fn drive(
     for (packet, to) in packets.drain(..) {
         out.clear();
         packet.serialize(out);
-        let _ = socket.send_to(out, to).await;
+        send_now(socket, out, to);
     }
     step
 }
 
 /// Ends a connection from our side: SRT's shutdown sent to the peer, best effort.
-async fn shut_down(conn: &mut DuplexConnection, socket: &UdpSocket, out: &mut BytesMut) {
+async fn shut_down(conn: &mut DuplexConnection, socket: &std::net::UdpSocket, out: &mut BytesMut) {
     let now = Instant::now();
     let packets = contained(|| {
         conn.handle_data_input(now, None);
@@ -744,7 +778,7 @@ async fn shut_down(conn: &mut DuplexConnection, socket: &UdpSocket, out: &mut By
     for (packet, to) in packets {
         out.clear();
         packet.serialize(out);
-        let _ = socket.send_to(out, to).await;
+        send_now(socket, out, to);
     }
 }
 
@@ -757,7 +791,7 @@ const TS_PER_MESSAGE: usize = 7;
 /// resumes at the next keyframe.
 struct ReadConnection {
     conn: DuplexConnection,
-    socket: Arc<UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     peer: SocketAddr,
     reader: Reader,
 }
