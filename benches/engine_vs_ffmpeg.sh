@@ -170,6 +170,11 @@ stream_key = "bench"
 ladder = "bench"
 outputs = ["cmaf", "ts"]
 
+# No slate: it would keep the engine encoding after the push ends, and the CPU window
+# closes only when the server is idle again.
+[channels.bench.slate]
+enabled = false
+
 [distributions.bench]
 channel = "bench"
 EOF
