@@ -81,6 +81,10 @@ const TICK: Duration = Duration::from_millis(10);
 /// arrives in between ([`RECEIVE_BUFFER`]; the kernel caps it at `net.core.rmem_max`).
 const RX_TICK: Duration = Duration::from_millis(5);
 
+/// While no connection or handshake is open and a drain found nothing, the listener
+/// looks every 50 ms instead (a caller's first handshake waits at most that long).
+const RX_IDLE_TICK: Duration = Duration::from_millis(50);
+
 /// Datagrams read per drain at most before the listener yields to other tasks (and
 /// drains again at once).
 const RX_BATCH: usize = 2048;
@@ -319,10 +323,13 @@ pub async fn serve_srt(
             }
             _ = &mut drain => {}
         }
-        let mut full = true;
+        let (mut full, mut read) = (true, 0);
         for _ in 0..RX_BATCH {
             match l.socket.recv_from(&mut buf) {
-                Ok((n, from)) => l.datagram(&buf[..n], from).await,
+                Ok((n, from)) => {
+                    read += 1;
+                    l.datagram(&buf[..n], from).await;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     full = false;
                     break;
@@ -335,6 +342,8 @@ pub async fn serve_srt(
             // More is waiting: let other tasks run, then drain again.
             tokio::task::yield_now().await;
             Instant::now()
+        } else if read == 0 && l.open.is_empty() && l.pending.is_empty() {
+            sluice_core::time::next_on_grid(Instant::now(), RX_IDLE_TICK)
         } else {
             sluice_core::time::next_on_grid(Instant::now(), RX_TICK)
         };
