@@ -328,7 +328,7 @@ pub async fn serve_srt(
             match l.socket.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     read += 1;
-                    l.datagram(&buf[..n], from).await;
+                    l.datagram(&buf[..n], from);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     full = false;
@@ -358,7 +358,7 @@ pub async fn serve_srt(
 }
 
 impl Listener {
-    async fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
         if let Err(why) = handshake_extensions_known(data) {
             self.dropped(why, from);
             return;
@@ -384,14 +384,14 @@ impl Listener {
                 Err(mpsc::error::TrySendError::Closed(p)) => {
                     // That connection ended; this may be a new one from the same port.
                     self.open.remove(&from);
-                    return Box::pin(self.handshake(p, from)).await;
+                    return self.handshake(p, from);
                 }
             }
         }
-        self.handshake(packet, from).await
+        self.handshake(packet, from)
     }
 
-    async fn handshake(&mut self, packet: Packet, from: SocketAddr) {
+    fn handshake(&mut self, packet: Packet, from: SocketAddr) {
         // Only handshakes create state.
         let Packet::Control(ControlPacket {
             control_type: ControlTypes::Handshake(hs),
@@ -434,7 +434,7 @@ impl Listener {
             return;
         };
         if let Some(rejection) = p.rejection.clone() {
-            self.send(rejection, from).await;
+            self.send(rejection, from);
             return;
         }
         p.key_material |= key_material;
@@ -445,14 +445,14 @@ impl Listener {
             self.pending.remove(&from);
             return;
         };
-        self.result(result, from).await;
+        self.result(result, from);
     }
 
     /// Acts on what the handshake decided.
-    async fn result(&mut self, result: ConnectionResult, from: SocketAddr) {
+    fn result(&mut self, result: ConnectionResult, from: SocketAddr) {
         match result {
             ConnectionResult::NotHandled(_) | ConnectionResult::NoAction => {}
-            ConnectionResult::SendPacket((packet, to)) => self.send(packet, to).await,
+            ConnectionResult::SendPacket((packet, to)) => self.send(packet, to),
             ConnectionResult::Reject(packet, why) => {
                 tracing::debug!(peer = %from, reason = %why, "SRT handshake rejected");
                 if let Some(p) = self.pending.get_mut(&from) {
@@ -460,7 +460,7 @@ impl Listener {
                     p.rejection = packet.as_ref().map(|(p, _)| p.clone());
                 }
                 if let Some((packet, to)) = packet {
-                    self.send(packet, to).await;
+                    self.send(packet, to);
                 }
                 self.log_bad_secret(from, &why);
             }
@@ -477,7 +477,7 @@ impl Listener {
                     self.pending.remove(&from);
                     return;
                 };
-                Box::pin(self.result(next, from)).await;
+                self.result(next, from);
             }
             ConnectionResult::Connected(packet, connection) => {
                 let Some((granted, slot)) = self.pending.remove(&from).and_then(|p| p.granted)
@@ -485,7 +485,7 @@ impl Listener {
                     return;
                 };
                 if let Some((packet, to)) = packet {
-                    self.send(packet, to).await;
+                    self.send(packet, to);
                 }
                 let Some(conn) = contained(|| DuplexConnection::new(connection)) else {
                     return;
@@ -590,7 +590,7 @@ impl Listener {
         }
     }
 
-    async fn send(&mut self, packet: Packet, to: SocketAddr) {
+    fn send(&mut self, packet: Packet, to: SocketAddr) {
         self.out.clear();
         packet.serialize(&mut self.out);
         send_now(&self.socket, &self.out, to);
@@ -660,7 +660,7 @@ impl Connection {
                 Some(&mut data),
                 &mut out,
             );
-            let Some((next, open)) = step.await else {
+            let Some((next, open)) = step else {
                 break EndReason::Panicked("srt-protocol");
             };
             let mut failed = None;
@@ -732,7 +732,7 @@ impl Connection {
         }
         // Tell the caller we are done (SRT shutdown), best effort.
         if !matches!(end, EndReason::Closed | EndReason::Panicked(_)) {
-            shut_down(&mut self.conn, &self.socket, &mut out).await;
+            shut_down(&mut self.conn, &self.socket, &mut out);
         }
         let peer = self.peer;
         drop(self);
@@ -744,7 +744,7 @@ impl Connection {
 /// One step of a connection: what srt-protocol wants sent is sent, the media it releases
 /// go to `data` (dropped when `None`: a reader sends none). Returns when its next timer
 /// is due and whether it is still open; `None` when srt-protocol panicked (contained).
-async fn drive(
+fn drive(
     conn: &mut DuplexConnection,
     socket: &std::net::UdpSocket,
     now: Instant,
@@ -772,7 +772,7 @@ async fn drive(
 }
 
 /// Ends a connection from our side: SRT's shutdown sent to the peer, best effort.
-async fn shut_down(conn: &mut DuplexConnection, socket: &std::net::UdpSocket, out: &mut BytesMut) {
+fn shut_down(conn: &mut DuplexConnection, socket: &std::net::UdpSocket, out: &mut BytesMut) {
     let now = Instant::now();
     let packets = contained(|| {
         conn.handle_data_input(now, None);
@@ -825,7 +825,7 @@ impl ReadConnection {
                 None,
                 &mut out,
             );
-            let Some((next, open)) = step.await else {
+            let Some((next, open)) = step else {
                 break "srt-protocol panicked (contained)";
             };
             if !open {
@@ -874,7 +874,7 @@ impl ReadConnection {
         };
         if why != "closed" && !why.contains("panicked") {
             // Tell the reader we are done (SRT shutdown), best effort.
-            shut_down(&mut self.conn, &self.socket, &mut out).await;
+            shut_down(&mut self.conn, &self.socket, &mut out);
         }
         tracing::info!(peer = %self.peer, channel = %self.reader.channel, output = %self.reader.output, reason = why, "SRT reader ended");
     }
