@@ -25,9 +25,10 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, DeviceType, Distribution,
-    Engine, GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, OsName, Output,
-    OverrideRule, OverrideTarget, Record, Rendition, RuleMode, SdkType, ServerConfig, Slate,
-    TRACKING_PARAM, TestPattern, TokenAlgorithm, TokenConfig, TokenKey, Tracking, tracked_url,
+    Engine, GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, MAX_TRACKING_ID, OsName,
+    Output, OverrideRule, OverrideTarget, Record, Rendition, RuleMode, SdkType, ServerConfig,
+    Slate, TRACKING_PARAM, TestPattern, TokenAlgorithm, TokenConfig, TokenKey, Tracking,
+    is_tracking_id, tracked_url,
 };
 pub use support::not_served_yet;
 

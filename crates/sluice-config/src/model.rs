@@ -187,6 +187,18 @@ pub struct Tracking {
     pub id: String,
 }
 
+/// The longest tracking id.
+pub const MAX_TRACKING_ID: usize = 128;
+
+/// A well-formed tracking id: 1 to [`MAX_TRACKING_ID`] letters, digits, `.`, `_`, `~` or
+/// `-` (URL-safe: nothing to escape in an RTMP query or an SRT stream id). What `check`
+/// allows a push output to send, and what a receiving node keeps.
+pub fn is_tracking_id(s: &str) -> bool {
+    (1..=MAX_TRACKING_ID).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+}
+
 /// The parameter name a tracking id goes under when none is configured; Sluice as a
 /// target reads this one.
 pub const TRACKING_PARAM: &str = "tracking_id";

@@ -17,7 +17,7 @@ use crate::model::{
     ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, Distribution, Engine,
     GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, Output, OverrideRule,
     OverrideTarget, Record, Rendition, ServerConfig, Slate, TRACKING_PARAM, TestPattern,
-    TokenConfig, TokenKey, Tracking, tracked_url,
+    TokenConfig, TokenKey, Tracking, is_tracking_id, tracked_url,
 };
 use crate::parse::{Parsed, Problem, SpanIndex, key_path};
 use crate::raw::{
@@ -564,11 +564,7 @@ impl Checker<'_> {
             return None;
         }
         let id = v.get_ref();
-        let ok = (1..=128).contains(&id.len())
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
-        if !ok {
+        if !is_tracking_id(id) {
             self.err(
                 v.span(),
                 "tracking_id must be 1 to 128 letters, digits, . _ ~ or -",

@@ -39,17 +39,13 @@ pub struct StreamRequest<'a> {
     pub tracking_id: Option<&'a str>,
 }
 
-/// The longest tracking id kept.
-pub const MAX_TRACKING_ID: usize = 128;
+pub use sluice_config::MAX_TRACKING_ID;
 
-/// A tracking id worth keeping: 1 to 128 letters, digits, `.`, `_`, `~` or `-` (what
-/// `sluice check` allows a push output to send). Others are dropped, not refused: the
-/// id is informational.
+/// A tracking id worth keeping ([`sluice_config::is_tracking_id`], the rule `sluice
+/// check` holds a push output's to). Others are dropped, not refused: the id is
+/// informational.
 pub fn tracking_id(s: &str) -> Option<&str> {
-    let ok = (1..=MAX_TRACKING_ID).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
-    ok.then_some(s)
+    sluice_config::is_tracking_id(s).then_some(s)
 }
 
 /// Why a stream id was refused. The messages never quote the id (it holds a key).
