@@ -1,60 +1,71 @@
 #!/usr/bin/env bash
-# engine_vs_ffmpeg.sh: what the Sluice engine costs against ffmpeg, and how late its segments are.
+# engine_vs_ffmpeg.sh: what the Sluice engine costs against ffmpeg, what it delivers (SSIM and
+# PSNR of every rendition), and how late its segments are.
 #
-# One run measures:
-#   1. CPU seconds per media second of the Sluice engine transcoding the default ladder
-#      (720p/480p/360p at 2500/1200/700 kbps, AAC 128k, x264 veryfast, 2 s segments), against
-#      ONE ffmpeg process encoding the same ladder from the same file with the same x264
-#      settings; the ratio sluice/ffmpeg; the peak RSS (VmHWM) of both.
-#   2. Ingest-to-playlist delay: for every 720p CMAF segment, the wall time it first appears in
-#      the media playlist minus the wall time its last media instant was pushed.
+# One run measures, for each ladder mode (BENCH_MODES, default "720p 1080p"):
+#   720p:  1280x720@30 input; 720p/480p/360p at 2500/1200/700 kbps
+#   1080p: 1920x1080@30 input; 1080p/720p/480p/360p at 4500/2500/1200/700 kbps
+# (AAC 128k, x264 veryfast, 2 s segments in both)
+#   1. CPU seconds per media second of the Sluice engine transcoding the ladder, against ONE
+#      ffmpeg process encoding the same ladder from the same file with the same x264 settings,
+#      alternated: BENCH_ROUNDS rounds (default 3) of [one live push into Sluice, one ffmpeg
+#      run]; medians and the ratio of the medians are reported, with every round's figure.
+#   2. Peak memory: Sluice's VmHWM after each round (ONE server takes every round's session,
+#      so growth across sessions shows) against ffmpeg's largest peak RSS.
+#   3. Quality: for every rendition, SSIM (all planes) and PSNR (average) of the first round's
+#      Sluice output (its MPEG-TS HLS segments, downloaded) and of ffmpeg's (one more, untimed
+#      run writing a file), each against the same reference: the input decoded and scaled to
+#      the rendition's size with ffmpeg's lanczos. Debian's ffmpeg has no libvmaf, so no VMAF.
+#   4. Ingest-to-playlist delay (first round): for every 720p CMAF segment, the wall time it
+#      first appears in the media playlist minus the wall time its last media instant was pushed.
 #
-# Usage:   benches/engine_vs_ffmpeg.sh             (from anywhere; BENCH_SECONDS=30 ... to change)
-# Output:  a table on stdout, and as the last line a machine-readable summary:
-#          BENCH_JSON {"bench":"engine_vs_ffmpeg",...}
+# Usage:   benches/engine_vs_ffmpeg.sh        (from anywhere)
+#          BENCH_MODES=720p BENCH_ROUNDS=1 BENCH_SECONDS=30 benches/engine_vs_ffmpeg.sh
+# Output:  a table per mode on stdout, and per mode a machine-readable line:
+#          BENCH_JSON {"bench":"engine_vs_ffmpeg","mode":"720p",...}
 #
 # How:
-#   * Input: BENCH_SECONDS (default 20, 10..600) of 1280x720@30 testsrc2 + 48 kHz stereo sine,
-#     H.264 (x264 veryfast, keyint 60, no scene cuts) + AAC, FLV; generated once per run with
-#     ffmpeg into a temp dir.
+#   * Input: BENCH_SECONDS (default 20, 10..600) of testsrc2 at the mode's size, 30 fps, + 48 kHz
+#     stereo sine, H.264 (x264 veryfast, keyint 60, no scene cuts) + AAC, FLV; generated once per
+#     mode with ffmpeg into a temp dir.
 #   * Sluice: target/release/sluice (built with `cargo build --release -p sluice-server` when
 #     missing; BENCH_BUILD=1 always runs cargo; SLUICE_BIN=path uses another binary). A generated
 #     config listens on 127.0.0.1 port 0 (the kernel picks free ports, read back from the log) and
-#     has one channel: an RTMP ingest and an engine on that ladder with the default config's
-#     outputs (cmaf + ts, LL-HLS parts on). The file is pushed live: `ffmpeg -re -i in.flv -c copy
-#     -f flv rtmp://...`. Server CPU = utime+stime from /proc/<pid>/stat (ticks: getconf CLK_TCK)
-#     from just before the push until the server is idle again after it (engine drained), minus
-#     the idle rate measured for 4 s beforehand (the playlist poller runs during both, so its HTTP
-#     cost is subtracted too), divided by the media seconds.
-#   * ffmpeg: one process, no -re, decodes the file once, split → 3x scale (bilinear, as
-#     GStreamer's videoscale) → 3x libx264 (-preset veryfast -tune zerolatency -bf 0
+#     has one channel: an RTMP ingest and an engine on the mode's ladder with the default config's
+#     outputs (cmaf + ts, LL-HLS parts on), slate off. The file is pushed live:
+#     `ffmpeg -re -i in.flv -c copy -f flv rtmp://...`. Server CPU = utime+stime from
+#     /proc/<pid>/stat (ticks: getconf CLK_TCK) from just before the push until the server is
+#     idle again after it (engine drained), minus the idle rate measured for 4 s before the first
+#     round (the playlist poller runs during both, so its HTTP cost is subtracted too), divided
+#     by the media seconds.
+#   * ffmpeg: one process, no -re, decodes the file once, split → scale per rung (bilinear, the
+#     kernel Sluice's scaler uses) → libx264 per rung (-preset veryfast -tune zerolatency -bf 0
 #     -x264-params scenecut=0 -g 240 -force_key_frames expr:gte(t,n_forced*2), CBR with
 #     -maxrate = -b:v and -bufsize = 0.6 x -b:v, which is what x264enc's default pass=cbr sets),
-#     aac 128k 48 kHz stereo, muxed to `-f null -` (no segment files). CPU and peak RSS from
-#     /usr/bin/time -f "%e %U %S %M" (%M = ru_maxrss, the process's VmHWM). As a diagnostic the
-#     same command then runs once more paced with -re, like a live input (BENCH_FFMPEG_RE=0
-#     skips it): it shows whether pacing alone explains a difference.
-#   * Delay: a single curl (keep-alive, --rate 20/s, i.e. every 50 ms) polls
+#     aac 128k 48 kHz stereo, muxed to `-f null -` (no files). CPU and peak RSS from
+#     /usr/bin/time -f "%e %U %S %M" (%M = ru_maxrss, the process's VmHWM).
+#   * Delay (first round only): a single curl (keep-alive, --rate 20/s, i.e. every 50 ms) polls
 #     /live/bench/cmaf/720p/index.m3u8; a reader stamps each response ($EPOCHREALTIME) and
-#     records the first sighting of every `<msn>.m4s`. On a fresh server the session starts at
-#     media time 0, so segment n covers [2n, 2n+2) s (n counted from the first msn seen);
-#     its media end reaches the server, at the earliest, at push start + min(2(n+1), duration).
-#     delay = first seen - that. "Push start" is the instant the ffmpeg push is launched, so
-#     ffmpeg's start-up and the RTMP handshake count as delay (conservative); the offset of the
-#     server's "session started" log line is printed too, with the delays measured from it
-#     (approximate: -re paces by dts, which leads pts by the input's B-frame delay, 67 ms here).
-#     Polling every 50 ms adds 0-50 ms. Median and max are over the segments cut while live; the
-#     last one (closed only at end of stream) is shown on its own.
+#     records the first sighting of every `<msn>.m4s`. Segment k (counted from the first msn
+#     seen) covers [2k, 2k+2) s of the session; its media end reaches the server, at the
+#     earliest, at push start + min(2(k+1), duration). delay = first seen - that. "Push start"
+#     is the instant the ffmpeg push is launched, so ffmpeg's start-up and the RTMP handshake
+#     count as delay (conservative); the offset of the server's "session started" log line is
+#     printed too, with the delays measured from it. Polling every 50 ms adds 0-50 ms. Median
+#     and max are over the segments cut while live; the last one (closed only at end of stream)
+#     is shown on its own.
 #
 # Everything listens on and connects to 127.0.0.1 only; every wait is bounded; every process
 # started here is stopped on exit (trap EXIT). Needs: bash >= 5, ffmpeg/ffprobe with libx264,
 # curl, getconf, GNU time (/usr/bin/time; installed with apt-get when missing and root), the
 # GStreamer plugins the server uses, and cargo when the binary must be built.
-# BENCH_KEEP=1 keeps the temp dir (logs, playlists, config) for inspection.
+# BENCH_KEEP=1 keeps the temp dir (logs, playlists, configs, outputs) for inspection.
 
 set -Eeuo pipefail
 
 BENCH_SECONDS=${BENCH_SECONDS:-20}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_MODES=${BENCH_MODES:-720p 1080p}
 SEG_S=2                                   # ladder segment duration (s)
 KEYINT_MAX=240                            # = transcode.rs: max(60, ceil(segment_s * 120))
 POLL_RATE=20                              # playlist polls per second (50 ms)
@@ -66,6 +77,11 @@ log() { echo "[$(date +%T)] $*" >&2; }
 
 [[ $BENCH_SECONDS =~ ^[0-9]+$ ]] && ((BENCH_SECONDS >= 10 && BENCH_SECONDS <= 600)) \
   || die "BENCH_SECONDS must be an integer from 10 to 600 (got '$BENCH_SECONDS')"
+[[ $BENCH_ROUNDS =~ ^[0-9]+$ ]] && ((BENCH_ROUNDS >= 1 && BENCH_ROUNDS <= 10)) \
+  || die "BENCH_ROUNDS must be an integer from 1 to 10 (got '$BENCH_ROUNDS')"
+for m in $BENCH_MODES; do
+  [[ $m == 720p || $m == 1080p ]] || die "BENCH_MODES holds 720p and/or 1080p (got '$m')"
+done
 ((BASH_VERSINFO[0] >= 5)) || die "needs bash >= 5 (EPOCHREALTIME)"
 
 # ---------------------------------------------------------------- processes and cleanup
@@ -113,19 +129,6 @@ if [[ -z ${SLUICE_BIN:-} ]] && [[ -n $(find "$ROOT/crates" -newer "$BIN" -name '
   log "warning: sources are newer than $BIN (BENCH_BUILD=1 rebuilds)"
 fi
 
-# ---------------------------------------------------------------- input
-IN=$WORK/in.flv
-log "generating ${BENCH_SECONDS} s of 1280x720@30 H.264+AAC into $IN"
-ffmpeg -hide_banner -nostdin -loglevel error -y \
-  -f lavfi -i "testsrc2=size=1280x720:rate=30" \
-  -f lavfi -i "sine=frequency=440:sample_rate=48000" \
-  -t "$BENCH_SECONDS" -map 0:v -map 1:a \
-  -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 -b:v 3000k -pix_fmt yuv420p \
-  -c:a aac -b:a 128k -ac 2 -ar 48000 \
-  -f flv "$IN"
-MEDIA_S=$(ffprobe -v error -show_entries format=duration -of default=nw=1:nk=1 "$IN")
-log "input: $(stat -c %s "$IN") bytes, $MEDIA_S s"
-
 # ---------------------------------------------------------------- helpers
 cpu_ticks() { # pid -> utime+stime (ticks) of the whole process (all threads, live and exited)
   local s
@@ -138,15 +141,61 @@ vm_hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 now() { echo "$EPOCHREALTIME"; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a - b }'; }
 
-# ---------------------------------------------------------------- sluice: config and start
-CONF=$WORK/sluice.toml
-cat >"$CONF" <<EOF
-# Generated by benches/engine_vs_ffmpeg.sh: the default ladder, fed over RTMP.
+
+median_of() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# The ladder of a mode: "name width height kbps" per line, top rung first.
+ladder_of() {
+  if [[ $1 == 1080p ]]; then echo "1080p 1920 1080 4500"; fi
+  echo "720p 1280 720 2500"
+  echo "480p 854 480 1200"
+  echo "360p 640 360 700"
+}
+
+# quality <file> <stream-index> <w> <h>: "SSIM PSNR" of video stream <stream-index> of <file>
+# against $IN decoded and scaled to w x h with lanczos, frames paired from each one's start.
+quality() {
+  local out
+  out=$(ffmpeg -hide_banner -nostdin -loglevel info -i "$1" -i "$IN" -lavfi \
+    "[0:v:$2]setpts=PTS-STARTPTS,split[a1][a2];[1:v]scale=$3:$4:flags=lanczos,setpts=PTS-STARTPTS,split[b1][b2];[a1][b1]ssim;[a2][b2]psnr" \
+    -f null - 2>&1) || { echo "nan nan"; return; }
+  awk '/SSIM Y:/ { for (i = 1; i <= NF; i++) if ($i ~ /^All:/) { sub("All:", "", $i); ssim = $i } }
+       /PSNR y:/ { for (i = 1; i <= NF; i++) if ($i ~ /^average:/) { sub("average:", "", $i); psnr = $i } }
+       END { printf "%s %s\n", (ssim == "" ? "nan" : ssim), (psnr == "" ? "nan" : psnr) }' <<<"$out"
+}
+
+# ---------------------------------------------------------------- one mode
+run_mode() {
+  local MODE=$1 MW MH
+  if [[ $MODE == 1080p ]]; then MW=1920 MH=1080; else MW=1280 MH=720; fi
+  local MD=$WORK/$MODE
+  mkdir -p "$MD"
+  mapfile -t RUNGS < <(ladder_of "$MODE")
+  local NR=${#RUNGS[@]}
+
+  # ------------------------------------------------------------ input
+  IN=$MD/in.flv
+  log "[$MODE] generating ${BENCH_SECONDS} s of ${MW}x${MH}@30 H.264+AAC into $IN"
+  ffmpeg -hide_banner -nostdin -loglevel error -y \
+    -f lavfi -i "testsrc2=size=${MW}x${MH}:rate=30" \
+    -f lavfi -i "sine=frequency=440:sample_rate=48000" \
+    -t "$BENCH_SECONDS" -map 0:v -map 1:a \
+    -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 -b:v $((MH > 720 ? 6000 : 3000))k -pix_fmt yuv420p \
+    -c:a aac -b:a 128k -ac 2 -ar 48000 \
+    -f flv "$IN"
+  MEDIA_S=$(ffprobe -v error -show_entries format=duration -of default=nw=1:nk=1 "$IN")
+  log "[$MODE] input: $(stat -c %s "$IN") bytes, $MEDIA_S s"
+
+  # ------------------------------------------------------------ sluice: config and start
+  local CONF=$MD/sluice.toml r
+  {
+    cat <<EOF
+# Generated by benches/engine_vs_ffmpeg.sh: the $MODE ladder, fed over RTMP.
 [server]
 http_listen = "127.0.0.1:0"
 rtmp_listen = "127.0.0.1:0"
 srt_listen = "127.0.0.1:0"
-data_dir = "$WORK/data"
+data_dir = "$MD/data"
 
 [ladders.bench]
 segment_seconds = $SEG_S.0
@@ -154,9 +203,12 @@ window_seconds = 600
 audio_kbps = 128
 encoder_preset = "veryfast"
 renditions = [
-  { name = "720p", width = 1280, height = 720, video_kbps = 2500 },
-  { name = "480p", width = 854,  height = 480, video_kbps = 1200 },
-  { name = "360p", width = 640,  height = 360, video_kbps = 700 },
+EOF
+    for r in "${RUNGS[@]}"; do
+      read -r n w h k <<<"$r"
+      echo "  { name = \"$n\", width = $w, height = $h, video_kbps = $k },"
+    done
+    cat <<EOF
 ]
 
 [channels.bench]
@@ -178,167 +230,201 @@ enabled = false
 [distributions.bench]
 channel = "bench"
 EOF
-"$BIN" check --config "$CONF" >/dev/null || die "generated config rejected: $CONF"
+  } >"$CONF"
+  "$BIN" check --config "$CONF" >/dev/null || die "generated config rejected: $CONF"
 
-SLOG=$WORK/sluice.log
-: >"$SLOG"
-NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$BIN" serve --config "$CONF" 2>"$SLOG" >/dev/null &
-SPID=$!
-PIDS+=("$SPID")
-HTTP="" RTMP=""
-for ((i = 0; i < 200; i++)); do   # 20 s
-  kill -0 "$SPID" 2>/dev/null || { cat "$SLOG" >&2; die "sluice exited at start"; }
-  line=$(sed 's/\x1b\[[0-9;]*m//g' "$SLOG" | grep -m1 'sluice serving' || true)
-  if [[ -n $line ]]; then
-    HTTP=$(grep -o 'http=[0-9.:]*' <<<"$line" | cut -d= -f2)
-    RTMP=$(grep -o 'rtmp=[0-9.:]*' <<<"$line" | cut -d= -f2)
-    break
-  fi
-  sleep 0.1
-done
-[[ $HTTP == 127.0.0.1:* && $RTMP == 127.0.0.1:* ]] || { cat "$SLOG" >&2; die "no listen addresses in the log"; }
-for ((i = 0; i < 50; i++)); do
-  curl -fsS -o /dev/null "http://$HTTP/healthz" 2>/dev/null && break
-  sleep 0.1
-done
-log "sluice pid $SPID, http $HTTP, rtmp $RTMP"
-
-# ---------------------------------------------------------------- playlist poller
-# One keep-alive curl fetches the playlist POLL_RATE times a second (globbed query, ignored by
-# the server); the reader stamps each complete response and logs new segments.
-PL_URL="http://$HTTP/live/bench/cmaf/720p/index.m3u8"
-SEEN=$WORK/seen.txt       # "<msn> <epoch>" first sightings; "ENDLIST <epoch>"
-: >"$SEEN"
-POLL_MAX_S=$((BENCH_SECONDS + 120))
-mkfifo "$WORK/poll.fifo"
-timeout "$POLL_MAX_S" curl -sS -N --rate "$POLL_RATE/s" -w '\n@@END %{http_code}\n' \
-  "$PL_URL?poll=[1-$((POLL_MAX_S * POLL_RATE))]" >"$WORK/poll.fifo" 2>/dev/null &
-PIDS+=("$!")
-(
-  declare -A seen=()
-  cur=() ended=0 end_now=0
-  while IFS= read -r line; do
-    if [[ $line == "@@END "* ]]; then
-      t=$EPOCHREALTIME
-      for m in "${cur[@]}"; do
-        [[ -n ${seen[$m]:-} ]] && continue
-        seen[$m]=1
-        echo "$m $t" >>"$SEEN"
-      done
-      if ((end_now && !ended)); then ended=1; echo "ENDLIST $t" >>"$SEEN"; fi
-      cur=() end_now=0
-    elif [[ $line =~ ^([0-9]+)\.m4s ]]; then
-      cur+=("${BASH_REMATCH[1]}")
-    elif [[ $line == "#EXT-X-ENDLIST"* ]]; then
-      end_now=1
+  local SLOG=$MD/sluice.log
+  : >"$SLOG"
+  NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$BIN" serve --config "$CONF" 2>"$SLOG" >/dev/null &
+  local SPID=$!
+  PIDS+=("$SPID")
+  local HTTP="" RTMP="" line i
+  for ((i = 0; i < 200; i++)); do   # 20 s
+    kill -0 "$SPID" 2>/dev/null || { cat "$SLOG" >&2; die "sluice exited at start"; }
+    line=$(sed 's/\x1b\[[0-9;]*m//g' "$SLOG" | grep -m1 'sluice serving' || true)
+    if [[ -n $line ]]; then
+      HTTP=$(grep -o 'http=[0-9.:]*' <<<"$line" | cut -d= -f2)
+      RTMP=$(grep -o 'rtmp=[0-9.:]*' <<<"$line" | cut -d= -f2)
+      break
     fi
+    sleep 0.1
   done
-) <"$WORK/poll.fifo" &
-PIDS+=("$!")
+  [[ $HTTP == 127.0.0.1:* && $RTMP == 127.0.0.1:* ]] || { cat "$SLOG" >&2; die "no listen addresses in the log"; }
+  for ((i = 0; i < 50; i++)); do
+    curl -fsS -o /dev/null "http://$HTTP/healthz" 2>/dev/null && break
+    sleep 0.1
+  done
+  log "[$MODE] sluice pid $SPID, http $HTTP, rtmp $RTMP"
 
-# ---------------------------------------------------------------- sluice: idle baseline
-sleep 1
-ta=$(now); ka=$(cpu_ticks "$SPID")
-sleep 4
-tb=$(now); kb=$(cpu_ticks "$SPID")
-IDLE_RATE=$(awk -v k=$((kb - ka)) -v hz="$CLK_TCK" -v dt="$(fsub "$tb" "$ta")" 'BEGIN { printf "%.6f", k / hz / dt }')
-IDLE_HWM=$(vm_hwm_kib "$SPID")
-log "idle: $IDLE_RATE CPU-s/s, VmHWM $((IDLE_HWM / 1024)) MiB"
+  # ------------------------------------------------------------ playlist poller (first round)
+  # One keep-alive curl fetches the playlist POLL_RATE times a second (globbed query, ignored by
+  # the server); the reader stamps each complete response and logs new segments.
+  local PL_URL="http://$HTTP/live/bench/cmaf/720p/index.m3u8"
+  local SEEN=$MD/seen.txt       # "<msn> <epoch>" first sightings; "ENDLIST <epoch>"
+  : >"$SEEN"
+  local POLL_MAX_S=$((BENCH_SECONDS + 120))
+  mkfifo "$MD/poll.fifo"
+  timeout "$POLL_MAX_S" curl -sS -N --rate "$POLL_RATE/s" -w '\n@@END %{http_code}\n' \
+    "$PL_URL?poll=[1-$((POLL_MAX_S * POLL_RATE))]" >"$MD/poll.fifo" 2>/dev/null &
+  local POLL_PID=$!
+  PIDS+=("$POLL_PID")
+  (
+    declare -A seen=()
+    cur=() ended=0 end_now=0
+    while IFS= read -r line; do
+      if [[ $line == "@@END "* ]]; then
+        t=$EPOCHREALTIME
+        for m in "${cur[@]}"; do
+          [[ -n ${seen[$m]:-} ]] && continue
+          seen[$m]=1
+          echo "$m $t" >>"$SEEN"
+        done
+        if ((end_now && !ended)); then ended=1; echo "ENDLIST $t" >>"$SEEN"; fi
+        cur=() end_now=0
+      elif [[ $line =~ ^([0-9]+)\.m4s ]]; then
+        cur+=("${BASH_REMATCH[1]}")
+      elif [[ $line == "#EXT-X-ENDLIST"* ]]; then
+        end_now=1
+      fi
+    done
+  ) <"$MD/poll.fifo" &
+  PIDS+=("$!")
 
-# ---------------------------------------------------------------- sluice: live push
-LAST_MSN_LIVE=$(( (${MEDIA_S%.*} + SEG_S - 1) / SEG_S - 2 ))   # last segment closed by a following keyframe
-log "pushing live (-re) to rtmp://$RTMP/live/bench"
-LOAD_SLUICE=$(cut -d" " -f1 /proc/loadavg)
-K0=$(cpu_ticks "$SPID")
-T0=$(now)
-timeout $((BENCH_SECONDS + 60)) ffmpeg -hide_banner -nostdin -loglevel error -re -i "$IN" -c copy \
-  -f flv "rtmp://$RTMP/live/bench" 2>"$WORK/push.log" &
-PUSH_PID=$!
-PIDS+=("$PUSH_PID")
-wait "$PUSH_PID" && PUSH_RC=0 || PUSH_RC=$?
-T_PUSH_END=$(now)
-((PUSH_RC == 0)) || { cat "$WORK/push.log" >&2; log "warning: push exited with $PUSH_RC"; }
+  # ------------------------------------------------------------ sluice: idle baseline
+  sleep 1
+  local ta ka tb kb
+  ta=$(now); ka=$(cpu_ticks "$SPID")
+  sleep 4
+  tb=$(now); kb=$(cpu_ticks "$SPID")
+  local IDLE_RATE IDLE_HWM
+  IDLE_RATE=$(awk -v k=$((kb - ka)) -v hz="$CLK_TCK" -v dt="$(fsub "$tb" "$ta")" 'BEGIN { printf "%.6f", k / hz / dt }')
+  IDLE_HWM=$(vm_hwm_kib "$SPID")
+  log "[$MODE] idle: $IDLE_RATE CPU-s/s, VmHWM $((IDLE_HWM / 1024)) MiB"
 
-# Wait (<= 20 s) for the last live-cut segment, then until the server is idle again (<= 20 s).
-for ((i = 0; i < 200; i++)); do
-  grep -q "^$LAST_MSN_LIVE " "$SEEN" 2>/dev/null && break
-  sleep 0.1
-done
-quiet=0
-kp=$(cpu_ticks "$SPID"); tp=$(now)
-for ((i = 0; i < 40 && quiet < 2; i++)); do
-  sleep 0.5
-  kq=$(cpu_ticks "$SPID"); tq=$(now)
-  if awk -v k=$((kq - kp)) -v hz="$CLK_TCK" -v dt="$(fsub "$tq" "$tp")" -v idle="$IDLE_RATE" \
-      'BEGIN { exit !(k / hz / dt <= idle + 0.05) }'; then quiet=$((quiet + 1)); else quiet=0; fi
-  kp=$kq; tp=$tq
-done
-K1=$(cpu_ticks "$SPID")
-T1=$(now)
-SLUICE_HWM=$(vm_hwm_kib "$SPID")
-# The final segment (closed at end of stream) may take a moment longer, or never come.
-for ((i = 0; i < 30; i++)); do
-  grep -q "^$((LAST_MSN_LIVE + 1)) " "$SEEN" && break
-  sleep 0.1
-done
-curl -fsS "$PL_URL" -o "$WORK/final_720p.m3u8" 2>/dev/null || true
-SESSION_LINE=$(sed 's/\x1b\[[0-9;]*m//g' "$SLOG" | grep -m1 'session started' || true)
-SESSION_AT=""
-if [[ $SESSION_LINE =~ ^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z) ]]; then
-  SESSION_AT=$(date -u -d "${BASH_REMATCH[1]}" +%s.%N 2>/dev/null || true)
-fi
-DROPS=$(sed 's/\x1b\[[0-9;]*m//g' "$SLOG" | grep -c 'frames dropped\|pipeline failed\|ERROR' || true)
-log "push done; server idle again after $(fsub "$T1" "$T0") s"
-# Where the server's CPU went, by thread name (threads still alive; the pipeline lives on until
-# the next session or shutdown). Includes the idle period, which is ~0.
-for t in /proc/"$SPID"/task/*; do
-  st=$(<"$t/stat") || continue
-  rest=${st##*) }
-  read -r -a f <<<"$rest"
-  printf '%s\t%s\n' "$(<"$t/comm")" $((f[11] + f[12]))
-done 2>/dev/null | awk -F'\t' -v hz="$CLK_TCK" '{ c[$1] += $2; n[$1]++ }
-  END { for (k in c) if (c[k] > 0) printf "%8.2f  %s (x%d)\n", c[k] / hz, k, n[k] }' | sort -rn >"$WORK/threads.txt" || true
-stop_pid "$SPID"
+  # Segments cut while live, after the first: the last one closes only at end of stream.
+  local LAST_LIVE=$(( (${MEDIA_S%.*} + SEG_S - 1) / SEG_S - 2 ))
+  local S_CPU=() F_CPU=() S_HWM=() S_HELD=() F_RSS=() T0="" SESSION_AT="" LOAD_S="" LOAD_F="" DROPS=0
+  local round K0 K1 T1 TQ PUSH_PID PUSH_RC kp tp kq tq quiet first_msn wall cpu
 
-SLUICE_WALL=$(fsub "$T1" "$T0")
-SLUICE_CPU=$(awk -v k=$((K1 - K0)) -v hz="$CLK_TCK" -v dt="$SLUICE_WALL" -v idle="$IDLE_RATE" \
-  'BEGIN { printf "%.3f", k / hz - idle * dt }')
+  for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+    # -------------------------------------------------------- sluice: one live push
+    log "[$MODE] round $round/$BENCH_ROUNDS: pushing live (-re) to rtmp://$RTMP/live/bench"
+    [[ -n $LOAD_S ]] || LOAD_S=$(cut -d" " -f1 /proc/loadavg)
+    K0=$(cpu_ticks "$SPID")
+    TQ=$(now)
+    [[ -n $T0 ]] || T0=$TQ
+    timeout $((BENCH_SECONDS + 60)) ffmpeg -hide_banner -nostdin -loglevel error -re -i "$IN" -c copy \
+      -f flv "rtmp://$RTMP/live/bench" 2>"$MD/push-$round.log" &
+    PUSH_PID=$!
+    PIDS+=("$PUSH_PID")
+    wait "$PUSH_PID" && PUSH_RC=0 || PUSH_RC=$?
+    ((PUSH_RC == 0)) || { cat "$MD/push-$round.log" >&2; log "warning: push exited with $PUSH_RC"; }
+    if ((round == 1)); then
+      # Wait (<= 20 s) for the last live-cut segment of the session.
+      for ((i = 0; i < 200; i++)); do
+        first_msn=$(awk '$1 != "ENDLIST" { print $1; exit }' "$SEEN")
+        [[ -n $first_msn ]] && grep -q "^$((first_msn + LAST_LIVE)) " "$SEEN" && break
+        sleep 0.1
+      done
+    fi
+    # Then until the server is idle again (<= 20 s).
+    quiet=0
+    kp=$(cpu_ticks "$SPID"); tp=$(now)
+    for ((i = 0; i < 40 && quiet < 2; i++)); do
+      sleep 0.5
+      kq=$(cpu_ticks "$SPID"); tq=$(now)
+      if awk -v k=$((kq - kp)) -v hz="$CLK_TCK" -v dt="$(fsub "$tq" "$tp")" -v idle="$IDLE_RATE" \
+          'BEGIN { exit !(k / hz / dt <= idle + 0.05) }'; then quiet=$((quiet + 1)); else quiet=0; fi
+      kp=$kq; tp=$tq
+    done
+    K1=$(cpu_ticks "$SPID")
+    T1=$(now)
+    wall=$(fsub "$T1" "$TQ")
+    cpu=$(awk -v k=$((K1 - K0)) -v hz="$CLK_TCK" -v dt="$wall" -v idle="$IDLE_RATE" -v media="$MEDIA_S" \
+      'BEGIN { printf "%.3f", (k / hz - idle * dt) / media }')
+    S_CPU+=("$cpu")
+    S_HWM+=("$(vm_hwm_kib "$SPID")")
+    # Media the server holds for its playlists: window_seconds (600) is longer than every
+    # round together, so every segment produced is still held (parts come on top, a few).
+    S_HELD+=("$(curl -fsS "http://$HTTP/metrics" 2>/dev/null \
+      | awk '/^sluice_engine_segment_bytes(\{| )/ { s += $NF } END { printf "%.0f", s / 1024 }')")
+    log "[$MODE] round $round: sluice $cpu CPU-s per media s, VmHWM $((${S_HWM[-1]} / 1024)) MiB, media held $((${S_HELD[-1]} / 1024)) MiB"
 
-# ---------------------------------------------------------------- ffmpeg: same ladder
-ffmpeg_ladder() { # time-file log-file [input options...]
-  local tf=$1 lf=$2
-  shift 2
-  /usr/bin/time -f "%e %U %S %M" -o "$tf" \
-    timeout $((BENCH_SECONDS * 10 + 60)) ffmpeg -hide_banner -nostdin -loglevel error -y "$@" -i "$IN" \
-    -filter_complex "[0:v]split=3[s0][s1][s2];[s0]scale=1280:720:flags=bilinear[v0];[s1]scale=854:480:flags=bilinear[v1];[s2]scale=640:360:flags=bilinear[v2]" \
-    -map "[v0]" -map "[v1]" -map "[v2]" -map 0:a \
-    -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -x264-params scenecut=0 \
-    -g "$KEYINT_MAX" -force_key_frames "expr:gte(t,n_forced*$SEG_S)" \
-    -b:v:0 2500k -maxrate:v:0 2500k -bufsize:v:0 1500k \
-    -b:v:1 1200k -maxrate:v:1 1200k -bufsize:v:1 720k \
-    -b:v:2 700k -maxrate:v:2 700k -bufsize:v:2 420k \
-    -c:a aac -b:a 128k -ar 48000 -ac 2 \
-    -f null - 2>"$lf" || { cat "$lf" "$tf" >&2; die "ffmpeg ladder failed"; }
-  # /usr/bin/time measures `timeout`, which reaps ffmpeg: %U/%S include ffmpeg's CPU and %M is
-  # the largest child's peak RSS, i.e. ffmpeg's. Failure notes would precede the last line.
-  tail -n1 "$tf"
-}
-LOAD_FF=$(cut -d' ' -f1 /proc/loadavg)
-log "ffmpeg ladder, as fast as possible"
-read -r FF_WALL FF_USR FF_SYS FF_MAXRSS < <(ffmpeg_ladder "$WORK/ffmpeg.time" "$WORK/ffmpeg.log")
-FFRE_USR=0 FFRE_SYS=0 FFRE_MAXRSS=0 FFRE_WALL=0
-if [[ ${BENCH_FFMPEG_RE:-1} == 1 ]]; then
-  log "ffmpeg ladder, paced like a live input (-re; diagnostic, BENCH_FFMPEG_RE=0 skips)"
-  read -r FFRE_WALL FFRE_USR FFRE_SYS FFRE_MAXRSS < <(ffmpeg_ladder "$WORK/ffmpeg_re.time" "$WORK/ffmpeg_re.log" -re)
-fi
+    if ((round == 1)); then
+      # The final segment (closed at end of stream) may take a moment longer, or never come.
+      for ((i = 0; i < 30; i++)); do
+        grep -q "^$((first_msn + LAST_LIVE + 1)) " "$SEEN" && break
+        sleep 0.1
+      done
+      stop_pid "$POLL_PID"
+      SESSION_LINE=$(sed 's/\x1b\[[0-9;]*m//g' "$SLOG" | grep -m1 'session started' || true)
+      if [[ $SESSION_LINE =~ ^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z) ]]; then
+        SESSION_AT=$(date -u -d "${BASH_REMATCH[1]}" +%s.%N 2>/dev/null || true)
+      fi
+      # The first session's renditions, as served (MPEG-TS HLS), for the quality columns.
+      for r in "${RUNGS[@]}"; do
+        read -r n _ <<<"$r"
+        : >"$MD/sluice-$n.ts"
+        curl -fsS "http://$HTTP/live/bench/ts/$n/index.m3u8" -o "$MD/sluice-$n.m3u8" 2>/dev/null || continue
+        grep -v '^#' "$MD/sluice-$n.m3u8" | while IFS= read -r uri; do
+          [[ -n $uri ]] || continue
+          curl -fsS "http://$HTTP/live/bench/ts/$n/$uri" >>"$MD/sluice-$n.ts" 2>/dev/null || true
+        done
+      done
+    fi
 
-# ---------------------------------------------------------------- results
-awk -v media="$MEDIA_S" -v seg="$SEG_S" -v t0="$T0" -v sess="${SESSION_AT:-}" -v last_live="$LAST_MSN_LIVE" \
-  -v s_cpu="$SLUICE_CPU" -v s_wall="$SLUICE_WALL" -v s_hwm="$SLUICE_HWM" -v s_idle_hwm="$IDLE_HWM" -v idle="$IDLE_RATE" \
-  -v f_wall="$FF_WALL" -v f_usr="$FF_USR" -v f_sys="$FF_SYS" -v f_rss="$FF_MAXRSS" \
-  -v r_wall="$FFRE_WALL" -v r_usr="$FFRE_USR" -v r_sys="$FFRE_SYS" -v r_rss="$FFRE_MAXRSS" \
-  -v drops="$DROPS" -v threads="$WORK/threads.txt" -v date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" -v load_s="$LOAD_SLUICE" -v load_f="$LOAD_FF" \
-  -v cpu_model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" -v ncpu="$(nproc)" '
+    # -------------------------------------------------------- ffmpeg: same ladder
+    [[ -n $LOAD_F ]] || LOAD_F=$(cut -d' ' -f1 /proc/loadavg)
+    log "[$MODE] round $round: ffmpeg ladder, as fast as possible"
+    read -r _ usr sys rss < <(ffmpeg_ladder "$MD/ffmpeg-$round.time" "$MD/ffmpeg-$round.log" -f null -)
+    F_CPU+=("$(awk -v u="$usr" -v s="$sys" -v media="$MEDIA_S" 'BEGIN { printf "%.3f", (u + s) / media }')")
+    F_RSS+=("$rss")
+    log "[$MODE] round $round: ffmpeg ${F_CPU[-1]} CPU-s per media s, peak RSS $((rss / 1024)) MiB"
+  done
+  DROPS=$(sed 's/\x1b\[[0-9;]*m//g' "$SLOG" | grep -c 'frames dropped\|pipeline failed\|ERROR' || true)
+  # Where the server's CPU went, by thread name (threads still alive).
+  for t in /proc/"$SPID"/task/*; do
+    st=$(<"$t/stat") || continue
+    rest=${st##*) }
+    read -r -a f <<<"$rest"
+    printf '%s\t%s\n' "$(<"$t/comm")" $((f[11] + f[12]))
+  done 2>/dev/null | awk -F'\t' -v hz="$CLK_TCK" '{ c[$1] += $2; n[$1]++ }
+    END { for (k in c) if (c[k] > 0) printf "%8.2f  %s (x%d)\n", c[k] / hz, k, n[k] }' | sort -rn >"$MD/threads.txt" || true
+  stop_pid "$SPID"
+
+  # ------------------------------------------------------------ quality
+  log "[$MODE] ffmpeg ladder once more, into a file, for the quality columns (untimed)"
+  ffmpeg_ladder "$MD/ffmpeg-q.time" "$MD/ffmpeg-q.log" -f matroska "$MD/ffmpeg.mkv" >/dev/null
+  : >"$MD/quality.txt"
+  local idx=0
+  for r in "${RUNGS[@]}"; do
+    read -r n w h k <<<"$r"
+    log "[$MODE] quality of $n"
+    if [[ -s $MD/sluice-$n.ts ]]; then read -r s_ssim s_psnr < <(quality "$MD/sluice-$n.ts" 0 "$w" "$h"); else s_ssim=nan s_psnr=nan; fi
+    read -r f_ssim f_psnr < <(quality "$MD/ffmpeg.mkv" "$idx" "$w" "$h")
+    echo "$n $s_ssim $f_ssim $s_psnr $f_psnr" >>"$MD/quality.txt"
+    idx=$((idx + 1))
+  done
+
+  # ------------------------------------------------------------ results
+  local S_MED F_MED
+  S_MED=$(median_of "${S_CPU[@]}")
+  F_MED=$(median_of "${F_CPU[@]}")
+  local F_RSS_MAX
+  F_RSS_MAX=$(printf '%s\n' "${F_RSS[@]}" | sort -n | tail -n1)
+  local names
+  names=$(for r in "${RUNGS[@]}"; do read -r n _ <<<"$r"; printf '%s/' "$n"; done)
+  names=${names%/}
+  local kbps
+  kbps=$(for r in "${RUNGS[@]}"; do read -r _ _ _ k <<<"$r"; printf '%s/' "$k"; done)
+  kbps=${kbps%/}
+  awk -v mode="$MODE" -v names="$names" -v kbps="$kbps" -v w="$MW" -v h="$MH" -v media="$MEDIA_S" -v seg="$SEG_S" \
+    -v t0="$T0" -v sess="${SESSION_AT:-}" -v last_live="$LAST_LIVE" -v rounds="$BENCH_ROUNDS" \
+    -v s_cpus="${S_CPU[*]}" -v f_cpus="${F_CPU[*]}" -v s_hwms="${S_HWM[*]}" -v s_helds="${S_HELD[*]}" -v f_rsss="${F_RSS[*]}" \
+    -v s_med="$S_MED" -v f_med="$F_MED" -v f_rss_max="$F_RSS_MAX" -v s_idle_hwm="$IDLE_HWM" -v idle="$IDLE_RATE" \
+    -v drops="$DROPS" -v threads="$MD/threads.txt" -v qual="$MD/quality.txt" \
+    -v date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" -v load_s="$LOAD_S" -v load_f="$LOAD_F" \
+    -v cpu_model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" -v ncpu="$(nproc)" '
 function fmt(x) { return sprintf("%.3f", x) }
 function median(a, n,   i, j, t, b) {
   for (i = 1; i <= n; i++) b[i] = a[i]
@@ -350,28 +436,36 @@ function median(a, n,   i, j, t, b) {
   if (!(($1 + 0) in first)) { first[$1 + 0] = $2; if (min == "" || $1 + 0 < min) min = $1 + 0 }
 }
 END {
-  s_cpu_ms = s_cpu / media; f_cpu = f_usr + f_sys; f_cpu_ms = f_cpu / media
-  printf "\nSluice engine vs ffmpeg: 720p/480p/360p (2500/1200/700 kbps) + AAC 128k, x264 veryfast, %.3f s of 1280x720@30\n", media
-  printf "%s, nproc %d, %s; 1-min loadavg %s (sluice run), %s (ffmpeg run)\n\n", date, ncpu, cpu_model, load_s, load_f
-  printf "%-28s %14s %14s %8s\n", "", "sluice (live)", "ffmpeg", "ratio"
-  printf "%-28s %14s %14s\n", "CPU seconds", fmt(s_cpu), fmt(f_cpu)
-  printf "%-28s %14s %14s %8.2f\n", "CPU s per media s", fmt(s_cpu_ms), fmt(f_cpu_ms), s_cpu_ms / f_cpu_ms
-  printf "%-28s %14.0f %14.0f %8.2f\n", "peak RSS, MiB (VmHWM)", s_hwm / 1024, f_rss / 1024, s_hwm / f_rss
-  printf "%-28s %14s %14s\n", "wall seconds", fmt(s_wall), fmt(f_wall)
-  printf "(sluice: idle %.3f CPU-s/s subtracted; idle VmHWM %.0f MiB; warnings/errors in its log: %d)\n", idle, s_idle_hwm / 1024, drops
-  r_cpu = r_usr + r_sys
-  if (r_cpu > 0) printf "(diagnostic: ffmpeg paced with -re: %.3f CPU s per media s, sluice/that %.2f, peak RSS %.0f MiB)\n", r_cpu / media, s_cpu_ms / (r_cpu / media), r_rss / 1024
-  while ((getline line < threads) > 0) { if (!th++) printf "sluice CPU seconds by thread name (whole process life):\n"; printf "  %s\n", line }
+  ns = split(s_cpus, sc, " "); split(f_cpus, fc, " "); split(s_hwms, sh, " "); split(s_helds, sd, " "); split(f_rsss, fr, " ")
+  printf "\nSluice engine vs ffmpeg, %s mode: %s (%s kbps) + AAC 128k, x264 veryfast, %.3f s of %dx%d@30\n", mode, names, kbps, media, w, h
+  printf "%s, nproc %d, %s; 1-min loadavg %s (first sluice round), %s (first ffmpeg round)\n\n", date, ncpu, cpu_model, load_s, load_f
+  printf "%-34s %12s %12s %8s\n", "", "sluice", "ffmpeg", "ratio"
+  printf "%-34s %12s %12s %8.2f\n", "CPU s per media s, median", fmt(s_med), fmt(f_med), s_med / f_med
+  for (i = 1; i <= ns; i++) printf "%-34s %12s %12s %8.2f\n", "  round " i, sc[i], fc[i], sc[i] / fc[i]
+  printf "%-34s %12.0f %12.0f %8.2f\n", "peak RSS, MiB, after the last round", sh[ns] / 1024, f_rss_max / 1024, sh[ns] / f_rss_max
+  printf "%-34s %12.0f %12.0f %8.2f\n", "  less the media held for playlists", (sh[ns] - sd[ns]) / 1024, f_rss_max / 1024, (sh[ns] - sd[ns]) / f_rss_max
+  for (i = 1; i <= ns; i++) printf "%-34s %12s %12.0f\n", "  after round " i, sprintf("%.0f (%.0f)", sh[i] / 1024, (sh[i] - sd[i]) / 1024), fr[i] / 1024
+  printf "(sluice: one server for every round; idle %.3f CPU-s/s subtracted; idle VmHWM %.0f MiB; warnings/errors in its log: %d)\n", idle, s_idle_hwm / 1024, drops
+  while ((getline line < threads) > 0) { if (!th++) printf "sluice CPU seconds by thread name (threads alive at the end):\n"; printf "  %s\n", line }
+
+  printf "\nquality against the input scaled with lanczos (first round; SSIM all planes, PSNR average dB)\n"
+  printf "%-10s %12s %12s %10s %12s %12s %10s\n", "rendition", "SSIM sluice", "SSIM ffmpeg", "delta", "PSNR sluice", "PSNR ffmpeg", "delta"
+  qjson = ""
+  while ((getline line < qual) > 0) {
+    split(line, q, " ")
+    printf "%-10s %12s %12s %10.4f %12s %12s %10.2f\n", q[1], q[2], q[3], q[2] - q[3], q[4], q[5], q[4] - q[5]
+    qjson = qjson (qjson == "" ? "" : ",") sprintf("\"%s\":{\"ssim_sluice\":%s,\"ssim_ffmpeg\":%s,\"psnr_sluice\":%s,\"psnr_ffmpeg\":%s}", q[1], (q[2] == "nan" ? "null" : q[2]), (q[3] == "nan" ? "null" : q[3]), (q[4] == "nan" ? "null" : q[4]), (q[5] == "nan" ? "null" : q[5]))
+  }
+
   printf "\n"
   have_sess = (sess != "")
   if (have_sess) printf "server session started at push start + %.3f s\n", sess - t0
-
-  n = 0; printf "%6s %10s %10s %12s %14s\n", "msn", "media end", "seen at", "delay (s)", "vs session"
+  n = 0; printf "%10s %10s %10s %12s %14s\n", "msn", "media end", "seen at", "delay (s)", "vs session"
   for (m = min; min != "" && (m in first); m++) {
     end = (m - min + 1) * seg; if (end > media) end = media
     d = first[m] - (t0 + end)
     live = (m - min <= last_live)
-    printf "%6d %10.3f %10.3f %12.3f %14s%s\n", m, end, first[m] - t0, d, have_sess ? fmt(first[m] - (sess + end)) : "-", live ? "" : "  (end of stream)"
+    printf "%10d %10.3f %10.3f %12.3f %14s%s\n", m, end, first[m] - t0, d, have_sess ? fmt(first[m] - (sess + end)) : "-", live ? "" : "  (end of stream)"
     if (live) { n++; dl[n] = d; if (n == 1 || d > dmax) dmax = d }
     else final = d
   }
@@ -384,5 +478,37 @@ END {
   } else { med = -1; dmax = -1; print "\nno segments seen in the 720p playlist" }
   if (final_state == "published") printf "final segment (closed at end of stream): delay %.3f s\n", final
   else printf "final segment (media from %d s): not in the playlist within ~3 s after the server went idle\n", (last_live + 1) * seg
-  printf "BENCH_JSON {\"bench\":\"engine_vs_ffmpeg\",\"date\":\"%s\",\"nproc\":%d,\"cpu\":\"%s\",\"loadavg_sluice\":%s,\"loadavg_ffmpeg\":%s,\"media_s\":%.3f,\"sluice_cpu_s\":%s,\"ffmpeg_cpu_s\":%s,\"sluice_cpu_per_media_s\":%s,\"ffmpeg_cpu_per_media_s\":%s,\"cpu_ratio\":%.3f,\"ffmpeg_re_cpu_per_media_s\":%s,\"sluice_peak_rss_mib\":%.0f,\"ffmpeg_peak_rss_mib\":%.0f,\"rss_ratio\":%.3f,\"delay_segments\":%d,\"delay_median_s\":%.3f,\"delay_max_s\":%.3f,\"delay_median_seg\":%.3f,\"delay_max_seg\":%.3f,\"session_start_offset_s\":%s,\"final_segment\":\"%s\",\"sluice_log_warnings\":%d}\n", date, ncpu, cpu_model, load_s, load_f, media, fmt(s_cpu), fmt(f_cpu), fmt(s_cpu_ms), fmt(f_cpu_ms), s_cpu_ms / f_cpu_ms, (r_cpu > 0 ? fmt(r_cpu / media) : "null"), s_hwm / 1024, f_rss / 1024, s_hwm / f_rss, n, med, dmax, med / seg, dmax / seg, (have_sess ? fmt(sess - t0) : "null"), final_state, drops
-}' "$SEEN"
+  printf "BENCH_JSON {\"bench\":\"engine_vs_ffmpeg\",\"mode\":\"%s\",\"date\":\"%s\",\"nproc\":%d,\"cpu\":\"%s\",\"rounds\":%d,\"media_s\":%.3f,\"sluice_cpu_per_media_s\":%s,\"ffmpeg_cpu_per_media_s\":%s,\"cpu_ratio\":%.3f,\"sluice_rounds\":[%s],\"ffmpeg_rounds\":[%s],\"sluice_peak_rss_mib\":%.0f,\"sluice_peak_rss_mib_first_round\":%.0f,\"ffmpeg_peak_rss_mib\":%.0f,\"rss_ratio\":%.3f,\"sluice_media_held_mib\":%.0f,\"rss_ratio_less_media_held\":%.3f,\"quality\":{%s},\"delay_segments\":%d,\"delay_median_s\":%.3f,\"delay_max_s\":%.3f,\"final_segment\":\"%s\",\"sluice_log_warnings\":%d}\n", mode, date, ncpu, cpu_model, rounds, media, fmt(s_med), fmt(f_med), s_med / f_med, s_cpus_json, f_cpus_json, sh[ns] / 1024, sh[1] / 1024, f_rss_max / 1024, sh[ns] / f_rss_max, sd[ns] / 1024, (sh[ns] - sd[ns]) / f_rss_max, qjson, n, med, dmax, final_state, drops
+}' s_cpus_json="$(IFS=,; echo "${S_CPU[*]}")" f_cpus_json="$(IFS=,; echo "${F_CPU[*]}")" "$SEEN"
+}
+
+# ffmpeg_ladder <time-file> <log-file> <output...>: the current mode's ladder from $IN; prints
+# "wall user sys maxrss_kib".
+ffmpeg_ladder() {
+  local tf=$1 lf=$2
+  shift 2
+  local split="" maps=() rates=() i=0 n w h k
+  for r in "${RUNGS[@]}"; do
+    read -r n w h k <<<"$r"
+    split+="[s$i]scale=$w:$h:flags=bilinear[v$i];"
+    maps+=(-map "[v$i]")
+    rates+=("-b:v:$i" "${k}k" "-maxrate:v:$i" "${k}k" "-bufsize:v:$i" "$((k * 6 / 10))k")
+    i=$((i + 1))
+  done
+  local outs=""
+  for ((j = 0; j < i; j++)); do outs+="[s$j]"; done
+  /usr/bin/time -f "%e %U %S %M" -o "$tf" \
+    timeout $((BENCH_SECONDS * 10 + 60)) ffmpeg -hide_banner -nostdin -loglevel error -y -i "$IN" \
+    -filter_complex "[0:v]split=$i$outs;${split%;}" \
+    "${maps[@]}" -map 0:a \
+    -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -x264-params scenecut=0 \
+    -g "$KEYINT_MAX" -force_key_frames "expr:gte(t,n_forced*$SEG_S)" \
+    "${rates[@]}" \
+    -c:a aac -b:a 128k -ar 48000 -ac 2 \
+    "$@" 2>"$lf" || { cat "$lf" "$tf" >&2; die "ffmpeg ladder failed"; }
+  # /usr/bin/time measures `timeout`, which reaps ffmpeg: %U/%S include ffmpeg's CPU and %M is
+  # the largest child's peak RSS, i.e. ffmpeg's. Failure notes would precede the last line.
+  tail -n1 "$tf"
+}
+
+for MODE in $BENCH_MODES; do run_mode "$MODE"; done

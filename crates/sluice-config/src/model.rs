@@ -84,6 +84,10 @@ pub struct Ladder {
     pub window_seconds: f64,
     /// `audio_kbps`: AAC bitrate shared by all renditions, 16 to 512. Default 128.
     pub audio_kbps: u32,
+    /// `audio_passthrough`: input audio that is already AAC-LC at the ladder's 48 kHz
+    /// stereo is packaged as it arrives instead of decoded and encoded again (its bitrate
+    /// is then the encoder's, not `audio_kbps`). Default false.
+    pub audio_passthrough: bool,
     /// `encoder_preset`: x264 preset, `ultrafast` to `veryslow`. Default `veryfast`.
     pub encoder_preset: String,
     /// `renditions`: the video rungs, highest first by convention. Required, non-empty
@@ -100,6 +104,7 @@ impl Ladder {
             part_seconds: 0.5,
             window_seconds: 60.0,
             audio_kbps: 128,
+            audio_passthrough: false,
             encoder_preset: "veryfast".to_owned(),
             renditions: Vec::new(),
         }

@@ -61,6 +61,7 @@ pub(crate) struct RawLadder {
     pub part_seconds: Option<S<f64>>,
     pub window_seconds: Option<S<f64>>,
     pub audio_kbps: Option<S<i64>>,
+    pub audio_passthrough: Option<S<bool>>,
     pub encoder_preset: Option<S<String>>,
     pub renditions: Option<S<Vec<S<RawRendition>>>>,
 }

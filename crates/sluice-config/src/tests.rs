@@ -363,6 +363,7 @@ fn defaults_are_filled_in() {
         (2.0, 0.5, 60.0, 128)
     );
     assert_eq!(l.encoder_preset, "veryfast");
+    assert!(!l.audio_passthrough, "audio is transcoded unless asked");
     let d = &c.distributions[&id("d")];
     // All the channel's engines, by priority then id.
     assert_eq!(d.engines, vec![id("b"), id("a"), id("e")]);
@@ -883,7 +884,7 @@ fn ladder_ranges() {
         &[("[ladders.|passthrough]", "built-in")],
     );
     let c = ok(&format!(
-        "{BASE}[ladders.z]\npart_seconds = 0\nencoder_preset = \"medium\"\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"
+        "{BASE}[ladders.z]\npart_seconds = 0\naudio_passthrough = true\nencoder_preset = \"medium\"\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"
     ));
     assert_eq!(
         (
@@ -891,6 +892,13 @@ fn ladder_ranges() {
             c.ladders[&id("z")].encoder_preset.as_str()
         ),
         (0.0, "medium")
+    );
+    assert!(c.ladders[&id("z")].audio_passthrough);
+    expect(
+        &format!(
+            "{BASE}[ladders.y]\naudio_passthrough = \"yes\"\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"
+        ),
+        &[("audio_passthrough = |\"yes\"", "boolean")],
     );
 }
 

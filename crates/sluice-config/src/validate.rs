@@ -354,6 +354,9 @@ impl Checker<'_> {
         if let Some(v) = &r.audio_kbps {
             ladder.audio_kbps = self.int(v, "audio_kbps", 16..513, false);
         }
+        if let Some(v) = &r.audio_passthrough {
+            ladder.audio_passthrough = *v.get_ref();
+        }
         if let Some(v) = &r.encoder_preset {
             if !PRESETS.contains(&v.get_ref().as_str()) {
                 self.err(

@@ -15,6 +15,7 @@
 
 mod error;
 pub mod runner;
+mod scale;
 mod stats;
 mod testpattern;
 mod transcode;
@@ -34,7 +35,8 @@ pub fn init() -> Result<(), EngineError> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
     INIT.get_or_init(|| gstreamer::init().map_err(|e| e.to_string()))
         .clone()
-        .map_err(EngineError::Init)
+        .map_err(EngineError::Init)?;
+    scale::register()
 }
 
 /// Checks that every GStreamer element the engine uses is installed, so a

@@ -694,6 +694,7 @@ mod tests {
             segment_duration: 2_000_000_000,
             renditions: vec![],
             audio_kbps: 128,
+            audio_passthrough: true,
             preset: "ultrafast".into(),
             max_queued_bytes: 1 << 20,
             max_queued_time: 4_000_000_000,

@@ -1,10 +1,13 @@
 //! Decode once, scale and encode every rendition, audio encoded once.
 //!
 //! ```text
-//! appsrc(video-in) ! h264parse ! avdec_h264 ! videoconvert ─[keyframe probe]─ tee
-//!   tee. ! queue ! videoscale ! video/x-raw,WxH ! x264enc ! video/x-h264,avc ! appsink(video-N)   (per rendition)
+//! appsrc(video-in) ! h264parse ! avdec_h264 ! videoconvert(I420) ─[keyframe probe]─ tee
+//!   tee. ! queue ! sluicescale ! video/x-raw,WxH ! x264enc ! video/x-h264,avc ! appsink(video-N)   (per rendition)
 //! appsrc(audio-in) ! aacparse ! avdec_aac ! audioconvert ! audioresample ! avenc_aac ! appsink(audio-out)
 //! ```
+//!
+//! Audio that already is what that chain outputs (AAC-LC, 48 kHz, stereo) skips it when
+//! `audio_passthrough` is on: its frames go to the sink as they are pushed.
 //!
 //! The probe before the tee sends one downstream force-key-unit event per
 //! segment boundary (the first frame whose pts crosses a multiple of the
@@ -29,7 +32,7 @@ pub(crate) const ELEMENTS: &[&str] = &[
     "h264parse",
     "avdec_h264",
     "videoconvert",
-    "videoscale",
+    crate::scale::FACTORY,
     "tee",
     "queue",
     "x264enc",
@@ -54,6 +57,9 @@ pub struct TranscodeSettings {
     pub segment_duration: MediaTime,
     pub renditions: Vec<RenditionSettings>,
     pub audio_kbps: u32,
+    /// Input audio that is already what the ladder outputs (AAC-LC, 48 kHz, stereo) is
+    /// handed to the sink as it arrives instead of decoded and encoded again.
+    pub audio_passthrough: bool,
     /// x264 speed preset (ultrafast … veryslow).
     pub preset: String,
     /// Compressed input queued in each appsrc before frames are dropped.
@@ -101,6 +107,8 @@ pub struct Transcoder {
     pipeline: gst::Pipeline,
     video_src: gst_app::AppSrc,
     audio_src: Option<gst_app::AppSrc>,
+    /// Audio passed through: input frames wait here for the video of the same instant.
+    audio_direct: Option<Arc<HeldAudio>>,
     max_queued_bytes: u64,
     max_queued_time: Option<gst::ClockTime>,
     skipping_video: AtomicBool,
@@ -176,6 +184,93 @@ fn live_appsrc(name: &str, caps: &gst::Caps, max_bytes: u64) -> gst_app::AppSrc 
         .max_bytes(max_bytes)
         .block(false)
         .build()
+}
+
+/// Audio passed through, held until the video of the same instant leaves an encoder.
+///
+/// Transcoded audio and video leave the pipeline about together; audio that skips the
+/// pipeline would otherwise run ahead of the video by the decode and encode delay, and
+/// the audio playlist ahead of the video ones (LL-HLS rendition reports a part or more
+/// apart). Frames are released in order, just before the first video frame of any
+/// rendition at or past their pts is handed on (so the packager has the audio of an
+/// instant when that frame closes a part), or when more than [`HeldAudio::MAX`] wait
+/// (video stalled: audio goes on).
+pub(crate) struct HeldAudio {
+    sink: Arc<dyn EncodedSink>,
+    state: Mutex<Held>,
+}
+
+struct Held {
+    frames: std::collections::VecDeque<Frame>,
+    /// The latest video pts out of any rendition.
+    reached: Option<i64>,
+}
+
+impl HeldAudio {
+    /// About ten seconds of AAC at 48 kHz.
+    const MAX: usize = 480;
+
+    fn new(sink: Arc<dyn EncodedSink>) -> HeldAudio {
+        HeldAudio {
+            sink,
+            state: Mutex::new(Held {
+                frames: std::collections::VecDeque::new(),
+                reached: None,
+            }),
+        }
+    }
+
+    // Frames are sent with the lock held, so that releases from different threads
+    // (the caller's push, each rendition's streaming thread) keep their order.
+
+    fn push(&self, frame: Frame) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.frames.push_back(frame);
+        let over = st.frames.len().saturating_sub(Self::MAX);
+        let mut ready: Vec<Frame> = st.frames.drain(..over).collect();
+        ready.extend(st.take_reached());
+        self.send(ready);
+    }
+
+    fn release_all(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ready = st.frames.drain(..).collect();
+        self.send(ready);
+    }
+
+    fn send(&self, frames: Vec<Frame>) {
+        for f in frames {
+            self.sink.on_event(EncodedEvent::Audio(f));
+        }
+    }
+}
+
+impl Held {
+    /// The frames the video has reached.
+    fn take_reached(&mut self) -> Vec<Frame> {
+        let Some(until) = self.reached else {
+            return Vec::new();
+        };
+        let n = self.frames.iter().take_while(|f| f.pts <= until).count();
+        self.frames.drain(..n).collect()
+    }
+}
+
+impl EncodedSink for HeldAudio {
+    fn on_event(&self, ev: EncodedEvent) {
+        if let EncodedEvent::Video { frame, .. } = &ev {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.reached = Some(st.reached.map_or(frame.pts, |p| p.max(frame.pts)));
+            let ready = st.take_reached();
+            self.send(ready);
+        }
+        self.sink.on_event(ev);
+    }
+}
+
+/// Is `audio` what the ladder outputs (`aac_encoder`): AAC-LC, 48 kHz, stereo?
+pub(crate) fn passes_through(audio: &AudioConfig) -> bool {
+    audio.object_type == 2 && audio.sample_rate == 48000 && audio.channels == 2
 }
 
 /// x264 settings shared by the ladder and the benchmark's ffmpeg command line:
@@ -301,6 +396,24 @@ impl Transcoder {
         }
         let pipeline = gst::Pipeline::with_name("engine");
 
+        let direct = audio
+            .filter(|a| settings.audio_passthrough && passes_through(a))
+            .map(|a| {
+                tracing::info!(
+                    sample_rate = a.sample_rate,
+                    channels = a.channels,
+                    "audio passed through (already AAC-LC at the ladder's rate and channels)"
+                );
+                sink.on_event(EncodedEvent::AudioConfig(a.clone()));
+                Arc::new(HeldAudio::new(sink.clone()))
+            });
+        // With audio passed through, video leaves through HeldAudio, which lets the audio
+        // held for each instant go once every rendition's video has reached it.
+        let video_sink: Arc<dyn EncodedSink> = match &direct {
+            Some(held) => held.clone(),
+            None => sink.clone(),
+        };
+
         let video_caps = h264_avc_caps()
             .field("codec_data", gst::Buffer::from_slice(video.avcc.clone()))
             .build();
@@ -322,7 +435,7 @@ impl Transcoder {
             .max(60.0) as u32;
         for (i, r) in settings.renditions.iter().enumerate() {
             let queue = make("queue", &format!("video-{i}-queue"))?;
-            let scale = make("videoscale", &format!("video-{i}-scale"))?;
+            let scale = make(crate::scale::FACTORY, &format!("video-{i}-scale"))?;
             let size = capsfilter(
                 &format!("video-{i}-size"),
                 gst::Caps::builder("video/x-raw")
@@ -338,7 +451,12 @@ impl Transcoder {
                 key_int_max,
             )?;
             let out_caps = capsfilter(&format!("video-{i}-format"), h264_avc_caps().build())?;
-            let out = encoded_output(&format!("video-{i}-out"), TrackKind::Video, i, sink.clone());
+            let out = encoded_output(
+                &format!("video-{i}-out"),
+                TrackKind::Video,
+                i,
+                video_sink.clone(),
+            );
             add_chain(
                 &pipeline,
                 &[&queue, &scale, &size, &enc, &out_caps, out.upcast_ref()],
@@ -348,6 +466,7 @@ impl Transcoder {
 
         let audio_src = match audio {
             None => None,
+            Some(_) if direct.is_some() => None,
             Some(a) => {
                 let caps = gst::Caps::builder("audio/mpeg")
                     .field("mpegversion", 4i32)
@@ -380,6 +499,7 @@ impl Transcoder {
             pipeline,
             video_src,
             audio_src,
+            audio_direct: direct,
             max_queued_bytes: settings.max_queued_bytes,
             max_queued_time: clock_time(settings.max_queued_time).filter(|t| !t.is_zero()),
             skipping_video: AtomicBool::new(false),
@@ -391,9 +511,13 @@ impl Transcoder {
     pub fn push(&self, frame: &Frame) -> PushOutcome {
         let (src, limit) = match frame.track {
             TrackKind::Video => (&self.video_src, self.max_queued_bytes),
-            TrackKind::Audio => match &self.audio_src {
-                Some(a) => (a, self.max_queued_bytes / 8),
-                None => return PushOutcome::Dropped,
+            TrackKind::Audio => match (&self.audio_src, &self.audio_direct) {
+                (Some(a), _) => (a, self.max_queued_bytes / 8),
+                (None, Some(held)) => {
+                    held.push(frame.clone());
+                    return PushOutcome::Queued;
+                }
+                (None, None) => return PushOutcome::Dropped,
             },
         };
         let (Some(pts), Some(dts)) = (clock_time(frame.pts), clock_time(frame.dts)) else {
@@ -456,7 +580,12 @@ impl Transcoder {
                         .unwrap_or_default();
                     return Some(Err(EngineError::Pipeline(format!("{src}: {}", e.error()))));
                 }
-                gst::MessageView::Eos(_) => return Some(Ok(())),
+                gst::MessageView::Eos(_) => {
+                    if let Some(held) = &self.audio_direct {
+                        held.release_all();
+                    }
+                    return Some(Ok(()));
+                }
                 _ => {}
             }
         }
@@ -505,4 +634,28 @@ fn install_keyframe_probe(element: &gst::Element, segment: MediaTime) -> Result<
         gst::PadProbeReturn::Ok
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audio(object_type: u8, sample_rate: u32, channels: u8) -> AudioConfig {
+        AudioConfig {
+            asc: Bytes::new(),
+            object_type,
+            sample_rate,
+            channels,
+        }
+    }
+
+    #[test]
+    fn only_aac_lc_at_48_khz_stereo_passes_through() {
+        assert!(passes_through(&audio(2, 48_000, 2)));
+        assert!(!passes_through(&audio(2, 44_100, 2)), "other rate");
+        assert!(!passes_through(&audio(2, 48_000, 1)), "mono");
+        assert!(!passes_through(&audio(2, 48_000, 6)), "5.1");
+        assert!(!passes_through(&audio(5, 48_000, 2)), "HE-AAC (SBR)");
+        assert!(!passes_through(&audio(29, 48_000, 2)), "HE-AAC v2 (PS)");
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sluice_core::{AudioConfig, Frame, VideoConfig};
+use sluice_core::{AudioConfig, Frame, TrackKind, VideoConfig};
 use sluice_engine::{
     EncodedEvent, RenditionSettings, TestPattern, TestPatternSettings, TranscodeSettings,
     Transcoder,
@@ -16,44 +16,9 @@ const SEG: i64 = 1_000_000_000;
 #[test]
 fn ladder_keyframes_align_on_the_segment_grid() {
     sluice_engine::check_elements().expect("GStreamer elements installed");
-    let (tx, rx) = mpsc::sync_channel::<EncodedEvent>(10_000);
-    let pattern = TestPattern::start(
-        &TestPatternSettings {
-            width: 320,
-            height: 180,
-            fps: 30,
-            video_kbps: 600,
-            ..Default::default()
-        },
-        Arc::new(move |ev| {
-            let _ = tx.try_send(ev);
-        }),
-    )
-    .unwrap();
-
-    let mut video: Option<VideoConfig> = None;
-    let mut audio: Option<AudioConfig> = None;
-    let mut input: Vec<Frame> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // Collect 4.5 s of "encoder" output.
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
-            EncodedEvent::VideoConfig { config, .. } => video = Some(config),
-            EncodedEvent::AudioConfig(c) => audio = Some(c),
-            EncodedEvent::Video { frame, .. } => {
-                let end = frame.pts > 4_500_000_000;
-                input.push(frame);
-                if end {
-                    break;
-                }
-            }
-            EncodedEvent::Audio(f) => input.push(f),
-        }
-    }
-    drop(pattern);
-    let video = video.expect("video config");
+    // 4.5 s of "encoder" output.
+    let (video, audio, input) = pattern_input(4_500_000_000);
     assert_eq!((video.width, video.height), (320, 180));
-    let audio = audio.expect("audio config");
     assert_eq!(audio.sample_rate, 48_000);
 
     let (otx, orx) = mpsc::sync_channel::<EncodedEvent>(10_000);
@@ -72,6 +37,8 @@ fn ladder_keyframes_align_on_the_segment_grid() {
             },
         ],
         audio_kbps: 96,
+        // The pattern's audio is AAC-LC 48 kHz stereo: transcoded here, passed through below.
+        audio_passthrough: false,
         preset: "ultrafast".into(),
         max_queued_bytes: 16 << 20,
         // 0: no bound in media time here, where 4.5 s are pushed at once.
@@ -86,12 +53,7 @@ fn ladder_keyframes_align_on_the_segment_grid() {
         }),
     )
     .unwrap();
-    // The pattern's own keyframes are every second at frame 0, 30, ... : start from the first.
-    let first_key = input
-        .iter()
-        .position(|f| f.keyframe && f.track == sluice_core::TrackKind::Video)
-        .unwrap();
-    for f in &input[first_key..] {
+    for f in &input {
         assert_eq!(t.push(f), sluice_engine::PushOutcome::Queued);
     }
     // The same input pushed at once into an engine bounded to one second of backlog:
@@ -106,7 +68,7 @@ fn ladder_keyframes_align_on_the_segment_grid() {
         Arc::new(|_| {}),
     )
     .unwrap();
-    let dropped = input[first_key..]
+    let dropped = input
         .iter()
         .filter(|f| bounded.push(f) == sluice_engine::PushOutcome::Dropped)
         .count();
@@ -167,4 +129,152 @@ fn ladder_keyframes_align_on_the_segment_grid() {
             "keyframe {p} is not the first frame after a boundary"
         );
     }
+}
+
+/// The test pattern's output until video pts `until` (ns): its configs and frames, from
+/// its first video keyframe on (the pattern's keyframes are every second).
+fn pattern_input(until: i64) -> (VideoConfig, AudioConfig, Vec<Frame>) {
+    let (tx, rx) = mpsc::sync_channel::<EncodedEvent>(10_000);
+    let pattern = TestPattern::start(
+        &TestPatternSettings {
+            width: 320,
+            height: 180,
+            fps: 30,
+            video_kbps: 600,
+            ..Default::default()
+        },
+        Arc::new(move |ev| {
+            let _ = tx.try_send(ev);
+        }),
+    )
+    .unwrap();
+    let (mut video, mut audio, mut input) = (None, None, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+            EncodedEvent::VideoConfig { config, .. } => video = Some(config),
+            EncodedEvent::AudioConfig(c) => audio = Some(c),
+            EncodedEvent::Video { frame, .. } => {
+                let end = frame.pts > until;
+                input.push(frame);
+                if end {
+                    break;
+                }
+            }
+            EncodedEvent::Audio(f) => input.push(f),
+        }
+    }
+    drop(pattern);
+    let first_key = input
+        .iter()
+        .position(|f| f.keyframe && f.track == TrackKind::Video)
+        .unwrap();
+    (video.unwrap(), audio.unwrap(), input.split_off(first_key))
+}
+
+/// Runs `input` through a one-rung ladder to its end; returns everything it produced.
+fn transcode_all(
+    video: &VideoConfig,
+    audio: &AudioConfig,
+    input: &[Frame],
+    audio_passthrough: bool,
+) -> Vec<EncodedEvent> {
+    let (otx, orx) = mpsc::sync_channel::<EncodedEvent>(10_000);
+    let settings = TranscodeSettings {
+        segment_duration: SEG,
+        renditions: vec![RenditionSettings {
+            width: 160,
+            height: 90,
+            video_kbps: 200,
+        }],
+        audio_kbps: 96,
+        audio_passthrough,
+        preset: "ultrafast".into(),
+        max_queued_bytes: 16 << 20,
+        max_queued_time: 0,
+    };
+    let t = Transcoder::start(
+        &settings,
+        video,
+        Some(audio),
+        Arc::new(move |ev| {
+            let _ = otx.try_send(ev);
+        }),
+    )
+    .unwrap();
+    for f in input {
+        assert_eq!(t.push(f), sluice_engine::PushOutcome::Queued);
+    }
+    t.end_of_stream();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = t.poll() {
+            r.expect("engine ran to end of stream");
+            break;
+        }
+        assert!(Instant::now() < deadline, "engine did not drain");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(t);
+    orx.try_iter().collect()
+}
+
+/// AAC-LC 48 kHz stereo in (what the ladder outputs): with `audio_passthrough` its frames
+/// come out untouched, byte for byte and at the same instants, beside the encoded video;
+/// without it they are decoded and encoded again at the ladder's bitrate.
+#[test]
+fn audio_already_in_the_ladders_format_passes_through_when_allowed() {
+    sluice_engine::check_elements().expect("GStreamer elements installed");
+    let (video, audio, input) = pattern_input(3 * SEG);
+    assert_eq!(
+        (audio.object_type, audio.sample_rate, audio.channels),
+        (2, 48_000, 2)
+    );
+    let audio_in: Vec<&Frame> = input
+        .iter()
+        .filter(|f| f.track == TrackKind::Audio)
+        .collect();
+    assert!(audio_in.len() > 100, "{}", audio_in.len());
+
+    let split = |events: &[EncodedEvent]| {
+        let mut configs = Vec::new();
+        let mut frames = Vec::new();
+        let mut video_frames = 0;
+        for ev in events {
+            match ev {
+                EncodedEvent::AudioConfig(c) => configs.push(c.clone()),
+                EncodedEvent::Audio(f) => frames.push(f.clone()),
+                EncodedEvent::Video { .. } => video_frames += 1,
+                EncodedEvent::VideoConfig { .. } => {}
+            }
+        }
+        (configs, frames, video_frames)
+    };
+
+    let (configs, frames, video_frames) = split(&transcode_all(&video, &audio, &input, true));
+    assert_eq!(
+        configs,
+        vec![audio.clone()],
+        "the input's own AudioSpecificConfig"
+    );
+    assert_eq!(frames.len(), audio_in.len());
+    for (out, inp) in frames.iter().zip(&audio_in) {
+        assert_eq!((out.pts, out.dts, &out.data), (inp.pts, inp.dts, &inp.data));
+    }
+    assert!(video_frames > 60, "video still encoded: {video_frames}");
+
+    let (configs, frames, video_frames) = split(&transcode_all(&video, &audio, &input, false));
+    assert_eq!(configs.len(), 1);
+    assert_eq!((configs[0].sample_rate, configs[0].channels), (48_000, 2));
+    assert!(frames.len() > 100, "{}", frames.len());
+    let same = frames
+        .iter()
+        .zip(&audio_in)
+        .filter(|(o, i)| o.data == i.data)
+        .count();
+    assert!(
+        same < frames.len() / 10,
+        "re-encoded audio differs: {same} identical frames"
+    );
+    assert!(video_frames > 60, "{video_frames}");
 }

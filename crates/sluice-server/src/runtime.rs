@@ -1149,6 +1149,7 @@ impl Runtime {
                         })
                         .collect(),
                     audio_kbps: ladder.audio_kbps,
+                    audio_passthrough: ladder.audio_passthrough,
                     preset: ladder.encoder_preset.clone(),
                     max_queued_bytes: ENGINE_INPUT_BYTES,
                     max_queued_time: settings.segment_duration.saturating_mul(2),
