@@ -197,6 +197,9 @@ rtmp_listen = "127.0.0.1:0"
 srt_listen = "127.0.0.1:0"
 data_dir = "$MD/data"
 
+[api]
+public_status = true      # /metrics without a token (the media held, after each round)
+
 [ladders.bench]
 segment_seconds = $SEG_S.0
 window_seconds = 600
@@ -347,7 +350,7 @@ EOF
     # Media the server holds for its playlists: window_seconds (600) is longer than every
     # round together, so every segment produced is still held (parts come on top, a few).
     S_HELD+=("$(curl -fsS "http://$HTTP/metrics" 2>/dev/null \
-      | awk '/^sluice_engine_segment_bytes(\{| )/ { s += $NF } END { printf "%.0f", s / 1024 }')")
+      | awk '/^sluice_engine_segment_bytes(_total)?(\{| )/ { s += $NF } END { printf "%.0f", s / 1024 }')")
     log "[$MODE] round $round: sluice $cpu CPU-s per media s, VmHWM $((${S_HWM[-1]} / 1024)) MiB, media held $((${S_HELD[-1]} / 1024)) MiB"
 
     if ((round == 1)); then
