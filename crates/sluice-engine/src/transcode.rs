@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Audio that already is what that chain outputs (AAC-LC, 48 kHz, stereo) skips it when
-//! `audio_passthrough` is on: its frames go to the sink as they are pushed.
+//! `audio_passthrough` is on: its frames go to the sink as they are, each held until
+//! the video of its instant leaves an encoder (`HeldAudio`).
 //!
 //! The probe before the tee sends one downstream force-key-unit event per
 //! segment boundary (the first frame whose pts crosses a multiple of the
@@ -58,7 +59,8 @@ pub struct TranscodeSettings {
     pub renditions: Vec<RenditionSettings>,
     pub audio_kbps: u32,
     /// Input audio that is already what the ladder outputs (AAC-LC, 48 kHz, stereo) is
-    /// handed to the sink as it arrives instead of decoded and encoded again.
+    /// handed to the sink as it is (held until the video of the same instant is encoded)
+    /// instead of decoded and encoded again.
     pub audio_passthrough: bool,
     /// x264 speed preset (ultrafast … veryslow).
     pub preset: String,
@@ -408,7 +410,7 @@ impl Transcoder {
                 Arc::new(HeldAudio::new(sink.clone()))
             });
         // With audio passed through, video leaves through HeldAudio, which lets the audio
-        // held for each instant go once every rendition's video has reached it.
+        // held for each instant go just before the first video frame of that instant.
         let video_sink: Arc<dyn EncodedSink> = match &direct {
             Some(held) => held.clone(),
             None => sink.clone(),
