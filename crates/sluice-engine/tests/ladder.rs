@@ -74,17 +74,7 @@ fn ladder_keyframes_align_on_the_segment_grid() {
         .count();
     assert!(dropped > 30, "only {dropped} frames dropped");
     drop(bounded);
-    t.end_of_stream();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let outcome = loop {
-        if let Some(r) = t.poll() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "engine did not drain");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    outcome.expect("engine ran to end of stream");
-    drop(t);
+    run_to_end(t);
 
     let mut keys: [Vec<i64>; 2] = [vec![], vec![]];
     let mut counts = [0usize; 2];
@@ -205,6 +195,12 @@ fn transcode_all(
     for f in input {
         assert_eq!(t.push(f), sluice_engine::PushOutcome::Queued);
     }
+    run_to_end(t);
+    orx.try_iter().collect()
+}
+
+/// Ends `t`'s input and waits (30 s at most) for the encoders to drain into the sink.
+fn run_to_end(t: Transcoder) {
     t.end_of_stream();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -215,8 +211,6 @@ fn transcode_all(
         assert!(Instant::now() < deadline, "engine did not drain");
         std::thread::sleep(Duration::from_millis(50));
     }
-    drop(t);
-    orx.try_iter().collect()
 }
 
 /// AAC-LC 48 kHz stereo in (what the ladder outputs): with `audio_passthrough` its frames
