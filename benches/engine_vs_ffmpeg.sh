@@ -142,7 +142,6 @@ now() { echo "$EPOCHREALTIME"; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a - b }'; }
 
 
-median_of() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 # The ladder of a mode: "name width height kbps" per line, top rung first.
 ladder_of() {
@@ -410,11 +409,6 @@ EOF
   done
 
   # ------------------------------------------------------------ results
-  local S_MED F_MED
-  S_MED=$(median_of "${S_CPU[@]}")
-  F_MED=$(median_of "${F_CPU[@]}")
-  local F_RSS_MAX
-  F_RSS_MAX=$(printf '%s\n' "${F_RSS[@]}" | sort -n | tail -n1)
   local names
   names=$(for r in "${RUNGS[@]}"; do read -r n _ <<<"$r"; printf '%s/' "$n"; done)
   names=${names%/}
@@ -424,7 +418,7 @@ EOF
   awk -v mode="$MODE" -v names="$names" -v kbps="$kbps" -v w="$MW" -v h="$MH" -v media="$MEDIA_S" -v seg="$SEG_S" \
     -v t0="$T0" -v sess="${SESSION_AT:-}" -v last_live="$LAST_LIVE" -v rounds="$BENCH_ROUNDS" \
     -v s_cpus="${S_CPU[*]}" -v f_cpus="${F_CPU[*]}" -v s_hwms="${S_HWM[*]}" -v s_helds="${S_HELD[*]}" -v f_rsss="${F_RSS[*]}" \
-    -v s_med="$S_MED" -v f_med="$F_MED" -v f_rss_max="$F_RSS_MAX" -v s_idle_hwm="$IDLE_HWM" -v idle="$IDLE_RATE" \
+    -v s_idle_hwm="$IDLE_HWM" -v idle="$IDLE_RATE" \
     -v drops="$DROPS" -v threads="$MD/threads.txt" -v qual="$MD/quality.txt" \
     -v date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" -v load_s="$LOAD_S" -v load_f="$LOAD_F" \
     -v cpu_model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" -v ncpu="$(nproc)" '
@@ -440,6 +434,12 @@ function median(a, n,   i, j, t, b) {
 }
 END {
   ns = split(s_cpus, sc, " "); split(f_cpus, fc, " "); split(s_hwms, sh, " "); split(s_helds, sd, " "); split(f_rsss, fr, " ")
+  s_med = median(sc, ns); f_med = median(fc, ns)
+  f_rss_max = 0; s_cpus_json = ""; f_cpus_json = ""
+  for (i = 1; i <= ns; i++) {
+    if (fr[i] + 0 > f_rss_max) f_rss_max = fr[i] + 0
+    s_cpus_json = s_cpus_json (i > 1 ? "," : "") sc[i]; f_cpus_json = f_cpus_json (i > 1 ? "," : "") fc[i]
+  }
   printf "\nSluice engine vs ffmpeg, %s mode: %s (%s kbps) + AAC 128k, x264 veryfast, %.3f s of %dx%d@30\n", mode, names, kbps, media, w, h
   printf "%s, nproc %d, %s; 1-min loadavg %s (first sluice round), %s (first ffmpeg round)\n\n", date, ncpu, cpu_model, load_s, load_f
   printf "%-34s %12s %12s %8s\n", "", "sluice", "ffmpeg", "ratio"
@@ -482,7 +482,7 @@ END {
   if (final_state == "published") printf "final segment (closed at end of stream): delay %.3f s\n", final
   else printf "final segment (media from %d s): not in the playlist within ~3 s after the server went idle\n", (last_live + 1) * seg
   printf "BENCH_JSON {\"bench\":\"engine_vs_ffmpeg\",\"mode\":\"%s\",\"date\":\"%s\",\"nproc\":%d,\"cpu\":\"%s\",\"rounds\":%d,\"media_s\":%.3f,\"sluice_cpu_per_media_s\":%s,\"ffmpeg_cpu_per_media_s\":%s,\"cpu_ratio\":%.3f,\"sluice_rounds\":[%s],\"ffmpeg_rounds\":[%s],\"sluice_peak_rss_mib\":%.0f,\"sluice_peak_rss_mib_first_round\":%.0f,\"ffmpeg_peak_rss_mib\":%.0f,\"rss_ratio\":%.3f,\"sluice_media_held_mib\":%.0f,\"rss_ratio_less_media_held\":%.3f,\"quality\":{%s},\"delay_segments\":%d,\"delay_median_s\":%.3f,\"delay_max_s\":%.3f,\"final_segment\":\"%s\",\"sluice_log_warnings\":%d}\n", mode, date, ncpu, cpu_model, rounds, media, fmt(s_med), fmt(f_med), s_med / f_med, s_cpus_json, f_cpus_json, sh[ns] / 1024, sh[1] / 1024, f_rss_max / 1024, sh[ns] / f_rss_max, sd[ns] / 1024, (sh[ns] - sd[ns]) / f_rss_max, qjson, n, med, dmax, final_state, drops
-}' s_cpus_json="$(IFS=,; echo "${S_CPU[*]}")" f_cpus_json="$(IFS=,; echo "${F_CPU[*]}")" "$SEEN"
+}' "$SEEN"
 }
 
 # ffmpeg_ladder <time-file> <log-file> <output...>: the current mode's ladder from $IN; prints
