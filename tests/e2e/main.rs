@@ -573,3 +573,58 @@ fn b_frames_and_a_gstreamer_publisher_pass_through() {
         "{pr:?}"
     );
 }
+
+/// `reuse_top_rung`: an encoder at the top rung's size, with B-frames and a keyframe every
+/// segment, is the top rendition as it is (B-frames and all), while the lower one is
+/// encoded; both cut at the same instants, and the status API says what happened.
+#[test]
+fn top_rung_reuses_an_encoder_whose_keyframes_are_on_the_grid() {
+    let _heavy = heavy();
+    let config = format!(
+        "{}
+[ladders.reuse]
+segment_seconds = 1.0
+window_seconds = 30
+encoder_preset = \"ultrafast\"
+reuse_top_rung = true
+renditions = [
+  {{ name = \"360p\", width = 640, height = 360, video_kbps = 800 }},
+  {{ name = \"180p\", width = 320, height = 180, video_kbps = 300 }},
+]
+",
+        one_channel("reuse")
+    );
+    let server = Server::start("reuse", &config);
+    let publisher = Publisher::with_b_frames(&server.rtmp_url("key-one"), 8, "640x360");
+    server.wait_segments("/live/one/ts/180p/index.m3u8", 4, WAIT);
+    let p = server.wait_segments("/live/one/ts/360p/index.m3u8", 4, WAIT);
+    let (status, _, body) = get(&server.url("/api/v1/status"));
+    assert_eq!(status, 200);
+    let st: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let engine = &st["channels"]["one"]["engines"]["main"];
+    assert_eq!(engine["encoder"], "x264", "{engine}");
+    assert_eq!(engine["top_rung"], "reused", "{engine}");
+
+    let msn = p.media_sequence + 1;
+    let mut starts = Vec::new();
+    for (r, reused) in [("360p", true), ("180p", false)] {
+        let pr = probe(
+            &get_ok(&server.url(&format!("/live/one/ts/{r}/{msn}.ts"))),
+            "ts",
+        );
+        assert!(pr.frames[0].1, "{r} {msn} starts with a keyframe");
+        assert!(pr.decode_errors.is_empty(), "{r}: {}", pr.decode_errors);
+        assert_eq!(
+            pr.pict_types.contains('B'),
+            reused,
+            "{r}: {} (the encoder's B-frames only where reused)",
+            pr.pict_types
+        );
+        starts.push(pr.first_pts());
+    }
+    assert!(
+        (starts[0] - starts[1]).abs() < 0.001,
+        "segment {msn} starts at the same instant: {starts:?}"
+    );
+    assert!(publisher.wait(WAIT).0);
+}

@@ -28,7 +28,7 @@ pub use model::{
     Engine, GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, MAX_TRACKING_ID, OsName,
     Output, OverrideRule, OverrideTarget, Record, Rendition, RuleMode, SdkType, ServerConfig,
     Slate, TRACKING_PARAM, TestPattern, TokenAlgorithm, TokenConfig, TokenKey, Tracking,
-    is_tracking_id, tracked_url,
+    VideoEncoder, is_tracking_id, tracked_url,
 };
 pub use support::not_served_yet;
 

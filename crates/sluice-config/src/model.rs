@@ -88,8 +88,22 @@ pub struct Ladder {
     /// stereo is packaged as it arrives instead of decoded and encoded again (its bitrate
     /// is then the encoder's, not `audio_kbps`). Default false.
     pub audio_passthrough: bool,
+    /// `encoder`: what encodes the renditions: `auto` (default) uses the machine's video
+    /// hardware when it has a usable encoder (NVENC, then VA-API) and x264 otherwise;
+    /// `x264`, `nvenc` or `vaapi` name one (a hardware encoder named but not usable on the
+    /// machine stops the server from starting, or a reload from applying).
+    pub encoder: VideoEncoder,
     /// `encoder_preset`: x264 preset, `ultrafast` to `veryslow`. Default `veryfast`.
+    /// Hardware encoders use their low-latency settings instead.
     pub encoder_preset: String,
+    /// `reuse_top_rung`: when the input's video already has the first rendition's width
+    /// and height and its keyframes fall on the segment grid, that rendition is the
+    /// input as it arrives (not decoded, scaled nor encoded again). Checked on every
+    /// input frame: the first segment boundary without an input keyframe switches the
+    /// rendition to encoded video, at that boundary, for the rest of the session. The
+    /// rendition's advertised bitrate stays `video_kbps`: set it to the encoder's.
+    /// Default false.
+    pub reuse_top_rung: bool,
     /// `renditions`: the video rungs, highest first by convention. Required, non-empty
     /// (empty only for the built-in passthrough ladder).
     pub renditions: Vec<Rendition>,
@@ -105,8 +119,39 @@ impl Ladder {
             window_seconds: 60.0,
             audio_kbps: 128,
             audio_passthrough: false,
+            encoder: VideoEncoder::Auto,
             encoder_preset: "veryfast".to_owned(),
+            reuse_top_rung: false,
             renditions: Vec::new(),
+        }
+    }
+}
+
+/// A ladder's `encoder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VideoEncoder {
+    #[default]
+    Auto,
+    X264,
+    Nvenc,
+    Vaapi,
+}
+
+impl VideoEncoder {
+    pub const ALL: [VideoEncoder; 4] = [
+        VideoEncoder::Auto,
+        VideoEncoder::X264,
+        VideoEncoder::Nvenc,
+        VideoEncoder::Vaapi,
+    ];
+
+    /// The name used in the configuration.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VideoEncoder::Auto => "auto",
+            VideoEncoder::X264 => "x264",
+            VideoEncoder::Nvenc => "nvenc",
+            VideoEncoder::Vaapi => "vaapi",
         }
     }
 }

@@ -62,7 +62,9 @@ pub(crate) struct RawLadder {
     pub window_seconds: Option<S<f64>>,
     pub audio_kbps: Option<S<i64>>,
     pub audio_passthrough: Option<S<bool>>,
+    pub encoder: Option<S<String>>,
     pub encoder_preset: Option<S<String>>,
+    pub reuse_top_rung: Option<S<bool>>,
     pub renditions: Option<S<Vec<S<RawRendition>>>>,
 }
 

@@ -364,6 +364,12 @@ fn defaults_are_filled_in() {
     );
     assert_eq!(l.encoder_preset, "veryfast");
     assert!(!l.audio_passthrough, "audio is transcoded unless asked");
+    assert_eq!(
+        l.encoder,
+        VideoEncoder::Auto,
+        "the GPU's encoder when usable"
+    );
+    assert!(!l.reuse_top_rung, "every rung encoded unless asked");
     let d = &c.distributions[&id("d")];
     // All the channel's engines, by priority then id.
     assert_eq!(d.engines, vec![id("b"), id("a"), id("e")]);
@@ -899,6 +905,30 @@ fn ladder_ranges() {
             "{BASE}[ladders.y]\naudio_passthrough = \"yes\"\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"
         ),
         &[("audio_passthrough = |\"yes\"", "boolean")],
+    );
+    for (text, encoder) in [
+        ("auto", VideoEncoder::Auto),
+        ("x264", VideoEncoder::X264),
+        ("nvenc", VideoEncoder::Nvenc),
+        ("vaapi", VideoEncoder::Vaapi),
+    ] {
+        let c = ok(&format!(
+            "{BASE}[ladders.z]\nencoder = \"{text}\"\nreuse_top_rung = true\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"
+        ));
+        assert_eq!(c.ladders[&id("z")].encoder, encoder);
+        assert!(c.ladders[&id("z")].reuse_top_rung);
+    }
+    expect(
+        &format!(
+            "{BASE}[ladders.y]\nencoder = \"qsv\"\nreuse_top_rung = 1\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"
+        ),
+        &[
+            (
+                "encoder = |\"qsv\"",
+                "expected one of auto, x264, nvenc, vaapi",
+            ),
+            ("reuse_top_rung = |1", "boolean"),
+        ],
     );
 }
 

@@ -17,7 +17,7 @@ use crate::model::{
     ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, Distribution, Engine,
     GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, Output, OverrideRule,
     OverrideTarget, Record, Rendition, ServerConfig, Slate, TRACKING_PARAM, TestPattern,
-    TokenConfig, TokenKey, Tracking, is_tracking_id, tracked_url,
+    TokenConfig, TokenKey, Tracking, VideoEncoder, is_tracking_id, tracked_url,
 };
 use crate::parse::{Parsed, Problem, SpanIndex, key_path};
 use crate::raw::{
@@ -356,6 +356,22 @@ impl Checker<'_> {
         }
         if let Some(v) = &r.audio_passthrough {
             ladder.audio_passthrough = *v.get_ref();
+        }
+        if let Some(v) = &r.encoder {
+            match VideoEncoder::ALL.iter().find(|e| e.as_str() == v.get_ref()) {
+                Some(e) => ladder.encoder = *e,
+                None => self.err(
+                    v.span(),
+                    format!(
+                        "unknown encoder {}: expected one of {}",
+                        quote(v.get_ref()),
+                        VideoEncoder::ALL.map(|e| e.as_str()).join(", ")
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = &r.reuse_top_rung {
+            ladder.reuse_top_rung = *v.get_ref();
         }
         if let Some(v) = &r.encoder_preset {
             if !PRESETS.contains(&v.get_ref().as_str()) {

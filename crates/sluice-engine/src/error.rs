@@ -9,6 +9,8 @@ pub enum EngineError {
     MissingElements(String),
     #[error("could not build pipeline: {0}")]
     Build(String),
+    #[error("{0}")]
+    Encoder(String),
     #[error("pipeline failed: {0}")]
     Pipeline(String),
 }

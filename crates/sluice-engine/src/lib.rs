@@ -13,6 +13,7 @@
 //! - [`TestPattern`]: a built-in live source (moving picture with a clock, and
 //!   a tone), encoded like an encoder would send it.
 
+mod encoder;
 mod error;
 pub mod runner;
 mod scale;
@@ -20,12 +21,14 @@ mod stats;
 mod testpattern;
 mod transcode;
 
+pub use encoder::{Encoder, EncoderChoice, resolve as resolve_encoder};
 pub use error::EngineError;
 pub use runner::{EngineMode, EngineRunner, GstFactory, Packaging, RunnerSettings};
 pub use stats::EngineStats;
 pub use testpattern::{Look, TestPattern, TestPatternSettings};
 pub use transcode::{
-    EncodedEvent, EncodedSink, PushOutcome, RenditionSettings, TranscodeSettings, Transcoder,
+    EncodedEvent, EncodedSink, PushOutcome, RenditionSettings, TopRung, TranscodeSettings,
+    Transcoder,
 };
 
 use std::sync::OnceLock;

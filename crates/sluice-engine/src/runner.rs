@@ -27,7 +27,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    EncodedEvent, EncodedSink, EngineError, EngineStats, PushOutcome, TranscodeSettings, Transcoder,
+    EncodedEvent, EncodedSink, EngineError, EngineStats, PushOutcome, TopRung, TranscodeSettings,
+    Transcoder,
 };
 
 /// What an engine does with its input.
@@ -62,6 +63,10 @@ pub trait Pipeline: Send + Sync {
     fn end_of_stream(&self);
     /// The first error or end-of-stream posted since the last call.
     fn poll(&self) -> Option<Result<(), EngineError>>;
+    /// What the top rendition is, when its reuse was asked for.
+    fn top_rung(&self) -> Option<TopRung> {
+        None
+    }
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -89,6 +94,9 @@ impl Pipeline for Transcoder {
     }
     fn poll(&self) -> Option<Result<(), EngineError>> {
         Transcoder::poll(self)
+    }
+    fn top_rung(&self) -> Option<TopRung> {
+        Transcoder::top_rung(self)
     }
 }
 
@@ -578,7 +586,9 @@ impl<F: PipelineFactory> EngineRunner<F> {
         if frame.track == TrackKind::Video {
             self.stats.input(frame.pts);
         }
-        if pipeline.push(&frame) == PushOutcome::Dropped {
+        let outcome = pipeline.push(&frame);
+        self.stats.set_top_rung(pipeline.top_rung());
+        if outcome == PushOutcome::Dropped {
             self.dropped += 1;
             self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = self.drop_log.hit_now() {
@@ -696,6 +706,8 @@ mod tests {
             audio_kbps: 128,
             audio_passthrough: true,
             preset: "ultrafast".into(),
+            reuse_top_rung: false,
+            encoder: crate::Encoder::X264,
             max_queued_bytes: 1 << 20,
             max_queued_time: 4_000_000_000,
         };

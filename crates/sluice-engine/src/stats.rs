@@ -2,10 +2,12 @@
 //! atomics written on the engine's own paths (its task and GStreamer's streaming
 //! threads), never a lock.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use sluice_core::MediaTime;
+
+use crate::TopRung;
 
 /// Nothing seen yet.
 const NONE: i64 = i64::MIN;
@@ -26,6 +28,8 @@ pub struct EngineStats {
     /// Output media time per wall time over the last sampling period, in thousandths
     /// (1000: real time).
     speed_milli: AtomicU64,
+    /// [`TopRung`] as a number: 0 when reuse is not asked for.
+    top_rung: AtomicU8,
 }
 
 impl Default for EngineStats {
@@ -36,6 +40,7 @@ impl Default for EngineStats {
             input_pts: AtomicI64::new(NONE),
             output_pts: AtomicI64::new(NONE),
             speed_milli: AtomicU64::new(0),
+            top_rung: AtomicU8::new(0),
         }
     }
 }
@@ -71,6 +76,26 @@ impl EngineStats {
     /// Output media seconds per wall second over the last sampling period.
     pub fn speed(&self) -> f64 {
         self.speed_milli.load(Relaxed) as f64 / 1000.0
+    }
+
+    pub(crate) fn set_top_rung(&self, state: Option<TopRung>) {
+        let n = match state {
+            None => 0,
+            Some(TopRung::Reused) => 1,
+            Some(TopRung::Encoded) => 2,
+            Some(TopRung::FellBack) => 3,
+        };
+        self.top_rung.store(n, Relaxed);
+    }
+
+    /// What the top rendition is in the latest pipeline, when its reuse is asked for.
+    pub fn top_rung(&self) -> Option<TopRung> {
+        match self.top_rung.load(Relaxed) {
+            1 => Some(TopRung::Reused),
+            2 => Some(TopRung::Encoded),
+            3 => Some(TopRung::FellBack),
+            _ => None,
+        }
     }
 
     pub(crate) fn set_speed(&self, media: MediaTime, wall: Duration) {

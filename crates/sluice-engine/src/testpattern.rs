@@ -21,7 +21,7 @@ use sluice_core::TrackKind;
 
 use crate::EngineError;
 use crate::transcode::{
-    EncodedSink, aac_encoder, add_chain, capsfilter, encoded_output, h264_avc_caps, make, x264,
+    EncodedSink, aac_encoder, add_chain, capsfilter, encoded_output, h264_avc_caps, make,
 };
 
 pub(crate) const ELEMENTS: &[&str] = &[
@@ -130,7 +130,8 @@ impl TestPattern {
         };
         let conv = make("videoconvert", "pattern-convert")?;
         // One-second GOPs, like a typical contribution encoder.
-        let enc = x264(
+        let enc = crate::encoder::build(
+            crate::Encoder::X264,
             "pattern-encode",
             "ultrafast",
             settings.video_kbps,

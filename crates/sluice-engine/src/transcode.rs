@@ -7,15 +7,18 @@
 //! ```
 //!
 //! Audio that already is what that chain outputs (AAC-LC, 48 kHz, stereo) skips it when
-//! `audio_passthrough` is on: its frames go to the sink as they are, each held until
-//! the video of its instant leaves an encoder (`HeldAudio`).
+//! `audio_passthrough` is on; with `reuse_top_rung`, input video of the top rung's size
+//! whose keyframes fall on the segment grid is that rung ([`Reuse`]). Both go to the sink
+//! as they are, each frame held until the video of its instant leaves an encoder
+//! ([`HeldOutput`]). Hardware encoders ([`crate::encoder`]) get `videoconvert` before and
+//! `h264parse` after them.
 //!
 //! The probe before the tee sends one downstream force-key-unit event per
 //! segment boundary (the first frame whose pts crosses a multiple of the
 //! segment duration), so every rendition's keyframe falls on the same frame;
 //! x264's own scene-cut keyframes are off.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -26,6 +29,7 @@ use gstreamer_video as gst_video;
 use sluice_core::{AudioConfig, Frame, MediaTime, TrackKind, VideoConfig};
 
 use crate::EngineError;
+use crate::encoder::{self, Encoder};
 
 pub(crate) const ELEMENTS: &[&str] = &[
     "appsrc",
@@ -64,6 +68,11 @@ pub struct TranscodeSettings {
     pub audio_passthrough: bool,
     /// x264 speed preset (ultrafast … veryslow).
     pub preset: String,
+    /// The first rendition is the input itself while the input has its size and
+    /// keyframes on the segment grid ([`TopRung`]).
+    pub reuse_top_rung: bool,
+    /// The encoder every rendition is built with ([`crate::encoder::resolve`]).
+    pub encoder: Encoder,
     /// Compressed input queued in each appsrc before frames are dropped.
     pub max_queued_bytes: u64,
     /// The same bound in media time: an engine more than this behind its input drops
@@ -110,10 +119,15 @@ pub struct Transcoder {
     video_src: gst_app::AppSrc,
     audio_src: Option<gst_app::AppSrc>,
     /// Audio passed through: input frames wait here for the video of the same instant.
-    audio_direct: Option<Arc<HeldAudio>>,
+    /// Frames that skip the pipeline (audio passed through, the reused top rung) wait
+    /// here for the encoded video of the same instant.
+    held: Arc<HeldOutput>,
+    audio_direct: bool,
+    reuse: Option<Reuse>,
     max_queued_bytes: u64,
     max_queued_time: Option<gst::ClockTime>,
     skipping_video: AtomicBool,
+    reuse_asked: bool,
 }
 
 pub(crate) fn make(factory: &str, name: &str) -> Result<gst::Element, EngineError> {
@@ -188,109 +202,250 @@ fn live_appsrc(name: &str, caps: &gst::Caps, max_bytes: u64) -> gst_app::AppSrc 
         .build()
 }
 
-/// Audio passed through, held until the video of the same instant leaves an encoder.
+/// Output that skips the pipeline (audio passed through, the reused top rung), held until
+/// the encoded video of the same instant leaves an encoder.
 ///
-/// Transcoded audio and video leave the pipeline about together; audio that skips the
-/// pipeline would otherwise run ahead of the video by the decode and encode delay, and
-/// the audio playlist ahead of the video ones (LL-HLS rendition reports a part or more
-/// apart). Frames are released in order, just before the first video frame of any
-/// rendition at or past their pts is handed on (so the packager has the audio of an
-/// instant when that frame closes a part), or when more than [`HeldAudio::MAX`] wait
-/// (video stalled: audio goes on).
-pub(crate) struct HeldAudio {
+/// Encoded audio and video leave the pipeline about together; output that skips the
+/// pipeline would otherwise run ahead of the encoded video by the decode and encode
+/// delay, and its playlist ahead of the others (LL-HLS rendition reports a part or more
+/// apart). Held frames are released in order, just before the first encoded video frame
+/// of any rendition at or past their decode time is handed on (so the packager has them
+/// when that frame closes a part), or when more than [`HeldOutput::MAX`] wait (video
+/// stalled: the rest goes on). With nothing encoded to wait for (the only rendition is
+/// the reused one) nothing is held.
+pub(crate) struct HeldOutput {
     sink: Arc<dyn EncodedSink>,
+    hold: bool,
     state: Mutex<Held>,
 }
 
 struct Held {
-    frames: std::collections::VecDeque<Frame>,
-    /// The latest video pts out of any rendition.
+    events: std::collections::VecDeque<EncodedEvent>,
+    /// The latest video pts out of any encoder.
     reached: Option<i64>,
 }
 
-impl HeldAudio {
-    /// About ten seconds of AAC at 48 kHz.
-    const MAX: usize = 480;
+/// The decode time a held event is released at.
+fn held_dts(ev: &EncodedEvent) -> i64 {
+    match ev {
+        EncodedEvent::Audio(f) | EncodedEvent::Video { frame: f, .. } => f.dts,
+        _ => i64::MIN,
+    }
+}
 
-    fn new(sink: Arc<dyn EncodedSink>) -> HeldAudio {
-        HeldAudio {
+impl HeldOutput {
+    /// About ten seconds of 60 fps video and 48 kHz AAC.
+    const MAX: usize = 1024;
+
+    fn new(sink: Arc<dyn EncodedSink>, hold: bool) -> HeldOutput {
+        HeldOutput {
             sink,
+            hold,
             state: Mutex::new(Held {
-                frames: std::collections::VecDeque::new(),
+                events: std::collections::VecDeque::new(),
                 reached: None,
             }),
         }
     }
 
-    // Frames are sent with the lock held, so that releases from different threads
+    // Events are sent with the lock held, so that releases from different threads
     // (the caller's push, each rendition's streaming thread) keep their order.
 
-    fn push(&self, frame: Frame) {
+    fn push(&self, ev: EncodedEvent) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.frames.push_back(frame);
-        let over = st.frames.len().saturating_sub(Self::MAX);
-        let mut ready: Vec<Frame> = st.frames.drain(..over).collect();
+        if !self.hold {
+            self.sink.on_event(ev);
+            return;
+        }
+        st.events.push_back(ev);
+        let over = st.events.len().saturating_sub(Self::MAX);
+        let mut ready: Vec<EncodedEvent> = st.events.drain(..over).collect();
         ready.extend(st.take_reached());
         self.send(ready);
     }
 
     fn release_all(&self) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let ready = st.frames.drain(..).collect();
+        let ready = st.events.drain(..).collect();
         self.send(ready);
     }
 
-    fn send(&self, frames: Vec<Frame>) {
-        for f in frames {
-            self.sink.on_event(EncodedEvent::Audio(f));
+    fn send(&self, events: Vec<EncodedEvent>) {
+        for ev in events {
+            self.sink.on_event(ev);
         }
     }
 }
 
 impl Held {
-    /// The frames the video has reached.
-    fn take_reached(&mut self) -> Vec<Frame> {
+    /// The events the encoded video has reached.
+    fn take_reached(&mut self) -> Vec<EncodedEvent> {
         let Some(until) = self.reached else {
             return Vec::new();
         };
-        let n = self.frames.iter().take_while(|f| f.pts <= until).count();
-        self.frames.drain(..n).collect()
+        let n = self
+            .events
+            .iter()
+            .take_while(|ev| held_dts(ev) <= until)
+            .count();
+        self.events.drain(..n).collect()
     }
 }
 
-impl EncodedSink for HeldAudio {
+impl EncodedSink for HeldOutput {
     fn on_event(&self, ev: EncodedEvent) {
-        if let EncodedEvent::Video { frame, .. } = &ev {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.reached = Some(st.reached.map_or(frame.pts, |p| p.max(frame.pts)));
-            let ready = st.take_reached();
-            self.send(ready);
-        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ready = match &ev {
+            EncodedEvent::Video { frame, .. } => {
+                st.reached = Some(st.reached.map_or(frame.pts, |p| p.max(frame.pts)));
+                st.take_reached()
+            }
+            // An encoder's first configuration for a rendition that was reused until now:
+            // every reused frame goes first (they all come before the encoder's).
+            EncodedEvent::VideoConfig { rendition, .. } => {
+                let last = st.events.iter().rposition(
+                    |e| matches!(e, EncodedEvent::Video { rendition: r, .. } if r == rendition),
+                );
+                last.map_or_else(Vec::new, |i| st.events.drain(..=i).collect())
+            }
+            _ => Vec::new(),
+        };
+        self.send(ready);
         self.sink.on_event(ev);
+    }
+}
+
+/// What the top rendition is, when `reuse_top_rung` is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopRung {
+    /// The input as it arrives.
+    Reused,
+    /// Encoded: the input does not have the rendition's size.
+    Encoded,
+    /// Was the input until a segment boundary without an input keyframe; encoded since.
+    FellBack,
+}
+
+impl TopRung {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopRung::Reused => "reused",
+            TopRung::Encoded => "encoded",
+            TopRung::FellBack => "fell_back",
+        }
+    }
+}
+
+/// The segment grid keyframes are forced on: multiples of the segment duration, shifted
+/// by `offset` when the top rung reuses an input whose keyframes come a little after the
+/// lines (an encoder with B-frames presents its first keyframe a few frames after the
+/// decode time its session starts at).
+pub(crate) struct Grid {
+    segment: MediaTime,
+    offset: AtomicI64,
+}
+
+impl Grid {
+    fn new(segment: MediaTime) -> Grid {
+        Grid {
+            segment: segment.max(1),
+            offset: AtomicI64::new(0),
+        }
+    }
+
+    /// The segment a frame at `pts` belongs to.
+    fn index(&self, pts: MediaTime) -> i64 {
+        pts.saturating_sub(self.offset.load(Ordering::Relaxed))
+            .div_euclid(self.segment)
+    }
+
+    /// The largest offset taken: a keyframe later than this after a line is off the grid.
+    fn max_offset(&self) -> MediaTime {
+        (self.segment / 4).min(250_000_000)
+    }
+}
+
+/// The top rung made of the input's own frames, while its keyframes stay on the grid.
+///
+/// The input's first keyframe sets the grid's offset (at most [`Grid::max_offset`]
+/// after a line). Input frames arrive in decode order; the first one of each new segment
+/// (its pts past the newest segment seen) must be a keyframe. The first that is not
+/// breaks the reuse at that boundary: reused frames are those decoded before it, and the
+/// rung's encoder (idle until then: a probe drops its input) takes over from the first
+/// frame of the new segment in presentation order, which the probe before the tee makes a
+/// keyframe in every rendition. With B-frames a few frames of the old segment may decode
+/// after the breaking frame: they need it, so they are in neither (the last reused
+/// picture shows a little longer, once).
+struct Reuse {
+    grid: Arc<Grid>,
+    /// The newest segment index among input frames; `i64::MIN` before the first.
+    index: AtomicI64,
+    /// The segment the encoder makes the rung from; `i64::MAX` while reused.
+    from_segment: AtomicI64,
+    /// From this pts on the encoder makes the rung; `i64::MAX` while reused.
+    encode_from: Arc<AtomicI64>,
+}
+
+impl Reuse {
+    fn new(grid: Arc<Grid>) -> Reuse {
+        Reuse {
+            grid,
+            index: AtomicI64::new(i64::MIN),
+            from_segment: AtomicI64::new(i64::MAX),
+            encode_from: Arc::new(AtomicI64::new(i64::MAX)),
+        }
+    }
+
+    fn state(&self) -> TopRung {
+        if self.encode_from.load(Ordering::Relaxed) == i64::MAX {
+            TopRung::Reused
+        } else {
+            TopRung::FellBack
+        }
+    }
+
+    /// The input frame as the reused rung carries it, or `None` once the encoder makes it.
+    fn take(&self, frame: &Frame) -> Option<Frame> {
+        let first = self.index.load(Ordering::Relaxed) == i64::MIN;
+        let mut on_grid = true;
+        if first {
+            let offset = frame.pts.rem_euclid(self.grid.segment);
+            on_grid = frame.keyframe && offset <= self.grid.max_offset();
+            if on_grid {
+                self.grid.offset.store(offset, Ordering::Relaxed);
+            }
+        }
+        let index = self.grid.index(frame.pts);
+        let opens = index > self.index.fetch_max(index, Ordering::Relaxed);
+        if self.state() == TopRung::FellBack {
+            // A frame of the new segment decoded after the breaking one: the encoder starts
+            // at the earliest of them.
+            if index >= self.from_segment.load(Ordering::Relaxed) {
+                self.encode_from.fetch_min(frame.pts, Ordering::Relaxed);
+            }
+            return None;
+        }
+        if !on_grid || (opens && !frame.keyframe) {
+            self.from_segment.store(index, Ordering::Relaxed);
+            self.encode_from.store(frame.pts, Ordering::Relaxed);
+            tracing::warn!(
+                pts = frame.pts,
+                segment = index,
+                "input keyframes are not on the segment grid: the top rendition is encoded from here on"
+            );
+            return None;
+        }
+        // Keyframes that do not open a segment lose the flag, so that the packager cuts
+        // this rung where the encoders cut the others.
+        let mut out = frame.clone();
+        out.keyframe = frame.keyframe && opens;
+        Some(out)
     }
 }
 
 /// Is `audio` what the ladder outputs (`aac_encoder`): AAC-LC, 48 kHz, stereo?
 pub(crate) fn passes_through(audio: &AudioConfig) -> bool {
     audio.object_type == 2 && audio.sample_rate == 48000 && audio.channels == 2
-}
-
-/// x264 settings shared by the ladder and the benchmark's ffmpeg command line:
-/// no B-frames, no lookahead (low latency), no scene-cut keyframes.
-pub(crate) fn x264(
-    name: &str,
-    preset: &str,
-    kbps: u32,
-    key_int_max: u32,
-) -> Result<gst::Element, EngineError> {
-    let enc = make("x264enc", name)?;
-    enc.set_property_from_str("speed-preset", preset);
-    enc.set_property_from_str("tune", "zerolatency");
-    enc.set_property("bitrate", kbps);
-    enc.set_property("key-int-max", key_int_max);
-    enc.set_property("bframes", 0u32);
-    enc.set_property("option-string", "scenecut=0");
-    Ok(enc)
 }
 
 pub(crate) fn clock_time(t: MediaTime) -> Option<gst::ClockTime> {
@@ -398,23 +553,44 @@ impl Transcoder {
         }
         let pipeline = gst::Pipeline::with_name("engine");
 
-        let direct = audio
-            .filter(|a| settings.audio_passthrough && passes_through(a))
-            .map(|a| {
-                tracing::info!(
-                    sample_rate = a.sample_rate,
-                    channels = a.channels,
-                    "audio passed through (already AAC-LC at the ladder's rate and channels)"
-                );
-                sink.on_event(EncodedEvent::AudioConfig(a.clone()));
-                Arc::new(HeldAudio::new(sink.clone()))
+        let audio_direct = audio.is_some_and(|a| settings.audio_passthrough && passes_through(a));
+        if let Some(a) = audio.filter(|_| audio_direct) {
+            tracing::info!(
+                sample_rate = a.sample_rate,
+                channels = a.channels,
+                "audio passed through (already AAC-LC at the ladder's rate and channels)"
+            );
+            sink.on_event(EncodedEvent::AudioConfig(a.clone()));
+        }
+        let grid = Arc::new(Grid::new(settings.segment_duration));
+        let top = &settings.renditions[0];
+        let reuse = if !settings.reuse_top_rung {
+            None
+        } else if (video.width, video.height) == (top.width, top.height) {
+            tracing::info!(
+                width = video.width,
+                height = video.height,
+                "top rendition reuses the input while its keyframes stay on the segment grid"
+            );
+            sink.on_event(EncodedEvent::VideoConfig {
+                rendition: 0,
+                config: video.clone(),
+                fps: None,
             });
-        // With audio passed through, video leaves through HeldAudio, which lets the audio
-        // held for each instant go just before the first video frame of that instant.
-        let video_sink: Arc<dyn EncodedSink> = match &direct {
-            Some(held) => held.clone(),
-            None => sink.clone(),
+            Some(Reuse::new(grid.clone()))
+        } else {
+            tracing::info!(
+                input = format!("{}x{}", video.width, video.height),
+                rung = format!("{}x{}", top.width, top.height),
+                "top rendition encoded: the input does not have its size"
+            );
+            None
         };
+        // Encoded video leaves through `held`, which lets what it holds for each instant
+        // go just before the first encoded video frame of that instant.
+        let encoded_video = settings.renditions.len() > usize::from(reuse.is_some());
+        let held = Arc::new(HeldOutput::new(sink.clone(), encoded_video));
+        let video_sink: Arc<dyn EncodedSink> = held.clone();
 
         let video_caps = h264_avc_caps()
             .field("codec_data", gst::Buffer::from_slice(video.avcc.clone()))
@@ -429,7 +605,7 @@ impl Transcoder {
             &[video_src.upcast_ref(), &parse, &decode, &convert, &tee],
         )?;
 
-        install_keyframe_probe(&convert, settings.segment_duration)?;
+        install_keyframe_probe(&convert, grid)?;
 
         // Generous: forced keyframes come every segment; this only guards against a missed one.
         let key_int_max = ((settings.segment_duration as f64 / 1e9) * 120.0)
@@ -446,7 +622,8 @@ impl Transcoder {
                     .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                     .build(),
             )?;
-            let enc = x264(
+            let enc = encoder::build(
+                settings.encoder,
                 &format!("video-{i}-encode"),
                 &settings.preset,
                 r.video_kbps,
@@ -459,16 +636,41 @@ impl Transcoder {
                 i,
                 video_sink.clone(),
             );
-            add_chain(
-                &pipeline,
-                &[&queue, &scale, &size, &enc, &out_caps, out.upcast_ref()],
-            )?;
+            if settings.encoder.is_hardware() {
+                // Into the surface format the encoder takes; its byte-stream out into AVCC.
+                let to_surface = make("videoconvert", &format!("video-{i}-surface"))?;
+                let parse = make("h264parse", &format!("video-{i}-parse"))?;
+                add_chain(
+                    &pipeline,
+                    &[
+                        &queue,
+                        &scale,
+                        &size,
+                        &to_surface,
+                        &enc,
+                        &parse,
+                        &out_caps,
+                        out.upcast_ref(),
+                    ],
+                )?;
+            } else {
+                add_chain(
+                    &pipeline,
+                    &[&queue, &scale, &size, &enc, &out_caps, out.upcast_ref()],
+                )?;
+            }
+            if let (0, Some(r)) = (i, &reuse) {
+                install_reuse_gate(&queue, r.encode_from.clone())?;
+                // A sink that may never get a buffer must not hold the pipeline in PAUSED
+                // (waiting for its preroll) with every other sink blocked behind it.
+                out.set_property("async", false);
+            }
             tee.link(&queue)?;
         }
 
         let audio_src = match audio {
             None => None,
-            Some(_) if direct.is_some() => None,
+            Some(_) if audio_direct => None,
             Some(a) => {
                 let caps = gst::Caps::builder("audio/mpeg")
                     .field("mpegversion", 4i32)
@@ -501,10 +703,13 @@ impl Transcoder {
             pipeline,
             video_src,
             audio_src,
-            audio_direct: direct,
+            held,
+            audio_direct,
+            reuse,
             max_queued_bytes: settings.max_queued_bytes,
             max_queued_time: clock_time(settings.max_queued_time).filter(|t| !t.is_zero()),
             skipping_video: AtomicBool::new(false),
+            reuse_asked: settings.reuse_top_rung,
         })
     }
 
@@ -513,19 +718,25 @@ impl Transcoder {
     pub fn push(&self, frame: &Frame) -> PushOutcome {
         let (src, limit) = match frame.track {
             TrackKind::Video => (&self.video_src, self.max_queued_bytes),
-            TrackKind::Audio => match (&self.audio_src, &self.audio_direct) {
-                (Some(a), _) => (a, self.max_queued_bytes / 8),
-                (None, Some(held)) => {
-                    held.push(frame.clone());
+            TrackKind::Audio => match &self.audio_src {
+                Some(a) => (a, self.max_queued_bytes / 8),
+                None if self.audio_direct => {
+                    self.held.push(EncodedEvent::Audio(frame.clone()));
                     return PushOutcome::Queued;
                 }
-                (None, None) => return PushOutcome::Dropped,
+                None => return PushOutcome::Dropped,
             },
         };
         let (Some(pts), Some(dts)) = (clock_time(frame.pts), clock_time(frame.dts)) else {
             return PushOutcome::Dropped;
         };
         if frame.track == TrackKind::Video {
+            if let Some(frame) = self.reuse.as_ref().and_then(|r| r.take(frame)) {
+                self.held.push(EncodedEvent::Video {
+                    rendition: 0,
+                    frame,
+                });
+            }
             if self.skipping_video.load(Ordering::Relaxed) {
                 if !frame.keyframe {
                     return PushOutcome::Dropped;
@@ -562,6 +773,15 @@ impl Transcoder {
                 .is_some_and(|max| src.current_level_time() >= max)
     }
 
+    /// What the top rendition is, when its reuse was asked for.
+    pub fn top_rung(&self) -> Option<TopRung> {
+        match &self.reuse {
+            Some(r) => Some(r.state()),
+            None if self.reuse_asked => Some(TopRung::Encoded),
+            None => None,
+        }
+    }
+
     /// Signals the end of the input; the encoders drain into the sinks.
     pub fn end_of_stream(&self) {
         let _ = self.video_src.end_of_stream();
@@ -583,9 +803,7 @@ impl Transcoder {
                     return Some(Err(EngineError::Pipeline(format!("{src}: {}", e.error()))));
                 }
                 gst::MessageView::Eos(_) => {
-                    if let Some(held) = &self.audio_direct {
-                        held.release_all();
-                    }
+                    self.held.release_all();
                     return Some(Ok(()));
                 }
                 _ => {}
@@ -602,19 +820,51 @@ impl Drop for Transcoder {
     }
 }
 
+/// Keeps the reused top rung's encoder idle: drops its input (pictures and keyframe
+/// requests) before `encode_from`, which stays `i64::MAX` while the input is reused.
+fn install_reuse_gate(
+    queue: &gst::Element,
+    encode_from: Arc<AtomicI64>,
+) -> Result<(), EngineError> {
+    let pad = queue
+        .static_pad("sink")
+        .ok_or_else(|| EngineError::Build("queue has no sink pad".into()))?;
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            let pts = match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => b.pts(),
+                Some(gst::PadProbeData::Event(ev)) if gst_video::ForceKeyUnitEvent::is(ev) => {
+                    gst_video::DownstreamForceKeyUnitEvent::parse(ev)
+                        .ok()
+                        .and_then(|k| k.timestamp)
+                }
+                _ => return gst::PadProbeReturn::Ok,
+            };
+            let from = encode_from.load(Ordering::Relaxed);
+            match pts.and_then(|p| i64::try_from(p.nseconds()).ok()) {
+                Some(p) if p >= from => gst::PadProbeReturn::Ok,
+                // Handled: taken here, the branch goes on as if delivered (dropping would
+                // have GStreamer and gstreamer-rs both release it).
+                _ => gst::PadProbeReturn::Handled,
+            }
+        },
+    );
+    Ok(())
+}
+
 /// Forces a keyframe on the first frame of every segment: sends a downstream
 /// force-key-unit event just before the buffer whose pts enters a new segment.
-fn install_keyframe_probe(element: &gst::Element, segment: MediaTime) -> Result<(), EngineError> {
+fn install_keyframe_probe(element: &gst::Element, grid: Arc<Grid>) -> Result<(), EngineError> {
     let pad = element
         .static_pad("src")
         .ok_or_else(|| EngineError::Build("videoconvert has no src pad".into()))?;
-    let segment = segment.max(1);
     let last: Mutex<Option<i64>> = Mutex::new(None);
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
             return gst::PadProbeReturn::Ok;
         };
-        let index = (pts.nseconds() as i64).div_euclid(segment);
+        let index = grid.index(pts.nseconds() as i64);
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
         if *last != Some(index) {
             *last = Some(index);
@@ -649,6 +899,123 @@ mod tests {
             sample_rate,
             channels,
         }
+    }
+
+    fn video(pts: i64, dts: i64, keyframe: bool) -> Frame {
+        Frame {
+            track: TrackKind::Video,
+            pts,
+            dts,
+            keyframe,
+            data: Bytes::from_static(b"x"),
+        }
+    }
+
+    /// Feeds `(pts, keyframe)` in decode order; what the reused rung got (pts, keyframe).
+    fn reuse(segment: i64, frames: &[(i64, bool)]) -> (Reuse, Vec<(i64, bool)>) {
+        let r = Reuse::new(Arc::new(Grid::new(segment)));
+        let out = frames
+            .iter()
+            .enumerate()
+            .filter_map(|(dts, &(pts, key))| r.take(&video(pts, dts as i64 - 2, key)))
+            .map(|f| (f.pts, f.keyframe))
+            .collect();
+        (r, out)
+    }
+
+    #[test]
+    fn reused_while_every_segment_opens_on_an_input_keyframe() {
+        // B-frames: decode order I0 P3 B1 B2 | I4 P7 B5 B6 | I8; a keyframe at 6 inside a segment.
+        let input = [
+            (0, true),
+            (3, false),
+            (1, false),
+            (2, false),
+            (4, true),
+            (7, false),
+            (5, false),
+            (6, true),
+            (8, true),
+        ];
+        let (r, out) = reuse(4, &input);
+        assert_eq!(r.state(), TopRung::Reused);
+        let expected: Vec<(i64, bool)> = input.iter().map(|&(p, k)| (p, k && p % 4 == 0)).collect();
+        assert_eq!(
+            out, expected,
+            "every frame; a keyframe only where a segment opens"
+        );
+    }
+
+    #[test]
+    fn keyframes_a_reorder_delay_after_the_lines_are_on_the_grid() {
+        // B-frames: the first keyframe is presented 2 after the line its session starts on;
+        // segments then run from 2 to 42, 42 to 82. A first keyframe later than a quarter
+        // segment after a line is off the grid.
+        let (r, out) = reuse(
+            40,
+            &[
+                (2, true),
+                (5, false),
+                (3, false),
+                (4, false),
+                (42, true),
+                (45, false),
+                (43, false),
+            ],
+        );
+        assert_eq!(r.state(), TopRung::Reused);
+        assert_eq!(r.grid.offset.load(Ordering::Relaxed), 2);
+        assert_eq!(out.iter().filter(|f| f.1).count(), 2);
+        let (r, out) = reuse(40, &[(2, true), (5, false), (41, false), (43, false)]);
+        assert_eq!(
+            (r.state(), out.len()),
+            (TopRung::FellBack, 3),
+            "41 is in the first segment; 43 opens the one from 42"
+        );
+        let (r, out) = reuse(40, &[(11, true), (12, false)]);
+        assert_eq!((r.state(), out.len()), (TopRung::FellBack, 0));
+    }
+
+    #[test]
+    fn a_segment_opening_without_a_keyframe_hands_the_rung_to_the_encoder() {
+        // Decode order I0 P3 B1 B2 | P6 B4 B5: segment 1 (pts 4..) opens with P6 in decode
+        // order; B4 and B5 need it. The encoder takes over at pts 4, the first of segment 1.
+        let (r, out) = reuse(
+            4,
+            &[
+                (0, true),
+                (3, false),
+                (1, false),
+                (2, false),
+                (6, false),
+                (4, false),
+                (5, false),
+                (9, true),
+            ],
+        );
+        assert_eq!(r.state(), TopRung::FellBack);
+        assert_eq!(out, [(0, true), (3, false), (1, false), (2, false)]);
+        assert_eq!(r.encode_from.load(Ordering::Relaxed), 4);
+
+        // A boundary crossed in decode order by a frame of the old segment's B-frames: those
+        // (pts 3 here) are in neither; the encoder starts at the new segment's first (5).
+        let (r, out) = reuse(
+            4,
+            &[
+                (0, true),
+                (2, false),
+                (1, false),
+                (5, false),
+                (3, false),
+                (6, false),
+            ],
+        );
+        assert_eq!(out, [(0, true), (2, false), (1, false)]);
+        assert_eq!(r.encode_from.load(Ordering::Relaxed), 5);
+
+        // Input that does not start on a keyframe is never reused.
+        let (r, out) = reuse(4, &[(1, false), (2, false)]);
+        assert_eq!((r.state(), out.len()), (TopRung::FellBack, 0));
     }
 
     #[test]

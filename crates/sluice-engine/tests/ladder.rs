@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::{AudioConfig, Frame, TrackKind, VideoConfig};
 use sluice_engine::{
-    EncodedEvent, RenditionSettings, TestPattern, TestPatternSettings, TranscodeSettings,
+    EncodedEvent, RenditionSettings, TestPattern, TestPatternSettings, TopRung, TranscodeSettings,
     Transcoder,
 };
 
@@ -40,6 +40,8 @@ fn ladder_keyframes_align_on_the_segment_grid() {
         // The pattern's audio is AAC-LC 48 kHz stereo: transcoded here, passed through below.
         audio_passthrough: false,
         preset: "ultrafast".into(),
+        reuse_top_rung: false,
+        encoder: sluice_engine::Encoder::X264,
         max_queued_bytes: 16 << 20,
         // 0: no bound in media time here, where 4.5 s are pushed at once.
         max_queued_time: 0,
@@ -162,29 +164,39 @@ fn pattern_input(until: i64) -> (VideoConfig, AudioConfig, Vec<Frame>) {
     (video.unwrap(), audio.unwrap(), input.split_off(first_key))
 }
 
-/// Runs `input` through a one-rung ladder to its end; returns everything it produced.
+/// A ladder of 1 s segments with these rungs, x264 ultrafast, no bound on queued time.
+fn ladder(rungs: &[(u32, u32)]) -> TranscodeSettings {
+    TranscodeSettings {
+        segment_duration: SEG,
+        renditions: rungs
+            .iter()
+            .map(|&(width, height)| RenditionSettings {
+                width,
+                height,
+                video_kbps: 200,
+            })
+            .collect(),
+        audio_kbps: 96,
+        audio_passthrough: false,
+        preset: "ultrafast".into(),
+        reuse_top_rung: false,
+        encoder: sluice_engine::Encoder::X264,
+        max_queued_bytes: 16 << 20,
+        max_queued_time: 0,
+    }
+}
+
+/// Runs `input` through `settings` to its end; returns everything it produced, and what
+/// the top rung was once all input was in.
 fn transcode_all(
+    settings: &TranscodeSettings,
     video: &VideoConfig,
     audio: &AudioConfig,
     input: &[Frame],
-    audio_passthrough: bool,
-) -> Vec<EncodedEvent> {
+) -> (Vec<EncodedEvent>, Option<TopRung>) {
     let (otx, orx) = mpsc::sync_channel::<EncodedEvent>(10_000);
-    let settings = TranscodeSettings {
-        segment_duration: SEG,
-        renditions: vec![RenditionSettings {
-            width: 160,
-            height: 90,
-            video_kbps: 200,
-        }],
-        audio_kbps: 96,
-        audio_passthrough,
-        preset: "ultrafast".into(),
-        max_queued_bytes: 16 << 20,
-        max_queued_time: 0,
-    };
     let t = Transcoder::start(
-        &settings,
+        settings,
         video,
         Some(audio),
         Arc::new(move |ev| {
@@ -195,8 +207,9 @@ fn transcode_all(
     for f in input {
         assert_eq!(t.push(f), sluice_engine::PushOutcome::Queued);
     }
+    let top = t.top_rung();
     run_to_end(t);
-    orx.try_iter().collect()
+    (orx.try_iter().collect(), top)
 }
 
 /// Ends `t`'s input and waits (30 s at most) for the encoders to drain into the sink.
@@ -245,7 +258,12 @@ fn audio_already_in_the_ladders_format_passes_through_when_allowed() {
         (configs, frames, video_frames)
     };
 
-    let (configs, frames, video_frames) = split(&transcode_all(&video, &audio, &input, true));
+    let passthrough = |on| TranscodeSettings {
+        audio_passthrough: on,
+        ..ladder(&[(160, 90)])
+    };
+    let (configs, frames, video_frames) =
+        split(&transcode_all(&passthrough(true), &video, &audio, &input).0);
     assert_eq!(
         configs,
         vec![audio.clone()],
@@ -257,7 +275,8 @@ fn audio_already_in_the_ladders_format_passes_through_when_allowed() {
     }
     assert!(video_frames > 60, "video still encoded: {video_frames}");
 
-    let (configs, frames, video_frames) = split(&transcode_all(&video, &audio, &input, false));
+    let (configs, frames, video_frames) =
+        split(&transcode_all(&passthrough(false), &video, &audio, &input).0);
     assert_eq!(configs.len(), 1);
     assert_eq!((configs[0].sample_rate, configs[0].channels), (48_000, 2));
     assert!(frames.len() > 100, "{}", frames.len());
@@ -271,4 +290,172 @@ fn audio_already_in_the_ladders_format_passes_through_when_allowed() {
         "re-encoded audio differs: {same} identical frames"
     );
     assert!(video_frames > 60, "{video_frames}");
+}
+
+/// The pattern's frames moved so that its first keyframe is at 0: its keyframes, every
+/// 30 frames at 30 fps, then fall on the one-second grid, like those of an encoder set to a
+/// keyframe interval of the segment duration. Frames that would be before 0 are left out.
+fn on_grid(input: &[Frame], shift: i64) -> Vec<Frame> {
+    let t0 = input[0].pts;
+    input
+        .iter()
+        .filter(|f| f.pts >= t0 && f.dts >= t0)
+        .map(|f| Frame {
+            pts: f.pts - t0 + shift,
+            dts: f.dts - t0 + shift,
+            ..f.clone()
+        })
+        .collect()
+}
+
+/// What rendition `r` produced: its configurations and frames, in order.
+fn rung(events: &[EncodedEvent], r: usize) -> (Vec<VideoConfig>, Vec<Frame>, Vec<usize>) {
+    let (mut configs, mut frames, mut config_at) = (Vec::new(), Vec::new(), Vec::new());
+    for ev in events {
+        match ev {
+            EncodedEvent::VideoConfig {
+                rendition, config, ..
+            } if *rendition == r => {
+                configs.push(config.clone());
+                config_at.push(frames.len());
+            }
+            EncodedEvent::Video { rendition, frame } if *rendition == r => {
+                frames.push(frame.clone())
+            }
+            _ => {}
+        }
+    }
+    (configs, frames, config_at)
+}
+
+fn keyframes(frames: &[Frame]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|f| f.keyframe)
+        .map(|f| f.pts)
+        .collect()
+}
+
+/// `reuse_top_rung` with input of the top rung's size whose keyframes are on the grid:
+/// the top rung is the input, frame for frame and byte for byte, cut on the same
+/// keyframes as the encoded rung. Without the size, it is encoded.
+#[test]
+fn top_rung_is_the_input_while_its_keyframes_are_on_the_grid() {
+    sluice_engine::check_elements().expect("GStreamer elements installed");
+    let (video, audio, raw) = pattern_input(4 * SEG);
+    let input = on_grid(&raw, 0);
+    let video_in: Vec<&Frame> = input
+        .iter()
+        .filter(|f| f.track == TrackKind::Video)
+        .collect();
+    assert_eq!(
+        keyframes(&video_in.iter().map(|f| (*f).clone()).collect::<Vec<_>>())[..4],
+        [0, SEG, 2 * SEG, 3 * SEG],
+        "the pattern's keyframes are every second"
+    );
+    let settings = TranscodeSettings {
+        reuse_top_rung: true,
+        ..ladder(&[(320, 180), (160, 90)])
+    };
+    let (events, top) = transcode_all(&settings, &video, &audio, &input);
+    assert_eq!(top, Some(TopRung::Reused));
+    let (configs, frames, _) = rung(&events, 0);
+    assert_eq!(configs, vec![video.clone()], "the input's own avcC");
+    assert_eq!(frames.len(), video_in.len());
+    for (out, inp) in frames.iter().zip(&video_in) {
+        assert_eq!(
+            (out.pts, out.dts, out.keyframe, &out.data),
+            (inp.pts, inp.dts, inp.keyframe, &inp.data)
+        );
+    }
+    let (_, encoded, _) = rung(&events, 1);
+    assert_eq!(encoded.len(), frames.len(), "every picture in both rungs");
+    assert_eq!(
+        keyframes(&frames),
+        keyframes(&encoded),
+        "cut at the same instants"
+    );
+
+    // The input is not the rung's size: encoded, said so.
+    let (events, top) = transcode_all(
+        &TranscodeSettings {
+            reuse_top_rung: true,
+            ..ladder(&[(160, 90)])
+        },
+        &video,
+        &audio,
+        &input,
+    );
+    assert_eq!(top, Some(TopRung::Encoded));
+    let (configs, frames, _) = rung(&events, 0);
+    assert_eq!((configs[0].width, configs[0].height), (160, 90));
+    assert!(frames.len() > 90, "{}", frames.len());
+}
+
+/// A live input whose keyframes drift off the grid (its encoder restarted 2.5 s in, so its
+/// keyframes are then at 2.5 s, 3.5 s…): the top rung is the input up to the first
+/// boundary without an input keyframe (3 s), encoded from that boundary on with a new
+/// configuration, and every rendition still cuts on the same frames.
+#[test]
+fn top_rung_falls_back_to_encoding_when_input_keyframes_leave_the_grid() {
+    sluice_engine::check_elements().expect("GStreamer elements installed");
+    let (video, audio, raw) = pattern_input(3 * SEG);
+    let first: Vec<Frame> = on_grid(&raw, 0)
+        .into_iter()
+        .filter(|f| f.pts < 2 * SEG + SEG / 2)
+        .collect();
+    let mut input = first.clone();
+    input.extend(on_grid(&raw, 2 * SEG + SEG / 2));
+    let break_at = 3 * SEG;
+    let video_in: Vec<Frame> = input
+        .iter()
+        .filter(|f| f.track == TrackKind::Video)
+        .cloned()
+        .collect();
+    assert_eq!(
+        keyframes(&video_in)[..5],
+        [0, SEG, 2 * SEG, 2 * SEG + SEG / 2, 3 * SEG + SEG / 2]
+    );
+
+    let settings = TranscodeSettings {
+        reuse_top_rung: true,
+        ..ladder(&[(320, 180), (160, 90)])
+    };
+    let (events, top) = transcode_all(&settings, &video, &audio, &input);
+    assert_eq!(top, Some(TopRung::FellBack));
+    let (configs, frames, config_at) = rung(&events, 0);
+    // (Both x264 at ultrafast here: the same parameter sets, announced again.)
+    assert_eq!(configs.len(), 2, "the input's avcC, then the encoder's");
+    assert_eq!(configs[0], video);
+    let reused = frames.iter().take_while(|f| f.pts < break_at).count();
+    assert_eq!(
+        config_at,
+        vec![0, reused],
+        "the encoder's avcC right at the switch"
+    );
+    for (out, inp) in frames[..reused].iter().zip(&video_in) {
+        assert_eq!((out.pts, out.dts, &out.data), (inp.pts, inp.dts, &inp.data));
+    }
+    assert_eq!(
+        reused,
+        video_in.iter().filter(|f| f.pts < break_at).count(),
+        "the input up to the boundary"
+    );
+    assert!(
+        frames[reused..].iter().all(|f| f.pts >= break_at),
+        "encoded from the boundary on, in order"
+    );
+    assert_eq!(frames[reused].pts, break_at);
+    assert!(frames[reused].keyframe);
+    let same = frames[reused..]
+        .iter()
+        .filter(|o| video_in.iter().any(|i| i.pts == o.pts && i.data == o.data))
+        .count();
+    assert_eq!(same, 0, "encoded, not the input's frames");
+    let (_, encoded, _) = rung(&events, 1);
+    assert_eq!(frames.len(), encoded.len(), "no picture lost at the switch");
+    // The input's off-grid keyframe at 2.5 s is not a cut: both rungs cut on the grid.
+    let keys = keyframes(&frames);
+    assert_eq!(keys, keyframes(&encoded));
+    assert_eq!(keys[..5], [0, SEG, 2 * SEG, 3 * SEG, 4 * SEG]);
 }

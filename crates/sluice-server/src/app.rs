@@ -63,6 +63,7 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
 
 pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     sluice_engine::check_elements()?;
+    crate::runtime::check_encoders(&cfg)?;
     for what in sluice_config::not_served_yet(&cfg) {
         tracing::warn!("accepted, not served yet: {what}");
     }

@@ -24,13 +24,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sluice_config::{
     Channel, ChannelOutput, ChannelOutputProtocol, Config, Engine, IngestProtocol, LadderRef,
-    Output,
+    Output, VideoEncoder,
 };
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
 use sluice_distribution::{Audience, GeoDb, HttpState};
 use sluice_engine::{
-    EngineMode, EngineStats, RenditionSettings, TestPattern, TestPatternSettings, TranscodeSettings,
+    Encoder, EncoderChoice, EngineMode, EngineStats, RenditionSettings, TestPattern,
+    TestPatternSettings, TranscodeSettings,
 };
 use sluice_ingest::pull::PullSpec;
 use sluice_ingest::{
@@ -192,6 +193,8 @@ pub struct SrtSetup {
 /// One run of an engine; dropping it stops it (whatever path drops it).
 struct EngineRun {
     config: Engine,
+    /// What encodes its renditions; `None` for a passthrough engine.
+    encoder: Option<Encoder>,
     output: Arc<EngineOutput>,
     stats: Arc<EngineStats>,
     /// Buses of the renditions outputs carry, by rendition name.
@@ -345,6 +348,8 @@ pub struct EngineView {
     pub id: Id,
     /// Its ladder's name (`passthrough` for none).
     pub ladder: String,
+    /// `x264`, `nvenc`, `va` or `vaapi`; `None` for a passthrough engine.
+    pub encoder: Option<&'static str>,
     pub output: Arc<EngineOutput>,
     pub stats: Arc<EngineStats>,
     pub recorder: Option<Arc<RecorderStats>>,
@@ -468,6 +473,8 @@ impl StatusView {
                     json!({
                         "state": state,
                         "ladder": e.ladder,
+                        "encoder": e.encoder,
+                        "top_rung": e.stats.top_rung().map(|t| t.as_str()),
                         "newest_segment": newest,
                         "speed": e.stats.speed(),
                         "input_lag_ms": lag,
@@ -642,6 +649,7 @@ impl Runtime {
             None,
         )?;
         self.ensure_srt(&next).await?;
+        check_encoders(&next)?;
         let mut p = Pending::default();
         let old_ids: Vec<Id> = self.running.channels.keys().cloned().collect();
         for id in old_ids {
@@ -873,6 +881,7 @@ impl Runtime {
                                 LadderRef::Passthrough => "passthrough".to_string(),
                                 LadderRef::Named(l) => l.to_string(),
                             },
+                            encoder: r.encoder.map(Encoder::name),
                             output: r.output.clone(),
                             stats: r.stats.clone(),
                             recorder: r.recorder.as_ref().map(|x| x.stats.clone()),
@@ -1125,6 +1134,19 @@ impl Runtime {
                 .saturating_add(start.saturating_mul(1 << 10)),
             part_duration: secs_f64_to_nanos(ladder.part_seconds),
         };
+        let encoder = match engine.ladder_ref {
+            LadderRef::Passthrough => None,
+            // Checked when the configuration was taken (`check_encoders`): an error here
+            // means the hardware went away since.
+            LadderRef::Named(_) => Some(
+                sluice_engine::resolve_encoder(encoder_choice(ladder.encoder)).unwrap_or_else(
+                    |e| {
+                        tracing::error!(engine = %engine_id, error = %e, "falling back to x264");
+                        Encoder::X264
+                    },
+                ),
+            ),
+        };
         let (mode, renditions, audio) = match &engine.ladder_ref {
             LadderRef::Passthrough => (
                 EngineMode::Passthrough,
@@ -1151,6 +1173,8 @@ impl Runtime {
                     audio_kbps: ladder.audio_kbps,
                     audio_passthrough: ladder.audio_passthrough,
                     preset: ladder.encoder_preset.clone(),
+                    reuse_top_rung: ladder.reuse_top_rung,
+                    encoder: encoder.unwrap_or(Encoder::X264),
                     max_queued_bytes: ENGINE_INPUT_BYTES,
                     max_queued_time: settings.segment_duration.saturating_mul(2),
                 }),
@@ -1240,6 +1264,7 @@ impl Runtime {
             }));
         let recorder = self.start_recorder(channel_id, engine_id, engine, &output, &cancel);
         EngineRun {
+            encoder,
             config: engine.clone(),
             output,
             stats,
@@ -1495,4 +1520,38 @@ async fn sample_input(bus: Arc<ChannelBus>, kbps: Arc<AtomicU32>, cancel: Cancel
         last = now;
         kbps.store(u32::try_from(rate).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
+}
+
+fn encoder_choice(e: VideoEncoder) -> EncoderChoice {
+    match e {
+        VideoEncoder::Auto => EncoderChoice::Auto,
+        VideoEncoder::X264 => EncoderChoice::X264,
+        VideoEncoder::Nvenc => EncoderChoice::Nvenc,
+        VideoEncoder::Vaapi => EncoderChoice::Vaapi,
+    }
+}
+
+/// Resolves every ladder's `encoder` on this machine: a hardware encoder named but not
+/// usable refuses the configuration; the choice of each ladder an engine uses is logged.
+pub fn check_encoders(cfg: &Config) -> anyhow::Result<()> {
+    let mut used = BTreeMap::new();
+    for channel in cfg.channels.values() {
+        for engine in channel.engines.values() {
+            if let LadderRef::Named(name) = &engine.ladder_ref {
+                used.insert(name.clone(), engine.ladder.encoder);
+            }
+        }
+    }
+    for (ladder, choice) in used {
+        let encoder = sluice_engine::resolve_encoder(encoder_choice(choice))
+            .map_err(|e| anyhow::anyhow!("ladders.{ladder}: {e}"))?;
+        tracing::info!(
+            %ladder,
+            asked = choice.as_str(),
+            encoder = encoder.name(),
+            element = encoder.factory(),
+            "ladder encoder"
+        );
+    }
+    Ok(())
 }
