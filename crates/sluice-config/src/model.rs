@@ -86,7 +86,7 @@ pub struct Ladder {
     pub audio_kbps: u32,
     /// `audio_passthrough`: input audio that is already AAC-LC at the ladder's 48 kHz
     /// stereo is packaged as it arrives instead of decoded and encoded again (its bitrate
-    /// is then the encoder's, not `audio_kbps`). Default false.
+    /// is then the encoder's, not `audio_kbps`). Default true.
     pub audio_passthrough: bool,
     /// `encoder`: what encodes the renditions: `auto` (default) uses the machine's video
     /// hardware when it has a usable encoder (NVENC, then VA-API) and x264 otherwise;
@@ -118,7 +118,7 @@ impl Ladder {
             part_seconds: 0.5,
             window_seconds: 60.0,
             audio_kbps: 128,
-            audio_passthrough: false,
+            audio_passthrough: true,
             encoder: VideoEncoder::Auto,
             encoder_preset: "veryfast".to_owned(),
             reuse_top_rung: false,

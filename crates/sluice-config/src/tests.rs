@@ -363,7 +363,7 @@ fn defaults_are_filled_in() {
         (2.0, 0.5, 60.0, 128)
     );
     assert_eq!(l.encoder_preset, "veryfast");
-    assert!(!l.audio_passthrough, "audio is transcoded unless asked");
+    assert!(l.audio_passthrough, "audio in the ladder's format is kept");
     assert_eq!(
         l.encoder,
         VideoEncoder::Auto,
@@ -890,7 +890,7 @@ fn ladder_ranges() {
         &[("[ladders.|passthrough]", "built-in")],
     );
     let c = ok(&format!(
-        "{BASE}[ladders.z]\npart_seconds = 0\naudio_passthrough = true\nencoder_preset = \"medium\"\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"
+        "{BASE}[ladders.z]\npart_seconds = 0\naudio_passthrough = false\nencoder_preset = \"medium\"\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"
     ));
     assert_eq!(
         (
@@ -899,7 +899,7 @@ fn ladder_ranges() {
         ),
         (0.0, "medium")
     );
-    assert!(c.ladders[&id("z")].audio_passthrough);
+    assert!(!c.ladders[&id("z")].audio_passthrough);
     expect(
         &format!(
             "{BASE}[ladders.y]\naudio_passthrough = \"yes\"\nrenditions = [{{ name = \"r\", width = 16, height = 16, video_kbps = 50 }}]\n"

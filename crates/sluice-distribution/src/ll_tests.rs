@@ -34,6 +34,7 @@ impl Live {
                 ts: false,
                 init_version_base: 0,
                 part_duration: NANOS_PER_SEC / 2,
+                keyframes_forced: false,
             },
             vec![RenditionSpec {
                 name: Id::new("v").unwrap(),

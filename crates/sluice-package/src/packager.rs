@@ -42,6 +42,11 @@ pub struct PackagerSettings {
     pub init_version_base: u64,
     /// LL-HLS part target of the CMAF output; 0: no parts.
     pub part_duration: MediaTime,
+    /// The engine forces a keyframe on the first frame at or past every grid line (a
+    /// transcoding engine does), so an open segment surely lasts to its line; otherwise
+    /// (the input's own keyframes) it may end up to the grid tolerance before it. LL-HLS
+    /// audio parts are published as far as the open segment surely reaches.
+    pub keyframes_forced: bool,
 }
 
 /// A video rendition as configured (for passthrough: the input's values).
@@ -161,6 +166,8 @@ pub struct Packager {
     drop_log: Throttle,
     /// LL-HLS part target (CMAF only).
     part: Option<MediaTime>,
+    /// [`PackagerSettings::keyframes_forced`].
+    keyframes_forced: bool,
     /// (pts, Unix ms) of the first frame of the input session: program date-times.
     clock: Option<(MediaTime, i64)>,
     /// The timeline's steps, reused between frames.
@@ -256,6 +263,7 @@ impl Packager {
             finished: false,
             drop_log: Throttle::default(),
             part,
+            keyframes_forced: settings.keyframes_forced,
             clock: None,
             steps: Vec::new(),
         };
@@ -890,7 +898,12 @@ impl Packager {
                 let Some(o) = self.video.first().and_then(|v| v.timeline.open_span()) else {
                     return;
                 };
-                (o.msn, o.start, o.discontinuity, o.sure_end)
+                let reach = if self.keyframes_forced {
+                    o.line
+                } else {
+                    o.sure_end
+                };
+                (o.msn, o.start, o.discontinuity, reach)
             }
         };
         let pdt = self.program_date_time(start);
@@ -1110,6 +1123,14 @@ mod tests {
     }
 
     fn packager() -> (Packager, Arc<EngineOutput>) {
+        packager_with(0, false)
+    }
+
+    /// 1 s segments, CMAF, one 720p rendition and audio, configured.
+    fn packager_with(
+        part_duration: MediaTime,
+        keyframes_forced: bool,
+    ) -> (Packager, Arc<EngineOutput>) {
         let (mut p, out) = Packager::new(
             PackagerSettings {
                 segment_duration: NANOS_PER_SEC,
@@ -1117,7 +1138,8 @@ mod tests {
                 cmaf: true,
                 ts: false,
                 init_version_base: 0,
-                part_duration: 0,
+                part_duration,
+                keyframes_forced,
             },
             vec![RenditionSpec {
                 name: Id::new("v").unwrap(),
@@ -1168,6 +1190,45 @@ mod tests {
         )
         .unwrap();
         assert!(audio.contains("#EXT-X-DISCONTINUITY\n"), "{audio}");
+    }
+
+    /// LL-HLS audio parts go out as far as the open video segment surely reaches: its grid
+    /// line when the engine forces keyframes there, the line less the tolerance otherwise.
+    /// Audio that arrives with its video (passed through) then publishes its second part
+    /// of a 1 s segment (1.49 to 1.98 s) before the cut, not together with the last one.
+    #[test]
+    fn audio_parts_reach_the_line_when_keyframes_are_forced_on_it() {
+        let parts = |forced: bool| {
+            let (mut p, out) = packager_with(NANOS_PER_SEC / 2, forced);
+            let aac = 1024 * NANOS_PER_SEC / 48_000;
+            let mut next_audio = 0;
+            // Two segments of video, each frame after the audio up to its instant.
+            for i in 0..60 {
+                let pts = i * NANOS_PER_SEC / 30;
+                while next_audio * aac <= pts {
+                    let mut a = frame(TrackKind::Audio, 0, true);
+                    (a.pts, a.dts) = (next_audio * aac, next_audio * aac);
+                    p.push_audio(a);
+                    next_audio += 1;
+                }
+                let mut v = frame(TrackKind::Video, 0, i % 30 == 0);
+                (v.pts, v.dts) = (pts, pts);
+                p.push_video(0, v);
+            }
+            let text = out
+                .media_playlist(OutputKind::Cmaf, AUDIO_RENDITION)
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                .unwrap_or_default();
+            // The parts of the open segment (from 1 s), listed after the closed one.
+            let open = text.rfind("#EXTINF").map_or("", |i| &text[i..]);
+            open.matches("#EXT-X-PART:").count()
+        };
+        assert_eq!(parts(true), 2, "the part ending at 1.98 s, before the line");
+        assert_eq!(
+            parts(false),
+            1,
+            "1.98 s is past the line less the tolerance"
+        );
     }
 
     /// One audio frame an hour ahead is dropped alone; audio after it is kept.

@@ -189,6 +189,8 @@ pub(crate) struct OpenSpan {
     /// The segment surely reaches this far: it can end only at a keyframe past its grid
     /// line, less the tolerance.
     pub sure_end: MediaTime,
+    /// The grid line it ends on when the keyframe that closes it is on or past the line.
+    pub line: MediaTime,
 }
 
 /// One video rendition's timeline: frames in (decode order), parts and segments out.
@@ -342,6 +344,7 @@ impl RenditionTimeline {
             sure_end: (o.grid + 1)
                 .saturating_mul(d)
                 .saturating_sub(grid_tolerance(d)),
+            line: (o.grid + 1).saturating_mul(d),
         })
     }
 

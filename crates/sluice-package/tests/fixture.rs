@@ -96,6 +96,7 @@ fn settings(window: MediaTime) -> PackagerSettings {
         ts: true,
         init_version_base: 0,
         part_duration: 0,
+        keyframes_forced: false,
     }
 }
 
@@ -650,6 +651,7 @@ fn odd_input_never_panics() {
             ts: false,
             init_version_base: 0,
             part_duration: 0,
+            keyframes_forced: false,
         },
         vec![],
         None,

@@ -1133,6 +1133,7 @@ impl Runtime {
                 .init_version_base
                 .saturating_add(start.saturating_mul(1 << 10)),
             part_duration: secs_f64_to_nanos(ladder.part_seconds),
+            keyframes_forced: matches!(engine.ladder_ref, LadderRef::Named(_)),
         };
         let encoder = match engine.ladder_ref {
             LadderRef::Passthrough => None,
