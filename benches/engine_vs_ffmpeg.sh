@@ -19,8 +19,16 @@
 #   4. Ingest-to-playlist delay (first round): for every 720p CMAF segment, the wall time it
 #      first appears in the media playlist minus the wall time its last media instant was pushed.
 #
+# BENCH_REUSE=1: the ladder reuses what it can of the input, on both sides: Sluice with
+#   `reuse_top_rung = true` and `audio_passthrough = true` (the input's video is the top rung's
+#   size with a keyframe every segment, its audio AAC-LC 48 kHz stereo), ffmpeg copying the
+#   input's video as its top rung and its audio (`-c:v:0 copy -c:a copy`), scaling and
+#   encoding the lower rungs only. The top rung is then the input's 3000k (720p) or 6000k
+#   (1080p) and its quality the input's.
+#
 # Usage:   benches/engine_vs_ffmpeg.sh        (from anywhere)
 #          BENCH_MODES=720p BENCH_ROUNDS=1 BENCH_SECONDS=30 benches/engine_vs_ffmpeg.sh
+#          BENCH_REUSE=1 benches/engine_vs_ffmpeg.sh
 # Output:  a table per mode on stdout, and per mode a machine-readable line:
 #          BENCH_JSON {"bench":"engine_vs_ffmpeg","mode":"720p",...}
 #
@@ -66,6 +74,7 @@ set -Eeuo pipefail
 BENCH_SECONDS=${BENCH_SECONDS:-20}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_MODES=${BENCH_MODES:-720p 1080p}
+BENCH_REUSE=${BENCH_REUSE:-0}
 SEG_S=2                                   # ladder segment duration (s)
 KEYINT_MAX=240                            # = transcode.rs: max(60, ceil(segment_s * 120))
 POLL_RATE=20                              # playlist polls per second (50 ms)
@@ -79,6 +88,7 @@ log() { echo "[$(date +%T)] $*" >&2; }
   || die "BENCH_SECONDS must be an integer from 10 to 600 (got '$BENCH_SECONDS')"
 [[ $BENCH_ROUNDS =~ ^[0-9]+$ ]] && ((BENCH_ROUNDS >= 1 && BENCH_ROUNDS <= 10)) \
   || die "BENCH_ROUNDS must be an integer from 1 to 10 (got '$BENCH_ROUNDS')"
+[[ $BENCH_REUSE == 0 || $BENCH_REUSE == 1 ]] || die "BENCH_REUSE is 0 or 1 (got '$BENCH_REUSE')"
 for m in $BENCH_MODES; do
   [[ $m == 720p || $m == 1080p ]] || die "BENCH_MODES holds 720p and/or 1080p (got '$m')"
 done
@@ -204,6 +214,8 @@ segment_seconds = $SEG_S.0
 window_seconds = 600
 audio_kbps = 128
 encoder_preset = "veryfast"
+reuse_top_rung = $( ((BENCH_REUSE)) && echo true || echo false )
+audio_passthrough = $( ((BENCH_REUSE)) && echo true || echo false )
 renditions = [
 EOF
     for r in "${RUNGS[@]}"; do
@@ -420,7 +432,7 @@ EOF
     -v s_cpus="${S_CPU[*]}" -v f_cpus="${F_CPU[*]}" -v s_hwms="${S_HWM[*]}" -v s_helds="${S_HELD[*]}" -v f_rsss="${F_RSS[*]}" \
     -v s_idle_hwm="$IDLE_HWM" -v idle="$IDLE_RATE" \
     -v drops="$DROPS" -v threads="$MD/threads.txt" -v qual="$MD/quality.txt" \
-    -v date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" -v load_s="$LOAD_S" -v load_f="$LOAD_F" \
+    -v date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" -v load_s="$LOAD_S" -v load_f="$LOAD_F" -v reuse="$BENCH_REUSE" \
     -v cpu_model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" -v ncpu="$(nproc)" '
 function fmt(x) { return sprintf("%.3f", x) }
 function median(a, n,   i, j, t, b) {
@@ -441,6 +453,7 @@ END {
     s_cpus_json = s_cpus_json (i > 1 ? "," : "") sc[i]; f_cpus_json = f_cpus_json (i > 1 ? "," : "") fc[i]
   }
   printf "\nSluice engine vs ffmpeg, %s mode: %s (%s kbps) + AAC 128k, x264 veryfast, %.3f s of %dx%d@30\n", mode, names, kbps, media, w, h
+  if (reuse) printf "BENCH_REUSE=1: top rung and audio are the input\x27s on both sides (reuse_top_rung + audio_passthrough; ffmpeg -c:v:0 copy -c:a copy)\n"
   printf "%s, nproc %d, %s; 1-min loadavg %s (first sluice round), %s (first ffmpeg round)\n\n", date, ncpu, cpu_model, load_s, load_f
   printf "%-34s %12s %12s %8s\n", "", "sluice", "ffmpeg", "ratio"
   printf "%-34s %12s %12s %8.2f\n", "CPU s per media s, median", fmt(s_med), fmt(f_med), s_med / f_med
@@ -481,7 +494,7 @@ END {
   } else { med = -1; dmax = -1; print "\nno segments seen in the 720p playlist" }
   if (final_state == "published") printf "final segment (closed at end of stream): delay %.3f s\n", final
   else printf "final segment (media from %d s): not in the playlist within ~3 s after the server went idle\n", (last_live + 1) * seg
-  printf "BENCH_JSON {\"bench\":\"engine_vs_ffmpeg\",\"mode\":\"%s\",\"date\":\"%s\",\"nproc\":%d,\"cpu\":\"%s\",\"rounds\":%d,\"media_s\":%.3f,\"sluice_cpu_per_media_s\":%s,\"ffmpeg_cpu_per_media_s\":%s,\"cpu_ratio\":%.3f,\"sluice_rounds\":[%s],\"ffmpeg_rounds\":[%s],\"sluice_peak_rss_mib\":%.0f,\"sluice_peak_rss_mib_first_round\":%.0f,\"ffmpeg_peak_rss_mib\":%.0f,\"rss_ratio\":%.3f,\"sluice_media_held_mib\":%.0f,\"rss_ratio_less_media_held\":%.3f,\"quality\":{%s},\"delay_segments\":%d,\"delay_median_s\":%.3f,\"delay_max_s\":%.3f,\"final_segment\":\"%s\",\"sluice_log_warnings\":%d}\n", mode, date, ncpu, cpu_model, rounds, media, fmt(s_med), fmt(f_med), s_med / f_med, s_cpus_json, f_cpus_json, sh[ns] / 1024, sh[1] / 1024, f_rss_max / 1024, sh[ns] / f_rss_max, sd[ns] / 1024, (sh[ns] - sd[ns]) / f_rss_max, qjson, n, med, dmax, final_state, drops
+  printf "BENCH_JSON {\"bench\":\"engine_vs_ffmpeg\",\"reuse\":%s,\"mode\":\"%s\",\"date\":\"%s\",\"nproc\":%d,\"cpu\":\"%s\",\"rounds\":%d,\"media_s\":%.3f,\"sluice_cpu_per_media_s\":%s,\"ffmpeg_cpu_per_media_s\":%s,\"cpu_ratio\":%.3f,\"sluice_rounds\":[%s],\"ffmpeg_rounds\":[%s],\"sluice_peak_rss_mib\":%.0f,\"sluice_peak_rss_mib_first_round\":%.0f,\"ffmpeg_peak_rss_mib\":%.0f,\"rss_ratio\":%.3f,\"sluice_media_held_mib\":%.0f,\"rss_ratio_less_media_held\":%.3f,\"quality\":{%s},\"delay_segments\":%d,\"delay_median_s\":%.3f,\"delay_max_s\":%.3f,\"final_segment\":\"%s\",\"sluice_log_warnings\":%d}\n", (reuse ? "true" : "false"), mode, date, ncpu, cpu_model, rounds, media, fmt(s_med), fmt(f_med), s_med / f_med, s_cpus_json, f_cpus_json, sh[ns] / 1024, sh[1] / 1024, f_rss_max / 1024, sh[ns] / f_rss_max, sd[ns] / 1024, (sh[ns] - sd[ns]) / f_rss_max, qjson, n, med, dmax, final_state, drops
 }' "$SEEN"
 }
 
@@ -490,13 +503,21 @@ END {
 ffmpeg_ladder() {
   local tf=$1 lf=$2
   shift 2
-  local split="" maps=() rates=() i=0 n w h k
+  local split="" maps=() rates=() audio=(-c:a aac -b:a 128k -ar 48000 -ac 2) copy=() i=0 o=0 n w h k
   for r in "${RUNGS[@]}"; do
     read -r n w h k <<<"$r"
-    split+="[s$i]scale=$w:$h:flags=bilinear[v$i];"
-    maps+=(-map "[v$i]")
-    rates+=("-b:v:$i" "${k}k" "-maxrate:v:$i" "${k}k" "-bufsize:v:$i" "$((k * 6 / 10))k")
-    i=$((i + 1))
+    if ((BENCH_REUSE && o == 0)); then
+      # The top rung is the input's video, copied; the audio too.
+      maps+=(-map 0:v)
+      copy=(-c:v:0 copy)
+      audio=(-c:a copy)
+    else
+      split+="[s$i]scale=$w:$h:flags=bilinear[v$i];"
+      maps+=(-map "[v$i]")
+      rates+=("-b:v:$o" "${k}k" "-maxrate:v:$o" "${k}k" "-bufsize:v:$o" "$((k * 6 / 10))k")
+      i=$((i + 1))
+    fi
+    o=$((o + 1))
   done
   local outs=""
   for ((j = 0; j < i; j++)); do outs+="[s$j]"; done
@@ -507,7 +528,7 @@ ffmpeg_ladder() {
     -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -x264-params scenecut=0 \
     -g "$KEYINT_MAX" -force_key_frames "expr:gte(t,n_forced*$SEG_S)" \
     "${rates[@]}" \
-    -c:a aac -b:a 128k -ar 48000 -ac 2 \
+    "${copy[@]}" "${audio[@]}" \
     "$@" 2>"$lf" || { cat "$lf" "$tf" >&2; die "ffmpeg ladder failed"; }
   # /usr/bin/time measures `timeout`, which reaps ffmpeg: %U/%S include ffmpeg's CPU and %M is
   # the largest child's peak RSS, i.e. ffmpeg's. Failure notes would precede the last line.

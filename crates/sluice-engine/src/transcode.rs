@@ -128,6 +128,69 @@ pub struct Transcoder {
     max_queued_time: Option<gst::ClockTime>,
     skipping_video: AtomicBool,
     reuse_asked: bool,
+    /// The reused top rung's encoder branch, not built while the input is that rung.
+    top_branch: Option<Mutex<Option<Branch>>>,
+}
+
+/// One rendition's branch after the tee: `queue ! sluicescale ! WxH ! encoder ! AVCC !
+/// appsink` (hardware encoders: `videoconvert` before, `h264parse` after).
+struct Branch {
+    index: usize,
+    rendition: RenditionSettings,
+    encoder: Encoder,
+    preset: String,
+    key_int_max: u32,
+    sink: Arc<dyn EncodedSink>,
+}
+
+impl Branch {
+    /// Adds the branch to `pipeline`, linked in order; its elements, queue first, sink last.
+    fn add_to(&self, pipeline: &gst::Pipeline) -> Result<Vec<gst::Element>, EngineError> {
+        let (i, r) = (self.index, &self.rendition);
+        let queue = make("queue", &format!("video-{i}-queue"))?;
+        let scale = make(crate::scale::FACTORY, &format!("video-{i}-scale"))?;
+        let size = capsfilter(
+            &format!("video-{i}-size"),
+            gst::Caps::builder("video/x-raw")
+                .field("width", r.width as i32)
+                .field("height", r.height as i32)
+                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                .build(),
+        )?;
+        let enc = encoder::build(
+            self.encoder,
+            &format!("video-{i}-encode"),
+            &self.preset,
+            r.video_kbps,
+            self.key_int_max,
+        )?;
+        let out_caps = capsfilter(&format!("video-{i}-format"), h264_avc_caps().build())?;
+        let out = encoded_output(
+            &format!("video-{i}-out"),
+            TrackKind::Video,
+            i,
+            self.sink.clone(),
+        );
+        let chain = if self.encoder.is_hardware() {
+            // Into the surface format the encoder takes; its byte-stream out into AVCC.
+            let to_surface = make("videoconvert", &format!("video-{i}-surface"))?;
+            let parse = make("h264parse", &format!("video-{i}-parse"))?;
+            vec![
+                queue,
+                scale,
+                size,
+                to_surface,
+                enc,
+                parse,
+                out_caps,
+                out.upcast(),
+            ]
+        } else {
+            vec![queue, scale, size, enc, out_caps, out.upcast()]
+        };
+        add_chain(pipeline, &chain.iter().collect::<Vec<_>>())?;
+        Ok(chain)
+    }
 }
 
 pub(crate) fn make(factory: &str, name: &str) -> Result<gst::Element, EngineError> {
@@ -371,8 +434,8 @@ impl Grid {
 /// after a line). Input frames arrive in decode order; the first one of each new segment
 /// (its pts past the newest segment seen) must be a keyframe. The first that is not
 /// breaks the reuse at that boundary: reused frames are those decoded before it, and the
-/// rung's encoder (idle until then: a probe drops its input) takes over from the first
-/// frame of the new segment in presentation order, which the probe before the tee makes a
+/// rung's encoder (not built until then) takes over from the first frame of the new
+/// segment in presentation order, which the probe before the tee makes a
 /// keyframe in every rendition. With B-frames a few frames of the old segment may decode
 /// after the breaking frame: they need it, so they are in neither (the last reused
 /// picture shows a little longer, once).
@@ -611,62 +674,23 @@ impl Transcoder {
         let key_int_max = ((settings.segment_duration as f64 / 1e9) * 120.0)
             .ceil()
             .max(60.0) as u32;
-        for (i, r) in settings.renditions.iter().enumerate() {
-            let queue = make("queue", &format!("video-{i}-queue"))?;
-            let scale = make(crate::scale::FACTORY, &format!("video-{i}-scale"))?;
-            let size = capsfilter(
-                &format!("video-{i}-size"),
-                gst::Caps::builder("video/x-raw")
-                    .field("width", r.width as i32)
-                    .field("height", r.height as i32)
-                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                    .build(),
-            )?;
-            let enc = encoder::build(
-                settings.encoder,
-                &format!("video-{i}-encode"),
-                &settings.preset,
-                r.video_kbps,
-                key_int_max,
-            )?;
-            let out_caps = capsfilter(&format!("video-{i}-format"), h264_avc_caps().build())?;
-            let out = encoded_output(
-                &format!("video-{i}-out"),
-                TrackKind::Video,
-                i,
-                video_sink.clone(),
-            );
-            if settings.encoder.is_hardware() {
-                // Into the surface format the encoder takes; its byte-stream out into AVCC.
-                let to_surface = make("videoconvert", &format!("video-{i}-surface"))?;
-                let parse = make("h264parse", &format!("video-{i}-parse"))?;
-                add_chain(
-                    &pipeline,
-                    &[
-                        &queue,
-                        &scale,
-                        &size,
-                        &to_surface,
-                        &enc,
-                        &parse,
-                        &out_caps,
-                        out.upcast_ref(),
-                    ],
-                )?;
-            } else {
-                add_chain(
-                    &pipeline,
-                    &[&queue, &scale, &size, &enc, &out_caps, out.upcast_ref()],
-                )?;
+        let branch = |i: usize| Branch {
+            index: i,
+            rendition: settings.renditions[i].clone(),
+            encoder: settings.encoder,
+            preset: settings.preset.clone(),
+            key_int_max,
+            sink: video_sink.clone(),
+        };
+        for i in 0..settings.renditions.len() {
+            if i == 0 && reuse.is_some() {
+                // Built if and when the input's keyframes leave the grid.
+                continue;
             }
-            if let (0, Some(r)) = (i, &reuse) {
-                install_reuse_gate(&queue, r.encode_from.clone())?;
-                // A sink that may never get a buffer must not hold the pipeline in PAUSED
-                // (waiting for its preroll) with every other sink blocked behind it.
-                out.set_property("async", false);
-            }
-            tee.link(&queue)?;
+            let chain = branch(i).add_to(&pipeline)?;
+            tee.link(&chain[0])?;
         }
+        let top_branch = reuse.as_ref().map(|_| Mutex::new(Some(branch(0))));
 
         let audio_src = match audio {
             None => None,
@@ -710,6 +734,7 @@ impl Transcoder {
             max_queued_time: clock_time(settings.max_queued_time).filter(|t| !t.is_zero()),
             skipping_video: AtomicBool::new(false),
             reuse_asked: settings.reuse_top_rung,
+            top_branch,
         })
     }
 
@@ -731,11 +756,14 @@ impl Transcoder {
             return PushOutcome::Dropped;
         };
         if frame.track == TrackKind::Video {
-            if let Some(frame) = self.reuse.as_ref().and_then(|r| r.take(frame)) {
-                self.held.push(EncodedEvent::Video {
-                    rendition: 0,
-                    frame,
-                });
+            if let Some(reuse) = &self.reuse {
+                match reuse.take(frame) {
+                    Some(frame) => self.held.push(EncodedEvent::Video {
+                        rendition: 0,
+                        frame,
+                    }),
+                    None => self.attach_top_branch(reuse),
+                }
             }
             if self.skipping_video.load(Ordering::Relaxed) {
                 if !frame.keyframe {
@@ -771,6 +799,35 @@ impl Transcoder {
             || self
                 .max_queued_time
                 .is_some_and(|max| src.current_level_time() >= max)
+    }
+
+    /// The reused rung's encoder branch, once the reuse broke: built, started and linked
+    /// to the tee before the frame that broke it goes into the pipeline (the decoder's
+    /// frames before that boundary are dropped at its queue by the gate).
+    fn attach_top_branch(&self, reuse: &Reuse) {
+        let Some(lazy) = &self.top_branch else { return };
+        let Some(branch) = lazy.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let attach = || -> Result<(), EngineError> {
+            let chain = branch.add_to(&self.pipeline)?;
+            install_reuse_gate(&chain[0], reuse.encode_from.clone())?;
+            // Started downstream first, so that nothing flows into an element not playing;
+            // its sink must not hold the running pipeline back waiting for a preroll.
+            chain[chain.len() - 1].set_property("async", false);
+            for e in chain.iter().rev() {
+                e.sync_state_with_parent()?;
+            }
+            let tee = self
+                .pipeline
+                .by_name("ladder")
+                .ok_or_else(|| EngineError::Build("no ladder tee".into()))?;
+            tee.link(&chain[0])?;
+            Ok(())
+        };
+        if let Err(e) = attach() {
+            tracing::error!(error = %e, "could not start the top rendition's encoder: it stops here");
+        }
     }
 
     /// What the top rendition is, when its reuse was asked for.
@@ -820,8 +877,8 @@ impl Drop for Transcoder {
     }
 }
 
-/// Keeps the reused top rung's encoder idle: drops its input (pictures and keyframe
-/// requests) before `encode_from`, which stays `i64::MAX` while the input is reused.
+/// The reused top rung's encoder branch, attached when the reuse broke, takes pictures
+/// and keyframe requests from `encode_from` on: the decoder's earlier frames are dropped.
 fn install_reuse_gate(
     queue: &gst::Element,
     encode_from: Arc<AtomicI64>,
