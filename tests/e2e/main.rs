@@ -471,6 +471,30 @@ fn check_reports_every_config_error_with_its_position() {
             "{command}: {stderr}"
         );
     }
+    // A hardware encoder named in a ladder but not on this machine: serve refuses to start
+    // and says which ladder and what is missing (check cannot know the machine it runs on).
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        let gpu = dir.join("gpu.toml");
+        std::fs::write(
+            &gpu,
+            format!(
+                "{}[ladders.gpu]\nencoder = \"nvenc\"\nrenditions = [{{ name = \"r\", width = 320, height = 180, video_kbps = 300 }}]\n",
+                one_channel("gpu")
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--config"])
+            .arg(&gpu)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("ladders.gpu: encoder = \"nvenc\", but nvh264enc is not usable here"),
+            "{stderr}"
+        );
+    }
     let good = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "check",

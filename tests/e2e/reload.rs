@@ -95,6 +95,27 @@ fn sighup_applies_distribution_changes_and_keeps_the_rest() {
     );
     assert_eq!(get(&server.url(added)).0, 200);
 
+    // A channel on a ladder naming a hardware encoder this machine does not have: refused
+    // with the reason, nothing started.
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        write(
+            "[ladders.gpu]\nencoder = \"nvenc\"\nrenditions = [{ name = \"r\", width = 320, height = 180, video_kbps = 300 }]\n\
+             [channels.gpu.ingests.main]\nprotocol = \"rtmp\"\nstream_key = \"gpu-key\"\n\
+             [channels.gpu.engines.e]\nladder = \"gpu\"\n",
+        );
+        server.signal("HUP");
+        server.wait_log(
+            "ladders.gpu: encoder = \"nvenc\", but nvh264enc is not usable here",
+            1,
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            get(&server.url(added)).0,
+            200,
+            "the running configuration stays"
+        );
+    }
+
     // Back to the original file, without a signal: the file watcher applies it. `open`
     // serves again, `added` is gone.
     std::fs::write(&file, &original).unwrap();
