@@ -14,6 +14,14 @@
 //!
 //! Planes are read and written in place, whatever their strides: a plane is a
 //! `stride`-wide image cropped to its visible width, so no copy is made.
+//!
+//! A horizontal downscale takes a turn: `fast_image_resize`'s horizontal pass for
+//! one-byte pixels works one output pixel at a time below 8 taps (the bilinear kernel
+//! here has 3 to 7), while its vertical pass runs whole rows through SIMD. So the plane is
+//! narrowed vertically first (fewer rows), transposed, resized vertically again (which
+//! is the horizontal resize), and transposed back into the output: two vertical passes
+//! and two 8x8-block transposes cost about half the direct route here, with the same
+//! bytes out (a unit test compares them).
 
 use std::sync::{LazyLock, Mutex};
 
@@ -47,10 +55,20 @@ pub(crate) fn register() -> Result<(), EngineError> {
         .map_err(|e| EngineError::Init(format!("registering {FACTORY}: {e}")))
 }
 
-/// Resizes one plane: `src` (`src_stride` bytes a row) into `dst` (likewise).
+/// Intermediate planes of the transposed route, kept from frame to frame.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    rows: Vec<u8>,
+    turned: Vec<u8>,
+    narrowed: Vec<u8>,
+}
+
+/// Resizes one plane: `src` (`src_stride` bytes a row) into `dst` (likewise). A
+/// horizontal downscale goes the transposed route (see the module's documentation).
 fn resize_plane(
     resizer: &mut fir::Resizer,
     options: &fir::ResizeOptions,
+    scratch: &mut Scratch,
     src: (&[u8], u32, u32, u32),
     dst: (&mut [u8], u32, u32, u32),
 ) -> Result<(), String> {
@@ -64,8 +82,58 @@ fn resize_plane(
     let dst_rows = dst_data
         .get_mut(..dst_len)
         .ok_or("output plane shorter than its rows")?;
-    // A plane is a stride-wide image cropped to its visible width: the kernel never reads
-    // the padding (it is clamped to the cropped view's edges) and nothing is copied.
+    if dst_w >= src_w || dst_h == 0 || dst_w < 8 || dst_h < 8 {
+        return resize_view(
+            resizer,
+            options,
+            (src_rows, src_stride, src_w, src_h),
+            (dst_rows, dst_stride, dst_w, dst_h),
+        );
+    }
+    let (sw, dw, dh) = (src_w as usize, dst_w as usize, dst_h as usize);
+    let Scratch {
+        rows,
+        turned,
+        narrowed,
+    } = scratch;
+    rows.resize(sw * dh, 0);
+    turned.resize(sw * dh, 0);
+    narrowed.resize(dw * dh, 0);
+    // Rows first: src_w x dst_h.
+    resize_view(
+        resizer,
+        options,
+        (src_rows, src_stride, src_w, src_h),
+        (rows, src_w, src_w, dst_h),
+    )?;
+    // Turned: dst_h wide, src_w tall; its columns resized as rows.
+    transpose(rows, sw, sw, dh, turned, dh);
+    resize_view(
+        resizer,
+        options,
+        (turned, dst_h, dst_h, src_w),
+        (narrowed, dst_h, dst_h, dst_w),
+    )?;
+    transpose(narrowed, dh, dh, dw, dst_rows, dst_stride as usize);
+    Ok(())
+}
+
+/// `fast_image_resize` on a `stride`-wide image cropped to its visible width: the kernel
+/// never reads the padding (it is clamped to the cropped view's edges), nothing is copied.
+fn resize_view(
+    resizer: &mut fir::Resizer,
+    options: &fir::ResizeOptions,
+    src: (&[u8], u32, u32, u32),
+    dst: (&mut [u8], u32, u32, u32),
+) -> Result<(), String> {
+    let (src_rows, src_stride, src_w, src_h) = src;
+    let (dst_rows, dst_stride, dst_w, dst_h) = dst;
+    let src_rows = src_rows
+        .get(..src_stride as usize * src_h as usize)
+        .ok_or("input plane shorter than its rows")?;
+    let dst_rows = dst_rows
+        .get_mut(..dst_stride as usize * dst_h as usize)
+        .ok_or("output plane shorter than its rows")?;
     let whole =
         TypedImageRef::<U8>::from_buffer(src_stride, src_h, src_rows).map_err(|e| e.to_string())?;
     let visible = TypedCroppedImage::new(whole, 0, 0, src_w, src_h).map_err(|e| e.to_string())?;
@@ -78,6 +146,53 @@ fn resize_plane(
         .map_err(|e| e.to_string())
 }
 
+/// Writes the `w` x `h` image in `src` (rows `src_stride` apart) transposed into `dst`
+/// (`h` wide, `w` tall, rows `dst_stride` apart). 8x8 blocks go through eight `u64`s.
+fn transpose(src: &[u8], src_stride: usize, w: usize, h: usize, dst: &mut [u8], dst_stride: usize) {
+    let (w8, h8) = (w / 8 * 8, h / 8 * 8);
+    for by in (0..h8).step_by(8) {
+        for bx in (0..w8).step_by(8) {
+            let mut block = [0u64; 8];
+            for (k, word) in block.iter_mut().enumerate() {
+                let at = (by + k) * src_stride + bx;
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&src[at..at + 8]);
+                *word = u64::from_le_bytes(bytes);
+            }
+            for (k, word) in transpose_8x8(block).iter().enumerate() {
+                let at = (bx + k) * dst_stride + by;
+                dst[at..at + 8].copy_from_slice(&word.to_le_bytes());
+            }
+        }
+    }
+    for y in 0..h {
+        let first = if y < h8 { w8 } else { 0 };
+        for x in first..w {
+            dst[x * dst_stride + y] = src[y * src_stride + x];
+        }
+    }
+}
+
+/// An 8x8 block of bytes, one row per word (byte `i` of a word is column `i`), transposed:
+/// 4x4 quarters swapped between words four apart, then 2x2 blocks, then single bytes.
+fn transpose_8x8(mut rows: [u64; 8]) -> [u64; 8] {
+    for (shift, keep) in [
+        (32u32, 0x0000_0000_FFFF_FFFFu64),
+        (16, 0x0000_FFFF_0000_FFFF),
+        (8, 0x00FF_00FF_00FF_00FF),
+    ] {
+        let d = (shift / 8) as usize;
+        for i in (0..8).step_by(2 * d) {
+            for j in i..i + d {
+                let (a, b) = (rows[j], rows[j + d]);
+                rows[j] = (a & keep) | ((b & keep) << shift);
+                rows[j + d] = ((a >> shift) & keep) | (b & !keep);
+            }
+        }
+    }
+    rows
+}
+
 mod imp {
     use super::*;
     use gst::subclass::prelude::*;
@@ -87,14 +202,14 @@ mod imp {
     use gst_video::subclass::prelude::*;
 
     pub struct SluiceScale {
-        resizer: Mutex<fir::Resizer>,
+        resizer: Mutex<(fir::Resizer, Scratch)>,
         options: fir::ResizeOptions,
     }
 
     impl Default for SluiceScale {
         fn default() -> Self {
             SluiceScale {
-                resizer: Mutex::new(fir::Resizer::new()),
+                resizer: Mutex::new((fir::Resizer::new(), Scratch::default())),
                 options: fir::ResizeOptions::new()
                     .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear)),
             }
@@ -181,7 +296,8 @@ mod imp {
             input: &gst_video::VideoFrameRef<&gst::BufferRef>,
             output: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
         ) -> Result<gst::FlowSuccess, gst::FlowError> {
-            let mut resizer = self.resizer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.resizer.lock().unwrap_or_else(|e| e.into_inner());
+            let (resizer, scratch) = &mut *guard;
             for plane in 0..input.n_planes() {
                 // I420: plane i holds component i.
                 let component = plane;
@@ -202,7 +318,7 @@ mod imp {
                     dst_w,
                     dst_h,
                 );
-                if let Err(e) = resize_plane(&mut resizer, &self.options, src, dst) {
+                if let Err(e) = resize_plane(resizer, &self.options, scratch, src, dst) {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Failed,
@@ -238,6 +354,7 @@ mod tests {
         resize_plane(
             &mut resizer,
             &options,
+            &mut Scratch::default(),
             (&src, stride, w, h),
             (&mut dst, dstride, dw, dh),
         )
@@ -258,6 +375,61 @@ mod tests {
         }
     }
 
+    /// The transposed route gives the direct route's bytes, for the ladder's downscales of
+    /// luma and chroma, odd sizes and padded strides, and leaves the output's padding alone.
+    #[test]
+    fn the_transposed_route_matches_the_direct_one() {
+        let options = fir::ResizeOptions::new()
+            .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
+        let mut resizer = fir::Resizer::new();
+        let mut scratch = Scratch::default();
+        for (w, h, stride, dw, dh, dstride) in [
+            (1280u32, 720u32, 1280u32, 854u32, 480u32, 864u32),
+            (640, 360, 640, 427, 240, 432),
+            (1920, 1080, 1920, 640, 360, 640),
+            (963, 541, 976, 321, 181, 328),
+            (64, 64, 64, 63, 9, 63),
+        ] {
+            let src: Vec<u8> = (0..stride * h)
+                .map(|i| {
+                    (u64::from(i) * 7
+                        + u64::from(i / stride) * 13
+                        + u64::from(i % 17) * u64::from(i % 17)) as u8
+                })
+                .collect();
+            let mut direct = vec![3u8; (dstride * dh) as usize];
+            resize_view(
+                &mut resizer,
+                &options,
+                (&src, stride, w, h),
+                (&mut direct, dstride, dw, dh),
+            )
+            .unwrap();
+            let mut turned = vec![3u8; (dstride * dh) as usize];
+            resize_plane(
+                &mut resizer,
+                &options,
+                &mut scratch,
+                (&src, stride, w, h),
+                (&mut turned, dstride, dw, dh),
+            )
+            .unwrap();
+            assert!(direct == turned, "{w}x{h} -> {dw}x{dh}");
+        }
+    }
+
+    #[test]
+    fn an_8x8_block_transposes() {
+        let src: Vec<u8> = (0..8 * 11).map(|i| i as u8).collect();
+        let mut dst = vec![0u8; 11 * 8];
+        transpose(&src, 11, 8, 8, &mut dst, 8);
+        for y in 0..8 {
+            for x in 0..8 {
+                assert_eq!(dst[x * 8 + y], src[y * 11 + x]);
+            }
+        }
+    }
+
     #[test]
     fn refuses_planes_shorter_than_their_rows() {
         let mut resizer = fir::Resizer::new();
@@ -266,6 +438,7 @@ mod tests {
         let err = resize_plane(
             &mut resizer,
             &options,
+            &mut Scratch::default(),
             (&[0u8; 10], 4, 4, 4),
             (&mut dst, 4, 4, 4),
         )
