@@ -434,19 +434,26 @@ fn publisher_reconnect_continues_the_sequence_after_a_discontinuity() {
 #[test]
 fn check_reports_every_config_error_with_its_position() {
     let dir = scratch_dir("check");
+    // `sluice <command> --config <path>`: its exit code and standard error.
+    let sluice = |command: &str, config: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([command, "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
         "[server]\nhttp_listen = \"127.0.0.1:8080\"\nrtmp_listen = \"127.0.0.1:8080\"\n\n[distributions.x]\nchannel = \"nope\"\nbogus = 1\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = sluice("check", &bad);
+    assert_eq!(code, Some(1), "{stderr}");
     for pos in ["bad.toml:3:", "bad.toml:6:", "bad.toml:7:"] {
         assert!(stderr.contains(pos), "missing an error at {pos}:\n{stderr}");
     }
@@ -459,13 +466,8 @@ fn check_reports_every_config_error_with_its_position() {
     )
     .unwrap();
     for command in ["check", "serve"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args([command, "--config"])
-            .arg(&geo)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        let (code, stderr) = sluice(command, &geo);
+        assert_eq!(code, Some(1), "{command}: {stderr}");
         assert!(
             stderr.contains("extra.toml:6:13: not supported yet: extra sources"),
             "{command}: {stderr}"
@@ -483,34 +485,21 @@ fn check_reports_every_config_error_with_its_position() {
             ),
         )
         .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--config"])
-            .arg(&gpu)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
+        let (code, stderr) = sluice("serve", &gpu);
+        assert!(code != Some(0), "{stderr}");
         assert!(
             stderr.contains("ladders.gpu: encoder = \"nvenc\", but nvh264enc is not usable here"),
             "{stderr}"
         );
     }
-    let good = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "check",
-            "--config",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../config/sluice.example.toml"
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
+    let (code, stderr) = sluice(
+        "check",
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/sluice.example.toml"
+        )),
     );
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]

@@ -72,24 +72,16 @@ fn resize_plane(
     src: (&[u8], u32, u32, u32),
     dst: (&mut [u8], u32, u32, u32),
 ) -> Result<(), String> {
-    let (src_data, src_stride, src_w, src_h) = src;
+    let (_, _, src_w, _) = src;
     let (dst_data, dst_stride, dst_w, dst_h) = dst;
-    let src_len = src_stride as usize * src_h as usize;
-    let dst_len = dst_stride as usize * dst_h as usize;
-    let src_rows = src_data
-        .get(..src_len)
-        .ok_or("input plane shorter than its rows")?;
-    let dst_rows = dst_data
-        .get_mut(..dst_len)
-        .ok_or("output plane shorter than its rows")?;
     if dst_w >= src_w || dst_h == 0 || dst_w < 8 || dst_h < 8 {
-        return resize_view(
-            resizer,
-            options,
-            (src_rows, src_stride, src_w, src_h),
-            (dst_rows, dst_stride, dst_w, dst_h),
-        );
+        return resize_view(resizer, options, src, (dst_data, dst_stride, dst_w, dst_h));
     }
+    // The last transpose writes the output itself: its rows are checked here (the input's
+    // by the first pass).
+    let dst_rows = dst_data
+        .get_mut(..dst_stride as usize * dst_h as usize)
+        .ok_or("output plane shorter than its rows")?;
     let (sw, dw, dh) = (src_w as usize, dst_w as usize, dst_h as usize);
     let Scratch {
         rows,
@@ -100,12 +92,7 @@ fn resize_plane(
     turned.resize(sw * dh, 0);
     narrowed.resize(dw * dh, 0);
     // Rows first: src_w x dst_h.
-    resize_view(
-        resizer,
-        options,
-        (src_rows, src_stride, src_w, src_h),
-        (rows, src_w, src_w, dst_h),
-    )?;
+    resize_view(resizer, options, src, (rows, src_w, src_w, dst_h))?;
     // Turned: dst_h wide, src_w tall; its columns resized as rows.
     transpose(rows, sw, sw, dh, turned, dh);
     resize_view(

@@ -118,7 +118,6 @@ pub struct Transcoder {
     pipeline: gst::Pipeline,
     video_src: gst_app::AppSrc,
     audio_src: Option<gst_app::AppSrc>,
-    /// Audio passed through: input frames wait here for the video of the same instant.
     /// Frames that skip the pipeline (audio passed through, the reused top rung) wait
     /// here for the encoded video of the same instant.
     held: Arc<HeldOutput>,
@@ -128,8 +127,9 @@ pub struct Transcoder {
     max_queued_time: Option<gst::ClockTime>,
     skipping_video: AtomicBool,
     reuse_asked: bool,
-    /// The reused top rung's encoder branch, not built while the input is that rung.
-    top_branch: Option<Mutex<Option<Branch>>>,
+    /// The reused top rung's encoder branch, not built while the input is that rung
+    /// (`None` without reuse, and once built).
+    top_branch: Mutex<Option<Branch>>,
 }
 
 /// One rendition's branch after the tee: `queue ! sluicescale ! WxH ! encoder ! AVCC !
@@ -690,7 +690,7 @@ impl Transcoder {
             let chain = branch(i).add_to(&pipeline)?;
             tee.link(&chain[0])?;
         }
-        let top_branch = reuse.as_ref().map(|_| Mutex::new(Some(branch(0))));
+        let top_branch = Mutex::new(reuse.as_ref().map(|_| branch(0)));
 
         let audio_src = match audio {
             None => None,
@@ -757,12 +757,15 @@ impl Transcoder {
         };
         if frame.track == TrackKind::Video {
             if let Some(reuse) = &self.reuse {
+                let was_reused = reuse.state() == TopRung::Reused;
                 match reuse.take(frame) {
                     Some(frame) => self.held.push(EncodedEvent::Video {
                         rendition: 0,
                         frame,
                     }),
-                    None => self.attach_top_branch(reuse),
+                    // This frame broke the reuse.
+                    None if was_reused => self.attach_top_branch(reuse),
+                    None => {}
                 }
             }
             if self.skipping_video.load(Ordering::Relaxed) {
@@ -805,8 +808,12 @@ impl Transcoder {
     /// to the tee before the frame that broke it goes into the pipeline (the decoder's
     /// frames before that boundary are dropped at its queue by the gate).
     fn attach_top_branch(&self, reuse: &Reuse) {
-        let Some(lazy) = &self.top_branch else { return };
-        let Some(branch) = lazy.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(branch) = self
+            .top_branch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
             return;
         };
         let attach = || -> Result<(), EngineError> {

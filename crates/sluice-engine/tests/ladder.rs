@@ -21,43 +21,10 @@ fn ladder_keyframes_align_on_the_segment_grid() {
     assert_eq!((video.width, video.height), (320, 180));
     assert_eq!(audio.sample_rate, 48_000);
 
-    let (otx, orx) = mpsc::sync_channel::<EncodedEvent>(10_000);
-    let settings = TranscodeSettings {
-        segment_duration: SEG,
-        renditions: vec![
-            RenditionSettings {
-                width: 320,
-                height: 180,
-                video_kbps: 500,
-            },
-            RenditionSettings {
-                width: 160,
-                height: 90,
-                video_kbps: 200,
-            },
-        ],
-        audio_kbps: 96,
-        // The pattern's audio is AAC-LC 48 kHz stereo: transcoded here, passed through below.
-        audio_passthrough: false,
-        preset: "ultrafast".into(),
-        reuse_top_rung: false,
-        encoder: sluice_engine::Encoder::X264,
-        max_queued_bytes: 16 << 20,
-        // 0: no bound in media time here, where 4.5 s are pushed at once.
-        max_queued_time: 0,
-    };
-    let t = Transcoder::start(
-        &settings,
-        &video,
-        Some(&audio),
-        Arc::new(move |ev| {
-            let _ = otx.try_send(ev);
-        }),
-    )
-    .unwrap();
-    for f in &input {
-        assert_eq!(t.push(f), sluice_engine::PushOutcome::Queued);
-    }
+    // `ladder`: audio transcoded (the pattern's AAC-LC 48 kHz stereo is passed through in a
+    // test below), no bound in media time (4.5 s are pushed at once).
+    let mut settings = ladder(&[(320, 180), (160, 90)]);
+    settings.renditions[0].video_kbps = 500;
     // The same input pushed at once into an engine bounded to one second of backlog:
     // video beyond it is dropped (to the next keyframe) instead of queued.
     let bounded = Transcoder::start(
@@ -76,13 +43,13 @@ fn ladder_keyframes_align_on_the_segment_grid() {
         .count();
     assert!(dropped > 30, "only {dropped} frames dropped");
     drop(bounded);
-    run_to_end(t);
+    let (events, _) = transcode_all(&settings, &video, &audio, &input);
 
     let mut keys: [Vec<i64>; 2] = [vec![], vec![]];
     let mut counts = [0usize; 2];
     let mut audio_frames = 0;
     let mut configs = [None, None];
-    for ev in orx.try_iter() {
+    for ev in events {
         match ev {
             EncodedEvent::Video { rendition, frame } => {
                 counts[rendition] += 1;
