@@ -469,7 +469,7 @@ fn check_reports_every_config_error_with_its_position() {
         let (code, stderr) = sluice(command, &geo);
         assert_eq!(code, Some(1), "{command}: {stderr}");
         assert!(
-            stderr.contains("extra.toml:6:13: not supported yet: extra sources"),
+            stderr.contains("extra.toml:7:8: not supported yet: extra audio tracks"),
             "{command}: {stderr}"
         );
     }

@@ -27,8 +27,8 @@ pub use model::{
     ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, DeviceType, Distribution,
     Engine, GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, MAX_TRACKING_ID, OsName,
     Output, OverrideRule, OverrideTarget, Record, Rendition, RuleMode, SdkType, ServerConfig,
-    Slate, TRACKING_PARAM, TestPattern, TokenAlgorithm, TokenConfig, TokenKey, Tracking,
-    VideoEncoder, is_tracking_id, tracked_url,
+    Slate, Source, SourceKind, TRACKING_PARAM, TestPattern, TokenAlgorithm, TokenConfig, TokenKey,
+    Tracking, VideoEncoder, is_tracking_id, tracked_url,
 };
 pub use support::not_served_yet;
 

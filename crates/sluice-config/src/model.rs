@@ -183,6 +183,42 @@ pub struct Channel {
     /// `[channels.<id>.outputs.<id>]`: how the channel leaves this node (relays to other
     /// nodes, restreams, pulls by others). Default: none.
     pub outputs: BTreeMap<Id, ChannelOutput>,
+    /// `[channels.<id>.sources.<id>]`: extra audio tracks from publishers of their own,
+    /// placed on the channel's timeline. Default: none.
+    pub sources: BTreeMap<Id, Source>,
+}
+
+/// `[channels.<id>.sources.<id>]`: an extra source of a channel. The main ingests stay
+/// the timing reference: a source is placed on the channel's timeline by when its media
+/// arrives (plus `offset_ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// `kind`: `audio` (an extra audio track in every engine's CMAF output) or `video`
+    /// (a camera angle: parsed, refused by `sluice check` until served). Required.
+    pub kind: SourceKind,
+    /// How it arrives, with an ingest's keys and rules: `protocol` (`rtmp`, `srt`,
+    /// `rtmp-pull`, `srt-pull`), `stream_key` or `url`, `passphrase`, `allow_cidrs`,
+    /// `max_kbps`, `enabled` (a disabled source refuses its publisher and its track is
+    /// silent). `priority` and the test-pattern keys do not apply.
+    pub ingest: Ingest,
+    /// `name`: what players show (`NAME` of its `EXT-X-MEDIA`). Default: the source's id.
+    pub name: String,
+    /// `language`: an RFC 5646 tag (`fr`, `pt-BR`), the `LANGUAGE` of its `EXT-X-MEDIA`.
+    /// Default: none.
+    pub language: Option<String>,
+    /// `offset_ms`: added to where the source lands on the channel's timeline, for a
+    /// fixed delay (positive: later), -60000 to 60000. Default 0.
+    pub offset_ms: i64,
+    /// `default`: the track players pick first (`DEFAULT=YES`) instead of the main
+    /// ingest's audio. At most one source per channel. Default false.
+    pub default: bool,
+}
+
+/// `kind` of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    Audio,
+    Video,
 }
 
 /// `[channels.<id>.outputs.<id>]`: the channel leaving this node, pulled by others or
@@ -543,6 +579,9 @@ pub struct Distribution {
     pub token: TokenConfig,
     /// `[[distributions.<id>.overrides]]`: first matching rule wins. Default: none.
     pub overrides: Vec<OverrideRule>,
+    /// `audio_tracks`: the ids of the channel's audio sources this distribution offers
+    /// (the main ingest's audio is always offered). Default: all of them.
+    pub audio_tracks: Option<Vec<Id>>,
 }
 
 /// Whether a rule's list is an allow list or a deny list.

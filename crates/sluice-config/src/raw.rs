@@ -88,9 +88,9 @@ pub(crate) struct RawChannel {
     pub ingests: IdMap<RawIngest>,
     #[serde(default)]
     pub engines: IdMap<RawEngine>,
-    /// Extra audio tracks and camera angles: parsed so that `check` can say they are
-    /// not supported yet (`support`), instead of calling them unknown.
-    pub sources: Option<S<toml::Value>>,
+    /// Extra audio tracks and camera angles from publishers of their own.
+    #[serde(default)]
+    pub sources: IdMap<RawSource>,
     /// Relays, restreams and pull outputs.
     #[serde(default)]
     pub outputs: IdMap<RawChannelOutput>,
@@ -118,6 +118,25 @@ pub(crate) struct RawSlate {
     pub enabled: Option<bool>,
     pub image: Option<S<String>>,
     pub timeout_minutes: Option<S<i64>>,
+}
+
+/// `[channels.<id>.sources.<id>]`: what it is, and how it arrives (an ingest's keys).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawSource {
+    pub kind: S<String>,
+    pub name: Option<S<String>>,
+    pub language: Option<S<String>>,
+    pub offset_ms: Option<S<i64>>,
+    pub default: Option<bool>,
+    pub ladder: Option<S<String>>,
+    pub protocol: S<IngestProtocol>,
+    pub stream_key: Option<S<String>>,
+    pub url: Option<S<String>>,
+    pub passphrase: Option<S<String>>,
+    pub allow_cidrs: Option<S<Vec<S<String>>>>,
+    pub max_kbps: Option<S<u32>>,
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +191,7 @@ pub(crate) struct RawDistribution {
     pub token: Option<S<RawToken>>,
     #[serde(default)]
     pub overrides: Vec<S<RawOverride>>,
+    pub audio_tracks: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

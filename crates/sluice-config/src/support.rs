@@ -29,8 +29,14 @@ fn refuse<T>(problems: &mut Vec<Problem>, at: &S<T>, what: &str) {
 pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
     for ch in raw.channels.values() {
         let ch = ch.get_ref();
-        if let Some(s) = &ch.sources {
-            refuse(problems, s, "extra sources (audio tracks, camera angles)");
+        // Validated in full (`validate`), not served yet: the ingest side places a
+        // source on the channel's timeline (sluice-ingest's `bus`), packaging is to come.
+        for src in ch.sources.values() {
+            let what = match src.get_ref().kind.get_ref().as_str() {
+                "video" => "camera angles (video sources)",
+                _ => "extra audio tracks (audio sources)",
+            };
+            refuse(problems, &src.get_ref().kind, what);
         }
     }
 }

@@ -261,7 +261,13 @@ fn unenforced_keys_are_refused_with_their_position() {
         "{show}"
     );
     // Exactly these, in file order: (path, what), each at its value's line and column.
-    let want = [("channels.final.sources", "extra sources")];
+    let want = [
+        (
+            "channels.final.sources.commentary-fr.kind",
+            "extra audio tracks",
+        ),
+        ("channels.final.sources.tactical-cam.kind", "camera angles"),
+    ];
     assert_eq!(got.len(), want.len(), "{show}");
     for (e, (path, fragment)) in got.iter().zip(want) {
         assert!(
@@ -272,7 +278,11 @@ fn unenforced_keys_are_refused_with_their_position() {
     let line = |marker: &str| at(PLANNED, marker);
     assert_eq!(
         (got[0].line, got[0].column),
-        line("[channels.final.|sources.commentary-fr]")
+        line("[channels.final.sources.commentary-fr]\nkind = |\"audio\"")
+    );
+    assert_eq!(
+        (got[1].line, got[1].column),
+        line("[channels.final.sources.tactical-cam]\nkind = |\"video\"")
     );
 }
 
@@ -1405,5 +1415,77 @@ fn tracking_ids_are_appended_the_way_targets_read_them() {
                 "tracking_param without a tracking_id",
             ),
         ],
+    );
+}
+
+/// Audio sources are parsed with an ingest's rules and their own keys (and refused by
+/// `check` until served); a distribution's `audio_tracks` name audio sources of its channel.
+#[test]
+fn audio_sources_and_the_tracks_a_distribution_offers() {
+    let src = format!(
+        "{BASE}[channels.c.sources.fr]\nkind = \"audio\"\nprotocol = \"rtmp\"\nstream_key = \"fr-key\"\nlanguage = \"fr\"\nname = \"Français\"\noffset_ms = -250\n[channels.c.sources.es]\nkind = \"audio\"\nprotocol = \"srt\"\nstream_key = \"es-key\"\npassphrase = \"0123456789ab\"\ndefault = true\n[distributions.d]\nchannel = \"c\"\naudio_tracks = [\"fr\"]\n"
+    );
+    let cfg = ok(&src);
+    // Not served yet: refused by `check` at each source's kind.
+    let refused = Config::from_toml_str(&src, "t.toml").unwrap_err().errors;
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().all(|e| {
+        e.message
+            .starts_with("not supported yet: extra audio tracks")
+    }));
+    let c = &cfg.channels[&Id::new("c").unwrap()];
+    let fr = &c.sources[&Id::new("fr").unwrap()];
+    assert_eq!(fr.kind, SourceKind::Audio);
+    assert_eq!(fr.name, "Français");
+    assert_eq!(fr.language.as_deref(), Some("fr"));
+    assert_eq!(fr.offset_ms, -250);
+    assert!(!fr.default);
+    assert_eq!(fr.ingest.stream_key.as_deref(), Some("fr-key"));
+    let es = &c.sources[&Id::new("es").unwrap()];
+    assert!(es.default);
+    assert_eq!(es.name, "es", "the id by default");
+    assert_eq!(es.ingest.protocol, IngestProtocol::Srt);
+    let d = &cfg.distributions[&Id::new("d").unwrap()];
+    assert_eq!(d.audio_tracks, Some(vec![Id::new("fr").unwrap()]));
+
+    // Errors at their values.
+    let bad = src
+        .replace("language = \"fr\"", "language = \"fr_FR!\"")
+        .replace("offset_ms = -250", "offset_ms = 90000")
+        .replace("audio_tracks = [\"fr\"]", "audio_tracks = [\"de\"]")
+        .replace("stream_key = \"es-key\"", "stream_key = \"fr-key\"");
+    let errs = errors(&bad);
+    let msgs: Vec<_> = errs.iter().map(|e| e.message.as_str()).collect();
+    for want in [
+        "language must be a language tag",
+        "offset_ms must be between -60000 and 60000",
+        "channel \"c\" has no source \"de\"",
+        "key is already used by",
+    ] {
+        assert!(msgs.iter().any(|m| m.starts_with(want)), "{want}: {msgs:?}");
+    }
+    let two_defaults = src.replace("offset_ms = -250", "offset_ms = 0\ndefault = true");
+    let errs = errors(&two_defaults);
+    assert!(
+        errs[0]
+            .message
+            .starts_with("only one source may be the default"),
+        "{errs:?}"
+    );
+    let pattern = src.replace(
+        "protocol = \"rtmp\"\nstream_key = \"fr-key\"",
+        "protocol = \"test-pattern\"",
+    );
+    let errs = errors(&pattern);
+    assert!(errs[0].message.starts_with("sources arrive by"), "{errs:?}");
+    let video = src.replace(
+        "kind = \"audio\"\nprotocol = \"rtmp\"",
+        "kind = \"video\"\nprotocol = \"rtmp\"",
+    );
+    let errs = Config::from_toml_str(&video, "t.toml").unwrap_err().errors;
+    assert!(
+        errs.iter()
+            .any(|e| e.message.starts_with("not supported yet: camera angles")),
+        "{errs:?}"
     );
 }

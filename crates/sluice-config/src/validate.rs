@@ -16,13 +16,13 @@ use crate::countries::is_country;
 use crate::model::{
     ApiConfig, Channel, ChannelOutput, ChannelOutputProtocol, Config, Distribution, Engine,
     GeoRule, Ingest, IngestProtocol, IpRule, Ladder, LadderRef, Output, OverrideRule,
-    OverrideTarget, Record, Rendition, ServerConfig, Slate, TRACKING_PARAM, TestPattern,
-    TokenConfig, TokenKey, Tracking, VideoEncoder, is_tracking_id, tracked_url,
+    OverrideTarget, Record, Rendition, ServerConfig, Slate, Source, SourceKind, TRACKING_PARAM,
+    TestPattern, TokenConfig, TokenKey, Tracking, VideoEncoder, is_tracking_id, tracked_url,
 };
 use crate::parse::{Parsed, Problem, SpanIndex, key_path};
 use crate::raw::{
     RawChannel, RawChannelOutput, RawConfig, RawDistribution, RawEngine, RawIngest, RawLadder,
-    RawOverride, RawRecord, RawServer, RawSlate, RawToken, S,
+    RawOverride, RawRecord, RawServer, RawSlate, RawSource, RawToken, S,
 };
 
 /// The longest live window: the store keeps every rendition's window in memory.
@@ -473,12 +473,134 @@ impl Checker<'_> {
             .values()
             .any(|e| !matches!(e.ladder_ref, LadderRef::Passthrough));
         let slate = self.slate(r.slate.as_ref(), transcodes);
+        let mut sources = BTreeMap::new();
+        let mut default: Option<String> = None;
+        for (skey, src) in &r.sources {
+            let spath = key_path(&key_path(&path, "sources"), skey.get_ref());
+            let source = self.source(&spath, skey.get_ref(), src, ladders);
+            if source.default {
+                if let Some(other) = &default {
+                    self.err(
+                        src.span(),
+                        format!("only one source may be the default; {other} already is"),
+                    );
+                }
+                default = Some(spath.clone());
+            }
+            if let Some(id) = self.id(skey, "source") {
+                if ingests.contains_key(&id) {
+                    self.err(
+                        skey.span(),
+                        format!(
+                            "source {} has the id of an ingest of the channel; ids of ingests and sources must differ",
+                            quote(skey.get_ref())
+                        ),
+                    );
+                }
+                sources.insert(id, source);
+            }
+        }
         Channel {
             name: r.name.clone().unwrap_or_else(|| name.clone()),
             ingests,
             engines,
             slate,
             outputs,
+            sources,
+        }
+    }
+
+    fn source(
+        &mut self,
+        path: &str,
+        id: &str,
+        src: &S<RawSource>,
+        ladders: &HashMap<&str, Ladder>,
+    ) -> Source {
+        let r = src.get_ref();
+        let kind = match r.kind.get_ref().as_str() {
+            "audio" => SourceKind::Audio,
+            "video" => SourceKind::Video,
+            _ => {
+                self.err(r.kind.span(), "kind must be \"audio\" or \"video\"");
+                SourceKind::Audio
+            }
+        };
+        if *r.protocol.get_ref() == IngestProtocol::TestPattern {
+            self.err(
+                r.protocol.span(),
+                "sources arrive by rtmp, srt, rtmp-pull or srt-pull, not test-pattern",
+            );
+        }
+        let raw = RawIngest {
+            protocol: r.protocol.clone(),
+            stream_key: r.stream_key.clone(),
+            url: r.url.clone(),
+            passphrase: r.passphrase.clone(),
+            priority: None,
+            allow_cidrs: r.allow_cidrs.clone(),
+            max_kbps: r.max_kbps.clone(),
+            enabled: r.enabled,
+            width: None,
+            height: None,
+            fps: None,
+        };
+        let ingest = self.ingest(path, &S::new(src.span(), raw));
+        let language = r.language.as_ref().map(|l| {
+            let tag = l.get_ref();
+            let ok = (1..=35).contains(&tag.len())
+                && tag.split('-').all(|part| {
+                    (1..=8).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+                && tag.as_bytes()[0].is_ascii_alphabetic();
+            if !ok {
+                self.err(
+                    l.span(),
+                    "language must be a language tag such as \"fr\", \"en-US\" or \"pt-BR\"",
+                );
+            }
+            tag.clone()
+        });
+        let name = match &r.name {
+            Some(n) => {
+                let v = n.get_ref();
+                if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control() || c == '"') {
+                    self.err(
+                        n.span(),
+                        "name must be 1 to 64 bytes, without control characters or double quotes",
+                    );
+                }
+                v.clone()
+            }
+            None => id.to_owned(),
+        };
+        let offset_ms = match &r.offset_ms {
+            Some(v) if !(-60_000..=60_000).contains(v.get_ref()) => {
+                self.err(v.span(), "offset_ms must be between -60000 and 60000");
+                0
+            }
+            Some(v) => *v.get_ref(),
+            None => 0,
+        };
+        if let Some(l) = &r.ladder {
+            if kind == SourceKind::Audio {
+                self.err(l.span(), "ladder applies to video sources only");
+            } else if !ladders.contains_key(l.get_ref().as_str())
+                && !self.touched(&key_path("ladders", l.get_ref()))
+            {
+                self.err(l.span(), format!("no ladder {}", quote(l.get_ref())));
+            }
+        }
+        if r.default == Some(true) && kind == SourceKind::Video {
+            self.err(src.span(), "default applies to audio sources only");
+        }
+        Source {
+            kind,
+            ingest,
+            name,
+            language,
+            offset_ms,
+            default: r.default.unwrap_or(false),
         }
     }
 
@@ -1041,10 +1163,39 @@ impl Checker<'_> {
             .iter()
             .map(|e| Id::new(e).ok())
             .collect::<Option<Vec<_>>>()?;
+        let audio_tracks = r.audio_tracks.as_ref().map(|list| {
+            let mut ids = Vec::new();
+            for t in list.get_ref() {
+                let audio_source = chan
+                    .and_then(|c| c.sources.iter().find(|(k, _)| k.get_ref() == t.get_ref()))
+                    .map(|(_, v)| v.get_ref().kind.get_ref() == "audio");
+                match audio_source {
+                    Some(true) => {}
+                    Some(false) => self.err(
+                        t.span(),
+                        format!("source {} is not an audio source", quote(t.get_ref())),
+                    ),
+                    None if chan.is_some() => self.err(
+                        t.span(),
+                        format!(
+                            "channel {} has no source {}",
+                            quote(chan_name),
+                            quote(t.get_ref())
+                        ),
+                    ),
+                    None => {}
+                }
+                if let Some(id) = self.id(t, "source") {
+                    ids.push(id);
+                }
+            }
+            ids
+        });
         Some(Distribution {
             channel,
             engines,
             outputs,
+            audio_tracks,
             enabled: r.enabled.unwrap_or(true),
             max_kbps: r.max_kbps.unwrap_or(0),
             geo,
