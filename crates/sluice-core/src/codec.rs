@@ -149,8 +149,74 @@ impl AudioConfig {
             .map(|i| i as u8)
     }
 
+    /// One raw AAC frame (1024 samples) of silence for this configuration: AAC-LC, mono
+    /// or stereo; `None` for anything else. For a track whose source is away: no
+    /// spectral data at all (a single or channel-pair element with no scale-factor
+    /// bands, then the end element), 4 bytes mono, 6 bytes stereo.
+    pub fn silent_frame(&self) -> Option<Bytes> {
+        if self.object_type != 2 || !(1..=2).contains(&self.channels) {
+            return None;
+        }
+        let mut w = BitWriter::default();
+        // ics_info of a long window with no bands: reserved bit, window_sequence (2),
+        // window_shape, max_sfb (6), predictor_data_present.
+        let ics_info = |w: &mut BitWriter| w.put(0, 11);
+        // individual_channel_stream: global_gain; (ics_info unless the window is shared);
+        // no sections or scale factors; no pulse, TNS or gain control data.
+        let ics = |w: &mut BitWriter, shared: bool| {
+            w.put(100, 8);
+            if !shared {
+                ics_info(w);
+            }
+            w.put(0, 3);
+        };
+        if self.channels == 1 {
+            w.put(0, 3); // ID_SCE
+            w.put(0, 4); // element_instance_tag
+            ics(&mut w, false);
+        } else {
+            w.put(1, 3); // ID_CPE
+            w.put(0, 4);
+            w.put(1, 1); // common_window
+            ics_info(&mut w);
+            w.put(0, 2); // ms_mask_present
+            ics(&mut w, true);
+            ics(&mut w, true);
+        }
+        w.put(7, 3); // ID_END
+        Some(w.finish())
+    }
+
     pub fn codec_string(&self) -> String {
         format!("mp4a.40.{}", self.object_type)
+    }
+}
+
+/// MSB-first bit writer (for the few bitstreams Sluice makes itself).
+#[derive(Default)]
+struct BitWriter {
+    out: Vec<u8>,
+    used: u32,
+}
+
+impl BitWriter {
+    /// Appends the low `n` bits of `v`.
+    fn put(&mut self, v: u32, n: u32) {
+        for i in (0..n).rev() {
+            if self.used.is_multiple_of(8) {
+                self.out.push(0);
+            }
+            let bit = ((v >> i) & 1) as u8;
+            if let Some(last) = self.out.last_mut() {
+                *last |= bit << (7 - self.used % 8);
+            }
+            self.used += 1;
+        }
+    }
+
+    /// The bytes, the last one padded with zero bits.
+    fn finish(self) -> Bytes {
+        Bytes::from(self.out)
     }
 }
 

@@ -49,6 +49,12 @@ pub enum MediaEvent {
         /// media time (listing what was missed as gaps) instead of counting on by one.
         carried: bool,
     },
+    /// A session of an extra audio source began (the bus of a channel's source, not of
+    /// the channel): audio only, its frames already placed on the channel's timeline.
+    TrackStart {
+        session: u64,
+        audio: AudioConfig,
+    },
     Frame(Frame),
     /// The session ended (publisher left or was replaced).
     End {

@@ -431,6 +431,8 @@ impl<F: PipelineFactory> EngineRunner<F> {
 
     pub async fn on_event(&mut self, ev: MediaEvent) {
         match ev {
+            // Engines read the channel's bus, which carries no source sessions.
+            MediaEvent::TrackStart { .. } => {}
             MediaEvent::Start {
                 session,
                 video,

@@ -52,6 +52,11 @@ const CARRIED_MAX_STEP: MediaTime = 1_000_000_000;
 /// Audio further than this from the video clock is dropped (a jumped timestamp), not
 /// passed on to make every later frame look out of order downstream.
 const MAX_AUDIO_SKEW: MediaTime = 10_000_000_000;
+/// A source whose media lands further than this from where the main input is (beyond
+/// its `offset_ms`) is placed again (see [`ChannelBus::new_source`]).
+pub const SOURCE_MAX_DRIFT: MediaTime = 1_000_000_000;
+/// A source's drift beyond this is logged with its estimate (at most every 10 s).
+const SOURCE_DRIFT_LOGGED: MediaTime = 100_000_000;
 
 /// A publisher that has sent no frame for this long may be replaced by a new
 /// authorised publish on the same channel (an encoder reconnecting after a network
@@ -215,7 +220,16 @@ pub struct ChannelBus {
     clock_base: MediaTime,
     /// Set once the channel is stopped: no feed may attach (see [`ChannelBus::shut`]).
     shut: std::sync::atomic::AtomicBool,
+    /// The bus of a channel's extra audio source: the channel it follows.
+    follows: Option<Follow>,
     pub stats: BusStats,
+}
+
+/// What a source's bus places its media by: the channel's bus (where its live input is)
+/// and the source's fixed offset.
+struct Follow {
+    main: Arc<ChannelBus>,
+    offset: MediaTime,
 }
 
 impl ChannelBus {
@@ -228,6 +242,33 @@ impl ChannelBus {
         grid: MediaTime,
         capacity: usize,
         timeline_start: MediaTime,
+    ) -> Arc<Self> {
+        Self::build(channel, grid, capacity, timeline_start, None)
+    }
+
+    /// The bus of one of `main`'s extra audio sources (its publishers attach with the
+    /// source's id as their ingest, as logs show it). Its publisher sends audio only
+    /// (video is ignored); each of its sessions is placed where `main`'s live input is
+    /// when the source's first frame arrives, plus `offset_ms`, and announced with
+    /// [`MediaEvent::TrackStart`]. Nothing is placed while `main` has no live session. A
+    /// source whose media drifts more than [`SOURCE_MAX_DRIFT`] from where the main
+    /// input is (a source clock running fast or slow, or the main input reconnected) is
+    /// placed again; smaller drifts are estimated and logged.
+    pub fn new_source(main: &Arc<ChannelBus>, offset_ms: i64, capacity: usize) -> Arc<Self> {
+        let follow = Follow {
+            main: main.clone(),
+            offset: offset_ms.clamp(-60_000, 60_000) * 1_000_000,
+        };
+        // Logs name the channel, and the source as the ingest (its feed's name).
+        Self::build(main.channel.clone(), main.grid, capacity, 0, Some(follow))
+    }
+
+    fn build(
+        channel: Id,
+        grid: MediaTime,
+        capacity: usize,
+        timeline_start: MediaTime,
+        follows: Option<Follow>,
     ) -> Arc<Self> {
         let grid = grid.max(0);
         let (tx, _) = broadcast::channel(capacity.max(16));
@@ -252,6 +293,7 @@ impl ChannelBus {
             epoch: Instant::now(),
             clock_base: timeline_start.max(0),
             shut: std::sync::atomic::AtomicBool::new(false),
+            follows,
             stats: BusStats::default(),
         })
     }
@@ -441,13 +483,17 @@ impl ChannelBus {
             rate: None,
             carry: false,
             carried: false,
+            lead: None,
+            drift_log: Throttle::default(),
         })
     }
 
     /// Ends the live session (under the state lock): the next one starts on the grid
     /// line after everything sent so far.
     fn end_current(&self, st: &mut BusState) {
-        if let Some(MediaEvent::Start { session, .. }) = st.current_start.take() {
+        if let Some(MediaEvent::Start { session, .. } | MediaEvent::TrackStart { session, .. }) =
+            st.current_start.take()
+        {
             let head = self.head.load(Ordering::Relaxed);
             if head != i64::MIN {
                 st.next_start =
@@ -523,6 +569,10 @@ pub struct Publisher {
     carry: bool,
     /// The live session keeps it.
     carried: bool,
+    /// A source's publisher: how far ahead of the main input its media lands (beyond its
+    /// offset), smoothed; and when that was last logged.
+    lead: Option<MediaTime>,
+    drift_log: Throttle,
 }
 
 impl Publisher {
@@ -669,6 +719,10 @@ impl Publisher {
             });
             return;
         }
+        if self.bus.follows.is_some() {
+            self.push_to_source(frame);
+            return;
+        }
         if !self.is_owner() && !self.stand_by(&frame) {
             return;
         }
@@ -700,6 +754,86 @@ impl Publisher {
         if self.audio.is_some() || waited_enough {
             self.begin(first_dts);
         }
+    }
+
+    /// A frame for a source's bus (see [`ChannelBus::new_source`]).
+    fn push_to_source(&mut self, mut frame: Frame) {
+        let Some(follow) = self.bus.follows.as_ref() else {
+            return;
+        };
+        if frame.track != TrackKind::Audio || !self.is_owner() {
+            return;
+        }
+        let Some(audio) = self.audio.clone() else {
+            return;
+        };
+        self.bus.touch();
+        let main_head = follow.main.head.load(Ordering::Relaxed);
+        let offset = follow.offset;
+        if let Some(last) = self.last_video_dts
+            && self.offset.is_some()
+            && (frame.dts < last.saturating_sub(MAX_CLOCK_STEP_BACK)
+                || frame.dts > last.saturating_add(MAX_CLOCK_STEP_FORWARD))
+        {
+            self.restart("timestamps jumped");
+        }
+        if self.offset.is_some()
+            && main_head != i64::MIN
+            && let Some(lead) = self.lead
+            && lead.saturating_abs() > SOURCE_MAX_DRIFT
+        {
+            tracing::warn!(channel = %self.bus.channel, lead_ms = lead / 1_000_000, "source too far from the main input; placed again");
+            self.restart("source drifted from the main input");
+        }
+        let placement = match self.offset {
+            Some(o) => o,
+            None => {
+                if main_head == i64::MIN {
+                    return; // nothing to place it on until the main input is live
+                }
+                let start = main_head.saturating_add(offset);
+                let o = start.saturating_sub(frame.pts);
+                self.start = start;
+                self.offset = Some(o);
+                self.lead = None;
+                let ev = MediaEvent::TrackStart {
+                    session: self.session,
+                    audio,
+                };
+                self.bus.lock().current_start = Some(ev.clone());
+                self.bus.send(ev);
+                tracing::info!(channel = %self.bus.channel, ingest = %self.spec.ingest, session = self.session, source = %self.source, start_ns = start, "source session started");
+                o
+            }
+        };
+        self.last_video_dts = Some(frame.dts);
+        frame.pts = frame.pts.saturating_add(placement);
+        frame.dts = frame.dts.saturating_add(placement);
+        if main_head != i64::MIN {
+            // Where this frame lands against where the main input is now, smoothed over
+            // about a hundred frames (both arrive in bursts).
+            let now = frame.pts.saturating_sub(main_head).saturating_sub(offset);
+            let lead = self.lead.map_or(now, |l| l + (now - l) / 128);
+            self.lead = Some(lead);
+            if lead.saturating_abs() > SOURCE_DRIFT_LOGGED
+                && let Some(suppressed) = self.drift_log.hit_now()
+            {
+                tracing::warn!(channel = %self.bus.channel, ingest = %self.spec.ingest, lead_ms = lead / 1_000_000, suppressed, "source drifts from the main input (its clock, or a fixed delay: set offset_ms); estimate");
+            }
+        }
+        self.send_placed(frame);
+    }
+
+    /// Sends a frame already placed on the channel's timeline, and counts it.
+    fn send_placed(&mut self, frame: Frame) {
+        self.max_pts = Some(self.max_pts.map_or(frame.pts, |m| m.max(frame.pts)));
+        self.bus.head.fetch_max(frame.pts, Ordering::Relaxed);
+        self.bus.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.bus
+            .stats
+            .bytes_in
+            .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+        self.bus.send(MediaEvent::Frame(frame));
     }
 
     /// A frame while another feed owns the channel. Returns true when this feed has just
@@ -823,14 +957,7 @@ impl Publisher {
         if frame.dts < self.start.saturating_sub(SESSION_GAP) {
             return;
         }
-        self.max_pts = Some(self.max_pts.map_or(frame.pts, |m| m.max(frame.pts)));
-        self.bus.head.fetch_max(frame.pts, Ordering::Relaxed);
-        self.bus.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        self.bus
-            .stats
-            .bytes_in
-            .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
-        self.bus.send(MediaEvent::Frame(frame));
+        self.send_placed(frame);
     }
 }
 
@@ -923,14 +1050,16 @@ impl BusReceiver {
 
     fn filter(&mut self, ev: MediaEvent) -> Option<MediaEvent> {
         match &ev {
-            MediaEvent::Start { .. } => {
+            MediaEvent::Start { .. } | MediaEvent::TrackStart { .. } => {
                 self.need_keyframe = true;
                 Some(ev)
             }
             MediaEvent::End { .. } | MediaEvent::Close => Some(ev),
             MediaEvent::Frame(f) => {
                 if self.need_keyframe {
-                    if f.track == TrackKind::Video && f.keyframe {
+                    // A source's bus carries audio alone: every AAC frame is a start.
+                    let start = f.track == TrackKind::Video || self.bus.follows.is_some();
+                    if start && f.keyframe {
                         self.need_keyframe = false;
                     } else {
                         return None;
@@ -1144,6 +1273,7 @@ mod tests {
         {
             seen.push(match ev {
                 MediaEvent::Start { session, .. } => format!("start {session}"),
+                MediaEvent::TrackStart { session, .. } => format!("track start {session}"),
                 MediaEvent::End { session } => format!("end {session}"),
                 MediaEvent::Close => "close".to_string(),
                 MediaEvent::Frame(f) => format!("frame {}", f.pts / 1_000_000),
@@ -1180,6 +1310,7 @@ mod tests {
         while let Some(Some(ev)) = rx.recv().now_or_never_opt() {
             seen.push(match ev {
                 MediaEvent::Start { session, .. } => format!("start {session}"),
+                MediaEvent::TrackStart { session, .. } => format!("track start {session}"),
                 MediaEvent::End { session } => format!("end {session}"),
                 MediaEvent::Close => "close".to_string(),
                 MediaEvent::Frame(f) => format!(
@@ -1429,5 +1560,116 @@ mod tests {
         assert!(f.keyframe);
         assert!(rx.dropped() > 0);
         assert!(bus.stats.events_dropped.load(Ordering::Relaxed) > 0);
+    }
+
+    /// A source's session is placed where the main input is when its first frame
+    /// arrives (plus its offset), carries audio only, and waits for the main input.
+    #[tokio::test]
+    async fn a_source_is_placed_where_the_main_input_is_when_it_arrives() {
+        let main = bus();
+        let source = ChannelBus::new_source(&main, 250, 256);
+        let mut rx = source.subscribe();
+        let mut s = source.begin_publish("fr").unwrap();
+        s.audio_config(AudioConfig::aac_lc(48_000, 2));
+        // The main input is not live: nothing to place it on.
+        s.push(audio(1_000));
+        assert!(rx.try_recv_for_test().is_none());
+
+        let mut m = main.begin_publish("main").unwrap();
+        configure(&mut m);
+        for i in 0..60 {
+            m.push(video(500_000 + i * 33, i == 0));
+        }
+        let head = main.head.load(Ordering::Relaxed);
+        assert!(head > 0);
+        // Video from a source is not used; its audio lands at the main's head + 250 ms.
+        s.push(video(1_020, true));
+        s.push(audio(1_021));
+        s.push(audio(1_042));
+        let Some(MediaEvent::TrackStart { session, audio: a }) = rx.recv().await else {
+            panic!("a source session starts with TrackStart")
+        };
+        assert_eq!(a, AudioConfig::aac_lc(48_000, 2));
+        let MediaEvent::Frame(f) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.track, TrackKind::Audio);
+        assert_eq!(f.pts, head + 250_000_000);
+        let MediaEvent::Frame(g) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(g.pts - f.pts, 21_000_000, "its own clock from there");
+        assert!(rx.try_recv_for_test().is_none(), "the video was dropped");
+
+        // The source leaves: its session ends; when it returns it is placed again.
+        drop(s);
+        assert!(matches!(rx.recv().await, Some(MediaEvent::End { session: e }) if e == session));
+        let mut s = source.begin_publish("fr").unwrap();
+        s.audio_config(AudioConfig::aac_lc(48_000, 2));
+        s.push(audio(9_000));
+        let Some(MediaEvent::TrackStart { session: next, .. }) = rx.recv().await else {
+            panic!()
+        };
+        assert!(next > session);
+        let MediaEvent::Frame(h) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(h.pts, main.head.load(Ordering::Relaxed) + 250_000_000);
+    }
+
+    /// A source whose media runs away from the main input by more than a second (here:
+    /// its clock runs at twice the rate) is placed again, in a new session.
+    #[tokio::test]
+    async fn a_source_that_drifts_from_the_main_input_is_placed_again() {
+        let main = bus();
+        let source = ChannelBus::new_source(&main, 0, 4096);
+        let mut rx = source.subscribe();
+        let mut m = main.begin_publish("main").unwrap();
+        configure(&mut m);
+        let mut s = source.begin_publish("fr").unwrap();
+        s.audio_config(AudioConfig::aac_lc(48_000, 2));
+        let mut starts = 0;
+        for i in 0..600 {
+            // 20 ms of main video per step, 40 ms of source audio.
+            m.push(video(i * 20, i == 0));
+            s.push(audio(i * 40));
+        }
+        while let Some(ev) = rx.try_recv_for_test() {
+            if let MediaEvent::TrackStart { .. } = ev {
+                starts += 1;
+            }
+        }
+        assert!(starts >= 2, "placed again at least once, {starts} starts");
+        // Every frame that went out lies within the drift limit (plus its smoothing) of
+        // where the main input was.
+        assert!(
+            source.head.load(Ordering::Relaxed) - main.head.load(Ordering::Relaxed)
+                < 3 * SOURCE_MAX_DRIFT
+        );
+    }
+
+    /// A subscriber of a source's bus that lags resumes at the next audio frame (a
+    /// source has no video keyframes to wait for).
+    #[tokio::test]
+    async fn a_lagging_source_subscriber_resumes_at_the_next_audio_frame() {
+        let main = bus();
+        let source = ChannelBus::new_source(&main, 0, 16);
+        let mut rx = source.subscribe();
+        let mut m = main.begin_publish("main").unwrap();
+        configure(&mut m);
+        m.push(video(0, true));
+        let mut s = source.begin_publish("fr").unwrap();
+        s.audio_config(AudioConfig::aac_lc(48_000, 2));
+        for i in 0..40 {
+            s.push(audio(i * 21));
+        }
+        assert!(
+            matches!(rx.recv().await, Some(MediaEvent::TrackStart { .. })),
+            "replayed"
+        );
+        assert!(
+            matches!(rx.recv().await, Some(MediaEvent::Frame(f)) if f.track == TrackKind::Audio)
+        );
+        assert!(rx.dropped() > 0);
     }
 }

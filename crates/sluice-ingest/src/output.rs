@@ -156,7 +156,8 @@ impl TsRelay {
                     TrackKind::Audio => {}
                 }
             }
-            MediaEvent::End { .. } | MediaEvent::Close => {}
+            // A channel bus carries no source sessions.
+            MediaEvent::TrackStart { .. } | MediaEvent::End { .. } | MediaEvent::Close => {}
         }
     }
 }

@@ -196,7 +196,8 @@ impl FlvRelay {
                     TrackKind::Audio => out.push(FlvOut::Audio(ts, flv::audio_frame(&f.data))),
                 }
             }
-            MediaEvent::End { .. } | MediaEvent::Close => {}
+            // A channel bus carries no source sessions.
+            MediaEvent::TrackStart { .. } | MediaEvent::End { .. } | MediaEvent::Close => {}
         }
     }
 }
