@@ -21,7 +21,7 @@ mod store;
 mod timeline;
 pub mod ts;
 
-pub use packager::{AudioSpec, Packager, PackagerSettings, RenditionSpec};
+pub use packager::{AudioSpec, Packager, PackagerSettings, RenditionSpec, TrackSpec};
 pub use playlist::{Awaited, Readiness, Rendered};
 pub use store::{AUDIO_RENDITION, EngineOutput, Produced, SegmentRecord};
 

@@ -64,6 +64,27 @@ pub struct AudioSpec {
     pub kbps: u32,
 }
 
+/// An extra audio track (a channel's audio source) as configured: CMAF only, cut where
+/// rendition 0 is cut, listed with `EXT-X-MEDIA` beside the main audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackSpec {
+    /// Its rendition in URLs (`audio-<source id>`).
+    pub rendition: String,
+    /// `NAME`: what players show.
+    pub name: String,
+    /// `LANGUAGE`.
+    pub language: Option<String>,
+    /// `DEFAULT=YES` (and the main audio `NO`).
+    pub default: bool,
+}
+
+/// Which audio track: the main one (muxed into TS too), or an extra one by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Main,
+    Extra(usize),
+}
+
 /// What the packager keeps of a rendition's open segment besides its frames (those are
 /// the timeline's).
 #[derive(Debug)]
@@ -114,6 +135,11 @@ struct VideoState {
 
 #[derive(Debug)]
 struct AudioState {
+    /// Its rendition in URLs ([`AUDIO_RENDITION`] for the main audio).
+    name: String,
+    /// Extra tracks: one frame of silence in their configuration, which fills what their
+    /// source did not send (it left, or has not come back yet).
+    silence: Option<Bytes>,
     cfg: Option<Arc<AudioConfig>>,
     init_version: u64,
     fragment_seq: u32,
@@ -131,6 +157,27 @@ struct AudioState {
     carry_discontinuity: bool,
     /// LL-HLS: the audio segment whose parts are being published.
     open: Option<AudioOpen>,
+}
+
+impl AudioState {
+    fn new(name: &str, init_version: u64) -> Self {
+        AudioState {
+            name: name.to_owned(),
+            silence: None,
+            cfg: None,
+            init_version,
+            fragment_seq: 0,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            dropped: 0,
+            last_pts: None,
+            end: None,
+            pending_cuts: VecDeque::new(),
+            started: false,
+            carry_discontinuity: false,
+            open: None,
+        }
+    }
 }
 
 /// The CMAF audio segment being published as parts: it follows rendition 0's open
@@ -159,6 +206,8 @@ pub struct Packager {
     output: Arc<EngineOutput>,
     video: Vec<VideoState>,
     audio: Option<AudioState>,
+    /// Extra audio tracks (CMAF only).
+    extra: Vec<AudioState>,
     /// Highest pts seen on any video rendition.
     video_head: Option<MediaTime>,
     finished: bool,
@@ -172,6 +221,8 @@ pub struct Packager {
     clock: Option<(MediaTime, i64)>,
     /// The timeline's steps, reused between frames.
     steps: Vec<Step>,
+    /// [`PackagerSettings::init_version_base`], for tracks added later.
+    init_version_base: u64,
 }
 
 impl Packager {
@@ -238,20 +289,7 @@ impl Packager {
                 pending_ts: VecDeque::new(),
             })
             .collect();
-        let audio = audio.map(|_| AudioState {
-            cfg: None,
-            init_version: settings.init_version_base,
-            fragment_seq: 0,
-            queue: VecDeque::new(),
-            queue_bytes: 0,
-            dropped: 0,
-            last_pts: None,
-            end: None,
-            pending_cuts: VecDeque::new(),
-            started: false,
-            carry_discontinuity: false,
-            open: None,
-        });
+        let audio = audio.map(|_| AudioState::new(AUDIO_RENDITION, settings.init_version_base));
         let packager = Packager {
             d,
             cmaf: settings.cmaf,
@@ -259,6 +297,7 @@ impl Packager {
             output: output.clone(),
             video,
             audio,
+            extra: Vec::new(),
             video_head: None,
             finished: false,
             drop_log: Throttle::default(),
@@ -266,8 +305,100 @@ impl Packager {
             keyframes_forced: settings.keyframes_forced,
             clock: None,
             steps: Vec::new(),
+            init_version_base: settings.init_version_base,
         };
         (packager, output)
+    }
+
+    /// Adds an extra audio track (CMAF only; a packager without CMAF ignores it). Its
+    /// frames come with [`Packager::set_track_config`] and [`Packager::push_track`]; what
+    /// its source does not send is filled with silence once its configuration is known.
+    /// Returns its index.
+    pub fn add_track(&mut self, spec: TrackSpec) -> usize {
+        if self.video.iter().any(|v| v.name == spec.rendition) || spec.rendition == AUDIO_RENDITION
+        {
+            tracing::warn!(rendition = %spec.rendition, "an extra audio track's rendition clashes with another rendition");
+        }
+        self.extra
+            .push(AudioState::new(&spec.rendition, self.init_version_base));
+        self.output.add_extra_track(spec);
+        self.extra.len() - 1
+    }
+
+    /// Sets extra track `i`'s AAC configuration; a changed one gets a new init segment
+    /// and a discontinuity.
+    pub fn set_track_config(&mut self, i: usize, cfg: AudioConfig) {
+        let cmaf = self.cmaf;
+        let Some(a) = self.extra.get_mut(i) else {
+            return;
+        };
+        if a.cfg.as_deref() == Some(&cfg) {
+            return;
+        }
+        if a.cfg.is_some() {
+            a.carry_discontinuity = true;
+        }
+        a.init_version = a.init_version.saturating_add(1);
+        a.silence = cfg.silent_frame();
+        if a.silence.is_none() {
+            tracing::warn!(rendition = %a.name, codec = %cfg.codec_string(), channels = cfg.channels, "no silence for this audio: gaps stay gaps");
+        }
+        if cmaf {
+            self.output.add_init(
+                &a.name,
+                a.init_version,
+                fmp4::init_segment(TrackConfig::Audio(&cfg)),
+            );
+        }
+        self.output.set_extra_codec(&a.name, cfg.codec_string());
+        a.cfg = Some(Arc::new(cfg));
+    }
+
+    /// Adds one raw AAC frame of extra track `i`, on the channel's timeline.
+    pub fn push_track(&mut self, i: usize, frame: Frame) {
+        if i >= self.extra.len() || !self.cmaf {
+            return;
+        }
+        if let Err(e) = self.try_push_to(Which::Extra(i), frame)
+            && let Some(suppressed) = self.drop_log.hit_now()
+        {
+            tracing::warn!(suppressed, track = i, "extra audio frame dropped: {e}");
+        }
+    }
+
+    fn track(&self, w: Which) -> Option<&AudioState> {
+        match w {
+            Which::Main => self.audio.as_ref(),
+            Which::Extra(i) => self.extra.get(i),
+        }
+    }
+
+    fn track_mut(&mut self, w: Which) -> Option<&mut AudioState> {
+        match w {
+            Which::Main => self.audio.as_mut(),
+            Which::Extra(i) => self.extra.get_mut(i),
+        }
+    }
+
+    /// Every audio track in CMAF: the main one (if any), then the extra ones.
+    fn cmaf_tracks(&self) -> Vec<Which> {
+        if !self.cmaf {
+            return Vec::new();
+        }
+        let main = self.audio.as_ref().map(|_| Which::Main);
+        main.into_iter()
+            .chain((0..self.extra.len()).map(Which::Extra))
+            .collect()
+    }
+
+    /// Rendition 0 was cut: every CMAF audio track gets that cut.
+    fn cut_audio(&mut self, cut: Cut) {
+        if !self.cmaf {
+            return;
+        }
+        for a in self.audio.iter_mut().chain(self.extra.iter_mut()) {
+            a.pending_cuts.push_back(cut);
+        }
     }
 
     /// Sets a rendition's codec configuration. Call before its first frame; a
@@ -437,10 +568,8 @@ impl Packager {
             };
             self.output
                 .add_segment(OutputKind::Cmaf, &self.video[r].name, stored);
-            if r == 0
-                && let Some(a) = self.audio.as_mut()
-            {
-                a.pending_cuts.push_back(Cut {
+            if r == 0 {
+                self.cut_audio(Cut {
                     msn,
                     start,
                     end,
@@ -466,23 +595,24 @@ impl Packager {
 
     /// Adds one raw AAC frame.
     pub fn push_audio(&mut self, frame: Frame) {
-        if let Err(e) = self.try_push_audio(frame)
+        if let Err(e) = self.try_push_to(Which::Main, frame)
             && let Some(suppressed) = self.drop_log.hit_now()
         {
             tracing::warn!(suppressed, "audio frame dropped: {e}");
         }
     }
 
-    fn try_push_audio(&mut self, frame: Frame) -> Result<(), PackageError> {
+    fn try_push_to(&mut self, w: Which, frame: Frame) -> Result<(), PackageError> {
         if self.finished {
             return Err(PackageError::Finished);
         }
-        let a = self.audio.as_mut().ok_or(PackageError::NoAudio)?;
+        let video_head = self.video_head;
+        let a = self.track_mut(w).ok_or(PackageError::NoAudio)?;
         if frame.data.is_empty() {
             return Err(PackageError::EmptyFrame);
         }
         let cfg = a.cfg.as_ref().ok_or(PackageError::NoConfig)?;
-        if let Some(head) = self.video_head
+        if let Some(head) = video_head
             && frame.pts > head.saturating_add(MAX_AUDIO_AHEAD)
         {
             return Err(PackageError::AudioAhead);
@@ -499,7 +629,7 @@ impl Packager {
         a.end = Some(frame.pts.saturating_add(aac_frame_duration(cfg)));
         a.queue_bytes += frame.cost();
         a.queue.push_back(frame);
-        self.cap_audio_queue();
+        self.cap_audio_queue(w);
         self.release(false);
         Ok(())
     }
@@ -541,7 +671,7 @@ impl Packager {
             v.timeline.resume_at(shared);
         }
         self.release(true);
-        if let Some(a) = self.audio.as_mut() {
+        for a in self.audio.iter_mut().chain(self.extra.iter_mut()) {
             a.queue.clear();
             a.queue_bytes = 0;
             a.last_pts = None;
@@ -572,7 +702,7 @@ impl Packager {
         for v in &mut self.video {
             v.timeline.mark_discontinuity();
         }
-        if let Some(a) = self.audio.as_mut() {
+        for a in self.audio.iter_mut().chain(self.extra.iter_mut()) {
             a.carry_discontinuity = true;
         }
         self.output
@@ -655,11 +785,8 @@ impl Packager {
             };
             self.output.add_segment(OutputKind::Cmaf, &v.name, stored);
         }
-        if r == 0
-            && self.cmaf
-            && let Some(a) = self.audio.as_mut()
-        {
-            a.pending_cuts.push_back(Cut {
+        if r == 0 {
+            self.cut_audio(Cut {
                 msn: seg.msn,
                 start: seg.start,
                 end: seg.end,
@@ -675,9 +802,9 @@ impl Packager {
         }
     }
 
-    /// Is audio complete up to `end` (or given up on)?
-    fn audio_ready(&self, start: MediaTime, end: MediaTime) -> bool {
-        let Some(a) = &self.audio else { return true };
+    /// Is audio track `w` complete up to `end` (or given up on)?
+    fn audio_ready(&self, w: Which, start: MediaTime, end: MediaTime) -> bool {
+        let Some(a) = self.track(w) else { return true };
         let arrived = a.end.unwrap_or(start);
         if arrived >= end {
             return true;
@@ -693,7 +820,7 @@ impl Packager {
             while let Some(pending) = self.video[r].pending_ts.front() {
                 let ready = force
                     || self.video[r].pending_ts.len() > MAX_PENDING_SEGMENTS
-                    || self.audio_ready(pending.seg.start, pending.seg.end);
+                    || self.audio_ready(Which::Main, pending.seg.start, pending.seg.end);
                 if !ready {
                     break;
                 }
@@ -701,25 +828,25 @@ impl Packager {
                 self.write_ts(r, seg);
             }
         }
-        while let Some(cut) = self
-            .audio
-            .as_ref()
-            .and_then(|a| a.pending_cuts.front().copied())
-        {
-            let many = self
-                .audio
-                .as_ref()
-                .is_some_and(|a| a.pending_cuts.len() > MAX_PENDING_SEGMENTS);
-            if !(force || many || self.audio_ready(cut.start, cut.end)) {
-                break;
+        for w in self.cmaf_tracks() {
+            while let Some(cut) = self.track(w).and_then(|a| a.pending_cuts.front().copied()) {
+                let many = self
+                    .track(w)
+                    .is_some_and(|a| a.pending_cuts.len() > MAX_PENDING_SEGMENTS);
+                if !(force || many || self.audio_ready(w, cut.start, cut.end)) {
+                    break;
+                }
+                if let Some(a) = self.track_mut(w) {
+                    a.pending_cuts.pop_front();
+                }
+                self.write_cmaf_audio(w, cut);
             }
-            if let Some(a) = self.audio.as_mut() {
-                a.pending_cuts.pop_front();
-            }
-            self.write_cmaf_audio(cut);
+            self.publish_audio_parts(w, None);
         }
-        self.publish_audio_parts(None);
-        self.prune_audio();
+        self.prune_audio(Which::Main);
+        for i in 0..self.extra.len() {
+            self.prune_audio(Which::Extra(i));
+        }
     }
 
     fn write_ts(&mut self, r: usize, pending: PendingTs) {
@@ -780,14 +907,15 @@ impl Packager {
         self.output.add_segment(OutputKind::Ts, &v.name, stored);
     }
 
-    fn write_cmaf_audio(&mut self, cut: Cut) {
+    fn write_cmaf_audio(&mut self, w: Which, cut: Cut) {
         if self.part.is_some() {
             // LL-HLS: what is left of the segment goes out as its last parts; the
             // segment is the concatenation of its parts.
-            self.publish_audio_parts(Some(cut));
+            self.publish_audio_parts(w, Some(cut));
         }
         let pdt = self.program_date_time(cut.start);
-        let Some(a) = self.audio.as_mut() else { return };
+        let output = self.output.clone();
+        let Some(a) = self.track_mut(w) else { return };
         let Some(cfg) = a.cfg.clone() else {
             a.carry_discontinuity |= cut.discontinuity;
             return;
@@ -798,7 +926,18 @@ impl Packager {
             .map_or(cut.discontinuity || a.carry_discontinuity, |o| {
                 o.discontinuity
             });
-        let frames: Vec<&Frame> = audio_in(&a.queue, cut.start, cut.end).collect();
+        let mut frames: Vec<&Frame> = audio_in(&a.queue, cut.start, cut.end).collect();
+        let filled;
+        if let Some(silence) = &a.silence {
+            filled = with_silence(
+                &frames,
+                cut.start,
+                cut.end,
+                aac_frame_duration(&cfg),
+                silence,
+            );
+            frames = filled.iter().collect();
+        }
         let data = if let Some(o) = published.as_ref().filter(|o| !o.parts.is_empty()) {
             Some(concat_parts(&o.parts))
         } else if let (Some(first), Some(last)) = (frames.first(), frames.last()) {
@@ -831,8 +970,7 @@ impl Packager {
             program_date_time: pdt,
             parts: Vec::new(),
         };
-        self.output
-            .add_segment(OutputKind::Cmaf, AUDIO_RENDITION, stored);
+        output.add_segment(OutputKind::Cmaf, &a.name, stored);
     }
 
     /// Wall-clock time of media time `pts` in the current input session, Unix ms.
@@ -880,7 +1018,7 @@ impl Packager {
     /// open segment, as far as that segment surely reaches (it may end at the first
     /// keyframe past its grid line, less the tolerance). With `last`, the segment's cut
     /// is known: everything up to its end goes out.
-    fn publish_audio_parts(&mut self, last: Option<Cut>) {
+    fn publish_audio_parts(&mut self, w: Which, last: Option<Cut>) {
         let (Some(target), true) = (self.part, self.cmaf) else {
             return;
         };
@@ -888,11 +1026,7 @@ impl Packager {
             Some(c) => (c.msn, c.start, c.discontinuity, c.end),
             None => {
                 // Earlier segments are written first.
-                if self
-                    .audio
-                    .as_ref()
-                    .is_none_or(|a| !a.pending_cuts.is_empty())
-                {
+                if self.track(w).is_none_or(|a| !a.pending_cuts.is_empty()) {
                     return;
                 }
                 let Some(o) = self.video.first().and_then(|v| v.timeline.open_span()) else {
@@ -907,7 +1041,8 @@ impl Packager {
             }
         };
         let pdt = self.program_date_time(start);
-        let Some(a) = self.audio.as_mut() else { return };
+        let output = self.output.clone();
+        let Some(a) = self.track_mut(w) else { return };
         let Some(cfg) = a.cfg.clone() else { return };
         let frame_duration = aac_frame_duration(&cfg);
         let per_part = usize::try_from(target / frame_duration.max(1))
@@ -957,18 +1092,12 @@ impl Packager {
                 independent: true,
                 data,
             };
-            self.output.add_part(
-                OutputKind::Cmaf,
-                AUDIO_RENDITION,
-                &described,
-                part,
-                last.is_none(),
-            );
+            output.add_part(OutputKind::Cmaf, &a.name, &described, part, last.is_none());
         }
     }
 
-    /// The earliest audio time still needed by some output.
-    fn audio_needed_from(&self) -> Option<MediaTime> {
+    /// The earliest time of audio track `w` still needed by some output.
+    fn audio_needed_from(&self, w: Which) -> Option<MediaTime> {
         let need = |v: &VideoState, pending: Option<MediaTime>| {
             pending
                 .or(v.timeline.open_span().map(|o| o.start))
@@ -980,34 +1109,34 @@ impl Packager {
                 from = Some(from.map_or(t, |f| f.min(t)));
             }
         };
-        if self.ts {
+        if self.ts && w == Which::Main {
             for v in &self.video {
                 consider(need(v, v.pending_ts.front().map(|p| p.seg.start)));
             }
         }
         if self.cmaf
-            && let (Some(a), Some(v0)) = (&self.audio, self.video.first())
+            && let (Some(a), Some(v0)) = (self.track(w), self.video.first())
         {
             consider(need(v0, a.pending_cuts.front().map(|c| c.start)));
         }
         from
     }
 
-    fn prune_audio(&mut self) {
-        let Some(from) = self.audio_needed_from() else {
+    fn prune_audio(&mut self, w: Which) {
+        let Some(from) = self.audio_needed_from(w) else {
             return;
         };
-        let Some(a) = self.audio.as_mut() else { return };
+        let Some(a) = self.track_mut(w) else { return };
         while a.queue.front().is_some_and(|f| f.pts < from) {
             let f = a.queue.pop_front().expect("front exists");
             a.queue_bytes -= f.cost();
         }
     }
 
-    fn cap_audio_queue(&mut self) {
-        let needed_from = self.audio_needed_from();
+    fn cap_audio_queue(&mut self, w: Which) {
+        let needed_from = self.audio_needed_from(w);
         let span_cap = self.d.saturating_mul(AUDIO_QUEUE_SEGMENTS);
-        let Some(a) = self.audio.as_mut() else { return };
+        let Some(a) = self.track_mut(w) else { return };
         while let (Some(front), Some(back)) = (a.queue.front(), a.queue.back()) {
             if back.pts.saturating_sub(front.pts) <= span_cap
                 && a.queue_bytes <= MAX_AUDIO_QUEUE_BYTES
@@ -1045,6 +1174,40 @@ fn audio_in(
 ) -> impl Iterator<Item = &Frame> {
     let from = queue.partition_point(|f| f.pts < start);
     queue.range(from..).take_while(move |f| f.pts < end)
+}
+
+/// `frames` (in `[start, end)`, increasing) with every hole of a frame duration or more
+/// filled with `silence`: an extra track whose source was away for part of a segment.
+fn with_silence(
+    frames: &[&Frame],
+    start: MediaTime,
+    end: MediaTime,
+    duration: MediaTime,
+    silence: &Bytes,
+) -> Vec<Frame> {
+    let duration = duration.max(1);
+    let silent = |t: MediaTime| Frame {
+        track: sluice_core::TrackKind::Audio,
+        pts: t,
+        dts: t,
+        keyframe: true,
+        data: silence.clone(),
+    };
+    let mut out = Vec::with_capacity(frames.len());
+    let mut t = start;
+    for f in frames {
+        while f.pts.saturating_sub(t) >= duration {
+            out.push(silent(t));
+            t = t.saturating_add(duration);
+        }
+        out.push((*f).clone());
+        t = f.pts.saturating_add(duration);
+    }
+    while end.saturating_sub(t) >= duration {
+        out.push(silent(t));
+        t = t.saturating_add(duration);
+    }
+    out
 }
 
 /// Converts frames to fMP4 samples: every timestamp is rescaled from its

@@ -16,6 +16,7 @@ use sluice_core::MediaTime;
 use tokio::sync::watch;
 
 use crate::OutputKind;
+use crate::packager::TrackSpec;
 
 /// Init segment versions kept per rendition.
 const MAX_INIT_VERSIONS: usize = 8;
@@ -45,6 +46,8 @@ struct State {
     variants: Vec<VariantInfo>,
     audio_kbps: Option<u32>,
     audio_codec: Option<String>,
+    /// Extra audio tracks (CMAF), each with its codec once known.
+    extra: Vec<(TrackSpec, Option<String>)>,
     /// LL-HLS part target of the CMAF playlists; `None`: no parts.
     part_target: Option<MediaTime>,
     tracks: HashMap<(OutputKind, String), Track>,
@@ -84,9 +87,10 @@ pub struct SegmentRecord {
     pub program_date_time: Option<i64>,
 }
 
-/// Rendered multivariant playlists by (output, bitrate cap), each with the generation of
-/// the state it was rendered from; `None` = not available yet.
-type MultivariantCache = HashMap<(OutputKind, Option<u32>), (u64, Option<Bytes>)>;
+/// Rendered multivariant playlists by (output, bitrate cap, extra audio tracks offered),
+/// each with the generation of the state it was rendered from; `None` = not available yet.
+type MultivariantCache =
+    HashMap<(OutputKind, Option<u32>, Option<Vec<String>>), (u64, Option<Bytes>)>;
 
 /// Reader side of one engine's packaged output, shared with the HTTP layer.
 ///
@@ -123,6 +127,7 @@ impl EngineOutput {
                 variants,
                 audio_kbps,
                 audio_codec: None,
+                extra: Vec::new(),
                 part_target,
                 tracks: HashMap::new(),
                 signals: HashMap::new(),
@@ -163,21 +168,37 @@ impl EngineOutput {
     /// bitrate (video + audio) exceeds `max_kbps` are left out, but the
     /// lowest one is always kept.
     pub fn multivariant(&self, output: OutputKind, max_kbps: Option<u32>) -> Option<Bytes> {
+        self.multivariant_for(output, max_kbps, None)
+    }
+
+    /// [`EngineOutput::multivariant`] offering only the extra audio tracks (by rendition)
+    /// in `tracks`; `None`: all of them. The main audio is always offered.
+    pub fn multivariant_for(
+        &self,
+        output: OutputKind,
+        max_kbps: Option<u32>,
+        tracks: Option<&[String]>,
+    ) -> Option<Bytes> {
         // The generation is read before the state: a render that raced with a change is
         // tagged with the older generation and never served once the change is counted.
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some((g, hit)) = self.cache().get(&(output, max_kbps))
+        let key = (output, max_kbps, tracks.map(<[String]>::to_vec));
+        if let Some((g, hit)) = self.cache().get(&key)
             && *g == generation
         {
             return hit.clone();
         }
-        let rendered = self.render_multivariant(output, max_kbps);
-        self.cache()
-            .insert((output, max_kbps), (generation, rendered.clone()));
+        let rendered = self.render_multivariant(output, max_kbps, tracks);
+        self.cache().insert(key, (generation, rendered.clone()));
         rendered
     }
 
-    fn render_multivariant(&self, output: OutputKind, max_kbps: Option<u32>) -> Option<Bytes> {
+    fn render_multivariant(
+        &self,
+        output: OutputKind,
+        max_kbps: Option<u32>,
+        tracks: Option<&[String]>,
+    ) -> Option<Bytes> {
         let st = self.read();
         if !st.outputs.contains(&output) || st.variants.is_empty() {
             return None;
@@ -209,6 +230,22 @@ impl EngineOutput {
             }
             cmaf_audio = false;
         }
+        // Extra audio tracks: CMAF only, each once it has a segment.
+        let extra: Vec<&(TrackSpec, Option<String>)> = st
+            .extra
+            .iter()
+            .filter(|(t, _)| {
+                output == OutputKind::Cmaf
+                    && tracks.is_none_or(|offered| offered.contains(&t.rendition))
+                    && has_segment(&t.rendition)
+            })
+            .collect();
+        let audio_group = cmaf_audio || !extra.is_empty();
+        let group_codec = if cmaf_audio {
+            st.audio_codec.clone()
+        } else {
+            extra.iter().find_map(|(_, c)| c.clone())
+        };
         let audio_bitrate = if cmaf_audio {
             st.tracks
                 .get(&(output, AUDIO_RENDITION.to_owned()))
@@ -229,7 +266,7 @@ impl EngineOutput {
                     .and_then(Track::bitrate);
                 let (peak, mean) = match (measured, audio_bitrate) {
                     (Some((p, m)), Some((ap, am))) => (p + ap, m + am),
-                    (Some((p, m)), None) if cmaf_audio => {
+                    (Some((p, m)), None) if audio_group => {
                         (p + audio_kbps as u64 * 1000, m + audio_kbps as u64 * 1000)
                     }
                     (Some(pm), None) => pm,
@@ -237,8 +274,13 @@ impl EngineOutput {
                 };
                 // CMAF video segments carry no audio: name the audio codec only when
                 // the variant points at the audio group.
-                let with_audio = output == OutputKind::Ts || cmaf_audio;
-                let codecs = match (&v.codec, &st.audio_codec) {
+                let with_audio = output == OutputKind::Ts || audio_group;
+                let audio_codec = if output == OutputKind::Ts {
+                    &st.audio_codec
+                } else {
+                    &group_codec
+                };
+                let codecs = match (&v.codec, audio_codec) {
                     (Some(vc), Some(ac)) if with_audio => Some(format!("{vc},{ac}")),
                     (Some(vc), _) => Some(vc.clone()),
                     _ => None,
@@ -253,7 +295,7 @@ impl EngineOutput {
                         height: v.height as u64,
                     }),
                     frame_rate: v.frame_rate.map(nominal_frame_rate),
-                    audio: cmaf_audio.then(|| AUDIO_RENDITION.to_owned()),
+                    audio: audio_group.then(|| AUDIO_RENDITION.to_owned()),
                     ..VariantStream::default()
                 };
                 (configured, v, stream)
@@ -270,18 +312,35 @@ impl EngineOutput {
         let pl = MasterPlaylist {
             version: Some(if output == OutputKind::Cmaf { 7 } else { 3 }),
             independent_segments: true,
-            alternatives: if cmaf_audio {
-                vec![AlternativeMedia {
+            alternatives: {
+                let extra_default = extra.iter().any(|(t, _)| t.default);
+                let main = cmaf_audio.then(|| AlternativeMedia {
                     media_type: AlternativeMediaType::Audio,
                     uri: Some(format!("{AUDIO_RENDITION}/index.m3u8")),
                     group_id: AUDIO_RENDITION.to_owned(),
                     name: AUDIO_RENDITION.to_owned(),
-                    default: true,
+                    default: !extra_default,
                     autoselect: true,
                     ..AlternativeMedia::default()
-                }]
-            } else {
-                vec![]
+                });
+                let first_is_default = !cmaf_audio && !extra_default;
+                main.into_iter()
+                    .chain(
+                        extra
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (t, _))| AlternativeMedia {
+                                media_type: AlternativeMediaType::Audio,
+                                uri: Some(format!("{}/index.m3u8", t.rendition)),
+                                group_id: AUDIO_RENDITION.to_owned(),
+                                name: t.name.clone(),
+                                language: t.language.clone(),
+                                default: t.default || (first_is_default && i == 0),
+                                autoselect: true,
+                                ..AlternativeMedia::default()
+                            }),
+                    )
+                    .collect()
             },
             variants: variants.into_iter().map(|v| v.2).collect(),
             ..MasterPlaylist::default()
@@ -576,6 +635,32 @@ impl EngineOutput {
         self.changed();
     }
 
+    pub(crate) fn add_extra_track(&self, spec: TrackSpec) {
+        self.write().extra.push((spec, None));
+        self.changed();
+    }
+
+    pub(crate) fn set_extra_codec(&self, rendition: &str, codec: String) {
+        if let Some(t) = self
+            .write()
+            .extra
+            .iter_mut()
+            .find(|(t, _)| t.rendition == rendition)
+        {
+            t.1 = Some(codec);
+        }
+        self.changed();
+    }
+
+    /// The renditions of the extra audio tracks.
+    pub fn extra_tracks(&self) -> Vec<String> {
+        self.read()
+            .extra
+            .iter()
+            .map(|(t, _)| t.rendition.clone())
+            .collect()
+    }
+
     /// The discontinuity sequence number of the newest segment of any playlist: the
     /// playlists' `EXT-X-DISCONTINUITY-SEQUENCE` plus the discontinuities they list.
     pub fn last_discontinuity_number(&self) -> u64 {
@@ -736,7 +821,8 @@ mod tests {
         );
         out.add_segment(OutputKind::Ts, "v", seg(0, false));
         let stale = out.generation.load(Ordering::Acquire) - 1;
-        out.cache().insert((OutputKind::Ts, None), (stale, None));
+        out.cache()
+            .insert((OutputKind::Ts, None, None), (stale, None));
         let text = out
             .multivariant(OutputKind::Ts, None)
             .expect("live after a segment");

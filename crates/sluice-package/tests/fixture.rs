@@ -11,7 +11,7 @@ use m3u8_rs::{MasterPlaylist, MediaPlaylist, Playlist};
 use sluice_core::time::NANOS_PER_SEC;
 use sluice_core::{AudioConfig, Frame, Id, MediaTime, TrackKind, VideoConfig};
 use sluice_package::{
-    AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
+    AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec, TrackSpec,
 };
 
 /// 6 s, 320x180, 30 fps, x264 high with B-frames, keyint 60, no scene cut;
@@ -810,4 +810,81 @@ fn ll_hls_parts_from_ffmpeg_fixture() {
         v.ends_with("#EXT-X-ENDLIST\n") && !v.contains("PRELOAD-HINT"),
         "{v}"
     );
+}
+
+/// An extra audio track is cut where rendition 0 is cut, listed with `EXT-X-MEDIA` (its
+/// name and language) in the CMAF multivariant playlist only, and filled with silence
+/// where its source sent nothing: every segment decodes to a full segment's worth of
+/// audio. A distribution that does not offer it does not list it.
+#[test]
+fn an_extra_audio_track_follows_the_cuts_and_fills_with_silence() {
+    let fx = load_fixture();
+    let (mut p, out) = new_packager(vec![spec("360p", 300)], 60 * S, &fx);
+    let fr = p.add_track(TrackSpec {
+        rendition: "audio-fr".into(),
+        name: "Français".into(),
+        language: Some("fr".into()),
+        default: false,
+    });
+    p.set_track_config(fr, fx.audio_cfg.clone());
+    // The source sends its first 2.5 s (10 s to 12.5 s on the channel), then leaves.
+    for f in fx.audio.iter().filter(|f| f.pts < OFFSET + 2 * S + S / 2) {
+        p.push_track(fr, f.clone());
+    }
+    feed(&mut p, &fx, 1, 0, 0, i64::MIN);
+    p.finish();
+
+    let m = master(&out, OutputKind::Cmaf, None);
+    assert_eq!(m.alternatives.len(), 2, "{:?}", m.alternatives);
+    let main = &m.alternatives[0];
+    assert_eq!(
+        (main.uri.as_deref(), main.default),
+        (Some("audio/index.m3u8"), true)
+    );
+    let extra = &m.alternatives[1];
+    assert_eq!(extra.uri.as_deref(), Some("audio-fr/index.m3u8"));
+    assert_eq!(extra.name, "Français");
+    assert_eq!(extra.language.as_deref(), Some("fr"));
+    assert!(!extra.default && extra.autoselect);
+    assert_eq!(extra.group_id, "audio");
+    assert!(master(&out, OutputKind::Ts, None).alternatives.is_empty());
+    let offered_none = out
+        .multivariant_for(OutputKind::Cmaf, None, Some(&[]))
+        .unwrap();
+    let text = String::from_utf8_lossy(&offered_none);
+    assert!(
+        !text.contains("audio-fr") && text.contains("audio/index.m3u8"),
+        "{text}"
+    );
+
+    let pl = media(&out, OutputKind::Cmaf, "audio-fr");
+    assert_eq!(msns(&pl), vec![5, 6, 7]);
+    assert!(pl.segments.iter().all(|s| !s.discontinuity));
+    let init = out.init_segment("audio-fr", 1).unwrap();
+    require_ffprobe();
+    for msn in 5..=7u64 {
+        let seg = out.segment(OutputKind::Cmaf, "audio-fr", msn).unwrap();
+        let (n, _) = parse_fmp4(&init, &seg);
+        assert!((93..=95).contains(&n), "msn {msn}: {n} samples");
+        let mut file = init.to_vec();
+        file.extend_from_slice(&seg);
+        let streams = ffprobe(&file, &format!("fr{msn}.mp4"));
+        assert_eq!(streams[0].0, "audio");
+        assert!(streams[0].3 >= 93, "msn {msn}: {streams:?}");
+    }
+    // Segment 6 (12-14 s) is half the source, half silence; 7 is all silence.
+    let silent = fx.audio_cfg.silent_frame().unwrap();
+    let size = |msn| {
+        out.segment(OutputKind::Cmaf, "audio-fr", msn)
+            .unwrap()
+            .len()
+    };
+    assert!(
+        size(7) < size(6) && size(6) < size(5),
+        "{} {} {}",
+        size(5),
+        size(6),
+        size(7)
+    );
+    assert!(size(7) < 94 * (silent.len() + 32), "{}", size(7));
 }
