@@ -14,6 +14,7 @@ mod recording;
 mod relay;
 mod reload;
 mod rtmp_client;
+mod sources;
 mod srt;
 mod status_page;
 mod support;
@@ -462,14 +463,14 @@ fn check_reports_every_config_error_with_its_position() {
     let geo = dir.join("extra.toml");
     std::fs::write(
         &geo,
-        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\nmax_kbps = 5000\n[channels.c.engines.e]\nladder = \"passthrough\"\n[channels.c.sources.fr]\nkind = \"audio\"\nprotocol = \"rtmp\"\nstream_key = \"fr-key\"\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
+        "[channels.c.ingests.i]\nprotocol = \"test-pattern\"\nmax_kbps = 5000\n[channels.c.engines.e]\nladder = \"passthrough\"\n[channels.c.sources.cam]\nkind = \"video\"\nprotocol = \"rtmp\"\nstream_key = \"cam-key\"\n\n[distributions.d]\nchannel = \"c\"\ntarget_latency_seconds = 2.5\n",
     )
     .unwrap();
     for command in ["check", "serve"] {
         let (code, stderr) = sluice(command, &geo);
         assert_eq!(code, Some(1), "{command}: {stderr}");
         assert!(
-            stderr.contains("extra.toml:7:8: not supported yet: extra audio tracks"),
+            stderr.contains("extra.toml:7:8: not supported yet: camera angles"),
             "{command}: {stderr}"
         );
     }

@@ -348,12 +348,23 @@ impl Publisher {
 
     /// Audio only (AAC in FLV, no video track).
     pub fn audio_only(url: &str, seconds: u32) -> Publisher {
+        Self::tone(url, seconds, 440)
+    }
+
+    /// Audio only: a sine of `hz`, AAC-LC 48 kHz stereo in FLV.
+    pub fn tone(url: &str, seconds: u32, hz: u32) -> Publisher {
         let mut ffmpeg = tool("ffmpeg");
         ffmpeg
             .args(["-hide_banner", "-loglevel", "error", "-re"])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("sine=frequency={hz}:sample_rate=48000"),
+            ])
             .args(["-t", &seconds.to_string()])
-            .args(["-c:a", "aac", "-b:a", "96k", "-f", "flv", url]);
+            .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
+            .args(["-f", "flv", url]);
         Self::spawn(ffmpeg)
     }
 

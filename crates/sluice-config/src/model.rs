@@ -207,7 +207,8 @@ pub struct Source {
     /// Default: none.
     pub language: Option<String>,
     /// `offset_ms`: added to where the source lands on the channel's timeline, for a
-    /// fixed delay (positive: later), -60000 to 60000. Default 0.
+    /// fixed delay (negative: earlier, for a commentator who hears the stream late),
+    /// -3000 to 3000. Default 0.
     pub offset_ms: i64,
     /// `default`: the track players pick first (`DEFAULT=YES`) instead of the main
     /// ingest's audio. At most one source per channel. Default false.

@@ -9,7 +9,8 @@
 //! Enforced so far, so no longer refused: viewer tokens (`token`), geo rules (`geo`), IP
 //! rules (`ip`), `allowed_origins` (sluice-distribution's `policy`), `overrides`
 //! (its `overrides`), SRT push ingests with their `passphrase` (sluice-ingest's
-//! `srt`), pull ingests (`pull`) and backup ingests by `priority` (its `bus`).
+//! `srt`), pull ingests (`pull`), backup ingests by `priority` (its `bus`) and audio sources
+//! (its `bus`, sluice-package's `packager`).
 //!
 //! Keys that only say where to listen or store (`data_dir`, ...) stay accepted;
 //! [`not_served_yet`] lists them for a log line at start.
@@ -29,14 +30,15 @@ fn refuse<T>(problems: &mut Vec<Problem>, at: &S<T>, what: &str) {
 pub(crate) fn refuse_unsupported(raw: &RawConfig, problems: &mut Vec<Problem>) {
     for ch in raw.channels.values() {
         let ch = ch.get_ref();
-        // Validated in full (`validate`), not served yet: the ingest side places a
-        // source on the channel's timeline (sluice-ingest's `bus`), packaging is to come.
+        // Audio sources are served (extra audio tracks); camera angles are not yet.
         for src in ch.sources.values() {
-            let what = match src.get_ref().kind.get_ref().as_str() {
-                "video" => "camera angles (video sources)",
-                _ => "extra audio tracks (audio sources)",
-            };
-            refuse(problems, &src.get_ref().kind, what);
+            if src.get_ref().kind.get_ref() == "video" {
+                refuse(
+                    problems,
+                    &src.get_ref().kind,
+                    "camera angles (video sources)",
+                );
+            }
         }
     }
 }

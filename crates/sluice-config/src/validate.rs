@@ -575,8 +575,8 @@ impl Checker<'_> {
             None => id.to_owned(),
         };
         let offset_ms = match &r.offset_ms {
-            Some(v) if !(-60_000..=60_000).contains(v.get_ref()) => {
-                self.err(v.span(), "offset_ms must be between -60000 and 60000");
+            Some(v) if !(-3_000..=3_000).contains(v.get_ref()) => {
+                self.err(v.span(), "offset_ms must be between -3000 and 3000");
                 0
             }
             Some(v) => *v.get_ref(),

@@ -87,6 +87,7 @@ fn state(out: &Arc<EngineOutput>) -> Arc<HttpState> {
                 engines: vec![(Id::new("e").unwrap(), out.clone())],
                 target_latency: latency,
                 stopped: false,
+                audio_tracks: None,
                 counts: crate::server::unused_counts(),
             },
         );

@@ -48,6 +48,19 @@ pub enum Route {
     },
 }
 
+impl Route {
+    /// The rendition a child request is for.
+    pub fn rendition(&self) -> Option<&str> {
+        match self {
+            Route::MediaPlaylist { rendition, .. }
+            | Route::Init { rendition, .. }
+            | Route::Segment { rendition, .. }
+            | Route::Part { rendition, .. } => Some(rendition.as_str()),
+            Route::Health | Route::SessionCheck { .. } | Route::Multivariant { .. } => None,
+        }
+    }
+}
+
 fn output(s: &str) -> Option<OutputKind> {
     match s {
         "cmaf" => Some(OutputKind::Cmaf),

@@ -45,6 +45,8 @@ pub struct DistributionEntry {
     pub target_latency: Option<MediaTime>,
     /// Its channel was stopped (control API): admitted requests answer 503.
     pub stopped: bool,
+    /// The extra audio tracks (renditions, `audio-<source>`) it offers; `None`: all.
+    pub audio_tracks: Option<Vec<String>>,
     /// Its request counts (kept for the process's life, across catalogs:
     /// [`RequestCounts::counts_for`]).
     pub counts: &'static DistributionCounts,
@@ -92,7 +94,10 @@ impl DistributionEntry {
             self.engines
                 .iter()
                 .filter(|(_, e)| !healthy_only || e.healthy())
-                .find_map(|(id, e)| e.multivariant(output, self.max_kbps).map(|b| (id, b)))
+                .find_map(|(id, e)| {
+                    e.multivariant_for(output, self.max_kbps, self.audio_tracks.as_deref())
+                        .map(|b| (id, b))
+                })
         };
         pick(true).or_else(|| pick(false))
     }
@@ -998,6 +1003,18 @@ fn serve_route(
         )
         .into();
     }
+    if let (Some(offered), Some(rendition)) = (&dist.audio_tracks, route.rendition())
+        && !offered.iter().any(|t| t == rendition)
+        && engines
+            .iter()
+            .any(|(e, _)| e.extra_tracks().iter().any(|t| t == rendition))
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            "audio track not offered by this distribution\n",
+        )
+        .into();
+    }
     match route {
         // Answered by `multivariant`, which applies overrides and sessions.
         Route::Multivariant { .. } => error(StatusCode::NOT_FOUND, "not found\n").into(),
@@ -1330,6 +1347,7 @@ mod tests {
             engines: vec![],
             target_latency: None,
             stopped: false,
+            audio_tracks: None,
             counts: unused_counts(),
         }
     }

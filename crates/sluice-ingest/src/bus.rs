@@ -257,7 +257,7 @@ impl ChannelBus {
     pub fn new_source(main: &Arc<ChannelBus>, offset_ms: i64, capacity: usize) -> Arc<Self> {
         let follow = Follow {
             main: main.clone(),
-            offset: offset_ms.clamp(-60_000, 60_000) * 1_000_000,
+            offset: offset_ms.clamp(-3_000, 3_000) * 1_000_000,
         };
         // Logs name the channel, and the source as the ingest (its feed's name).
         Self::build(main.channel.clone(), main.grid, capacity, 0, Some(follow))

@@ -22,6 +22,12 @@ const MAX_AUDIO_AHEAD: MediaTime = 10 * NANOS_PER_SEC;
 const MAX_AUDIO_QUEUE_BYTES: usize = 16 << 20;
 /// Audio kept waiting for slow video, in segment durations of media time.
 const AUDIO_QUEUE_SEGMENTS: i64 = 6;
+/// An extra track whose source is away (nothing for a second) gets LL-HLS parts of
+/// silence up to this far behind the video.
+const SOURCE_AWAY: MediaTime = NANOS_PER_SEC;
+/// How much longer than the main audio an extra track's segment waits for its source
+/// (which may be placed up to `offset_ms` = -3 s behind the main input).
+const EXTRA_PATIENCE: MediaTime = 3 * NANOS_PER_SEC;
 /// Closed segments kept waiting for audio, per rendition, before writing anyway.
 const MAX_PENDING_SEGMENTS: usize = 8;
 
@@ -140,6 +146,8 @@ struct AudioState {
     /// Extra tracks: one frame of silence in their configuration, which fills what their
     /// source did not send (it left, or has not come back yet).
     silence: Option<Bytes>,
+    /// When its last frame arrived (wall clock).
+    arrived_at: Option<std::time::Instant>,
     cfg: Option<Arc<AudioConfig>>,
     init_version: u64,
     fragment_seq: u32,
@@ -164,6 +172,7 @@ impl AudioState {
         AudioState {
             name: name.to_owned(),
             silence: None,
+            arrived_at: None,
             cfg: None,
             init_version,
             fragment_seq: 0,
@@ -190,6 +199,9 @@ struct AudioOpen {
     program_date_time: Option<i64>,
     /// Frames with an earlier pts are in published parts.
     published_to: MediaTime,
+    /// Where the published parts end (the last one's pts plus its duration): silence
+    /// filled in starts there.
+    published_end: MediaTime,
     parts: Vec<Bytes>,
 }
 
@@ -627,6 +639,7 @@ impl Packager {
         }
         a.last_pts = Some(frame.pts);
         a.end = Some(frame.pts.saturating_add(aac_frame_duration(cfg)));
+        a.arrived_at = Some(std::time::Instant::now());
         a.queue_bytes += frame.cost();
         a.queue.push_back(frame);
         self.cap_audio_queue(w);
@@ -810,8 +823,12 @@ impl Packager {
             return true;
         }
         // Audio far behind (or absent): write video without waiting.
+        let patience = match w {
+            Which::Main => self.d.saturating_mul(2),
+            Which::Extra(_) => self.d.saturating_mul(2).saturating_add(EXTRA_PATIENCE),
+        };
         self.video_head
-            .is_some_and(|h| h.saturating_sub(arrived) > self.d.saturating_mul(2))
+            .is_some_and(|h| h.saturating_sub(arrived) > patience)
     }
 
     /// Writes what no longer waits for audio; `force` writes everything pending.
@@ -1042,6 +1059,7 @@ impl Packager {
         };
         let pdt = self.program_date_time(start);
         let output = self.output.clone();
+        let video_head = self.video_head;
         let Some(a) = self.track_mut(w) else { return };
         let Some(cfg) = a.cfg.clone() else { return };
         let frame_duration = aac_frame_duration(&cfg);
@@ -1055,15 +1073,36 @@ impl Packager {
                 init_version: a.init_version,
                 program_date_time: pdt,
                 published_to: start,
+                published_end: start,
                 parts: Vec::new(),
             });
         }
         loop {
             let Some(o) = a.open.as_ref() else { return };
-            let frames: Vec<Frame> = audio_in(&a.queue, o.published_to, limit)
-                .take(per_part + 1)
-                .cloned()
-                .collect();
+            let real = audio_in(&a.queue, o.published_to, limit);
+            let frames: Vec<Frame> = match &a.silence {
+                // An extra track: silence where its source sent nothing, up to the cut
+                // once it is known; before that, while its source is away (nothing
+                // for a second), up to a second behind the video.
+                Some(silence) => {
+                    let away = a
+                        .arrived_at
+                        .is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1));
+                    let fill_to = match last {
+                        Some(_) => limit,
+                        None if away => video_head
+                            .map_or(i64::MIN, |h| h.saturating_sub(SOURCE_AWAY))
+                            .min(limit),
+                        None => i64::MIN,
+                    };
+                    let real: Vec<&Frame> = real.take(per_part + 1).collect();
+                    let mut filled =
+                        with_silence(&real, o.published_end, fill_to, frame_duration, silence);
+                    filled.truncate(per_part + 1);
+                    filled
+                }
+                None => real.take(per_part + 1).cloned().collect(),
+            };
             let n = frames.len().min(per_part);
             if n == 0 || (n < per_part && last.is_none()) {
                 return;
@@ -1077,6 +1116,7 @@ impl Packager {
             let Some(o) = a.open.as_mut() else { return };
             let data = part_bytes(o.parts.is_empty(), a.fragment_seq, base, &samples);
             o.published_to = chunk[n - 1].pts.saturating_add(1);
+            o.published_end = chunk[n - 1].pts.saturating_add(frame_duration);
             o.parts.push(data.clone());
             a.started = true;
             a.carry_discontinuity = false;
@@ -1176,8 +1216,9 @@ fn audio_in(
     queue.range(from..).take_while(move |f| f.pts < end)
 }
 
-/// `frames` (in `[start, end)`, increasing) with every hole of a frame duration or more
-/// filled with `silence`: an extra track whose source was away for part of a segment.
+/// `frames` (from `start` on, increasing) with every hole of a frame duration or more
+/// before each of them, and after the last up to `end`, filled with `silence`: an extra
+/// track whose source was away for part of a segment.
 fn with_silence(
     frames: &[&Frame],
     start: MediaTime,

@@ -818,8 +818,24 @@ fn ll_hls_parts_from_ffmpeg_fixture() {
 /// audio. A distribution that does not offer it does not list it.
 #[test]
 fn an_extra_audio_track_follows_the_cuts_and_fills_with_silence() {
+    // Whole segments, and LL-HLS parts (the silence then goes out as parts too).
+    for part in [0, S / 2] {
+        extra_track(part);
+    }
+}
+
+fn extra_track(part: MediaTime) {
     let fx = load_fixture();
-    let (mut p, out) = new_packager(vec![spec("360p", 300)], 60 * S, &fx);
+    let (mut p, out) = Packager::new(
+        PackagerSettings {
+            part_duration: part,
+            ..settings(60 * S)
+        },
+        vec![spec("360p", 300)],
+        Some(AudioSpec { kbps: 64 }),
+    );
+    p.set_video_config(0, fx.video_cfg.clone());
+    p.set_audio_config(fx.audio_cfg.clone());
     let fr = p.add_track(TrackSpec {
         rendition: "audio-fr".into(),
         name: "Français".into(),
@@ -865,7 +881,10 @@ fn an_extra_audio_track_follows_the_cuts_and_fills_with_silence() {
     for msn in 5..=7u64 {
         let seg = out.segment(OutputKind::Cmaf, "audio-fr", msn).unwrap();
         let (n, _) = parse_fmp4(&init, &seg);
-        assert!((93..=95).contains(&n), "msn {msn}: {n} samples");
+        assert!(
+            (93..=95).contains(&n),
+            "part {part}, msn {msn}: {n} samples"
+        );
         let mut file = init.to_vec();
         file.extend_from_slice(&seg);
         let streams = ffprobe(&file, &format!("fr{msn}.mp4"));

@@ -356,6 +356,10 @@ pub(crate) fn build_catalog(
                 target_latency: (dist.target_latency_seconds > 0.0)
                     .then(|| secs_f64_to_nanos(dist.target_latency_seconds)),
                 stopped: stopped.contains(&dist.channel),
+                audio_tracks: dist
+                    .audio_tracks
+                    .as_ref()
+                    .map(|ids| ids.iter().map(|id| format!("audio-{id}")).collect()),
                 counts: counts.map_or_else(sluice_distribution::unused_counts, |c| {
                     c.counts_for(dist_id)
                 }),

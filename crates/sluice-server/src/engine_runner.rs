@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sluice_core::{MediaEvent, TrackKind};
 use sluice_engine::{
     EncodedEvent, EngineMode, EngineRunner, EngineStats, GstFactory, Packaging, RunnerSettings,
 };
@@ -97,6 +98,33 @@ impl Packaging for ToPackager {
     fn reopen(&self) {
         let _span = self.1.enter();
         lock(&self.0.packager).reopen();
+    }
+}
+
+/// Feeds extra audio track `index` of an engine's packager from its source's bus until
+/// `cancel`: the source's AAC frames go in as they are (on the channel's timeline
+/// already); what the source does not send, the packager fills with silence.
+pub async fn feed_track(
+    index: usize,
+    mut rx: BusReceiver,
+    packager: SharedPackager,
+    cancel: CancellationToken,
+) {
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => return,
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => return,
+            },
+        };
+        match ev {
+            MediaEvent::TrackStart { audio, .. } => lock(&packager).set_track_config(index, audio),
+            MediaEvent::Frame(f) if f.track == TrackKind::Audio => {
+                lock(&packager).push_track(index, f)
+            }
+            _ => {}
+        }
     }
 }
 

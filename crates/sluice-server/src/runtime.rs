@@ -24,7 +24,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sluice_config::{
     Channel, ChannelOutput, ChannelOutputProtocol, Config, Engine, IngestProtocol, LadderRef,
-    Output, VideoEncoder,
+    Output, SourceKind, VideoEncoder,
 };
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
@@ -39,7 +39,7 @@ use sluice_ingest::{
     PublishRouter, Publisher, ReadEntry, Refusal,
 };
 use sluice_package::{
-    AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec,
+    AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec, TrackSpec,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -240,6 +240,8 @@ impl Drop for OutputRun {
 struct ChannelRun {
     config: Channel,
     bus: Arc<ChannelBus>,
+    /// Buses of its audio sources (see [`ChannelBus::new_source`]).
+    sources: BTreeMap<Id, Arc<ChannelBus>>,
     /// Everything of the channel (a child of the process's token).
     cancel: CancellationToken,
     engines: BTreeMap<Id, EngineRun>,
@@ -296,6 +298,8 @@ struct ChannelView {
 
 struct RunningView {
     bus: Arc<ChannelBus>,
+    /// Audio sources: (id, display name, language, its bus).
+    sources: Vec<(Id, String, Option<String>, Arc<ChannelBus>)>,
     input_kbps: Arc<AtomicU32>,
     engines: Vec<EngineView>,
     outputs: Vec<OutputView>,
@@ -503,6 +507,25 @@ impl StatusView {
                 )
             })
             .collect();
+        let sources: serde_json::Map<String, serde_json::Value> = run
+            .sources
+            .iter()
+            .map(|(sid, name, language, b)| {
+                (
+                    sid.to_string(),
+                    json!({
+                        "kind": "audio",
+                        "name": name,
+                        "language": language,
+                        "rendition": format!("audio-{sid}"),
+                        "live": b.is_publishing(),
+                        "sessions": b.stats.sessions.load(Ordering::Relaxed),
+                        "frames": b.stats.frames_in.load(Ordering::Relaxed),
+                        "bytes": b.stats.bytes_in.load(Ordering::Relaxed),
+                    }),
+                )
+            })
+            .collect();
         Some(json!({
             "id": id.as_str(),
             "state": "running",
@@ -512,6 +535,7 @@ impl StatusView {
             "input_kbps": run.input_kbps.load(Ordering::Relaxed),
             "engines": engines,
             "outputs": outputs,
+            "sources": sources,
             "distributions": distributions,
         }))
     }
@@ -811,7 +835,16 @@ impl Runtime {
             let Some(channel) = self.running.channels.get(cid) else {
                 continue;
             };
-            for (ingest_id, ingest) in &channel.ingests {
+            let ingests = channel
+                .ingests
+                .iter()
+                .map(|(id, ingest)| (id, ingest, &run.bus));
+            // A channel's audio sources publish with keys of their own, into their buses.
+            let sources = run
+                .sources
+                .iter()
+                .filter_map(|(sid, bus)| channel.sources.get(sid).map(|s| (sid, &s.ingest, bus)));
+            for (ingest_id, ingest, bus) in ingests.chain(sources) {
                 if !matches!(ingest.protocol, IngestProtocol::Rtmp | IngestProtocol::Srt) {
                     continue;
                 }
@@ -826,7 +859,7 @@ impl Runtime {
                             passphrase: ingest.passphrase.clone(),
                             priority: ingest.priority,
                             max_kbps: ingest.max_kbps,
-                            bus: run.bus.clone(),
+                            bus: bus.clone(),
                         },
                     );
                 }
@@ -871,6 +904,14 @@ impl Runtime {
             .map(|(id, c)| {
                 let running = self.channels.get(id).map(|run| RunningView {
                     bus: run.bus.clone(),
+                    sources: run
+                        .sources
+                        .iter()
+                        .filter_map(|(sid, b)| {
+                            let s = c.sources.get(sid)?;
+                            Some((sid.clone(), s.name.clone(), s.language.clone(), b.clone()))
+                        })
+                        .collect(),
                     input_kbps: run.input_kbps.clone(),
                     engines: run
                         .engines
@@ -926,9 +967,18 @@ impl Runtime {
             self.shared.timeline_start,
         );
         let cancel = self.shared.cancel.child_token();
+        let sources: BTreeMap<Id, Arc<ChannelBus>> = channel
+            .sources
+            .iter()
+            .filter(|(_, s)| s.kind == SourceKind::Audio)
+            .map(|(sid, s)| {
+                let b = ChannelBus::new_source(&bus, s.offset_ms, DEFAULT_BUS_CAPACITY);
+                (sid.clone(), b)
+            })
+            .collect();
         let mut engines = BTreeMap::new();
         for engine_id in channel.engines.keys() {
-            let run = self.start_engine(id, engine_id, channel, &bus, &cancel, None);
+            let run = self.start_engine(id, engine_id, channel, (&bus, &sources), &cancel, None);
             engines.insert(engine_id.clone(), run);
         }
         let input_kbps = Arc::new(AtomicU32::new(0));
@@ -952,6 +1002,7 @@ impl Runtime {
         let mut run = ChannelRun {
             config: channel.clone(),
             bus,
+            sources,
             cancel,
             engines,
             pulls,
@@ -962,6 +1013,7 @@ impl Runtime {
         };
         run.slate = self.start_slate(id, channel, &run.bus, &run.cancel);
         run.patterns = self.start_ingests(id, channel, &run.bus, &run.pulls);
+        self.start_source_pulls(id, channel, &run.sources, &run.pulls);
         run
     }
 
@@ -971,13 +1023,26 @@ impl Runtime {
         };
         let old = run.config.clone();
         let grid = |c: &Channel| session_grid(c.engines.values().map(|e| e.ladder.segment_seconds));
-        if grid(&old) != grid(next) {
-            // Sessions start on another grid: the channel starts anew.
+        let why = if grid(&old) != grid(next) {
+            // Sessions start on another grid.
+            Some("its segment grid changed")
+        } else if old.sources != next.sources {
+            // Every engine packages every audio source.
+            Some("its sources changed")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            for ingest_id in old.ingests.keys().chain(old.sources.keys()) {
+                p.to_end.push((run.bus.clone(), ingest_id.to_string()));
+            }
+            for (sid, b) in &run.sources {
+                p.to_end.push((b.clone(), sid.to_string()));
+            }
             p.retired.push(run);
             let run = self.start_channel(id, next);
             self.channels.insert(id.clone(), run);
-            p.changes
-                .push(format!("channel {id} restarted (its segment grid changed)"));
+            p.changes.push(format!("channel {id} restarted ({why})"));
             return;
         }
         for engine_id in old.engines.keys() {
@@ -1027,7 +1092,7 @@ impl Runtime {
                         id,
                         engine_id,
                         next,
-                        &run.bus,
+                        (&run.bus, &run.sources),
                         &run.cancel,
                         previous.as_deref(),
                     );
@@ -1038,7 +1103,14 @@ impl Runtime {
                     p.changes.push(format!("engine {id}/{engine_id} restarted"));
                 }
                 None => {
-                    let new = self.start_engine(id, engine_id, next, &run.bus, &run.cancel, None);
+                    let new = self.start_engine(
+                        id,
+                        engine_id,
+                        next,
+                        (&run.bus, &run.sources),
+                        &run.cancel,
+                        None,
+                    );
                     run.engines.insert(engine_id.clone(), new);
                     restarted.insert(engine_id.clone());
                     p.changes.push(format!("engine {id}/{engine_id} added"));
@@ -1067,6 +1139,7 @@ impl Runtime {
             run.patterns.clear();
             run.pulls = run.cancel.child_token();
             run.patterns = self.start_ingests(id, next, &run.bus, &run.pulls);
+            self.start_source_pulls(id, next, &run.sources, &run.pulls);
             p.changes
                 .push(format!("pull and generated ingests of {id} restarted"));
         }
@@ -1111,7 +1184,7 @@ impl Runtime {
         channel_id: &Id,
         engine_id: &Id,
         channel: &Channel,
-        bus: &Arc<ChannelBus>,
+        (bus, sources): (&Arc<ChannelBus>, &BTreeMap<Id, Arc<ChannelBus>>),
         parent: &CancellationToken,
         continues: Option<&EngineOutput>,
     ) -> EngineRun {
@@ -1194,7 +1267,22 @@ impl Runtime {
                 }),
             ),
         };
+        let cmaf = settings.cmaf;
         let (mut packager, output) = Packager::new(settings, renditions, audio);
+        // Every audio source is an extra CMAF audio track of every engine.
+        let mut tracks = Vec::new();
+        for (sid, source_bus) in sources {
+            let Some(s) = channel.sources.get(sid).filter(|_| cmaf) else {
+                continue;
+            };
+            let index = packager.add_track(TrackSpec {
+                rendition: format!("audio-{sid}"),
+                name: s.name.clone(),
+                language: s.language.clone(),
+                default: s.default,
+            });
+            tracks.push((index, source_bus.clone()));
+        }
         if let Some(previous) = continues {
             packager.continue_from(previous);
         }
@@ -1241,6 +1329,17 @@ impl Runtime {
         // Every line the engine logs carries its ids (its packaging, on GStreamer's
         // threads, enters the same span).
         let span = tracing::info_span!("engine", channel = %channel_id, engine = %engine_id);
+        for (index, source_bus) in tracks {
+            self.shared.tracker.spawn(
+                engine_runner::feed_track(
+                    index,
+                    source_bus.subscribe(),
+                    sink.packager.clone(),
+                    cancel.clone(),
+                )
+                .instrument(span.clone()),
+            );
+        }
         self.shared
             .tracker
             .spawn(supervise(format!("engine {name}"), cancel.clone(), {
@@ -1490,6 +1589,45 @@ impl Runtime {
             }
         }
         patterns
+    }
+}
+
+impl Runtime {
+    /// Pulls of a channel's audio sources (`rtmp-pull`, `srt-pull`), into their buses.
+    fn start_source_pulls(
+        &self,
+        channel_id: &Id,
+        channel: &Channel,
+        sources: &BTreeMap<Id, Arc<ChannelBus>>,
+        cancel: &CancellationToken,
+    ) {
+        for (sid, source_bus) in sources {
+            let Some(ingest) = channel.sources.get(sid).map(|s| &s.ingest) else {
+                continue;
+            };
+            let pulled = matches!(
+                ingest.protocol,
+                IngestProtocol::RtmpPull | IngestProtocol::SrtPull
+            );
+            let (true, true, Some(url)) = (pulled, ingest.enabled, ingest.url.clone()) else {
+                continue;
+            };
+            let spec = PullSpec {
+                ingest: sid.clone(),
+                url,
+                passphrase: ingest.passphrase.clone(),
+                priority: 1,
+                max_kbps: ingest.max_kbps,
+            };
+            self.shared.tracker.spawn(supervise(
+                format!("pull {channel_id}/{sid}"),
+                cancel.clone(),
+                {
+                    let (bus, cancel) = (source_bus.clone(), cancel.clone());
+                    move || sluice_ingest::pull::run_pull(bus.clone(), spec.clone(), cancel.clone())
+                },
+            ));
+        }
     }
 }
 

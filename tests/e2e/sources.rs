@@ -1,0 +1,221 @@
+//! Extra audio tracks from publishers of their own: a main RTMP publisher (a 440 Hz
+//! tone) and two audio-only publishers (660 Hz and 1320 Hz) on one channel. Every
+//! distribution's CMAF multivariant playlist lists three audio renditions with their
+//! names and languages (one that offers only one extra track lists two); decoding each
+//! track's segments with ffmpeg gives its own tone; a source that leaves leaves silence
+//! while the main stream goes on undisturbed, and its tone comes back with it.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const CONFIG: &str = r#"
+[channels.c]
+[channels.c.ingests.main]
+protocol = "rtmp"
+stream_key = "main-key"
+[channels.c.engines.e]
+ladder = "passthrough"
+outputs = ["cmaf", "ts"]
+[channels.c.slate]
+enabled = false
+
+[channels.c.sources.fr]
+kind = "audio"
+protocol = "rtmp"
+stream_key = "fr-key"
+language = "fr"
+name = "Français"
+
+[channels.c.sources.es]
+kind = "audio"
+protocol = "rtmp"
+stream_key = "es-key"
+language = "es"
+name = "Español"
+
+[distributions.all]
+channel = "c"
+
+[distributions.fr-only]
+channel = "c"
+audio_tracks = ["fr"]
+"#;
+
+/// The dominant frequency of `pcm` (mono, 48 kHz), from its zero crossings; and its peak.
+fn tone_of(pcm: &[i16]) -> (f64, i16) {
+    let crossings = pcm.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    let peak = pcm.iter().map(|s| s.saturating_abs()).max().unwrap_or(0);
+    (crossings as f64 / 2.0 / (pcm.len() as f64 / 48_000.0), peak)
+}
+
+/// Decodes init + segment `msn` of a CMAF audio rendition to 48 kHz mono samples.
+fn decode_audio(server: &Server, dist: &str, rendition: &str, msn: u64) -> Vec<i16> {
+    let base = format!("/live/{dist}/cmaf/{rendition}");
+    let playlist = String::from_utf8(get_ok(&server.url(&format!("{base}/index.m3u8")))).unwrap();
+    let init = playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .next_back()
+        .and_then(|l| l.split('"').next())
+        .expect("an init segment")
+        .to_owned();
+    let mut file = get_ok(&server.url(&format!("{base}/{init}")));
+    file.extend(get_ok(&server.url(&format!("{base}/{msn}.m4s"))));
+    let dir = scratch_dir("sources-decode");
+    let path = dir.join(format!("{rendition}-{msn}.mp4"));
+    std::fs::write(&path, &file).unwrap();
+    let out = tool("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "decode {rendition} {msn}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// The newest complete segment of a rendition of `all`.
+fn newest_of(server: &Server, rendition: &str) -> u64 {
+    newest(server, &format!("/live/all/cmaf/{rendition}/index.m3u8"))
+}
+
+/// Waits until the newest segment of `rendition` decodes to a tone of `hz` (±3%), or
+/// to silence when `hz` is 0.
+fn wait_tone(server: &Server, rendition: &str, hz: f64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let msn = newest_of(server, rendition);
+        let pcm = decode_audio(server, "all", rendition, msn);
+        let (f, peak) = tone_of(&pcm);
+        let ok = if hz == 0.0 {
+            peak == 0
+        } else {
+            peak > 1000 && (f - hz).abs() < hz * 0.03
+        };
+        if ok {
+            assert!(
+                pcm.len() >= 90_000,
+                "{rendition} {msn}: {} samples",
+                pcm.len()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rendition}: segment {msn} is {f:.0} Hz (peak {peak}), not {hz} Hz; server log:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn audio_sources_are_extra_tracks_with_their_own_tones() {
+    let _heavy = heavy();
+    let server = Server::start("sources", CONFIG);
+    let main = Publisher::start(&server.rtmp_url("main-key"), 60, "320x180");
+    server.wait_segments(
+        "/live/all/cmaf/source/index.m3u8",
+        1,
+        Duration::from_secs(20),
+    );
+    let fr = Publisher::tone(&server.rtmp_url("fr-key"), 60, 660);
+    let _es = Publisher::tone(&server.rtmp_url("es-key"), 60, 1320);
+
+    // Three audio renditions in one group, with names and languages.
+    let body = server.wait_for("/live/all/cmaf/index.m3u8", Duration::from_secs(20), |b| {
+        master_playlist(b).alternatives.len() == 3
+    });
+    let m = master_playlist(&body);
+    let names: Vec<_> = m
+        .alternatives
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                a.language.as_deref(),
+                a.uri.as_deref().unwrap(),
+                a.default,
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("audio", None, "audio/index.m3u8", true),
+            ("Español", Some("es"), "audio-es/index.m3u8", false),
+            ("Français", Some("fr"), "audio-fr/index.m3u8", false),
+        ]
+    );
+    assert!(
+        m.alternatives
+            .iter()
+            .all(|a| a.group_id == "audio" && a.autoselect)
+    );
+    assert!(
+        m.variants
+            .iter()
+            .all(|v| v.audio.as_deref() == Some("audio"))
+    );
+    // A distribution that offers one extra track lists it alone, and not the other.
+    let fr_only = master_playlist(&get_ok(&server.url("/live/fr-only/cmaf/index.m3u8")));
+    let uris: Vec<_> = fr_only
+        .alternatives
+        .iter()
+        .filter_map(|a| a.uri.clone())
+        .collect();
+    assert_eq!(uris, vec!["audio/index.m3u8", "audio-fr/index.m3u8"]);
+    let (status, _, _) = get(&server.url("/live/fr-only/cmaf/audio-es/index.m3u8"));
+    assert_eq!(status, 404, "a track the distribution does not offer");
+
+    // Each track is its own tone.
+    wait_tone(&server, "audio", 440.0, Duration::from_secs(10));
+    wait_tone(&server, "audio-fr", 660.0, Duration::from_secs(20));
+    wait_tone(&server, "audio-es", 1320.0, Duration::from_secs(20));
+
+    // Status shows both sources live, with what they sent.
+    let sources = |server: &Server| -> serde_json::Value {
+        let body = get_ok(&server.url("/api/v1/status"));
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["channels"]["c"]["sources"]
+            .clone()
+    };
+    let s = sources(&server);
+    assert_eq!(s["fr"]["live"], true, "{s}");
+    assert_eq!(s["fr"]["name"], "Français");
+    assert_eq!(s["fr"]["language"], "fr");
+    assert_eq!(s["fr"]["rendition"], "audio-fr");
+    assert!(s["es"]["frames"].as_u64().unwrap() > 100, "{s}");
+
+    // The French commentator leaves: silence on its track, the rest goes on.
+    let video_before = newest_of(&server, "source");
+    drop(fr);
+    wait_tone(&server, "audio-fr", 0.0, Duration::from_secs(20));
+    let s = sources(&server);
+    assert_eq!(
+        (&s["fr"]["live"], &s["es"]["live"]),
+        (&false.into(), &true.into()),
+        "{s}"
+    );
+    wait_tone(&server, "audio-es", 1320.0, Duration::from_secs(5));
+    still_advancing(&server, "/live/all/cmaf/source/index.m3u8", video_before);
+    let fr_after = newest_of(&server, "audio-fr");
+
+    // It returns: its tone again, on the same playlist.
+    let _fr = Publisher::tone(&server.rtmp_url("fr-key"), 60, 660);
+    wait_tone(&server, "audio-fr", 660.0, Duration::from_secs(20));
+    assert!(newest_of(&server, "audio-fr") > fr_after);
+    let video = get_ok(&server.url("/live/all/cmaf/source/index.m3u8"));
+    assert!(
+        !String::from_utf8_lossy(&video).contains("#EXT-X-DISCONTINUITY\n"),
+        "the main stream was not disturbed"
+    );
+    drop(main);
+}
