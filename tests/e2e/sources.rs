@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const CONFIG: &str = r#"
+const TOKEN: &str = "sources-admin-token-0123456789";
+
+pub const CONFIG: &str = r#"
+[api]
+admin_tokens = ["sources-admin-token-0123456789"]
+
 [channels.c]
 [channels.c.ingests.main]
 protocol = "rtmp"
@@ -193,6 +198,12 @@ fn audio_sources_are_extra_tracks_with_their_own_tones() {
     assert_eq!(s["fr"]["language"], "fr");
     assert_eq!(s["fr"]["rendition"], "audio-fr");
     assert!(s["es"]["frames"].as_u64().unwrap() > 100, "{s}");
+    let metrics = String::from_utf8(get_ok(&server.url("/metrics"))).unwrap();
+    assert!(
+        metrics.contains("sluice_source_live{channel=\"c\",source=\"fr\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sluice_source_bytes_total{channel=\"c\",source=\"es\"}"));
 
     // The French commentator leaves: silence on its track, the rest goes on.
     let video_before = newest_of(&server, "source");
@@ -212,6 +223,26 @@ fn audio_sources_are_extra_tracks_with_their_own_tones() {
     let _fr = Publisher::tone(&server.rtmp_url("fr-key"), 60, 660);
     wait_tone(&server, "audio-fr", 660.0, Duration::from_secs(20));
     assert!(newest_of(&server, "audio-fr") > fr_after);
+
+    // Disabled through the control API: its publisher is cut, its track goes silent,
+    // and nothing else restarts.
+    let resp = ureq::request("PATCH", &server.url("/api/v1/channels/c/sources/fr"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"enabled": false}"#);
+    assert!(resp.is_ok(), "PATCH source: {resp:?}");
+    wait_tone(&server, "audio-fr", 0.0, Duration::from_secs(20));
+    let s = sources(&server);
+    assert_eq!(s["fr"]["live"], false, "{s}");
+    assert!(server.log_text().contains("source c/fr changed"));
+    assert!(
+        !server.log_text().contains("restarted"),
+        "{}",
+        server.log_text()
+    );
+    let (status, _, _) = get(&server.url("/live/all/cmaf/audio-fr/index.m3u8"));
+    assert_eq!(status, 200, "the track stays, silent");
+
     let video = get_ok(&server.url("/live/all/cmaf/source/index.m3u8"));
     assert!(
         !String::from_utf8_lossy(&video).contains("#EXT-X-DISCONTINUITY\n"),

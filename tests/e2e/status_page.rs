@@ -1,7 +1,8 @@
 //! The status page in a real browser: headless Chromium, driven over the DevTools
 //! protocol, opens `/` of the embedded default, sees the demo channel live, starts the
 //! demo distribution's player, and the page's viewer count goes to one. Every request
-//! the page makes stays on the server.
+//! the page makes stays on the server. hls.js (the page's) also plays a recording, and a
+//! channel with extra audio tracks, switching between them.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -332,5 +333,100 @@ channel = \"r\"
     assert!(
         (listed - duration).abs() < 2.0,
         "hls.js sees {listed} s, the recording is {duration} s"
+    );
+}
+
+/// hls.js in headless Chromium, on a channel with two audio sources: the status page
+/// lists the sources live; hls.js lists three audio tracks with their names and
+/// languages, plays, and switches to each extra track with no error.
+#[test]
+fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
+    let _heavy = heavy();
+    let server = Server::start("hlsjs-tracks", crate::sources::CONFIG);
+    let dir = scratch_dir("hlsjs-tracks");
+    let _main = Publisher::start(&server.rtmp_url("main-key"), 90, "320x180");
+    server.wait_segments(
+        "/live/all/cmaf/source/index.m3u8",
+        1,
+        Duration::from_secs(20),
+    );
+    let _fr = Publisher::tone(&server.rtmp_url("fr-key"), 90, 660);
+    let _es = Publisher::tone(&server.rtmp_url("es-key"), 90, 1320);
+    server.wait_for("/live/all/cmaf/index.m3u8", Duration::from_secs(20), |b| {
+        master_playlist(b).alternatives.len() == 3
+    });
+
+    let mut browser = Browser::launch(&dir.join("chromium"));
+    // The status page carries hls.js (served by Sluice itself).
+    browser.call("Page.navigate", json!({"url": server.url("/")}));
+    browser.wait_until(
+        "hls.js loaded",
+        "typeof Hls === 'function' && Hls.isSupported()",
+        Duration::from_secs(30),
+    );
+    // The page lists the channel's sources, live.
+    browser.wait_until(
+        "the sources on the page",
+        r#"document.querySelector('section[data-channel="c"] [data-source="fr"]')?.textContent === 'Français (fr): live'
+           && document.querySelector('section[data-channel="c"] [data-source="es"]')?.textContent === 'Español (es): live'"#,
+        Duration::from_secs(30),
+    );
+    browser.eval(
+        r#"(() => {
+            window.errors = [];
+            window.switched = [];
+            const v = document.createElement('video');
+            v.muted = true;
+            document.body.appendChild(v);
+            window.v = v;
+            const h = new Hls({ lowLatencyMode: true });
+            window.h = h;
+            h.on(Hls.Events.ERROR, (_, d) => window.errors.push((d.fatal ? 'fatal ' : '') + d.details));
+            h.on(Hls.Events.AUDIO_TRACK_SWITCHED, (_, d) => window.switched.push(d.id));
+            h.loadSource('/live/all/cmaf/index.m3u8');
+            h.attachMedia(v);
+            v.play().catch(() => {});
+        })()"#,
+    );
+    browser.wait_until(
+        "three audio tracks",
+        "window.h.audioTracks.length === 3",
+        Duration::from_secs(30),
+    );
+    let tracks =
+        browser.eval("JSON.stringify(window.h.audioTracks.map(t => [t.name, t.lang || '']))");
+    assert_eq!(
+        tracks,
+        json!(r#"[["audio",""],["Español","es"],["Français","fr"]]"#)
+    );
+    let playing = |b: &mut Browser, what: &str| {
+        b.eval("window.mark = window.v.currentTime");
+        b.wait_until(
+            what,
+            "window.v.currentTime - window.mark > 2",
+            Duration::from_secs(40),
+        );
+    };
+    playing(&mut browser, "playing the main audio");
+    for id in [2, 1] {
+        browser.eval(&format!("window.h.audioTrack = {id}"));
+        browser.wait_until(
+            &format!("switched to track {id}"),
+            &format!("window.switched.includes({id})"),
+            Duration::from_secs(30),
+        );
+        playing(&mut browser, &format!("playing on track {id}"));
+    }
+    let errors = browser.eval("JSON.stringify(window.errors)");
+    let errors: Vec<String> = serde_json::from_str(errors.as_str().unwrap()).unwrap();
+    // No error at all, but for stall notices a loaded test machine may cause.
+    let stalls = [
+        "bufferStalledError",
+        "bufferNudgeOnStall",
+        "bufferSeekOverHole",
+    ];
+    assert!(
+        errors.iter().all(|e| stalls.contains(&e.as_str())),
+        "hls.js errors: {errors:?}"
     );
 }

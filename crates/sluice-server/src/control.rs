@@ -131,7 +131,8 @@ fn token_matches(given: &str, configured: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
     /// A table of resources by id: `channels`, `distributions`, `ladders`,
-    /// `channels/<id>/ingests`, `channels/<id>/engines`.
+    /// `channels/<id>/ingests`, `channels/<id>/engines`, `channels/<id>/outputs`,
+    /// `channels/<id>/sources`.
     Collection(Vec<String>),
     /// One resource in such a table.
     Item(Vec<String>),
@@ -147,17 +148,19 @@ fn target(segments: &[&str]) -> Option<Target> {
         [kind @ ("channels" | "distributions" | "ladders"), item] => {
             Some(Target::Item(vec![(*kind).into(), id(item)?]))
         }
-        ["channels", c, kind @ ("ingests" | "engines" | "outputs")] => {
-            Some(Target::Collection(vec![
-                "channels".into(),
-                id(c)?,
-                (*kind).into(),
-            ]))
-        }
         [
             "channels",
             c,
-            kind @ ("ingests" | "engines" | "outputs"),
+            kind @ ("ingests" | "engines" | "outputs" | "sources"),
+        ] => Some(Target::Collection(vec![
+            "channels".into(),
+            id(c)?,
+            (*kind).into(),
+        ])),
+        [
+            "channels",
+            c,
+            kind @ ("ingests" | "engines" | "outputs" | "sources"),
             item,
         ] => Some(Target::Item(vec![
             "channels".into(),
@@ -918,7 +921,15 @@ mod tests {
                 "e".into()
             ]))
         );
-        assert_eq!(target(&["channels", "c", "sources"]), None);
+        assert_eq!(
+            target(&["channels", "c", "sources"]),
+            Some(Target::Collection(vec![
+                "channels".into(),
+                "c".into(),
+                "sources".into()
+            ]))
+        );
+        assert_eq!(target(&["channels", "c", "angles"]), None);
         assert_eq!(target(&["distributions", "../x"]), None);
         assert!(token_matches("abc", "abc"));
         assert!(!token_matches("abc", "abd"));

@@ -146,6 +146,39 @@ impl Collector for Sluice {
                 .collect(),
         )?;
 
+        // Audio sources, per channel and source.
+        let sources: Vec<_> = view.sources().collect();
+        let per_source = |f: &dyn Fn(&sluice_ingest::ChannelBus) -> u64| -> Vec<(Labels, u64)> {
+            sources
+                .iter()
+                .map(|(c, s, bus)| {
+                    let labels = vec![("channel", c.to_string()), ("source", s.to_string())];
+                    (labels, f(bus))
+                })
+                .collect()
+        };
+        family(
+            &mut e,
+            "sluice_source_live",
+            "1 while an audio source's publisher is connected (its track is silent otherwise)",
+            MetricType::Gauge,
+            per_source(&|b| u64::from(b.is_publishing())),
+        )?;
+        family(
+            &mut e,
+            "sluice_source_bytes",
+            "Bytes of audio received from a source",
+            MetricType::Counter,
+            per_source(&|b| b.stats.bytes_in.load(Relaxed)),
+        )?;
+        family(
+            &mut e,
+            "sluice_source_sessions",
+            "Sessions of a source (a publisher, or placed again after drifting)",
+            MetricType::Counter,
+            per_source(&|b| b.stats.sessions.load(Relaxed)),
+        )?;
+
         let mut connects = Vec::new();
         let mut reconnects = Vec::new();
         for (c, bus, _) in &buses {

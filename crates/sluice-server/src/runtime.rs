@@ -368,6 +368,15 @@ impl StatusView {
         })
     }
 
+    /// Every running channel's audio sources: (channel, source, its bus).
+    pub fn sources(&self) -> impl Iterator<Item = (&Id, &Id, &Arc<ChannelBus>)> {
+        self.channels.iter().flat_map(|(id, c)| {
+            c.running
+                .iter()
+                .flat_map(move |r| r.sources.iter().map(move |(s, _, _, b)| (id, s, b)))
+        })
+    }
+
     /// Every running channel's outputs, with their channel.
     pub fn outputs(&self) -> impl Iterator<Item = (&Id, &OutputView)> {
         self.channels.iter().flat_map(|(id, c)| {
@@ -1023,12 +1032,29 @@ impl Runtime {
         };
         let old = run.config.clone();
         let grid = |c: &Channel| session_grid(c.engines.values().map(|e| e.ladder.segment_seconds));
+        // What of the sources the engines and the buses hold; a change of the rest (how a
+        // source arrives: its key, enabled, ...) only ends its publisher.
+        let tracks = |c: &Channel| -> Vec<_> {
+            c.sources
+                .iter()
+                .map(|(id, s)| {
+                    (
+                        id.clone(),
+                        s.kind,
+                        s.name.clone(),
+                        s.language.clone(),
+                        s.offset_ms,
+                        s.default,
+                    )
+                })
+                .collect()
+        };
         let why = if grid(&old) != grid(next) {
             // Sessions start on another grid.
             Some("its segment grid changed")
-        } else if old.sources != next.sources {
-            // Every engine packages every audio source.
-            Some("its sources changed")
+        } else if tracks(&old) != tracks(next) {
+            // Every engine packages every audio source as a track of its own.
+            Some("its audio tracks changed")
         } else {
             None
         };
@@ -1127,9 +1153,18 @@ impl Runtime {
                     .push(format!("ingest {id}/{ingest_id} changed or removed"));
             }
         }
+        for (sid, source_bus) in &run.sources {
+            let ingest = |c: &Channel| c.sources.get(sid).map(|s| s.ingest.clone());
+            if ingest(&old) != ingest(next) {
+                p.to_end.push((source_bus.clone(), sid.to_string()));
+                p.changes.push(format!("source {id}/{sid} changed"));
+            }
+        }
         let generated = |c: &Channel| -> Vec<_> {
+            let sources = c.sources.iter().map(|(k, s)| (k, &s.ingest));
             c.ingests
                 .iter()
+                .chain(sources)
                 .filter(|(_, i)| !matches!(i.protocol, IngestProtocol::Rtmp | IngestProtocol::Srt))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
