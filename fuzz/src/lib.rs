@@ -259,8 +259,10 @@ pub fn ts_demux(data: &[u8]) {
     let Some((&split, stream)) = data.split_first() else {
         return;
     };
-    let len = 1 + (split as usize).pow(2);
-    let mut demux = sluice_ingest::ts_demux::TsDemuxer::new();
+    // The low 7 bits pick the chunk size, the high bit the mode (an audio source's
+    // demuxer takes programs without video).
+    let len = 1 + (split as usize & 0x7f).pow(2);
+    let mut demux = sluice_ingest::ts_demux::TsDemuxer::audio_only(split & 0x80 != 0);
     let mut events = Vec::new();
     for chunk in stream.chunks(len) {
         if demux.push(chunk, &mut events).is_err() {

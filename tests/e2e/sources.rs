@@ -1,5 +1,6 @@
 //! Extra audio tracks from publishers of their own: a main RTMP publisher (a 440 Hz
-//! tone) and two audio-only publishers (660 Hz and 1320 Hz) on one channel. Every
+//! tone) and two audio-only publishers (660 Hz over RTMP, 1320 Hz over SRT) on one
+//! channel. Every
 //! distribution's CMAF multivariant playlist lists three audio renditions with their
 //! names and languages (one that offers only one extra track lists two); decoding each
 //! track's segments with ffmpeg gives its own tone; a source that leaves leaves silence
@@ -11,7 +12,7 @@ use crate::support::*;
 
 const TOKEN: &str = "sources-admin-token-0123456789";
 
-pub const CONFIG: &str = r#"
+const CONFIG: &str = r#"
 [api]
 admin_tokens = ["sources-admin-token-0123456789"]
 
@@ -34,7 +35,7 @@ name = "Français"
 
 [channels.c.sources.es]
 kind = "audio"
-protocol = "rtmp"
+protocol = "srt"
 stream_key = "es-key"
 language = "es"
 name = "Español"
@@ -46,6 +47,17 @@ channel = "c"
 channel = "c"
 audio_tracks = ["fr"]
 "#;
+
+/// A server on [`CONFIG`], with its SRT port.
+pub fn start(name: &str) -> (Server, u16) {
+    let port = free_udp_port();
+    let keys = format!("srt_listen = \"127.0.0.1:{port}\"");
+    (Server::start_with_server_keys(name, &keys, CONFIG), port)
+}
+
+pub fn srt_url(port: u16, key: &str) -> String {
+    format!("srt://127.0.0.1:{port}?streamid=publish:{key}&pkt_size=1316")
+}
 
 /// The dominant frequency of `pcm` (mono, 48 kHz), from its zero crossings; and its peak.
 fn tone_of(pcm: &[i16]) -> (f64, i16) {
@@ -125,7 +137,7 @@ fn wait_tone(server: &Server, rendition: &str, hz: f64, timeout: Duration) {
 #[test]
 fn audio_sources_are_extra_tracks_with_their_own_tones() {
     let _heavy = heavy();
-    let server = Server::start("sources", CONFIG);
+    let (server, srt) = start("sources");
     let main = Publisher::start(&server.rtmp_url("main-key"), 60, "320x180");
     server.wait_segments(
         "/live/all/cmaf/source/index.m3u8",
@@ -133,7 +145,7 @@ fn audio_sources_are_extra_tracks_with_their_own_tones() {
         Duration::from_secs(20),
     );
     let fr = Publisher::tone(&server.rtmp_url("fr-key"), 60, 660);
-    let _es = Publisher::tone(&server.rtmp_url("es-key"), 60, 1320);
+    let _es = Publisher::tone(&srt_url(srt, "es-key"), 60, 1320);
 
     // Three audio renditions in one group, with names and languages.
     let body = server.wait_for("/live/all/cmaf/index.m3u8", Duration::from_secs(20), |b| {

@@ -342,7 +342,7 @@ channel = \"r\"
 #[test]
 fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
     let _heavy = heavy();
-    let server = Server::start("hlsjs-tracks", crate::sources::CONFIG);
+    let (server, srt) = crate::sources::start("hlsjs-tracks");
     let dir = scratch_dir("hlsjs-tracks");
     let _main = Publisher::start(&server.rtmp_url("main-key"), 90, "320x180");
     server.wait_segments(
@@ -351,7 +351,7 @@ fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
         Duration::from_secs(20),
     );
     let _fr = Publisher::tone(&server.rtmp_url("fr-key"), 90, 660);
-    let _es = Publisher::tone(&server.rtmp_url("es-key"), 90, 1320);
+    let _es = Publisher::tone(&crate::sources::srt_url(srt, "es-key"), 90, 1320);
     server.wait_for("/live/all/cmaf/index.m3u8", Duration::from_secs(20), |b| {
         master_playlist(b).alternatives.len() == 3
     });

@@ -351,7 +351,8 @@ impl Publisher {
         Self::tone(url, seconds, 440)
     }
 
-    /// Audio only: a sine of `hz`, AAC-LC 48 kHz stereo in FLV.
+    /// Audio only: a sine of `hz`, AAC-LC 48 kHz stereo in FLV (`rtmp://`) or MPEG-TS
+    /// (`srt://`).
     pub fn tone(url: &str, seconds: u32, hz: u32) -> Publisher {
         let mut ffmpeg = tool("ffmpeg");
         ffmpeg
@@ -364,7 +365,15 @@ impl Publisher {
             ])
             .args(["-t", &seconds.to_string()])
             .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
-            .args(["-f", "flv", url]);
+            .args([
+                "-f",
+                if url.starts_with("srt:") {
+                    "mpegts"
+                } else {
+                    "flv"
+                },
+                url,
+            ]);
         Self::spawn(ffmpeg)
     }
 

@@ -626,6 +626,11 @@ impl Publisher {
     }
 
     /// Whether this feed owns the channel now.
+    /// It publishes to a channel's source (audio only), not to a channel.
+    pub fn is_source(&self) -> bool {
+        self.bus.follows.is_some()
+    }
+
     pub fn is_owner(&self) -> bool {
         self.bus.owner.load(Ordering::Relaxed) == self.id
     }

@@ -134,11 +134,22 @@ pub struct TsDemuxer {
     after_damage: bool,
     /// A timeline anchor was seen.
     anchored: bool,
+    /// A program with audio and no video is taken (an audio source's publisher).
+    audio_only: bool,
 }
 
 impl TsDemuxer {
     pub fn new() -> Self {
         TsDemuxer::default()
+    }
+
+    /// A demuxer that also takes programs with AAC and no video (for a channel's audio
+    /// sources); otherwise such a program is [`TsError::NoVideo`].
+    pub fn audio_only(allowed: bool) -> Self {
+        TsDemuxer {
+            audio_only: allowed,
+            ..TsDemuxer::default()
+        }
     }
 
     /// Takes the next bytes of the stream (cut anywhere); what they complete is
@@ -338,12 +349,17 @@ impl TsDemuxer {
                 _ => {}
             }
         }
-        let Some(video) = video else {
-            return Err(other_video.map_or(TsError::NoVideo, TsError::UnsupportedVideo));
-        };
-        if self.video.as_ref().is_none_or(|e| e.pid != video) {
-            self.video = Some(Es::new(video));
-            self.after_damage = true;
+        match video {
+            None if self.audio_only && audio.is_some() && other_video.is_none() => {
+                self.video = None;
+            }
+            None => return Err(other_video.map_or(TsError::NoVideo, TsError::UnsupportedVideo)),
+            Some(video) => {
+                if self.video.as_ref().is_none_or(|e| e.pid != video) {
+                    self.video = Some(Es::new(video));
+                    self.after_damage = true;
+                }
+            }
         }
         match audio {
             Some(pid) if self.audio.as_ref().is_none_or(|e| e.pid != pid) => {

@@ -198,18 +198,23 @@ fn a_lost_packet_costs_its_frame_and_video_until_the_next_keyframe() {
     }
 }
 
+/// One second of `codec` video (no audio) as MPEG-TS, from ffmpeg.
+fn lavfi_ts(codec: &str) -> std::process::Output {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=160x90:rate=10")
+        .args(["-t", "1", "-c:v", codec, "-f", "mpegts", "-"])
+        .output()
+        .expect("ffmpeg")
+}
+
 #[test]
 fn what_is_not_h264_ts_is_refused() {
     // Random bytes without a sync byte.
     let junk: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8 | 1).collect();
     assert!(matches!(demux(&junk, |_| 1316), Err(TsError::NoSync(_))));
     // HEVC video: refused with its stream type, at the first PMT.
-    let hevc = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=160x90:rate=10")
-        .args(["-t", "1", "-c:v", "libx265", "-f", "mpegts", "-"])
-        .output()
-        .expect("ffmpeg");
+    let hevc = lavfi_ts("libx265");
     if hevc.status.success() && !hevc.stdout.is_empty() {
         assert_eq!(
             demux(&hevc.stdout, |_| 1316).err(),
@@ -217,14 +222,39 @@ fn what_is_not_h264_ts_is_refused() {
         );
     }
     // MPEG-2 video is refused the same way (ffmpeg always has this encoder).
-    let mpeg2 = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=160x90:rate=10")
-        .args(["-t", "1", "-c:v", "mpeg2video", "-f", "mpegts", "-"])
-        .output()
-        .expect("ffmpeg");
+    let mpeg2 = lavfi_ts("mpeg2video");
     assert_eq!(
         demux(&mpeg2.stdout, |_| 1316).err(),
+        Some(TsError::UnsupportedVideo(0x02))
+    );
+}
+
+/// A program with AAC and no video (an audio source's publisher): refused by a channel's
+/// demuxer, taken by a source's, whose audio frames are the MP4's.
+#[test]
+fn audio_only_programs_are_taken_for_audio_sources_only() {
+    let ts = ffmpeg_ts(&["-vn"]);
+    assert_eq!(demux(&ts, |_| 1316).err(), Some(TsError::NoVideo));
+    let mut d = TsDemuxer::audio_only(true);
+    let mut events = vec![];
+    for chunk in ts.chunks(1316) {
+        d.push(chunk, &mut events).unwrap();
+    }
+    d.finish(&mut events);
+    assert!(events.iter().any(|e| matches!(e, TsEvent::AudioConfig(_))));
+    assert!(!events.iter().any(|e| matches!(e, TsEvent::VideoConfig(_))));
+    let (_, audio) = mp4_frames();
+    let got: Vec<&[u8]> = frames(&events, TrackKind::Audio)
+        .iter()
+        .map(|f| &f.data[..])
+        .collect();
+    let want: Vec<&[u8]> = audio.iter().map(Vec::as_slice).collect();
+    assert_eq!(got, want);
+    // Other video than H.264 is still refused as such.
+    let mpeg2 = lavfi_ts("mpeg2video");
+    let mut d = TsDemuxer::audio_only(true);
+    assert_eq!(
+        d.push(&mpeg2.stdout, &mut vec![]).err(),
         Some(TsError::UnsupportedVideo(0x02))
     );
 }

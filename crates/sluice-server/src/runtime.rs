@@ -607,6 +607,7 @@ impl Runtime {
         let wanted = cfg.channels.values().any(|c| {
             c.ingests
                 .values()
+                .chain(c.sources.values().map(|s| &s.ingest))
                 .any(|i| i.protocol == IngestProtocol::Srt)
                 || c.outputs
                     .values()
