@@ -1005,9 +1005,7 @@ fn serve_route(
     }
     if let (Some(offered), Some(rendition)) = (&dist.audio_tracks, route.rendition())
         && !offered.iter().any(|t| t == rendition)
-        && engines
-            .iter()
-            .any(|(e, _)| e.extra_tracks().iter().any(|t| t == rendition))
+        && engines.iter().any(|(e, _)| e.has_extra_track(rendition))
     {
         return error(
             StatusCode::NOT_FOUND,

@@ -558,7 +558,8 @@ pub struct Publisher {
     max_pts: Option<MediaTime>,
     /// Frames held from the first keyframe while the audio configuration is still unknown.
     waiting: Vec<Frame>,
-    /// Last video dts on the source's clock, to notice it jumping.
+    /// Last video dts on the source's clock, to notice it jumping (a source's bus, which
+    /// carries audio alone: the last audio dts).
     last_video_dts: Option<MediaTime>,
     /// First audio dts seen while no session has started (no video yet).
     audio_before_video: Option<MediaTime>,

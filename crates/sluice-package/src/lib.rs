@@ -23,7 +23,7 @@ pub mod ts;
 
 pub use packager::{AudioSpec, Packager, PackagerSettings, RenditionSpec, TrackSpec};
 pub use playlist::{Awaited, Readiness, Rendered};
-pub use store::{AUDIO_RENDITION, EngineOutput, Produced, SegmentRecord};
+pub use store::{AUDIO_RENDITION, EngineOutput, Produced, SegmentRecord, source_rendition};
 
 /// Why a frame or call was dropped. The packager never fails its caller:
 /// odd input is logged (with this as the reason) and dropped.

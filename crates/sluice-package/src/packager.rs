@@ -168,6 +168,24 @@ struct AudioState {
 }
 
 impl AudioState {
+    /// Takes `cfg` when it differs from the current one: a new init segment version,
+    /// stored in `output` when CMAF is made. Whether it changed.
+    fn configure(&mut self, cfg: AudioConfig, output: &EngineOutput, cmaf: bool) -> bool {
+        if self.cfg.as_deref() == Some(&cfg) {
+            return false;
+        }
+        self.init_version = self.init_version.saturating_add(1);
+        if cmaf {
+            output.add_init(
+                &self.name,
+                self.init_version,
+                fmp4::init_segment(TrackConfig::Audio(&cfg)),
+            );
+        }
+        self.cfg = Some(Arc::new(cfg));
+        true
+    }
+
     fn new(name: &str, init_version: u64) -> Self {
         AudioState {
             name: name.to_owned(),
@@ -340,30 +358,20 @@ impl Packager {
     /// Sets extra track `i`'s AAC configuration; a changed one gets a new init segment
     /// and a discontinuity.
     pub fn set_track_config(&mut self, i: usize, cfg: AudioConfig) {
-        let cmaf = self.cmaf;
         let Some(a) = self.extra.get_mut(i) else {
             return;
         };
-        if a.cfg.as_deref() == Some(&cfg) {
+        let (had, codec, channels) = (a.cfg.is_some(), cfg.codec_string(), cfg.channels);
+        let silence = cfg.silent_frame();
+        if !a.configure(cfg, &self.output, self.cmaf) {
             return;
         }
-        if a.cfg.is_some() {
-            a.carry_discontinuity = true;
+        a.carry_discontinuity |= had;
+        if silence.is_none() {
+            tracing::warn!(rendition = %a.name, %codec, channels, "no silence for this audio: gaps stay gaps");
         }
-        a.init_version = a.init_version.saturating_add(1);
-        a.silence = cfg.silent_frame();
-        if a.silence.is_none() {
-            tracing::warn!(rendition = %a.name, codec = %cfg.codec_string(), channels = cfg.channels, "no silence for this audio: gaps stay gaps");
-        }
-        if cmaf {
-            self.output.add_init(
-                &a.name,
-                a.init_version,
-                fmp4::init_segment(TrackConfig::Audio(&cfg)),
-            );
-        }
-        self.output.set_extra_codec(&a.name, cfg.codec_string());
-        a.cfg = Some(Arc::new(cfg));
+        a.silence = silence;
+        self.output.set_extra_codec(&a.name, codec);
     }
 
     /// Adds one raw AAC frame of extra track `i`, on the channel's timeline.
@@ -392,15 +400,12 @@ impl Packager {
         }
     }
 
-    /// Every audio track in CMAF: the main one (if any), then the extra ones.
-    fn cmaf_tracks(&self) -> Vec<Which> {
-        if !self.cmaf {
-            return Vec::new();
-        }
-        let main = self.audio.as_ref().map(|_| Which::Main);
+    /// Every audio track: the main one (if any), then the extra ones. Holds no borrow of
+    /// the packager, so the loop over it may change it (no allocation: it runs per frame).
+    fn audio_tracks(&self) -> impl Iterator<Item = Which> + use<> {
+        let main = self.audio.is_some().then_some(Which::Main);
         main.into_iter()
             .chain((0..self.extra.len()).map(Which::Extra))
-            .collect()
     }
 
     /// Rendition 0 was cut: every CMAF audio track gets that cut.
@@ -449,19 +454,10 @@ impl Packager {
             tracing::debug!("set_audio_config: packager has no audio");
             return;
         };
-        if a.cfg.as_deref() == Some(&cfg) {
-            return;
+        let codec = cfg.codec_string();
+        if a.configure(cfg, &self.output, self.cmaf) {
+            self.output.set_audio_codec(codec);
         }
-        a.init_version = a.init_version.saturating_add(1);
-        if self.cmaf {
-            self.output.add_init(
-                AUDIO_RENDITION,
-                a.init_version,
-                fmp4::init_segment(TrackConfig::Audio(&cfg)),
-            );
-        }
-        self.output.set_audio_codec(cfg.codec_string());
-        a.cfg = Some(Arc::new(cfg));
     }
 
     /// States a rendition's frame rate (for `FRAME-RATE`); otherwise it is
@@ -845,7 +841,8 @@ impl Packager {
                 self.write_ts(r, seg);
             }
         }
-        for w in self.cmaf_tracks() {
+        let cmaf = self.cmaf;
+        for w in self.audio_tracks().filter(|_| cmaf) {
             while let Some(cut) = self.track(w).and_then(|a| a.pending_cuts.front().copied()) {
                 let many = self
                     .track(w)
@@ -860,9 +857,8 @@ impl Packager {
             }
             self.publish_audio_parts(w, None);
         }
-        self.prune_audio(Which::Main);
-        for i in 0..self.extra.len() {
-            self.prune_audio(Which::Extra(i));
+        for w in self.audio_tracks() {
+            self.prune_audio(w);
         }
     }
 

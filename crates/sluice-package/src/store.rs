@@ -27,6 +27,11 @@ use crate::playlist::{
 /// The name of the CMAF audio rendition in URLs and lookups.
 pub const AUDIO_RENDITION: &str = "audio";
 
+/// The rendition of a channel's audio source `source` (an extra CMAF audio track).
+pub fn source_rendition(source: &str) -> String {
+    format!("{AUDIO_RENDITION}-{source}")
+}
+
 /// What the multivariant playlist says about a video rendition.
 #[derive(Debug, Clone)]
 pub(crate) struct VariantInfo {
@@ -652,13 +657,12 @@ impl EngineOutput {
         self.changed();
     }
 
-    /// The renditions of the extra audio tracks.
-    pub fn extra_tracks(&self) -> Vec<String> {
+    /// Whether `rendition` is one of the extra audio tracks.
+    pub fn has_extra_track(&self, rendition: &str) -> bool {
         self.read()
             .extra
             .iter()
-            .map(|(t, _)| t.rendition.clone())
-            .collect()
+            .any(|(t, _)| t.rendition == rendition)
     }
 
     /// The discontinuity sequence number of the newest segment of any playlist: the

@@ -14,7 +14,7 @@ use sluice_distribution::{
 };
 use sluice_engine::EncodedEvent;
 use sluice_ingest::RtmpLimits;
-use sluice_package::{EngineOutput, OutputKind};
+use sluice_package::{EngineOutput, OutputKind, source_rendition};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -359,7 +359,7 @@ pub(crate) fn build_catalog(
                 audio_tracks: dist
                     .audio_tracks
                     .as_ref()
-                    .map(|ids| ids.iter().map(|id| format!("audio-{id}")).collect()),
+                    .map(|ids| ids.iter().map(|id| source_rendition(id.as_str())).collect()),
                 counts: counts.map_or_else(sluice_distribution::unused_counts, |c| {
                     c.counts_for(dist_id)
                 }),

@@ -40,6 +40,7 @@ use sluice_ingest::{
 };
 use sluice_package::{
     AudioSpec, EngineOutput, OutputKind, Packager, PackagerSettings, RenditionSpec, TrackSpec,
+    source_rendition,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -526,7 +527,7 @@ impl StatusView {
                         "kind": "audio",
                         "name": name,
                         "language": language,
-                        "rendition": format!("audio-{sid}"),
+                        "rendition": source_rendition(sid.as_str()),
                         "live": b.is_publishing(),
                         "sessions": b.stats.sessions.load(Ordering::Relaxed),
                         "frames": b.stats.frames_in.load(Ordering::Relaxed),
@@ -1060,7 +1061,7 @@ impl Runtime {
             None
         };
         if let Some(why) = why {
-            for ingest_id in old.ingests.keys().chain(old.sources.keys()) {
+            for ingest_id in old.ingests.keys() {
                 p.to_end.push((run.bus.clone(), ingest_id.to_string()));
             }
             for (sid, b) in &run.sources {
@@ -1312,7 +1313,7 @@ impl Runtime {
                 continue;
             };
             let index = packager.add_track(TrackSpec {
-                rendition: format!("audio-{sid}"),
+                rendition: source_rendition(sid.as_str()),
                 name: s.name.clone(),
                 language: s.language.clone(),
                 default: s.default,
