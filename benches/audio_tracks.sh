@@ -37,7 +37,6 @@ need_tool python3 python3
 if [[ ! -x $BIN ]]; then
   (cd "$ROOT" && cargo build --release -p sluice-server) >&2 || die "release build failed"
 fi
-tick=$(getconf CLK_TCK)
 
 bench_begin audio-tracks
 copy_input
@@ -71,24 +70,9 @@ grep -q "sluice serving" "$work/sluice.log" || die "the server did not start: $(
 
 # round <tracks>: CPU s per wall s of the server with the main publisher and <tracks> sources.
 round() {
-  local n=$1 i t0 t1 started=()
-  ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$work/in.flv" -c copy \
-    -f flv "rtmp://127.0.0.1:$rtmp/live/main" </dev/null >/dev/null 2>&1 &
-  started+=($!)
-  for ((i = 0; i < n; i++)); do
-    ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$work/tone$i.flv" -c copy \
-      -f flv "rtmp://127.0.0.1:$rtmp/live/a$i" </dev/null >/dev/null 2>&1 &
-    started+=($!)
-  done
-  pids+=("${started[@]}")
-  sleep "$WARMUP"
-  t0=$(cpu_ticks "$sluice")
-  sleep "$SECONDS_MEASURED"
-  t1=$(cpu_ticks "$sluice")
-  for p in "${started[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${started[@]}"; do wait "$p" 2>/dev/null || true; done
-  sleep 4 # the sessions end; the next round starts a new one
-  python3 -c "print(f'{($t1 - $t0) / $tick / $SECONDS_MEASURED:.5f}')"
+  local n=$1 i inputs=("$work/in.flv=rtmp://127.0.0.1:$rtmp/live/main")
+  for ((i = 0; i < n; i++)); do inputs+=("$work/tone$i.flv=rtmp://127.0.0.1:$rtmp/live/a$i"); done
+  measured_round "$sluice" "$WARMUP" "$SECONDS_MEASURED" - "${inputs[@]}"
 }
 
 base=() with=()

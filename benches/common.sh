@@ -77,3 +77,32 @@ stop_publishers() {
   for p in "${publishers[@]}"; do wait "$p" 2>/dev/null || true; done
   publishers=()
 }
+
+# measured_round <pid> <warmup-s> <seconds> <hook> <file>=<rtmp-url>...: publishes each
+# file (looped, -re, -c copy) to its URL, waits the warm-up, runs <hook> (a function name,
+# or - for none: a check that the server serves what is measured; if it fails, the round
+# stops and fails), and prints <pid>'s CPU
+# seconds per wall second over <seconds>; then stops the publishers and waits 4 s for
+# their sessions to end (so that the next round starts new ones).
+measured_round() {
+  local pid=$1 warmup=$2 seconds=$3 hook=$4 pair p t0 t1 started=()
+  shift 4
+  for pair in "$@"; do
+    ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "${pair%%=*}" -c copy \
+      -f flv "${pair#*=}" </dev/null >/dev/null 2>&1 &
+    started+=($!)
+  done
+  pids+=("${started[@]}")
+  sleep "$warmup"
+  if [[ $hook != - ]] && ! "$hook"; then
+    for p in "${started[@]}"; do kill "$p" 2>/dev/null || true; done
+    return 1
+  fi
+  t0=$(cpu_ticks "$pid")
+  sleep "$seconds"
+  t1=$(cpu_ticks "$pid")
+  for p in "${started[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${started[@]}"; do wait "$p" 2>/dev/null || true; done
+  sleep 4
+  python3 -c "print(f'{($t1 - $t0) / $(getconf CLK_TCK) / $seconds:.5f}')"
+}

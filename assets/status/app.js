@@ -51,7 +51,7 @@ function makeChannel(id) {
       'Ingest: ', el('span', { class: 'state ingest-state' }), ' ',
       el('span', { class: 'ingest-name' }), ', ',
       el('span', { class: 'kbps' }), ' kbit/s in'),
-    el('p', { class: 'sources', hidden: '' }, 'Audio sources: ', el('span', { class: 'source-list' })),
+    el('p', { class: 'sources', hidden: '' }, 'Sources: ', el('span', { class: 'source-list' })),
     el('table', { class: 'engines' },
       el('caption', { text: 'Engines' }),
       el('thead', {}, el('tr', {}, ...['Engine', 'State', 'Ladder', 'Speed', 'Input lag', 'Newest segment', 'Restarts', 'Dropped frames']
@@ -73,14 +73,19 @@ function updateChannel(section, ch) {
   section.querySelector('.ingest-name').textContent = ch.active_ingest || 'none';
   section.querySelector('.kbps').textContent = String(ch.input_kbps);
 
-  // Extra audio tracks: each source, live or silent.
+  // Extra audio tracks (live or silent) and camera angles (playing or away).
   const sources = Object.entries(ch.sources || {});
   section.querySelector('p.sources').hidden = sources.length === 0;
-  section.querySelector('.source-list').replaceChildren(...sources.flatMap(([id, s], i) => [
-    i > 0 ? ', ' : '',
-    el('span', { 'data-source': id, class: `source state ${s.live ? 'live' : 'waiting'}`,
-      text: `${s.name}${s.language ? ` (${s.language})` : ''}: ${s.live ? 'live' : 'silent'}` }),
-  ]));
+  section.querySelector('.source-list').replaceChildren(...sources.flatMap(([id, s], i) => {
+    const angle = s.kind === 'video';
+    const state = angle ? (s.angle && s.angle.playing ? 'playing' : 'away') : (s.live ? 'live' : 'silent');
+    const what = angle ? 'camera angle' : (s.language || 'audio');
+    return [
+      i > 0 ? ', ' : '',
+      el('span', { 'data-source': id, class: `source state ${s.live ? 'live' : 'waiting'}`,
+        text: `${s.name} (${what}): ${state}` }),
+    ];
+  }));
 
   const engines = section.querySelector('table.engines tbody');
   engines.replaceChildren(...Object.entries(ch.engines).map(([id, e]) => {

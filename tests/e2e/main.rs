@@ -1,6 +1,7 @@
 //! End-to-end: the real `sluice` binary, real RTMP from ffmpeg, real HTTP,
 //! and independent parsers (ffprobe, m3u8-rs, the mp4 crate) on the output.
 
+mod angles;
 mod api;
 mod cache_edge;
 mod failover;
@@ -458,8 +459,8 @@ fn check_reports_every_config_error_with_its_position() {
     for pos in ["bad.toml:3:", "bad.toml:6:", "bad.toml:7:"] {
         assert!(stderr.contains(pos), "missing an error at {pos}:\n{stderr}");
     }
-    // A rule the server does not enforce yet is refused by check and by serve, with its
-    // position, instead of being accepted and ignored (nothing would be mixed in).
+    // A source the server could not serve (a camera angle on a channel without a ladder
+    // to encode it with) is refused by check and by serve, with its position.
     let geo = dir.join("extra.toml");
     std::fs::write(
         &geo,
@@ -470,7 +471,7 @@ fn check_reports_every_config_error_with_its_position() {
         let (code, stderr) = sluice(command, &geo);
         assert_eq!(code, Some(1), "{command}: {stderr}");
         assert!(
-            stderr.contains("extra.toml:7:8: not supported yet: camera angles"),
+            stderr.contains("extra.toml:6:1: a video source needs a ladder"),
             "{command}: {stderr}"
         );
     }

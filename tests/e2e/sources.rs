@@ -4,7 +4,8 @@
 //! distribution's CMAF multivariant playlist lists three audio renditions with their
 //! names and languages (one that offers only one extra track lists two); decoding each
 //! track's segments with ffmpeg gives its own tone; a source that leaves leaves silence
-//! while the main stream goes on undisturbed, and its tone comes back with it.
+//! while the main stream goes on undisturbed, and its tone comes back with it. In TS the
+//! main audio stays muxed and each extra track is an audio-only rendition.
 
 use std::time::{Duration, Instant};
 
@@ -79,9 +80,14 @@ fn decode_audio(server: &Server, dist: &str, rendition: &str, msn: u64) -> Vec<i
         .to_owned();
     let mut file = get_ok(&server.url(&format!("{base}/{init}")));
     file.extend(get_ok(&server.url(&format!("{base}/{msn}.m4s"))));
+    pcm_of(&file, &format!("{rendition}-{msn}.mp4"))
+}
+
+/// Decodes a media file (`name` gives its extension) to 48 kHz mono samples.
+fn pcm_of(file: &[u8], name: &str) -> Vec<i16> {
     let dir = scratch_dir("sources-decode");
-    let path = dir.join(format!("{rendition}-{msn}.mp4"));
-    std::fs::write(&path, &file).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, file).unwrap();
     let out = tool("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-i"])
         .arg(&path)
@@ -90,7 +96,7 @@ fn decode_audio(server: &Server, dist: &str, rendition: &str, msn: u64) -> Vec<i
         .unwrap();
     assert!(
         out.status.success(),
-        "decode {rendition} {msn}: {}",
+        "decode {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
@@ -197,6 +203,47 @@ fn audio_sources_are_extra_tracks_with_their_own_tones() {
     wait_tone(&server, "audio", 440.0, Duration::from_secs(10));
     wait_tone(&server, "audio-fr", 660.0, Duration::from_secs(20));
     wait_tone(&server, "audio-es", 1320.0, Duration::from_secs(20));
+
+    // TS: the main audio stays muxed with the video (the group's entry without a URI);
+    // the extra tracks are audio-only renditions, each its own tone.
+    let body = server.wait_for("/live/all/ts/index.m3u8", Duration::from_secs(20), |b| {
+        master_playlist(b).alternatives.len() == 3
+    });
+    let ts = master_playlist(&body);
+    let alts: Vec<_> = ts
+        .alternatives
+        .iter()
+        .map(|a| (a.name.as_str(), a.uri.as_deref(), a.default))
+        .collect();
+    assert_eq!(
+        alts,
+        vec![
+            ("audio", None, true),
+            ("Español", Some("audio-es/index.m3u8"), false),
+            ("Français", Some("audio-fr/index.m3u8"), false),
+        ],
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        ts.variants
+            .iter()
+            .all(|v| v.audio.as_deref() == Some("audio"))
+    );
+    for (rendition, hz) in [("audio-fr", 660.0), ("audio-es", 1320.0), ("source", 440.0)] {
+        let msn = newest(&server, &format!("/live/all/ts/{rendition}/index.m3u8"));
+        let seg = get_ok(&server.url(&format!("/live/all/ts/{rendition}/{msn}.ts")));
+        let (f, peak) = tone_of(&pcm_of(&seg, &format!("ts-{rendition}-{msn}.ts")));
+        assert!(
+            peak > 1000 && (f - hz).abs() < hz * 0.03,
+            "TS {rendition} {msn}: {f:.0} Hz (peak {peak}), not {hz} Hz"
+        );
+    }
+    let (status, _, _) = get(&server.url("/live/fr-only/ts/audio-es/index.m3u8"));
+    assert_eq!(
+        status, 404,
+        "a track the distribution does not offer, in TS too"
+    );
 
     // Status shows both sources live, with what they sent.
     let sources = |server: &Server| -> serde_json::Value {

@@ -320,6 +320,15 @@ pub fn master_playlist(body: &[u8]) -> MasterPlaylist {
     }
 }
 
+/// What a publisher muxes into for `url`: MPEG-TS over SRT, FLV over RTMP.
+fn container_for(url: &str) -> &'static str {
+    if url.starts_with("srt:") {
+        "mpegts"
+    } else {
+        "flv"
+    }
+}
+
 /// An ffmpeg RTMP publisher: a 30 fps test picture and a tone, H.264 + AAC in FLV.
 pub struct Publisher {
     child: Child,
@@ -365,15 +374,35 @@ impl Publisher {
             ])
             .args(["-t", &seconds.to_string()])
             .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
+            .args(["-f", container_for(url), url]);
+        Self::spawn(ffmpeg)
+    }
+
+    /// A second camera: colour bars (not the test picture) at 30 fps with a 880 Hz tone,
+    /// H.264 + AAC in FLV (`rtmp://`) or MPEG-TS (`srt://`).
+    pub fn camera(url: &str, seconds: u32, size: &str) -> Publisher {
+        let mut ffmpeg = tool("ffmpeg");
+        ffmpeg
+            .args(["-hide_banner", "-loglevel", "error", "-re"])
             .args([
                 "-f",
-                if url.starts_with("srt:") {
-                    "mpegts"
-                } else {
-                    "flv"
-                },
-                url,
-            ]);
+                "lavfi",
+                "-i",
+                &format!("smptebars=size={size}:rate=30"),
+            ])
+            .args(["-f", "lavfi", "-i", "sine=frequency=880:sample_rate=48000"])
+            .args(["-t", &seconds.to_string()])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-g", "30", "-pix_fmt", "yuv420p"])
+            .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
+            .args(["-f", container_for(url), url]);
         Self::spawn(ffmpeg)
     }
 

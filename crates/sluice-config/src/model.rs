@@ -191,10 +191,11 @@ pub struct Channel {
 /// `[channels.<id>.sources.<id>]`: an extra source of a channel. The main ingests stay
 /// the timing reference: a source is placed on the channel's timeline by when its media
 /// arrives (plus `offset_ms`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Source {
-    /// `kind`: `audio` (an extra audio track in every engine's CMAF output) or `video`
-    /// (a camera angle: parsed, refused by `sluice check` until served). Required.
+    /// `kind`: `audio` (an extra audio track in every engine's CMAF and TS outputs) or `video`
+    /// (a camera angle: its own ladder, served by every distribution of the channel at
+    /// `/live/<distribution>/angle/<source>/cmaf/index.m3u8`). Required.
     pub kind: SourceKind,
     /// How it arrives, with an ingest's keys and rules: `protocol` (`rtmp`, `srt`,
     /// `rtmp-pull`, `srt-pull`), `stream_key` or `url`, `passphrase`, `allow_cidrs`,
@@ -213,6 +214,11 @@ pub struct Source {
     /// `default`: the track players pick first (`DEFAULT=YES`) instead of the main
     /// ingest's audio. At most one source per channel. Default false.
     pub default: bool,
+    /// `ladder` (video sources): the renditions of the angle, usually a smaller ladder
+    /// than the main one's. Default: the ladder of the channel's first transcoding
+    /// engine. Its `segment_seconds` must be the channel's engines', so that segment N
+    /// of the angle is segment N of the main stream. `None` for audio sources.
+    pub ladder: Option<Ladder>,
 }
 
 /// `kind` of a source.

@@ -239,41 +239,20 @@ fn planned_config_validates_with_the_right_values() {
     assert_eq!(c.distributions.len(), 5);
 }
 
-/// Every key of the schema that the server does not act on is refused by `check` and
-/// `serve` with its position; the supported example and the embedded default pass.
+/// Every key of the schema is acted on now: the whole schema (the planned config), the
+/// supported example and the embedded default all pass `check`. A camera angle takes its
+/// ladder.
 #[test]
-fn unenforced_keys_are_refused_with_their_position() {
+fn the_whole_schema_passes() {
     let c = Config::from_toml_str(EXAMPLE, "example.toml").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.channels.len(), 2);
     Config::from_toml_str(DEFAULT_CONFIG_TOML, "default.toml").unwrap();
-    let got = Config::from_toml_str(PLANNED, "planned.toml")
-        .unwrap_err()
-        .errors;
-    let show = got
-        .iter()
-        .map(|e| format!("{}:{} [{}] {}", e.line, e.column, e.path, e.message))
-        .collect::<Vec<_>>()
-        .join("\n");
-    eprintln!("{show}");
-    assert!(
-        got.iter()
-            .all(|e| e.message.starts_with("not supported yet: ")),
-        "{show}"
-    );
-    // Exactly these, in file order: (path, what), each at its value's line and column.
-    let want = [("channels.final.sources.tactical-cam.kind", "camera angles")];
-    assert_eq!(got.len(), want.len(), "{show}");
-    for (e, (path, fragment)) in got.iter().zip(want) {
-        assert!(
-            e.path == path && e.message.contains(fragment),
-            "{path} {fragment}:\n{show}"
-        );
-    }
-    let line = |marker: &str| at(PLANNED, marker);
-    assert_eq!(
-        (got[0].line, got[0].column),
-        line("[channels.final.sources.tactical-cam]\nkind = |\"video\"")
-    );
+    let planned = Config::from_toml_str(PLANNED, "planned.toml").unwrap_or_else(|e| panic!("{e}"));
+    let cam = &planned.channels[&id("final")].sources[&id("tactical-cam")];
+    assert_eq!(cam.kind, SourceKind::Video);
+    assert_eq!(cam.name, "Tactical camera");
+    let ladder = cam.ladder.as_ref().expect("the angle's ladder");
+    assert_eq!(ladder, &planned.ladders[&id("standard")]);
 }
 
 /// Every distribution rule is enforced (viewer tokens, geo and IP rules, allowed origins,
@@ -1408,8 +1387,7 @@ fn tracking_ids_are_appended_the_way_targets_read_them() {
     );
 }
 
-/// Audio sources are parsed with an ingest's rules and their own keys; camera angles are
-/// refused until served; a distribution's `audio_tracks` name audio sources of its channel.
+/// Audio sources are parsed with an ingest's rules and their own keys; a distribution's `audio_tracks` name audio sources of its channel.
 #[test]
 fn audio_sources_and_the_tracks_a_distribution_offers() {
     let src = format!(
@@ -1462,14 +1440,56 @@ fn audio_sources_and_the_tracks_a_distribution_offers() {
     );
     let errs = errors(&pattern);
     assert!(errs[0].message.starts_with("sources arrive by"), "{errs:?}");
+    // A video source over a passthrough-only channel has no ladder to take.
     let video = src.replace(
-        "kind = \"audio\"\nprotocol = \"rtmp\"",
-        "kind = \"video\"\nprotocol = \"rtmp\"",
+        "kind = \"audio\"\nprotocol = \"rtmp\"\nstream_key = \"fr-key\"\nlanguage = \"fr\"",
+        "kind = \"video\"\nprotocol = \"rtmp\"\nstream_key = \"fr-key\"",
     );
-    let errs = Config::from_toml_str(&video, "t.toml").unwrap_err().errors;
+    let errs = errors(&video);
     assert!(
         errs.iter()
-            .any(|e| e.message.starts_with("not supported yet: camera angles")),
+            .any(|e| e.message.starts_with("a video source needs a ladder")),
         "{errs:?}"
+    );
+}
+
+/// A camera angle takes the first transcoding engine's ladder unless it names one; its
+/// ladder must cut on the channel's grid (the engines' `segment_seconds`).
+#[test]
+fn camera_angles_take_a_ladder_on_the_channel_grid() {
+    let src = "[ladders.big]\nsegment_seconds = 2\nrenditions = [{ name = \"720p\", width = 1280, height = 720, video_kbps = 3000 }]\n\
+        [ladders.small]\nsegment_seconds = 2\nrenditions = [{ name = \"360p\", width = 640, height = 360, video_kbps = 800 }]\n\
+        [ladders.odd]\nsegment_seconds = 4\nrenditions = [{ name = \"360p\", width = 640, height = 360, video_kbps = 800 }]\n\
+        [channels.c]\n[channels.c.ingests.i]\nprotocol = \"rtmp\"\nstream_key = \"k-main\"\n\
+        [channels.c.engines.e]\nladder = \"big\"\n\
+        [channels.c.sources.cam]\nkind = \"video\"\nprotocol = \"srt\"\nstream_key = \"k-cam\"\nname = \"Camera 2\"\n\
+        [distributions.d]\nchannel = \"c\"\n";
+    let cfg = ok(src);
+    let cam = &cfg.channels[&id("c")].sources[&id("cam")];
+    assert_eq!(cam.ladder.as_ref(), Some(&cfg.ladders[&id("big")]));
+    let named = src.replace(
+        "name = \"Camera 2\"",
+        "name = \"Camera 2\"\nladder = \"small\"",
+    );
+    let cfg = ok(&named);
+    let cam = &cfg.channels[&id("c")].sources[&id("cam")];
+    assert_eq!(cam.ladder.as_ref(), Some(&cfg.ladders[&id("small")]));
+    let odd = src.replace(
+        "name = \"Camera 2\"",
+        "name = \"Camera 2\"\nladder = \"odd\"",
+    );
+    let errs = errors(&odd);
+    assert!(
+        errs[0].message.starts_with(
+            "a camera angle cuts on the channel's segment grid: its ladder's segment_seconds (4) must be the engines' (2)"
+        ),
+        "{errs:?}"
+    );
+    let default_on_video = named.replace("ladder = \"small\"", "default = true");
+    let errs = errors(&default_on_video);
+    assert!(
+        errs[0]
+            .message
+            .starts_with("default applies to audio sources only")
     );
 }

@@ -477,7 +477,10 @@ impl Checker<'_> {
         let mut default: Option<String> = None;
         for (skey, src) in &r.sources {
             let spath = key_path(&key_path(&path, "sources"), skey.get_ref());
-            let source = self.source(&spath, skey.get_ref(), src, ladders);
+            let mut source = self.source(&spath, skey.get_ref(), src, ladders);
+            if source.kind == SourceKind::Video {
+                self.angle_ladder(src, &mut source, &engines);
+            }
             if source.default {
                 if let Some(other) = &default {
                     self.err(
@@ -582,12 +585,13 @@ impl Checker<'_> {
             Some(v) => *v.get_ref(),
             None => 0,
         };
+        let mut ladder = None;
         if let Some(l) = &r.ladder {
             if kind == SourceKind::Audio {
                 self.err(l.span(), "ladder applies to video sources only");
-            } else if !ladders.contains_key(l.get_ref().as_str())
-                && !self.touched(&key_path("ladders", l.get_ref()))
-            {
+            } else if let Some(found) = ladders.get(l.get_ref().as_str()) {
+                ladder = Some(found.clone());
+            } else if !self.touched(&key_path("ladders", l.get_ref())) {
                 self.err(l.span(), format!("no ladder {}", quote(l.get_ref())));
             }
         }
@@ -601,6 +605,50 @@ impl Checker<'_> {
             language,
             offset_ms,
             default: r.default.unwrap_or(false),
+            ladder,
+        }
+    }
+
+    /// A camera angle's ladder: its own (`ladder`), else the ladder of the channel's first
+    /// transcoding engine. Its segments must cut on the channel's grid: the same
+    /// `segment_seconds` as every transcoding engine of the channel.
+    fn angle_ladder(
+        &mut self,
+        src: &S<RawSource>,
+        source: &mut Source,
+        engines: &BTreeMap<Id, Engine>,
+    ) {
+        let transcoding = || {
+            engines
+                .values()
+                .filter(|e| !matches!(e.ladder_ref, LadderRef::Passthrough))
+        };
+        if source.ladder.is_none() {
+            source.ladder = transcoding().next().map(|e| e.ladder.clone());
+        }
+        let at = src
+            .get_ref()
+            .ladder
+            .as_ref()
+            .map_or(src.span(), |l| l.span());
+        let Some(ladder) = &source.ladder else {
+            if src.get_ref().ladder.is_none() && !engines.is_empty() {
+                self.err(
+                    at,
+                    "a video source needs a ladder: name one, or give the channel an engine with a ladder",
+                );
+            }
+            return;
+        };
+        if let Some(e) = transcoding().find(|e| e.ladder.segment_seconds != ladder.segment_seconds)
+        {
+            self.err(
+                at,
+                format!(
+                    "a camera angle cuts on the channel's segment grid: its ladder's segment_seconds ({}) must be the engines' ({})",
+                    ladder.segment_seconds, e.ladder.segment_seconds
+                ),
+            );
         }
     }
 

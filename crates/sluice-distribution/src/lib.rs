@@ -21,7 +21,7 @@ pub use analytics::{Audience, Viewers};
 pub use geo::{GeoDb, GeoDbError};
 pub use policy::{Geo, Policy, Refusal, SignError, sign_token};
 pub use server::{
-    API_MAX_BODY, Answer, ApiFuture, ApiRequest, Catalog, ControlApi, Directives,
+    API_MAX_BODY, AngleSlot, Answer, ApiFuture, ApiRequest, Catalog, ControlApi, Directives,
     DistributionCounts, DistributionEntry, HttpLimits, HttpState, Parked, REQUEST_KINDS,
     RefusalCounts, RequestCounts, RequestFacts, STATUS_CLASSES, handle, plan,
     serve_http_connection, unused_counts,

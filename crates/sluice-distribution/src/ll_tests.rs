@@ -88,6 +88,7 @@ fn state(out: &Arc<EngineOutput>) -> Arc<HttpState> {
                 target_latency: latency,
                 stopped: false,
                 audio_tracks: None,
+                angles: Vec::new(),
                 counts: crate::server::unused_counts(),
             },
         );
@@ -270,4 +271,104 @@ async fn a_publisher_reconnect_while_requests_are_parked() {
         assert!(text.contains("URI=\"2.0.m4s\""), "{text}");
         assert!(text.contains("#EXT-X-DISCONTINUITY\n"), "{text}");
     }
+}
+
+/// A camera angle is served from its slot: 503 for its multivariant and 404 for its
+/// children while its publisher is away, its own playlists while it is live (child URIs
+/// through the session and the angle); CMAF only; an unknown angle is 404.
+#[tokio::test]
+async fn camera_angles_are_served_from_their_slot() {
+    let mut live = Live::new();
+    live.frames(181);
+    let slot = Arc::new(crate::server::AngleSlot::empty());
+    let mut c = Catalog::default();
+    let ip = sluice_config::IpRule {
+        mode: sluice_config::RuleMode::Allow,
+        cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+    };
+    for (name, policy) in [
+        ("d", Policy::open()),
+        (
+            "paid",
+            Policy::new(None, Some(ip), vec![], &Default::default()).unwrap(),
+        ),
+    ] {
+        c.distributions.insert(
+            Id::new(name).unwrap(),
+            DistributionEntry {
+                policy: Arc::new(policy),
+                overrides: vec![],
+                outputs: vec![OutputKind::Cmaf, OutputKind::Ts],
+                max_kbps: None,
+                enabled: true,
+                engines: vec![],
+                target_latency: None,
+                stopped: false,
+                audio_tracks: None,
+                angles: vec![(Id::new("cam").unwrap(), slot.clone())],
+                counts: crate::server::unused_counts(),
+            },
+        );
+    }
+    let st = HttpState::new(c, SessionKey::from_secret(b"test"));
+    let status = |url: &str| match ask(&st, url) {
+        Answer::Now(r) => r.status(),
+        Answer::Park(_) => StatusCode::OK,
+    };
+    assert_eq!(
+        status("/live/d/angle/cam/cmaf/index.m3u8"),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status("/live/d/angle/cam/cmaf/v/index.m3u8"),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status("/live/d/angle/nope/cmaf/index.m3u8"),
+        StatusCode::NOT_FOUND
+    );
+
+    slot.store(Some(live.out.clone()));
+    let (code, body) = now(&st, "/live/d/angle/cam/cmaf/index.m3u8").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.lines().any(|l| l == "v/index.m3u8"), "{body}");
+    let (code, body) = now(&st, "/live/d/angle/cam/cmaf/v/index.m3u8").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(body.contains("#EXTINF:2.0"), "{body}");
+    assert_eq!(status("/live/d/angle/cam/cmaf/v/1.m4s"), StatusCode::OK);
+    assert_eq!(
+        status("/live/d/angle/cam/ts/index.m3u8"),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status("/live/d/cmaf/v/index.m3u8"),
+        StatusCode::NOT_FOUND,
+        "the main stream has no such rendition"
+    );
+
+    // Behind rules: child URIs go through the viewer's session, then the angle.
+    let (code, body) = now(&st, "/live/paid/angle/cam/cmaf/index.m3u8").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let child = body
+        .lines()
+        .find(|l| l.ends_with("v/index.m3u8"))
+        .expect("a variant")
+        .to_owned();
+    assert!(
+        child.starts_with("../../../s-") && child.ends_with("/angle/cam/cmaf/v/index.m3u8"),
+        "{child}"
+    );
+    // Resolved against /live/paid/angle/cam/cmaf/index.m3u8.
+    let resolved = format!("/live/paid/{}", child.trim_start_matches("../../../"));
+    let (code, _) = now(&st, &resolved).await;
+    assert_eq!(code, StatusCode::OK, "{resolved}");
+    assert_eq!(
+        status("/live/paid/angle/cam/cmaf/v/index.m3u8"),
+        StatusCode::UNAUTHORIZED,
+        "no session"
+    );
+
+    // The publisher leaves: gone again.
+    slot.store(None);
+    assert_eq!(status(&resolved), StatusCode::NOT_FOUND);
 }

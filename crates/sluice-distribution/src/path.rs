@@ -79,13 +79,17 @@ pub fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
 /// A request path decoded: the route, and what the server put in child URLs before
 /// the output: a viewer session (`s-<expires>-<viewer>-<mac>`, see [`crate::session`]) and the
 /// engine the viewer started on (`e-<engine>`). Both are optional, in that order, and
-/// only on child routes (media playlists, init segments, segments).
+/// only on child routes (media playlists, init segments, segments). Last, a camera angle
+/// (`angle/<source>`, CMAF only) on any route but the session check:
+/// `/live/<dist>/angle/<source>/cmaf/index.m3u8` and its children.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
     pub route: Route,
     /// As written, for the caller to verify.
     pub session: Option<&'a str>,
     pub engine: Option<Id>,
+    /// The camera angle (an extra video source of the channel) the route is of.
+    pub angle: Option<Id>,
 }
 
 /// Decodes a request path (without the query) with its optional session and engine.
@@ -95,6 +99,7 @@ pub fn parse_request(path: &str) -> Option<Request<'_>> {
             route,
             session: None,
             engine: None,
+            angle: None,
         });
     };
     let (dist, mut tail) = rest.split_once('/')?;
@@ -130,7 +135,13 @@ pub fn parse_request(path: &str) -> Option<Request<'_>> {
             },
             session,
             engine: None,
+            angle: None,
         });
+    }
+    let mut angle = None;
+    if let Some((source, after)) = tail.strip_prefix("angle/").and_then(|t| t.split_once('/')) {
+        angle = Some(Id::new(source).ok()?);
+        tail = after;
     }
     let route = parse_child(dist, tail)?;
     if (session.is_some() || engine.is_some())
@@ -138,10 +149,20 @@ pub fn parse_request(path: &str) -> Option<Request<'_>> {
     {
         return None;
     }
+    let cmaf = match &route {
+        Route::Multivariant { output, .. }
+        | Route::MediaPlaylist { output, .. }
+        | Route::Segment { output, .. } => *output == OutputKind::Cmaf,
+        _ => true,
+    };
+    if angle.is_some() && (engine.is_some() || !cmaf) {
+        return None;
+    }
     Some(Request {
         route,
         session,
         engine,
+        angle,
     })
 }
 
@@ -300,7 +321,8 @@ mod tests {
             Some(Request {
                 route: seg.clone(),
                 session: Some(s),
-                engine: None
+                engine: None,
+                angle: None,
             })
         );
         assert_eq!(
@@ -308,15 +330,17 @@ mod tests {
             Some(Request {
                 route: seg.clone(),
                 session: Some(s),
-                engine: Some(id("spare"))
+                engine: Some(id("spare")),
+                angle: None,
             })
         );
         assert_eq!(
             parse_request("/live/demo/e-main/cmaf/360p/12.m4s"),
             Some(Request {
-                route: seg,
+                route: seg.clone(),
                 session: None,
-                engine: Some(id("main"))
+                engine: Some(id("main")),
+                angle: None,
             })
         );
         assert_eq!(
@@ -331,8 +355,30 @@ mod tests {
             Some(Request {
                 route: Route::SessionCheck { dist: id("demo") },
                 session: Some(s),
-                engine: None
+                engine: None,
+                angle: None,
             })
+        );
+        // Camera angles: after the session, CMAF only, not with an engine.
+        assert_eq!(
+            parse_request(&format!("/live/demo/{s}/angle/cam-2/cmaf/360p/12.m4s")),
+            Some(Request {
+                route: seg,
+                session: Some(s),
+                engine: None,
+                angle: Some(id("cam-2")),
+            })
+        );
+        let angle_mv = parse_request("/live/demo/angle/cam-2/cmaf/index.m3u8").unwrap();
+        assert_eq!(
+            (angle_mv.route, angle_mv.angle),
+            (
+                Route::Multivariant {
+                    dist: id("demo"),
+                    output: OutputKind::Cmaf
+                },
+                Some(id("cam-2"))
+            )
         );
         for bad in [
             "/live/demo/check".to_owned(),
@@ -347,6 +393,14 @@ mod tests {
             "/live/demo/s-1/../cmaf/360p/1.m4s".to_owned(),
             "/live/demo/s-%2e/cmaf/360p/1.m4s".to_owned(),
             format!("/live/demo/s-{}/cmaf/360p/1.m4s", "0".repeat(80)),
+            "/live/demo/angle/cam/ts/index.m3u8".to_owned(),
+            "/live/demo/angle/cam/ts/360p/1.ts".to_owned(),
+            "/live/demo/e-main/angle/cam/cmaf/360p/1.m4s".to_owned(),
+            "/live/demo/angle/cam/e-main/cmaf/360p/1.m4s".to_owned(),
+            "/live/demo/angle/Cam/cmaf/index.m3u8".to_owned(),
+            "/live/demo/angle/cmaf/index.m3u8".to_owned(),
+            format!("/live/demo/angle/cam/{s}/cmaf/360p/1.m4s"),
+            "/live/demo/angle/cam/angle/cam/cmaf/index.m3u8".to_owned(),
         ] {
             assert_eq!(parse_request(&bad), None, "{bad}");
         }

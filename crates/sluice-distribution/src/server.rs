@@ -27,6 +27,10 @@ use crate::path::{self, Route};
 use crate::policy::{self, Policy, Refusal, TokenParam};
 use crate::session::{SESSION_SECONDS, SessionKey};
 
+/// Where a camera angle's live output is found: set while its publisher is live (each
+/// session packaged anew), `None` otherwise.
+pub type AngleSlot = arc_swap::ArcSwapOption<EngineOutput>;
+
 /// One distribution as the HTTP layer sees it.
 #[derive(Clone)]
 pub struct DistributionEntry {
@@ -47,12 +51,23 @@ pub struct DistributionEntry {
     pub stopped: bool,
     /// The extra audio tracks (renditions, `audio-<source>`) it offers; `None`: all.
     pub audio_tracks: Option<Vec<String>>,
+    /// Its channel's camera angles, by source id (`/live/<dist>/angle/<source>/cmaf/…`).
+    pub angles: Vec<(Id, Arc<AngleSlot>)>,
     /// Its request counts (kept for the process's life, across catalogs:
     /// [`RequestCounts::counts_for`]).
     pub counts: &'static DistributionCounts,
 }
 
 impl DistributionEntry {
+    /// Camera angle `id`: `None` when the channel has no such angle, `Some(None)` while
+    /// its publisher is away.
+    fn angle(&self, id: &Id) -> Option<Option<Arc<EngineOutput>>> {
+        self.angles
+            .iter()
+            .find(|(a, _)| a == id)
+            .map(|(_, slot)| slot.load_full())
+    }
+
     /// Where a child request looks, in order: the engine the viewer started on while it
     /// is healthy (viewers are not bounced back when a preferred engine recovers), the
     /// healthy engines by priority (failover: the same segment number is the same media
@@ -677,6 +692,7 @@ fn plan_counted(
         route,
         session,
         engine,
+        angle,
     }) = path::parse_request(req.path)
     else {
         return error(StatusCode::NOT_FOUND, "not found\n").into();
@@ -737,7 +753,15 @@ fn plan_counted(
     };
     if let Route::Multivariant { output, .. } = &route {
         return multivariant(
-            state, &catalog, req, dist_id, dist, *output, client, via_proxy, origin, now,
+            state,
+            &catalog,
+            req,
+            (dist_id, dist),
+            (*output, angle.as_ref()),
+            client,
+            via_proxy,
+            origin,
+            now,
         )
         .into();
     }
@@ -786,7 +810,23 @@ fn plan_counted(
         // Admitted (or an open distribution): a cache in front may serve this viewer.
         return no_content().into();
     }
-    let engines = dist.engines_for(engine.as_ref());
+    // A camera angle is served by its own output alone.
+    let angle_output = match angle.as_ref().map(|a| dist.angle(a)) {
+        None => None,
+        Some(Some(Some(out))) => Some(out),
+        Some(found) => {
+            let why = if found.is_some() {
+                "camera angle not live\n"
+            } else {
+                "no such camera angle\n"
+            };
+            return with_cors(error(StatusCode::NOT_FOUND, why), &dist.policy, origin).into();
+        }
+    };
+    let engines = match &angle_output {
+        Some(out) => vec![(out, true)],
+        None => dist.engines_for(engine.as_ref()),
+    };
     match serve_route(dist, &engines, &route, req.query) {
         Answer::Now(r) => with_cors(r, &dist.policy, origin).into(),
         Answer::Park(mut p) => {
@@ -879,9 +919,8 @@ fn multivariant(
     state: &HttpState,
     catalog: &Catalog,
     req: &RequestFacts<'_>,
-    entry_id: &Id,
-    entry: &DistributionEntry,
-    output: OutputKind,
+    (entry_id, entry): (&Id, &DistributionEntry),
+    (output, angle): (OutputKind, Option<&Id>),
     client: IpAddr,
     via_proxy: bool,
     origin: Option<&str>,
@@ -925,7 +964,19 @@ fn multivariant(
     if served.stopped {
         return error(StatusCode::SERVICE_UNAVAILABLE, "channel stopped\n");
     }
-    let Some((engine, body)) = served.engine_for_new_viewer(output) else {
+    let found = match angle {
+        None => served
+            .engine_for_new_viewer(output)
+            .map(|(e, b)| (Some(e), b)),
+        Some(a) => match served.angle(a) {
+            None => return error(StatusCode::NOT_FOUND, "no such camera angle\n"),
+            Some(None) => return error(StatusCode::SERVICE_UNAVAILABLE, "camera angle not live\n"),
+            Some(Some(out)) => out
+                .multivariant_for(output, served.max_kbps, served.audio_tracks.as_deref())
+                .map(|b| (None, b)),
+        },
+    };
+    let Some((engine, body)) = found else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "stream not live yet\n");
     };
     let measure = state.measure.load(std::sync::atomic::Ordering::Relaxed);
@@ -954,13 +1005,19 @@ fn multivariant(
         via.push_str(s);
         via.push('/');
     }
-    if served.engines.len() > 1 {
+    if let Some(engine) = engine.filter(|_| served.engines.len() > 1) {
         via.push_str(&format!("e-{engine}/"));
     }
+    // A camera angle's multivariant sits two levels deeper (`angle/<source>/`), and its
+    // children keep the angle after the session.
+    let (up, at) = match angle {
+        None => ("../", String::new()),
+        Some(a) => ("../../../", format!("angle/{a}/")),
+    };
     let prefix = match (moved, via.is_empty()) {
         (false, true) => None,
-        (false, false) => Some(format!("../{via}{}/", output.as_str())),
-        (true, _) => Some(format!("../../{served_id}/{via}{}/", output.as_str())),
+        (false, false) => Some(format!("{up}{via}{at}{}/", output.as_str())),
+        (true, _) => Some(format!("{up}../{served_id}/{via}{at}{}/", output.as_str())),
     };
     // A playlist that depends on the viewer (a session, an override) is theirs alone.
     let private = !entry.overrides.is_empty() || session.is_some();
@@ -1346,6 +1403,7 @@ mod tests {
             target_latency: None,
             stopped: false,
             audio_tracks: None,
+            angles: Vec::new(),
             counts: unused_counts(),
         }
     }

@@ -220,7 +220,8 @@ pub struct ChannelBus {
     clock_base: MediaTime,
     /// Set once the channel is stopped: no feed may attach (see [`ChannelBus::shut`]).
     shut: std::sync::atomic::AtomicBool,
-    /// The bus of a channel's extra audio source: the channel it follows.
+    /// The bus of a channel's extra source (an audio track or a camera angle): the
+    /// channel it follows.
     follows: Option<Follow>,
     pub stats: BusStats,
 }
@@ -230,6 +231,10 @@ pub struct ChannelBus {
 struct Follow {
     main: Arc<ChannelBus>,
     offset: MediaTime,
+    /// A camera angle: its video is placed (sessions start with `Start`, at a video
+    /// keyframe, without audio); otherwise its audio is (sessions start with
+    /// `TrackStart`).
+    video: bool,
 }
 
 impl ChannelBus {
@@ -255,9 +260,24 @@ impl ChannelBus {
     /// input is (a source clock running fast or slow, or the main input reconnected) is
     /// placed again; smaller drifts are estimated and logged.
     pub fn new_source(main: &Arc<ChannelBus>, offset_ms: i64, capacity: usize) -> Arc<Self> {
+        Self::follower(main, offset_ms, capacity, false)
+    }
+
+    /// The bus of one of `main`'s camera angles: as [`ChannelBus::new_source`], with video
+    /// instead of audio. Its publisher's audio is ignored; each session starts with a
+    /// [`MediaEvent::Start`] (video only) at a video keyframe, placed where `main`'s live
+    /// input is when that keyframe arrives, plus `offset_ms`. Engines read it as they read
+    /// a channel's bus, and cut it on the same grid, so its segment N is the main
+    /// stream's segment N.
+    pub fn new_angle(main: &Arc<ChannelBus>, offset_ms: i64, capacity: usize) -> Arc<Self> {
+        Self::follower(main, offset_ms, capacity, true)
+    }
+
+    fn follower(main: &Arc<ChannelBus>, offset_ms: i64, capacity: usize, video: bool) -> Arc<Self> {
         let follow = Follow {
             main: main.clone(),
             offset: offset_ms.clamp(-3_000, 3_000) * 1_000_000,
+            video,
         };
         // Logs name the channel, and the source as the ingest (its feed's name).
         Self::build(main.channel.clone(), main.grid, capacity, 0, Some(follow))
@@ -655,8 +675,8 @@ impl Publisher {
 
     /// Sets the audio configuration; a different one mid-session starts a new session.
     pub fn audio_config(&mut self, cfg: AudioConfig) {
-        if self.ended().is_some() {
-            return;
+        if self.ended().is_some() || self.bus.follows.as_ref().is_some_and(|f| f.video) {
+            return; // a camera angle's audio is not used
         }
         let changed = self.audio.as_ref() != Some(&cfg);
         self.audio = Some(cfg);
@@ -767,15 +787,25 @@ impl Publisher {
         let Some(follow) = self.bus.follows.as_ref() else {
             return;
         };
-        if frame.track != TrackKind::Audio || !self.is_owner() {
+        let (video, offset) = (follow.video, follow.offset);
+        let main_head = follow.main.head.load(Ordering::Relaxed);
+        let wanted = if video {
+            TrackKind::Video
+        } else {
+            TrackKind::Audio
+        };
+        if frame.track != wanted || !self.is_owner() {
             return;
         }
-        let Some(audio) = self.audio.clone() else {
-            return;
+        let configured = if video {
+            self.video.is_some()
+        } else {
+            self.audio.is_some()
         };
+        if !configured {
+            return;
+        }
         self.bus.touch();
-        let main_head = follow.main.head.load(Ordering::Relaxed);
-        let offset = follow.offset;
         if let Some(last) = self.last_video_dts
             && self.offset.is_some()
             && (frame.dts < last.saturating_sub(MAX_CLOCK_STEP_BACK)
@@ -797,14 +827,29 @@ impl Publisher {
                 if main_head == i64::MIN {
                     return; // nothing to place it on until the main input is live
                 }
+                if video && !frame.keyframe {
+                    return; // an angle's session starts at a keyframe
+                }
                 let start = main_head.saturating_add(offset);
-                let o = start.saturating_sub(frame.pts);
+                // Video by its decode time (its first frame decodes first), as a
+                // channel's session is placed; audio by its presentation time.
+                let first = if video { frame.dts } else { frame.pts };
+                let o = start.saturating_sub(first);
                 self.start = start;
                 self.offset = Some(o);
                 self.lead = None;
-                let ev = MediaEvent::TrackStart {
-                    session: self.session,
-                    audio,
+                let ev = match (video, self.video.clone(), self.audio.clone()) {
+                    (true, Some(video), _) => MediaEvent::Start {
+                        session: self.session,
+                        video,
+                        audio: None,
+                        carried: false,
+                    },
+                    (false, _, Some(audio)) => MediaEvent::TrackStart {
+                        session: self.session,
+                        audio,
+                    },
+                    _ => return, // checked above
                 };
                 self.bus.lock().current_start = Some(ev.clone());
                 self.bus.send(ev);
@@ -1063,8 +1108,10 @@ impl BusReceiver {
             MediaEvent::End { .. } | MediaEvent::Close => Some(ev),
             MediaEvent::Frame(f) => {
                 if self.need_keyframe {
-                    // A source's bus carries audio alone: every AAC frame is a start.
-                    let start = f.track == TrackKind::Video || self.bus.follows.is_some();
+                    // An audio source's bus carries audio alone: every AAC frame is a
+                    // start. A camera angle's, video alone.
+                    let audio_source = self.bus.follows.as_ref().is_some_and(|f| !f.video);
+                    let start = f.track == TrackKind::Video || audio_source;
                     if start && f.keyframe {
                         self.need_keyframe = false;
                     } else {
@@ -1621,6 +1668,72 @@ mod tests {
             panic!()
         };
         assert_eq!(h.pts, main.head.load(Ordering::Relaxed) + 250_000_000);
+    }
+
+    /// A camera angle starts at its first video keyframe once the main input is live,
+    /// placed where the main input is (plus its offset), with a `Start` without audio; its
+    /// audio is not used. It leaves and comes back placed again.
+    #[tokio::test]
+    async fn an_angle_is_placed_where_the_main_input_is_at_a_keyframe() {
+        let main = bus();
+        let angle = ChannelBus::new_angle(&main, -100, 256);
+        let mut rx = angle.subscribe();
+        let mut s = angle.begin_publish("cam").unwrap();
+        configure(&mut s);
+        s.push(video(1_000, true));
+        assert!(
+            rx.try_recv_for_test().is_none(),
+            "the main input is not live"
+        );
+        let mut m = main.begin_publish("main").unwrap();
+        configure(&mut m);
+        for i in 0..60 {
+            m.push(video(500_000 + i * 33, i == 0));
+        }
+        let head = main.head.load(Ordering::Relaxed);
+        s.push(video(1_033, false));
+        s.push(audio(1_040));
+        assert!(rx.try_recv_for_test().is_none(), "waits for a keyframe");
+        s.push(video(2_000, true));
+        s.push(audio(2_010));
+        s.push(video(2_033, false));
+        let Some(MediaEvent::Start {
+            session,
+            audio: a,
+            carried,
+            ..
+        }) = rx.recv().await
+        else {
+            panic!("an angle's session starts with Start")
+        };
+        assert!(a.is_none() && !carried);
+        let MediaEvent::Frame(f) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert!(f.keyframe && f.track == TrackKind::Video);
+        assert_eq!(f.pts, head - 100_000_000);
+        let MediaEvent::Frame(g) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!((g.track, g.pts - f.pts), (TrackKind::Video, 33_000_000));
+        assert!(rx.try_recv_for_test().is_none(), "the audio was dropped");
+
+        drop(s);
+        assert!(matches!(rx.recv().await, Some(MediaEvent::End { session: e }) if e == session));
+        for i in 60..90 {
+            m.push(video(500_000 + i * 33, false));
+        }
+        let mut s = angle.begin_publish("cam").unwrap();
+        configure(&mut s);
+        s.push(video(7_000, true));
+        let Some(MediaEvent::Start { session: next, .. }) = rx.recv().await else {
+            panic!()
+        };
+        assert!(next > session);
+        let MediaEvent::Frame(h) = rx.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(h.pts, main.head.load(Ordering::Relaxed) - 100_000_000);
     }
 
     /// A source whose media runs away from the main input by more than a second (here:

@@ -165,6 +165,8 @@ struct AudioState {
     carry_discontinuity: bool,
     /// LL-HLS: the audio segment whose parts are being published.
     open: Option<AudioOpen>,
+    /// Extra tracks in TS: their audio-only segments' writer.
+    ts: TsWriter,
 }
 
 impl AudioState {
@@ -203,6 +205,7 @@ impl AudioState {
             started: false,
             carry_discontinuity: false,
             open: None,
+            ts: TsWriter::new(),
         }
     }
 }
@@ -236,7 +239,7 @@ pub struct Packager {
     output: Arc<EngineOutput>,
     video: Vec<VideoState>,
     audio: Option<AudioState>,
-    /// Extra audio tracks (CMAF only).
+    /// Extra audio tracks: CMAF audio renditions, and audio-only TS renditions.
     extra: Vec<AudioState>,
     /// Highest pts seen on any video rendition.
     video_head: Option<MediaTime>,
@@ -408,13 +411,17 @@ impl Packager {
             .chain((0..self.extra.len()).map(Which::Extra))
     }
 
-    /// Rendition 0 was cut: every CMAF audio track gets that cut.
+    /// Rendition 0 was cut: every CMAF audio track gets that cut, and so does every
+    /// extra track in TS (an audio-only rendition there; the main audio is muxed with the
+    /// video).
     fn cut_audio(&mut self, cut: Cut) {
-        if !self.cmaf {
-            return;
-        }
-        for a in self.audio.iter_mut().chain(self.extra.iter_mut()) {
+        if let Some(a) = self.audio.as_mut().filter(|_| self.cmaf) {
             a.pending_cuts.push_back(cut);
+        }
+        if self.cmaf || self.ts {
+            for a in &mut self.extra {
+                a.pending_cuts.push_back(cut);
+            }
         }
     }
 
@@ -841,8 +848,15 @@ impl Packager {
                 self.write_ts(r, seg);
             }
         }
-        let cmaf = self.cmaf;
-        for w in self.audio_tracks().filter(|_| cmaf) {
+        let (cmaf, ts) = (self.cmaf, self.ts);
+        for w in self.audio_tracks() {
+            let extra_ts = match w {
+                Which::Extra(i) if ts => Some(i),
+                _ => None,
+            };
+            if !cmaf && extra_ts.is_none() {
+                continue;
+            }
             while let Some(cut) = self.track(w).and_then(|a| a.pending_cuts.front().copied()) {
                 let many = self
                     .track(w)
@@ -853,9 +867,16 @@ impl Packager {
                 if let Some(a) = self.track_mut(w) {
                     a.pending_cuts.pop_front();
                 }
-                self.write_cmaf_audio(w, cut);
+                if let Some(i) = extra_ts {
+                    self.write_ts_track(i, cut);
+                }
+                if cmaf {
+                    self.write_cmaf_audio(w, cut);
+                }
             }
-            self.publish_audio_parts(w, None);
+            if cmaf {
+                self.publish_audio_parts(w, None);
+            }
         }
         for w in self.audio_tracks() {
             self.prune_audio(w);
@@ -918,6 +939,50 @@ impl Packager {
             parts: Vec::new(),
         };
         self.output.add_segment(OutputKind::Ts, &v.name, stored);
+    }
+
+    /// Writes the TS segment of extra track `i` for `cut`: audio alone (with silence
+    /// where its source sent nothing), on the video's segment numbers.
+    fn write_ts_track(&mut self, i: usize, cut: Cut) {
+        let program_date_time = self.program_date_time(cut.start);
+        let Some(a) = self.extra.get_mut(i) else {
+            return;
+        };
+        // Not configured yet: the track is listed once it has a segment.
+        let Some(cfg) = a.cfg.clone() else {
+            return;
+        };
+        let real: Vec<&Frame> = audio_in(&a.queue, cut.start, cut.end).collect();
+        let frames = match &a.silence {
+            Some(silence) => {
+                with_silence(&real, cut.start, cut.end, aac_frame_duration(&cfg), silence)
+            }
+            None => real.into_iter().cloned().collect(),
+        };
+        let ts_frames: Vec<TsFrame> = frames
+            .into_iter()
+            .map(|f| TsFrame {
+                pts: f.pts,
+                dts: f.dts,
+                keyframe: true,
+                data: f.data,
+            })
+            .collect();
+        let data = a.ts.write_audio_segment(&cfg, &ts_frames);
+        if data.is_empty() {
+            return; // not ADTS-describable: offered in CMAF only
+        }
+        let stored = StoredSegment {
+            msn: cut.msn,
+            duration: cut.end.saturating_sub(cut.start),
+            discontinuity: cut.discontinuity,
+            init_version: None,
+            data: Some(data),
+            program_date_time,
+            parts: Vec::new(),
+        };
+        let name = a.name.clone();
+        self.output.add_segment(OutputKind::Ts, &name, stored);
     }
 
     fn write_cmaf_audio(&mut self, w: Which, cut: Cut) {
@@ -1150,9 +1215,9 @@ impl Packager {
                 consider(need(v, v.pending_ts.front().map(|p| p.seg.start)));
             }
         }
-        if self.cmaf
-            && let (Some(a), Some(v0)) = (self.track(w), self.video.first())
-        {
+        // Cuts wait in CMAF, and for an extra track's TS segments too.
+        let cut = self.cmaf || (self.ts && w != Which::Main);
+        if cut && let (Some(a), Some(v0)) = (self.track(w), self.video.first()) {
             consider(need(v0, a.pending_cuts.front().map(|c| c.start)));
         }
         from

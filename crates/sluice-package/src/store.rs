@@ -235,17 +235,20 @@ impl EngineOutput {
             }
             cmaf_audio = false;
         }
-        // Extra audio tracks: CMAF only, each once it has a segment.
+        // Extra audio tracks, each once it has a segment (in TS: audio-only renditions
+        // beside the main audio, which stays muxed with the video).
         let extra: Vec<&(TrackSpec, Option<String>)> = st
             .extra
             .iter()
             .filter(|(t, _)| {
-                output == OutputKind::Cmaf
-                    && tracks.is_none_or(|offered| offered.contains(&t.rendition))
+                tracks.is_none_or(|offered| offered.contains(&t.rendition))
                     && has_segment(&t.rendition)
             })
             .collect();
         let audio_group = cmaf_audio || !extra.is_empty();
+        // TS with extra tracks: the main audio is the group's entry without a URI (the
+        // variant's own, muxed audio).
+        let ts_main = output == OutputKind::Ts && !extra.is_empty() && st.audio_codec.is_some();
         let group_codec = if cmaf_audio {
             st.audio_codec.clone()
         } else {
@@ -319,16 +322,16 @@ impl EngineOutput {
             independent_segments: true,
             alternatives: {
                 let extra_default = extra.iter().any(|(t, _)| t.default);
-                let main = cmaf_audio.then(|| AlternativeMedia {
+                let main = (cmaf_audio || ts_main).then(|| AlternativeMedia {
                     media_type: AlternativeMediaType::Audio,
-                    uri: Some(format!("{AUDIO_RENDITION}/index.m3u8")),
+                    uri: cmaf_audio.then(|| format!("{AUDIO_RENDITION}/index.m3u8")),
                     group_id: AUDIO_RENDITION.to_owned(),
                     name: AUDIO_RENDITION.to_owned(),
                     default: !extra_default,
                     autoselect: true,
                     ..AlternativeMedia::default()
                 });
-                let first_is_default = !cmaf_audio && !extra_default;
+                let first_is_default = !cmaf_audio && !ts_main && !extra_default;
                 main.into_iter()
                     .chain(
                         extra

@@ -65,7 +65,7 @@ impl TsWriter {
         let mut out = Vec::with_capacity(total + total / 8 + 4 * PACKET_SIZE);
 
         self.write_pat(&mut out);
-        self.write_pmt(&mut out, adts.is_some());
+        self.write_pmt(&mut out, true, adts.is_some());
 
         let mut a = 0;
         // One PES buffer for the segment: the header, then the access unit converted
@@ -94,6 +94,40 @@ impl TsWriter {
             );
         }
         self.write_audio_until(&mut out, adts.as_ref(), audio, a, None);
+        Bytes::from(out)
+    }
+
+    /// Muxes one audio-only segment (an extra audio track, offered beside the audio
+    /// muxed with the video): PAT, a PMT with the audio alone and its PCR on the audio
+    /// PID, then the audio, each PES led by a PCR a little behind its decode time. Empty
+    /// when `audio_cfg` cannot be described by an ADTS header.
+    pub fn write_audio_segment(&mut self, audio_cfg: &AudioConfig, audio: &[TsFrame]) -> Bytes {
+        let Some(adts) = AdtsHeader::new(audio_cfg) else {
+            return Bytes::new();
+        };
+        let total: usize = audio.iter().map(|f| f.data.len() + 7).sum();
+        let mut out = Vec::with_capacity(total + total / 8 + 4 * PACKET_SIZE);
+        self.write_pat(&mut out);
+        self.write_pmt(&mut out, false, true);
+        let mut pes = Vec::new();
+        for chunk in audio.chunks(AUDIO_FRAMES_PER_PES) {
+            pes.clear();
+            pes_begin(&mut pes, 0xc0, ts90k(chunk[0].pts), None);
+            for f in chunk {
+                adts.write(&mut pes, f.data.len());
+                pes.extend_from_slice(&f.data);
+            }
+            pes_end(&mut pes, true);
+            let pcr = ts90k(chunk[0].dts.saturating_sub(PCR_LEAD));
+            write_packets(
+                &mut out,
+                AUDIO_PID,
+                &mut self.cc_audio,
+                &pes,
+                Some(pcr),
+                true,
+            );
+        }
         Bytes::from(out)
     }
 
@@ -137,14 +171,18 @@ impl TsWriter {
         write_section(out, 0, &mut self.cc_pat, s);
     }
 
-    fn write_pmt(&mut self, out: &mut Vec<u8>, with_audio: bool) {
+    /// The PMT: video (carrying the PCR) and audio, or audio alone (carrying it).
+    fn write_pmt(&mut self, out: &mut Vec<u8>, with_video: bool, with_audio: bool) {
         let mut s = vec![0x02, 0xb0, 0, 0x00, 0x01, 0xc1, 0x00, 0x00];
-        s.extend_from_slice(&[0xe0 | (VIDEO_PID >> 8) as u8, VIDEO_PID as u8]); // PCR_PID
+        let pcr_pid = if with_video { VIDEO_PID } else { AUDIO_PID };
+        s.extend_from_slice(&[0xe0 | (pcr_pid >> 8) as u8, pcr_pid as u8]);
         s.extend_from_slice(&[0xf0, 0x00]); // program_info_length 0
         let mut stream = |ty: u8, pid: u16| {
             s.extend_from_slice(&[ty, 0xe0 | (pid >> 8) as u8, pid as u8, 0xf0, 0x00]);
         };
-        stream(STREAM_TYPE_H264, VIDEO_PID);
+        if with_video {
+            stream(STREAM_TYPE_H264, VIDEO_PID);
+        }
         if with_audio {
             stream(STREAM_TYPE_ADTS, AUDIO_PID);
         }
@@ -197,7 +235,7 @@ impl TsStreamWriter {
         let mut anchor = [0u8; TIMELINE_ANCHOR_LEN];
         if frame.keyframe {
             self.w.write_pat(out);
-            self.w.write_pmt(out, self.adts.is_some());
+            self.w.write_pmt(out, true, self.adts.is_some());
             anchor[..4].copy_from_slice(TIMELINE_TAG);
             anchor[4..].copy_from_slice(&ticks90k(frame.pts).to_be_bytes());
         }

@@ -813,7 +813,8 @@ fn ll_hls_parts_from_ffmpeg_fixture() {
 }
 
 /// An extra audio track is cut where rendition 0 is cut, listed with `EXT-X-MEDIA` (its
-/// name and language) in the CMAF multivariant playlist only, and filled with silence
+/// name and language) in the multivariant playlists (in TS an audio-only rendition beside
+/// the muxed main audio), and filled with silence
 /// where its source sent nothing: every segment decodes to a full segment's worth of
 /// audio. A distribution that does not offer it does not list it.
 #[test]
@@ -863,7 +864,26 @@ fn extra_track(part: MediaTime) {
     assert_eq!(extra.language.as_deref(), Some("fr"));
     assert!(!extra.default && extra.autoselect);
     assert_eq!(extra.group_id, "audio");
-    assert!(master(&out, OutputKind::Ts, None).alternatives.is_empty());
+    // TS: the main audio stays muxed (the group's entry without a URI); the track is an
+    // audio-only rendition of its own.
+    let ts = master(&out, OutputKind::Ts, None);
+    let alts: Vec<_> = ts
+        .alternatives
+        .iter()
+        .map(|a| (a.name.as_str(), a.uri.as_deref(), a.default))
+        .collect();
+    assert_eq!(
+        alts,
+        vec![
+            ("audio", None, true),
+            ("Français", Some("audio-fr/index.m3u8"), false)
+        ]
+    );
+    assert!(
+        ts.variants
+            .iter()
+            .all(|v| v.audio.as_deref() == Some("audio"))
+    );
     let offered_none = out
         .multivariant_for(OutputKind::Cmaf, None, Some(&[]))
         .unwrap();
@@ -890,6 +910,23 @@ fn extra_track(part: MediaTime) {
         let streams = ffprobe(&file, &format!("fr{msn}.mp4"));
         assert_eq!(streams[0].0, "audio");
         assert!(streams[0].3 >= 93, "msn {msn}: {streams:?}");
+    }
+    // The same segments in TS: audio alone (its PCR on the audio PID), the same number
+    // of frames, on the same numbers.
+    assert_eq!(
+        msns(&media(&out, OutputKind::Ts, "audio-fr")),
+        vec![5, 6, 7]
+    );
+    for msn in 5..=7u64 {
+        let seg = out.segment(OutputKind::Ts, "audio-fr", msn).unwrap();
+        assert_eq!(seg.len() % 188, 0);
+        let streams = ffprobe(&seg, &format!("fr{msn}.ts"));
+        // (ffprobe lists the program's stream and the stream itself.)
+        assert!(
+            streams.iter().all(|s| s.0 == "audio"),
+            "audio only: {streams:?}"
+        );
+        assert!((93..=95).contains(&streams[0].3), "msn {msn}: {streams:?}");
     }
     // Segment 6 (12-14 s) is half the source, half silence; 7 is all silence.
     let silent = fx.audio_cfg.silent_frame().unwrap();

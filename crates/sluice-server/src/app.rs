@@ -303,10 +303,14 @@ pub async fn run(cfg: Config, text: String, config_path: Option<PathBuf>) -> any
     Ok(())
 }
 
-/// What the HTTP side serves for `cfg`'s distributions, on the engines' outputs.
+/// Every channel's camera angles: (source, where its live output is).
+pub(crate) type AngleSlots = HashMap<Id, Vec<(Id, Arc<sluice_distribution::AngleSlot>)>>;
+
+/// What the HTTP side serves for `cfg`'s distributions, on the engines' outputs (and the
+/// channels' camera angles).
 pub(crate) fn build_catalog(
     cfg: &Config,
-    outputs: &HashMap<(Id, Id), Arc<EngineOutput>>,
+    (outputs, angles): (&HashMap<(Id, Id), Arc<EngineOutput>>, &AngleSlots),
     geodb: &Option<Arc<GeoDb>>,
     stopped: &BTreeSet<Id>,
     counts: Option<&sluice_distribution::RequestCounts>,
@@ -360,6 +364,7 @@ pub(crate) fn build_catalog(
                     .audio_tracks
                     .as_ref()
                     .map(|ids| ids.iter().map(|id| source_rendition(id.as_str())).collect()),
+                angles: angles.get(&dist.channel).cloned().unwrap_or_default(),
                 counts: counts.map_or_else(sluice_distribution::unused_counts, |c| {
                     c.counts_for(dist_id)
                 }),

@@ -5,12 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::{MediaEvent, TrackKind};
+use sluice_distribution::AngleSlot;
 use sluice_engine::{
     EncodedEvent, EngineMode, EngineRunner, EngineStats, GstFactory, Packaging, RunnerSettings,
 };
-use sluice_ingest::{BusReceiver, Publisher};
-use sluice_package::Packager;
+use sluice_ingest::{BusReceiver, ChannelBus, Publisher};
+use sluice_package::{AudioSpec, Packager, PackagerSettings, RenditionSpec, TrackSpec};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub type SharedPackager = Arc<Mutex<Packager>>;
 
@@ -106,24 +108,177 @@ impl Packaging for ToPackager {
 /// already); what the source does not send, the packager fills with silence.
 pub async fn feed_track(
     index: usize,
-    mut rx: BusReceiver,
+    rx: BusReceiver,
     packager: SharedPackager,
     cancel: CancellationToken,
 ) {
+    each_event(rx, cancel, |ev| match ev {
+        MediaEvent::TrackStart { audio, .. } => lock(&packager).set_track_config(index, audio),
+        MediaEvent::Frame(f) if f.track == TrackKind::Audio => lock(&packager).push_track(index, f),
+        _ => {}
+    })
+    .await
+}
+
+/// Calls `f` with every event of `rx` until `cancel` or the bus closes.
+async fn each_event(mut rx: BusReceiver, cancel: CancellationToken, mut f: impl FnMut(MediaEvent)) {
     loop {
-        let ev = tokio::select! {
+        tokio::select! {
             _ = cancel.cancelled() => return,
             ev = rx.recv() => match ev {
-                Some(ev) => ev,
+                Some(ev) => f(ev),
                 None => return,
             },
-        };
-        match ev {
-            MediaEvent::TrackStart { audio, .. } => lock(&packager).set_track_config(index, audio),
-            MediaEvent::Frame(f) if f.track == TrackKind::Audio => {
-                lock(&packager).push_track(index, f)
+        }
+    }
+}
+
+/// Feeds the main audio of a camera angle's packager from the channel's bus until
+/// `cancel`: the main input's AAC frames as they arrive (on the channel's timeline, as
+/// the angle's video is), so that an angle plays with the channel's sound and switching
+/// angles keeps it.
+pub async fn feed_main_audio(rx: BusReceiver, packager: SharedPackager, cancel: CancellationToken) {
+    each_event(rx, cancel, |ev| match ev {
+        MediaEvent::Start { audio: Some(a), .. } => lock(&packager).set_audio_config(a),
+        MediaEvent::Frame(f) if f.track == TrackKind::Audio => lock(&packager).push_audio(f),
+        _ => {}
+    })
+    .await
+}
+
+/// A camera angle as its engine runs it: transcoded with its ladder, packaged on the
+/// channel's grid with the channel's audio and extra audio tracks.
+pub struct AngleEngine {
+    /// `<channel>/angle/<source>`, for logs.
+    pub name: String,
+    pub mode: EngineMode,
+    /// Everything but `init_version_base`, taken per session from `init_base`.
+    pub settings: PackagerSettings,
+    pub renditions: Vec<RenditionSpec>,
+    /// The channel's extra audio tracks: each with its source's bus.
+    pub tracks: Vec<(TrackSpec, Arc<ChannelBus>)>,
+    /// The channel's bus: the angle's timing reference and its audio.
+    pub main: Arc<ChannelBus>,
+    /// Where distributions find the live session's output (`None` between sessions).
+    pub slot: Arc<AngleSlot>,
+    pub stats: Arc<EngineStats>,
+    /// A fresh range of init versions for each session's packager.
+    pub init_base: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// One session of a camera angle's bus: the `Start` that opened it, then its events until
+/// it ends (its `End`, the bus closing), or the next session starts (that `Start` is kept
+/// in `next` for the next run).
+struct AngleSession<'a> {
+    first: Option<MediaEvent>,
+    session: u64,
+    rx: &'a mut BusReceiver,
+    next: &'a mut Option<MediaEvent>,
+}
+
+impl sluice_core::MediaSource for AngleSession<'_> {
+    async fn recv(&mut self) -> Option<MediaEvent> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        loop {
+            let ev = self.rx.recv().await?;
+            match &ev {
+                MediaEvent::End { session } if *session == self.session => return None,
+                MediaEvent::End { .. } | MediaEvent::TrackStart { .. } => continue,
+                MediaEvent::Close => return None,
+                MediaEvent::Start { session, .. } if *session != self.session => {
+                    *self.next = Some(ev);
+                    return None;
+                }
+                _ => return Some(ev),
             }
-            _ => {}
+        }
+    }
+}
+
+/// Runs a camera angle until `cancel`. Each session of its publisher gets an engine run
+/// and a packager of its own, published in `slot` while it lasts: its first segment is
+/// numbered from media time, as the main stream's are, so segment N of the angle is
+/// segment N of the main stream after every return; when the publisher leaves, the
+/// angle's playlists end and it is gone from the distributions until it returns.
+pub async fn run_angle(angle: Arc<AngleEngine>, mut rx: BusReceiver, cancel: CancellationToken) {
+    // A run after a panic: the session that was live is over.
+    angle.slot.store(None);
+    let mut next: Option<MediaEvent> = None;
+    loop {
+        let first = match next.take() {
+            Some(ev) => ev,
+            None => loop {
+                let ev = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = rx.recv() => match ev {
+                        Some(ev) => ev,
+                        None => return,
+                    },
+                };
+                if matches!(ev, MediaEvent::Start { .. }) {
+                    break ev;
+                }
+            },
+        };
+        let MediaEvent::Start { session, .. } = &first else {
+            continue;
+        };
+        let session = *session;
+        let settings = PackagerSettings {
+            init_version_base: (angle.init_base)(),
+            ..angle.settings.clone()
+        };
+        let (mut packager, output) = Packager::new(
+            settings,
+            angle.renditions.clone(),
+            Some(AudioSpec { kbps: 0 }),
+        );
+        let mut tracks = Vec::with_capacity(angle.tracks.len());
+        for (spec, bus) in &angle.tracks {
+            tracks.push((packager.add_track(spec.clone()), bus.subscribe()));
+        }
+        let packager = Arc::new(Mutex::new(packager));
+        let feeds = cancel.child_token();
+        // The feeds stop with the session, also when this task unwinds.
+        let feeds_guard = feeds.clone().drop_guard();
+        tokio::spawn(
+            feed_main_audio(angle.main.subscribe(), packager.clone(), feeds.clone())
+                .in_current_span(),
+        );
+        for (index, bus) in tracks {
+            tokio::spawn(feed_track(index, bus, packager.clone(), feeds.clone()).in_current_span());
+        }
+        angle.slot.store(Some(output));
+        let sink = EngineSink {
+            packager,
+            taps: Arc::new(Vec::new()),
+        };
+        let packaging = Arc::new(ToPackager(sink, tracing::Span::current()));
+        let timing = RunnerSettings::for_segment(Duration::from_nanos(
+            angle.settings.segment_duration.max(0) as u64,
+        ));
+        let runner = EngineRunner::new(
+            angle.name.clone(),
+            angle.mode.clone(),
+            timing,
+            GstFactory,
+            packaging,
+        )
+        .with_stats(angle.stats.clone());
+        let input = AngleSession {
+            first: Some(first),
+            session,
+            rx: &mut rx,
+            next: &mut next,
+        };
+        runner.run(input, cancel.clone()).await;
+        drop(feeds_guard);
+        angle.slot.store(None);
+        tracing::info!(angle = %angle.name, session, "camera angle session ended; gone from the playlists");
+        if cancel.is_cancelled() {
+            return;
         }
     }
 }

@@ -23,12 +23,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_config::{
-    Channel, ChannelOutput, ChannelOutputProtocol, Config, Engine, IngestProtocol, LadderRef,
-    Output, SourceKind, VideoEncoder,
+    Channel, ChannelOutput, ChannelOutputProtocol, Config, Engine, IngestProtocol, Ladder,
+    LadderRef, Output, SourceKind, VideoEncoder,
 };
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
-use sluice_distribution::{Audience, GeoDb, HttpState};
+use sluice_distribution::{AngleSlot, Audience, GeoDb, HttpState};
 use sluice_engine::{
     Encoder, EncoderChoice, EngineMode, EngineStats, RenditionSettings, TestPattern,
     TestPatternSettings, TranscodeSettings,
@@ -237,12 +237,22 @@ impl Drop for OutputRun {
     }
 }
 
+/// A camera angle's engine (see [`engine_runner::run_angle`]); dropping it stops it.
+struct AngleRun {
+    slot: Arc<AngleSlot>,
+    stats: Arc<EngineStats>,
+    _stop: DropGuard,
+}
+
 /// A running channel; dropping it stops everything of it.
 struct ChannelRun {
     config: Channel,
     bus: Arc<ChannelBus>,
-    /// Buses of its audio sources (see [`ChannelBus::new_source`]).
+    /// Buses of its sources: audio tracks ([`ChannelBus::new_source`]) and camera angles
+    /// ([`ChannelBus::new_angle`]).
     sources: BTreeMap<Id, Arc<ChannelBus>>,
+    /// Its camera angles' engines.
+    angles: BTreeMap<Id, AngleRun>,
     /// Everything of the channel (a child of the process's token).
     cancel: CancellationToken,
     engines: BTreeMap<Id, EngineRun>,
@@ -299,11 +309,20 @@ struct ChannelView {
 
 struct RunningView {
     bus: Arc<ChannelBus>,
-    /// Audio sources: (id, display name, language, its bus).
-    sources: Vec<(Id, String, Option<String>, Arc<ChannelBus>)>,
+    sources: Vec<SourceView>,
     input_kbps: Arc<AtomicU32>,
     engines: Vec<EngineView>,
     outputs: Vec<OutputView>,
+}
+
+/// One extra source of a channel, as status and metrics see it.
+struct SourceView {
+    id: Id,
+    name: String,
+    language: Option<String>,
+    bus: Arc<ChannelBus>,
+    /// A camera angle's engine: where its live output is, and its counters.
+    angle: Option<(Arc<AngleSlot>, Arc<EngineStats>)>,
 }
 
 /// One channel output, as status and metrics see it.
@@ -374,7 +393,7 @@ impl StatusView {
         self.channels.iter().flat_map(|(id, c)| {
             c.running
                 .iter()
-                .flat_map(move |r| r.sources.iter().map(move |(s, _, _, b)| (id, s, b)))
+                .flat_map(move |r| r.sources.iter().map(move |s| (id, &s.id, &s.bus)))
         })
     }
 
@@ -520,20 +539,30 @@ impl StatusView {
         let sources: serde_json::Map<String, serde_json::Value> = run
             .sources
             .iter()
-            .map(|(sid, name, language, b)| {
-                (
-                    sid.to_string(),
-                    json!({
-                        "kind": "audio",
-                        "name": name,
-                        "language": language,
-                        "rendition": source_rendition(sid.as_str()),
-                        "live": b.is_publishing(),
-                        "sessions": b.stats.sessions.load(Ordering::Relaxed),
-                        "frames": b.stats.frames_in.load(Ordering::Relaxed),
-                        "bytes": b.stats.bytes_in.load(Ordering::Relaxed),
-                    }),
-                )
+            .map(|s| {
+                let b = &s.bus;
+                let mut v = json!({
+                    "kind": if s.angle.is_some() { "video" } else { "audio" },
+                    "name": s.name,
+                    "language": s.language,
+                    "live": b.is_publishing(),
+                    "sessions": b.stats.sessions.load(Ordering::Relaxed),
+                    "frames": b.stats.frames_in.load(Ordering::Relaxed),
+                    "bytes": b.stats.bytes_in.load(Ordering::Relaxed),
+                });
+                match &s.angle {
+                    None => v["rendition"] = json!(source_rendition(s.id.as_str())),
+                    Some((slot, stats)) => {
+                        v["angle"] = json!({
+                            "playing": slot.load().is_some(),
+                            "playlist": format!("angle/{}/cmaf/index.m3u8", s.id),
+                            "speed": stats.speed(),
+                            "restarts": stats.restarts.load(Ordering::Relaxed),
+                            "dropped_frames": stats.dropped_frames.load(Ordering::Relaxed),
+                        })
+                    }
+                }
+                (s.id.to_string(), v)
             })
             .collect();
         Some(json!({
@@ -568,8 +597,9 @@ pub struct Runtime {
     channels: BTreeMap<Id, ChannelRun>,
     /// Channels stopped through the control API (not persisted: a restart starts them).
     stopped: BTreeSet<Id>,
-    /// Engines started so far; each start gets its own range of init versions.
-    engine_starts: u64,
+    /// Engines (and camera angle sessions) started so far; each start gets its own
+    /// range of init versions.
+    engine_starts: Arc<AtomicU64>,
     /// While a changed engine warms up, the catalog still serves its predecessor.
     serving_instead: HashMap<(Id, Id), Arc<EngineOutput>>,
     srt_listening: bool,
@@ -583,7 +613,7 @@ impl Runtime {
             running: cfg.clone(),
             channels: BTreeMap::new(),
             stopped: BTreeSet::new(),
-            engine_starts: 0,
+            engine_starts: Arc::new(AtomicU64::new(0)),
             serving_instead: HashMap::new(),
         };
         for (id, channel) in &cfg.channels {
@@ -593,7 +623,7 @@ impl Runtime {
         rt.ensure_srt(&cfg).await?;
         build_catalog(
             &cfg,
-            &HashMap::new(),
+            (&HashMap::new(), &HashMap::new()),
             &rt.shared.geodb,
             &BTreeSet::new(),
             None,
@@ -678,7 +708,7 @@ impl Runtime {
         }
         build_catalog(
             &next,
-            &HashMap::new(),
+            (&HashMap::new(), &HashMap::new()),
             &self.shared.geodb,
             &BTreeSet::new(),
             None,
@@ -834,9 +864,17 @@ impl Runtime {
                 outputs.insert(key, out.clone());
             }
         }
+        let angles = self
+            .channels
+            .iter()
+            .map(|(cid, run)| {
+                let slots = run.angles.iter().map(|(a, r)| (a.clone(), r.slot.clone()));
+                (cid.clone(), slots.collect())
+            })
+            .collect();
         let catalog = build_catalog(
             &self.running,
-            &outputs,
+            (&outputs, &angles),
             &self.shared.geodb,
             &self.stopped,
             Some(&self.shared.state.requests),
@@ -920,7 +958,16 @@ impl Runtime {
                         .iter()
                         .filter_map(|(sid, b)| {
                             let s = c.sources.get(sid)?;
-                            Some((sid.clone(), s.name.clone(), s.language.clone(), b.clone()))
+                            Some(SourceView {
+                                id: sid.clone(),
+                                name: s.name.clone(),
+                                language: s.language.clone(),
+                                bus: b.clone(),
+                                angle: run
+                                    .angles
+                                    .get(sid)
+                                    .map(|a| (a.slot.clone(), a.stats.clone())),
+                            })
                         })
                         .collect(),
                     input_kbps: run.input_kbps.clone(),
@@ -981,9 +1028,15 @@ impl Runtime {
         let sources: BTreeMap<Id, Arc<ChannelBus>> = channel
             .sources
             .iter()
-            .filter(|(_, s)| s.kind == SourceKind::Audio)
             .map(|(sid, s)| {
-                let b = ChannelBus::new_source(&bus, s.offset_ms, DEFAULT_BUS_CAPACITY);
+                let b = match s.kind {
+                    SourceKind::Audio => {
+                        ChannelBus::new_source(&bus, s.offset_ms, DEFAULT_BUS_CAPACITY)
+                    }
+                    SourceKind::Video => {
+                        ChannelBus::new_angle(&bus, s.offset_ms, DEFAULT_BUS_CAPACITY)
+                    }
+                };
                 (sid.clone(), b)
             })
             .collect();
@@ -992,6 +1045,15 @@ impl Runtime {
             let run = self.start_engine(id, engine_id, channel, (&bus, &sources), &cancel, None);
             engines.insert(engine_id.clone(), run);
         }
+        let angles = channel
+            .sources
+            .iter()
+            .filter_map(|(sid, s)| {
+                let ladder = s.ladder.as_ref().filter(|_| s.kind == SourceKind::Video)?;
+                let run = self.start_angle(id, sid, ladder, channel, (&bus, &sources), &cancel);
+                Some((sid.clone(), run))
+            })
+            .collect();
         let input_kbps = Arc::new(AtomicU32::new(0));
         self.shared.tracker.spawn(sample_input(
             bus.clone(),
@@ -1014,6 +1076,7 @@ impl Runtime {
             config: channel.clone(),
             bus,
             sources,
+            angles,
             cancel,
             engines,
             pulls,
@@ -1047,6 +1110,7 @@ impl Runtime {
                         s.language.clone(),
                         s.offset_ms,
                         s.default,
+                        s.ladder.clone(),
                     )
                 })
                 .collect()
@@ -1055,8 +1119,9 @@ impl Runtime {
             // Sessions start on another grid.
             Some("its segment grid changed")
         } else if tracks(&old) != tracks(next) {
-            // Every engine packages every audio source as a track of its own.
-            Some("its audio tracks changed")
+            // Every engine packages every audio source as a track of its own; every
+            // camera angle has an engine of its own, with the channel's audio tracks.
+            Some("its sources changed")
         } else {
             None
         };
@@ -1216,6 +1281,98 @@ impl Runtime {
         self.channels.insert(id.clone(), run);
     }
 
+    /// A fresh range of init versions for each call (an engine run, a camera angle's
+    /// session): a viewer never fetches another run's init segment by its name.
+    fn init_bases(&self) -> Arc<dyn Fn() -> u64 + Send + Sync> {
+        let (base, starts) = (self.shared.init_version_base, self.engine_starts.clone());
+        Arc::new(move || {
+            let n = starts.fetch_add(1, Ordering::Relaxed);
+            base.saturating_add(n.saturating_mul(1 << 10))
+        })
+    }
+
+    /// Starts camera angle `source_id` of a channel: its ladder, fed by the angle's bus,
+    /// packaged on the channel's grid with the channel's audio and audio tracks (CMAF).
+    fn start_angle(
+        &self,
+        channel_id: &Id,
+        source_id: &Id,
+        ladder: &Ladder,
+        channel: &Channel,
+        (bus, sources): (&Arc<ChannelBus>, &BTreeMap<Id, Arc<ChannelBus>>),
+        parent: &CancellationToken,
+    ) -> AngleRun {
+        let segment_duration = secs_f64_to_nanos(ladder.segment_seconds);
+        let encoder = sluice_engine::resolve_encoder(encoder_choice(ladder.encoder))
+            .unwrap_or_else(|e| {
+                tracing::error!(angle = %source_id, error = %e, "falling back to x264");
+                Encoder::X264
+            });
+        let (mode, renditions) = transcode(ladder, encoder, segment_duration);
+        let tracks = sources
+            .iter()
+            .filter_map(|(sid, b)| {
+                let s = channel
+                    .sources
+                    .get(sid)
+                    .filter(|s| s.kind == SourceKind::Audio)?;
+                let spec = TrackSpec {
+                    rendition: source_rendition(sid.as_str()),
+                    name: s.name.clone(),
+                    language: s.language.clone(),
+                    default: s.default,
+                };
+                Some((spec, b.clone()))
+            })
+            .collect();
+        let slot = Arc::new(AngleSlot::empty());
+        let stats = Arc::new(EngineStats::default());
+        let angle = Arc::new(engine_runner::AngleEngine {
+            name: format!("{channel_id}/angle/{source_id}"),
+            mode,
+            settings: PackagerSettings {
+                segment_duration,
+                window: secs_f64_to_nanos(ladder.window_seconds),
+                cmaf: true,
+                ts: false,
+                init_version_base: 0,
+                part_duration: secs_f64_to_nanos(ladder.part_seconds),
+                keyframes_forced: true,
+            },
+            renditions,
+            tracks,
+            main: bus.clone(),
+            slot: slot.clone(),
+            stats: stats.clone(),
+            init_base: self.init_bases(),
+        });
+        let cancel = parent.child_token();
+        let span = tracing::info_span!("engine", channel = %channel_id, engine = %format!("angle/{source_id}"));
+        let angle_bus = sources.get(source_id).cloned();
+        self.shared.tracker.spawn(supervise(
+            format!("camera angle {channel_id}/{source_id}"),
+            cancel.clone(),
+            {
+                let cancel = cancel.clone();
+                move || {
+                    let rx = angle_bus.as_ref().map(|b| b.subscribe());
+                    let (angle, cancel) = (angle.clone(), cancel.clone());
+                    async move {
+                        if let Some(rx) = rx {
+                            engine_runner::run_angle(angle, rx, cancel).await;
+                        }
+                    }
+                    .instrument(span.clone())
+                }
+            },
+        ));
+        AngleRun {
+            slot,
+            stats,
+            _stop: cancel.drop_guard(),
+        }
+    }
+
     fn start_engine(
         &mut self,
         channel_id: &Id,
@@ -1227,8 +1384,6 @@ impl Runtime {
     ) -> EngineRun {
         let engine = &channel.engines[engine_id];
         let ladder = &engine.ladder;
-        let start = self.engine_starts;
-        self.engine_starts = self.engine_starts.saturating_add(1);
         let settings = PackagerSettings {
             segment_duration: secs_f64_to_nanos(ladder.segment_seconds),
             window: secs_f64_to_nanos(ladder.window_seconds),
@@ -1238,10 +1393,7 @@ impl Runtime {
             // to another engine, or stays on an engine whose ladder changed, fetches
             // that run's init segment, never a cached one of the same name with other
             // parameter sets.
-            init_version_base: self
-                .shared
-                .init_version_base
-                .saturating_add(start.saturating_mul(1 << 10)),
+            init_version_base: self.init_bases()(),
             part_duration: secs_f64_to_nanos(ladder.part_seconds),
             keyframes_forced: matches!(engine.ladder_ref, LadderRef::Named(_)),
         };
@@ -1269,47 +1421,25 @@ impl Runtime {
                 }],
                 Some(AudioSpec { kbps: 0 }),
             ),
-            LadderRef::Named(_) => (
-                EngineMode::Transcode(TranscodeSettings {
-                    segment_duration: settings.segment_duration,
-                    renditions: ladder
-                        .renditions
-                        .iter()
-                        .map(|r| RenditionSettings {
-                            width: r.width,
-                            height: r.height,
-                            video_kbps: r.video_kbps,
-                        })
-                        .collect(),
-                    audio_kbps: ladder.audio_kbps,
-                    audio_passthrough: ladder.audio_passthrough,
-                    preset: ladder.encoder_preset.clone(),
-                    reuse_top_rung: ladder.reuse_top_rung,
-                    encoder: encoder.unwrap_or(Encoder::X264),
-                    max_queued_bytes: ENGINE_INPUT_BYTES,
-                    max_queued_time: settings.segment_duration.saturating_mul(2),
-                }),
-                ladder
-                    .renditions
-                    .iter()
-                    .map(|r| RenditionSpec {
-                        name: r.name.clone(),
-                        width: r.width,
-                        height: r.height,
-                        video_kbps: r.video_kbps,
-                    })
-                    .collect(),
-                Some(AudioSpec {
+            LadderRef::Named(_) => {
+                let encoder = encoder.unwrap_or(Encoder::X264);
+                let (mode, renditions) = transcode(ladder, encoder, settings.segment_duration);
+                let audio = AudioSpec {
                     kbps: ladder.audio_kbps,
-                }),
-            ),
+                };
+                (mode, renditions, Some(audio))
+            }
         };
-        let cmaf = settings.cmaf;
         let (mut packager, output) = Packager::new(settings, renditions, audio);
-        // Every audio source is an extra CMAF audio track of every engine.
+        // Every audio source is an extra audio track of every engine (CMAF, and TS as an
+        // audio-only rendition beside the muxed main audio).
         let mut tracks = Vec::new();
         for (sid, source_bus) in sources {
-            let Some(s) = channel.sources.get(sid).filter(|_| cmaf) else {
+            let Some(s) = channel
+                .sources
+                .get(sid)
+                .filter(|s| s.kind == SourceKind::Audio)
+            else {
                 continue;
             };
             let index = packager.add_track(TrackSpec {
@@ -1669,6 +1799,44 @@ impl Runtime {
 }
 
 /// The slate is made at the size of the largest rendition any engine makes.
+/// A transcoding engine's mode for `ladder`, and the renditions it packages.
+fn transcode(
+    ladder: &Ladder,
+    encoder: Encoder,
+    segment_duration: MediaTime,
+) -> (EngineMode, Vec<RenditionSpec>) {
+    let mode = EngineMode::Transcode(TranscodeSettings {
+        segment_duration,
+        renditions: ladder
+            .renditions
+            .iter()
+            .map(|r| RenditionSettings {
+                width: r.width,
+                height: r.height,
+                video_kbps: r.video_kbps,
+            })
+            .collect(),
+        audio_kbps: ladder.audio_kbps,
+        audio_passthrough: ladder.audio_passthrough,
+        preset: ladder.encoder_preset.clone(),
+        reuse_top_rung: ladder.reuse_top_rung,
+        encoder,
+        max_queued_bytes: ENGINE_INPUT_BYTES,
+        max_queued_time: segment_duration.saturating_mul(2),
+    });
+    let renditions = ladder
+        .renditions
+        .iter()
+        .map(|r| RenditionSpec {
+            name: r.name.clone(),
+            width: r.width,
+            height: r.height,
+            video_kbps: r.video_kbps,
+        })
+        .collect();
+    (mode, renditions)
+}
+
 fn slate_size(channel: &Channel) -> (u32, u32) {
     channel
         .engines
