@@ -3,13 +3,19 @@
 //! (`/live/<distribution>/angle/<source>/cmaf/index.m3u8`) with its own ladder and the
 //! channel's sound, and segment N of the angle starts within one frame of segment N of
 //! the main stream (decoded timestamps, by ffprobe). The camera leaves: the angle is gone
-//! (503) while the main stream goes on without a discontinuity; it returns, aligned again.
+//! (503) while the main stream goes on without a discontinuity; it returns, aligned again;
+//! disabled through the control API, it is gone again, and nothing restarts.
 
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+const TOKEN: &str = "angles-admin-token-0123456789";
+
 const CONFIG: &str = r#"
+[api]
+admin_tokens = ["angles-admin-token-0123456789"]
+
 [ladders.main]
 segment_seconds = 2.0
 part_seconds = 0.5
@@ -187,6 +193,27 @@ fn a_second_camera_is_an_angle_on_the_same_segment_numbers() {
     let _cam = Publisher::camera(&cam_url, 60, "320x180");
     let again = assert_aligned(&server);
     assert!(again > first, "{again} after {first}");
+
+    // Disabled through the control API: its publisher is cut and the angle is gone;
+    // nothing restarts.
+    let resp = ureq::request("PATCH", &server.url("/api/v1/channels/c/sources/cam"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"enabled": false}"#);
+    assert!(resp.is_ok(), "PATCH source: {resp:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&server.url("/live/all/angle/cam/cmaf/index.m3u8")).0 != 503 {
+        assert!(Instant::now() < deadline, "the disabled angle stays");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(cam_status(&server)["live"], false);
+    assert!(server.log_text().contains("source c/cam changed"));
+    assert!(
+        !server.log_text().contains("restarted"),
+        "{}",
+        server.log_text()
+    );
+
     let main = String::from_utf8(get_ok(&server.url("/live/all/cmaf/180p/index.m3u8"))).unwrap();
     assert!(
         !main.contains("#EXT-X-DISCONTINUITY\n"),

@@ -204,6 +204,22 @@ fn audio_sources_are_extra_tracks_with_their_own_tones() {
     wait_tone(&server, "audio-fr", 660.0, Duration::from_secs(20));
     wait_tone(&server, "audio-es", 1320.0, Duration::from_secs(20));
 
+    // LL-HLS rendition reports name the tracks a distribution offers, and only those.
+    let reports = |dist: &str| -> Vec<String> {
+        let body = get_ok(&server.url(&format!("/live/{dist}/cmaf/source/index.m3u8")));
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXT-X-RENDITION-REPORT:URI=\"../"))
+            .filter_map(|l| l.split('/').next())
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    assert_eq!(reports("all"), vec!["audio", "audio-es", "audio-fr"]);
+    assert_eq!(reports("fr-only"), vec!["audio", "audio-fr"]);
+
     // TS: the main audio stays muxed with the video (the group's entry without a URI);
     // the extra tracks are audio-only renditions, each its own tone.
     let body = server.wait_for("/live/all/ts/index.m3u8", Duration::from_secs(20), |b| {
@@ -306,6 +322,191 @@ fn audio_sources_are_extra_tracks_with_their_own_tones() {
     assert!(
         !String::from_utf8_lossy(&video).contains("#EXT-X-DISCONTINUITY\n"),
         "the main stream was not disturbed"
+    );
+    drop(main);
+}
+
+/// Sources pulled from where they are (`srt-pull`: Sluice calls an SRT listener): an
+/// audio track and a camera angle, each an ffmpeg listener started after the server
+/// (the pulls retry until they answer).
+#[test]
+fn pulled_sources_are_tracks_and_angles_too() {
+    let _heavy = heavy();
+    let (fr_port, cam_port) = (free_udp_port(), free_udp_port());
+    let config = format!(
+        r#"
+[ladders.main]
+segment_seconds = 2.0
+renditions = [{{ name = "180p", width = 320, height = 180, video_kbps = 400 }}]
+
+[channels.c]
+[channels.c.ingests.main]
+protocol = "rtmp"
+stream_key = "main-key"
+[channels.c.engines.e]
+ladder = "main"
+[channels.c.slate]
+enabled = false
+
+[channels.c.sources.fr]
+kind = "audio"
+protocol = "srt-pull"
+url = "srt://127.0.0.1:{fr_port}?latency=200"
+language = "fr"
+
+[channels.c.sources.cam]
+kind = "video"
+protocol = "srt-pull"
+url = "srt://127.0.0.1:{cam_port}?latency=200"
+
+[distributions.all]
+channel = "c"
+"#
+    );
+    let server = Server::start("sources-pulled", &config);
+    let _main = Publisher::start(&server.rtmp_url("main-key"), 60, "320x180");
+    server.wait_segments("/live/all/cmaf/180p/index.m3u8", 1, Duration::from_secs(30));
+    let listener = |port: u16| format!("srt://127.0.0.1:{port}?mode=listener&pkt_size=1316");
+    let _fr = Publisher::tone(&listener(fr_port), 60, 660);
+    let _cam = Publisher::camera(&listener(cam_port), 60, "320x180");
+
+    server.wait_for("/live/all/cmaf/index.m3u8", Duration::from_secs(30), |b| {
+        master_playlist(b).alternatives.len() == 2
+    });
+    wait_tone(&server, "audio-fr", 660.0, Duration::from_secs(20));
+    wait_tone(&server, "audio", 440.0, Duration::from_secs(5));
+    let angle = server.wait_for(
+        "/live/all/angle/cam/cmaf/index.m3u8",
+        Duration::from_secs(30),
+        |b| !master_playlist(b).variants.is_empty(),
+    );
+    let m = master_playlist(&angle);
+    assert_eq!(m.variants[0].uri, "180p/index.m3u8");
+    let names: Vec<_> = m.alternatives.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["audio", "fr"],
+        "the angle offers the channel's tracks"
+    );
+    server.wait_segments(
+        "/live/all/angle/cam/cmaf/180p/index.m3u8",
+        2,
+        Duration::from_secs(30),
+    );
+}
+
+/// A control API call with the admin token: its status (and the body, for messages).
+fn api(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let req = ureq::request(method, &server.url(&format!("/api/v1{path}")))
+        .set("Authorization", &format!("Bearer {TOKEN}"));
+    let resp = match body {
+        Some(b) => req
+            .set("Content-Type", "application/json")
+            .send_string(&b.to_string()),
+        None => req.call(),
+    };
+    match resp {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+/// Sources added and removed through the control API while the channel runs: a track
+/// removed leaves the playlists (404), one added is offered once its publisher sends, and
+/// so is a camera angle (with a ladder added first); the main input is never cut off and
+/// the channel does not restart.
+#[test]
+fn sources_are_added_and_removed_without_restarting_the_channel() {
+    let _heavy = heavy();
+    let (server, srt) = start("sources-live");
+    let main = Publisher::start(&server.rtmp_url("main-key"), 90, "320x180");
+    server.wait_segments(
+        "/live/all/cmaf/source/index.m3u8",
+        1,
+        Duration::from_secs(20),
+    );
+    let _fr = Publisher::tone(&server.rtmp_url("fr-key"), 90, 660);
+    let _es = Publisher::tone(&srt_url(srt, "es-key"), 90, 1320);
+    server.wait_for("/live/all/cmaf/index.m3u8", Duration::from_secs(20), |b| {
+        master_playlist(b).alternatives.len() == 3
+    });
+    wait_tone(&server, "audio-fr", 660.0, Duration::from_secs(20));
+
+    // Removed (the distribution that offers it alone first): gone from the playlists and
+    // the store.
+    let (status, body) = api(&server, "DELETE", "/distributions/fr-only", None);
+    assert!((200..300).contains(&status), "{status} {body}");
+    let (status, body) = api(&server, "DELETE", "/channels/c/sources/fr", None);
+    assert!((200..300).contains(&status), "{status} {body}");
+    server.wait_for("/live/all/cmaf/index.m3u8", Duration::from_secs(10), |b| {
+        master_playlist(b).alternatives.len() == 2
+    });
+    let (status, _, _) = get(&server.url("/live/all/cmaf/audio-fr/index.m3u8"));
+    assert_eq!(status, 404);
+    wait_tone(&server, "audio-es", 1320.0, Duration::from_secs(10));
+
+    // Added: a German track, then a camera angle with a ladder of its own.
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/channels/c/sources",
+        Some(
+            serde_json::json!({"id": "de", "kind": "audio", "protocol": "rtmp",
+            "stream_key": "de-key", "language": "de", "name": "Deutsch"}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let _de = Publisher::tone(&server.rtmp_url("de-key"), 60, 880);
+    server.wait_for("/live/all/cmaf/index.m3u8", Duration::from_secs(30), |b| {
+        master_playlist(b).alternatives.len() == 3
+    });
+    wait_tone(&server, "audio-de", 880.0, Duration::from_secs(30));
+    let m = master_playlist(&get_ok(&server.url("/live/all/cmaf/index.m3u8")));
+    let names: Vec<_> = m.alternatives.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, vec!["audio", "Español", "Deutsch"]);
+
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/ladders",
+        Some(serde_json::json!({"id": "cam", "segment_seconds": 2.0,
+            "renditions": [{"name": "cam-144p", "width": 256, "height": 144, "video_kbps": 250}]})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/channels/c/sources",
+        Some(
+            serde_json::json!({"id": "cam", "kind": "video", "protocol": "rtmp",
+            "stream_key": "cam-key", "ladder": "cam"}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let _cam = Publisher::camera(&server.rtmp_url("cam-key"), 60, "320x180");
+    server.wait_segments(
+        "/live/all/angle/cam/cmaf/cam-144p/index.m3u8",
+        1,
+        Duration::from_secs(30),
+    );
+
+    // The main input was never cut off, and nothing restarted.
+    let log = server.log_text();
+    assert!(
+        log.contains("source c/fr removed") && log.contains("source c/de added"),
+        "{log}"
+    );
+    assert!(!log.contains("restarted"), "{log}");
+    let video = String::from_utf8(get_ok(&server.url("/live/all/cmaf/source/index.m3u8"))).unwrap();
+    assert!(
+        !video.contains("#EXT-X-DISCONTINUITY\n"),
+        "the main stream was not disturbed:\n{video}"
     );
     drop(main);
 }

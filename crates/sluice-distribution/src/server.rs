@@ -504,14 +504,8 @@ pub struct Parked {
 }
 
 enum ParkedKind {
-    Playlist {
-        skip: bool,
-        target_latency: Option<MediaTime>,
-    },
-    Part {
-        msn: u64,
-        index: u32,
-    },
+    Playlist { skip: bool, edits: PlaylistEdits },
+    Part { msn: u64, index: u32 },
 }
 
 impl Parked {
@@ -542,24 +536,21 @@ impl Parked {
             .readiness(self.output, &self.rendition, self.want)?
         {
             Readiness::Waiting => return None,
-            Readiness::TooFar => match self.kind {
+            Readiness::TooFar => match &self.kind {
                 ParkedKind::Playlist { .. } => {
                     error(StatusCode::BAD_REQUEST, "_HLS_msn too far ahead\n")
                 }
                 ParkedKind::Part { .. } => error(StatusCode::NOT_FOUND, "no such part\n"),
             },
-            Readiness::Ready => match self.kind {
-                ParkedKind::Playlist {
-                    skip,
-                    target_latency,
-                } => media_playlist_response(
+            Readiness::Ready => match &self.kind {
+                ParkedKind::Playlist { skip, edits } => media_playlist_response(
                     &self.engine,
                     self.engine.rendered(self.output, &self.rendition)?,
-                    skip,
-                    target_latency,
+                    *skip,
+                    edits,
                 ),
                 ParkedKind::Part { msn, index } => {
-                    part_response(&self.engine, &self.rendition, msn, index)
+                    part_response(&self.engine, &self.rendition, *msn, *index)
                 }
             },
         };
@@ -635,21 +626,62 @@ impl Directives {
 
 /// A media playlist of `engine` as served: its delta update when asked and available,
 /// with the distribution's own hold-backs.
+/// What a distribution changes in the media playlists it serves.
+struct PlaylistEdits {
+    /// `target_latency_seconds`: its own hold-backs.
+    target_latency: Option<MediaTime>,
+    /// `audio_tracks`: the extra tracks it offers; LL-HLS rendition reports of the others
+    /// are left out (they would name renditions it answers 404 for).
+    offered: Option<Vec<String>>,
+}
+
+impl PlaylistEdits {
+    fn of(dist: &DistributionEntry) -> Self {
+        PlaylistEdits {
+            target_latency: dist.target_latency,
+            offered: dist.audio_tracks.clone(),
+        }
+    }
+}
+
 fn media_playlist_response(
     engine: &EngineOutput,
     rendered: Rendered,
     skip: bool,
-    target_latency: Option<MediaTime>,
+    edits: &PlaylistEdits,
 ) -> Response<Full<Bytes>> {
     let mut body = match (skip, rendered.skip) {
         (true, Some(delta)) => delta,
         _ => rendered.full,
     };
-    if let (Some(latency), Some(part)) = (target_latency, engine.part_target()) {
+    if let (Some(latency), Some(part)) = (edits.target_latency, engine.part_target()) {
         let line = server_control_line(engine.target_duration(), part, Some(latency));
         body = with_server_control(&body, &line);
     }
+    if let Some(offered) = &edits.offered {
+        body = without_reports_of_others(engine, &body, offered);
+    }
     response(StatusCode::OK, PLAYLIST, PLAYLIST_CACHE, body)
+}
+
+/// `body` without the rendition reports of extra audio tracks not in `offered`.
+fn without_reports_of_others(engine: &EngineOutput, body: &Bytes, offered: &[String]) -> Bytes {
+    const REPORT: &str = "#EXT-X-RENDITION-REPORT:URI=\"../";
+    let Ok(text) = std::str::from_utf8(body) else {
+        return body.clone();
+    };
+    let hidden = |line: &str| {
+        line.strip_prefix(REPORT)
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(name, _)| {
+                !offered.iter().any(|o| o == name) && engine.has_extra_track(name)
+            })
+    };
+    if !text.lines().any(hidden) {
+        return body.clone();
+    }
+    let kept: String = text.split_inclusive('\n').filter(|l| !hidden(l)).collect();
+    Bytes::from(kept)
 }
 
 fn part_response(
@@ -1125,14 +1157,17 @@ fn serve_route(
                         },
                         ParkedKind::Playlist {
                             skip: directives.skip,
-                            target_latency: dist.target_latency,
+                            edits: PlaylistEdits::of(dist),
                         },
                     ))
                 }
-                _ => {
-                    media_playlist_response(engine, rendered, directives.skip, dist.target_latency)
-                        .into()
-                }
+                _ => media_playlist_response(
+                    engine,
+                    rendered,
+                    directives.skip,
+                    &PlaylistEdits::of(dist),
+                )
+                .into(),
             }
         }
         Route::Part {

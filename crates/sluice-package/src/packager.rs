@@ -167,6 +167,8 @@ struct AudioState {
     open: Option<AudioOpen>,
     /// Extra tracks in TS: their audio-only segments' writer.
     ts: TsWriter,
+    /// An extra track removed ([`Packager::remove_track`]): takes nothing any more.
+    retired: bool,
 }
 
 impl AudioState {
@@ -206,6 +208,7 @@ impl AudioState {
             carry_discontinuity: false,
             open: None,
             ts: TsWriter::new(),
+            retired: false,
         }
     }
 }
@@ -343,25 +346,59 @@ impl Packager {
         (packager, output)
     }
 
-    /// Adds an extra audio track (CMAF only; a packager without CMAF ignores it). Its
-    /// frames come with [`Packager::set_track_config`] and [`Packager::push_track`]; what
-    /// its source does not send is filled with silence once its configuration is known.
-    /// Returns its index.
+    /// Adds an extra audio track (a CMAF audio rendition, and an audio-only TS one), at
+    /// any time. Its frames come with [`Packager::set_track_config`] and
+    /// [`Packager::push_track`]; what its source does not send is filled with silence once
+    /// its configuration is known. Returns its index.
     pub fn add_track(&mut self, spec: TrackSpec) -> usize {
         if self.video.iter().any(|v| v.name == spec.rendition) || spec.rendition == AUDIO_RENDITION
         {
             tracing::warn!(rendition = %spec.rendition, "an extra audio track's rendition clashes with another rendition");
         }
-        self.extra
-            .push(AudioState::new(&spec.rendition, self.init_version_base));
+        // A track added again under a removed one's name goes on from its init versions:
+        // an init segment's name never means other bytes.
+        let base = self
+            .extra
+            .iter()
+            .filter(|a| a.name == spec.rendition)
+            .map(|a| a.init_version)
+            .max()
+            .unwrap_or(self.init_version_base);
+        self.extra.push(AudioState::new(&spec.rendition, base));
         self.output.add_extra_track(spec);
         self.extra.len() - 1
+    }
+
+    /// Extra track `i` is no longer offered (its source was removed): nothing more is
+    /// written for it, and its playlists and segments leave the output. Its index stays
+    /// taken (and does nothing).
+    pub fn remove_track(&mut self, i: usize) {
+        let Some(a) = self.extra.get_mut(i).filter(|a| !a.retired) else {
+            return;
+        };
+        a.retired = true;
+        a.queue.clear();
+        a.queue_bytes = 0;
+        a.pending_cuts.clear();
+        a.open = None;
+        self.output.remove_extra_track(&a.name);
+    }
+
+    /// Extra track `i`'s name, language or default changed (its rendition stays).
+    pub fn set_track_spec(&mut self, i: usize, spec: TrackSpec) {
+        if self
+            .extra
+            .get(i)
+            .is_some_and(|a| !a.retired && a.name == spec.rendition)
+        {
+            self.output.update_extra_track(spec);
+        }
     }
 
     /// Sets extra track `i`'s AAC configuration; a changed one gets a new init segment
     /// and a discontinuity.
     pub fn set_track_config(&mut self, i: usize, cfg: AudioConfig) {
-        let Some(a) = self.extra.get_mut(i) else {
+        let Some(a) = self.extra.get_mut(i).filter(|a| !a.retired) else {
             return;
         };
         let (had, codec, channels) = (a.cfg.is_some(), cfg.codec_string(), cfg.channels);
@@ -379,7 +416,7 @@ impl Packager {
 
     /// Adds one raw AAC frame of extra track `i`, on the channel's timeline.
     pub fn push_track(&mut self, i: usize, frame: Frame) {
-        if i >= self.extra.len() || !self.cmaf {
+        if self.extra.get(i).is_none_or(|a| a.retired) {
             return;
         }
         if let Err(e) = self.try_push_to(Which::Extra(i), frame)
@@ -419,7 +456,7 @@ impl Packager {
             a.pending_cuts.push_back(cut);
         }
         if self.cmaf || self.ts {
-            for a in &mut self.extra {
+            for a in self.extra.iter_mut().filter(|a| !a.retired) {
                 a.pending_cuts.push_back(cut);
             }
         }
@@ -1100,6 +1137,9 @@ impl Packager {
         let (Some(target), true) = (self.part, self.cmaf) else {
             return;
         };
+        if self.track(w).is_none_or(|a| a.retired) {
+            return;
+        }
         let (msn, start, discontinuity, limit) = match last {
             Some(c) => (c.msn, c.start, c.discontinuity, c.end),
             None => {

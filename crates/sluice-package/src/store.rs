@@ -660,6 +660,31 @@ impl EngineOutput {
         self.changed();
     }
 
+    /// Extra track `rendition` is no longer offered: gone from the multivariant playlists,
+    /// and its playlists, segments and init segments from the store (404 from now on).
+    pub(crate) fn remove_extra_track(&self, rendition: &str) {
+        {
+            let mut st = self.write();
+            st.extra.retain(|(t, _)| t.rendition != rendition);
+            st.tracks.retain(|(_, name), _| name != rendition);
+            st.inits.remove(rendition);
+        }
+        self.changed();
+    }
+
+    /// An extra track's name, language or default changed.
+    pub(crate) fn update_extra_track(&self, spec: TrackSpec) {
+        if let Some(t) = self
+            .write()
+            .extra
+            .iter_mut()
+            .find(|(t, _)| t.rendition == spec.rendition)
+        {
+            t.0 = spec;
+        }
+        self.changed();
+    }
+
     /// Whether `rendition` is one of the extra audio tracks.
     pub fn has_extra_track(&self, rendition: &str) -> bool {
         self.read()

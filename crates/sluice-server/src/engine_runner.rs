@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 pub type SharedPackager = Arc<Mutex<Packager>>;
 
-fn lock(p: &SharedPackager) -> std::sync::MutexGuard<'_, Packager> {
+pub(crate) fn lock(p: &SharedPackager) -> std::sync::MutexGuard<'_, Packager> {
     // The packager's methods leave it consistent between calls; keep serving after a panic elsewhere.
     p.lock().unwrap_or_else(|e| e.into_inner())
 }

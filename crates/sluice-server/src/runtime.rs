@@ -24,7 +24,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sluice_config::{
     Channel, ChannelOutput, ChannelOutputProtocol, Config, Engine, IngestProtocol, Ladder,
-    LadderRef, Output, SourceKind, VideoEncoder,
+    LadderRef, Output, Source, SourceKind, VideoEncoder,
 };
 use sluice_core::time::secs_f64_to_nanos;
 use sluice_core::{Id, MediaTime};
@@ -200,6 +200,12 @@ struct EngineRun {
     stats: Arc<EngineStats>,
     /// Buses of the renditions outputs carry, by rendition name.
     taps: BTreeMap<String, Arc<ChannelBus>>,
+    /// What it packages into, for extra audio tracks added and removed while it runs.
+    packager: engine_runner::SharedPackager,
+    /// Its extra audio tracks by source: the track's index in the packager, and the
+    /// token that stops its feed.
+    tracks: BTreeMap<Id, (usize, CancellationToken)>,
+    span: tracing::Span,
     recorder: Option<RecorderRun>,
     /// Cancelled when the run is dropped (the recorder's token is a child).
     cancel: CancellationToken,
@@ -258,6 +264,8 @@ struct ChannelRun {
     engines: BTreeMap<Id, EngineRun>,
     /// Pull ingests (a child of `cancel`).
     pulls: CancellationToken,
+    /// Pulls of its sources (a child of `cancel`).
+    source_pulls: CancellationToken,
     patterns: Vec<TestPattern>,
     slate: Option<CancellationToken>,
     /// Input bitrate over the last sampling period (see [`sample_input`]).
@@ -1061,6 +1069,7 @@ impl Runtime {
             cancel.clone(),
         ));
         let pulls = cancel.child_token();
+        let source_pulls = cancel.child_token();
         let outputs = channel
             .outputs
             .iter()
@@ -1080,6 +1089,7 @@ impl Runtime {
             cancel,
             engines,
             pulls,
+            source_pulls,
             patterns: Vec::new(),
             slate: None,
             input_kbps,
@@ -1087,7 +1097,7 @@ impl Runtime {
         };
         run.slate = self.start_slate(id, channel, &run.bus, &run.cancel);
         run.patterns = self.start_ingests(id, channel, &run.bus, &run.pulls);
-        self.start_source_pulls(id, channel, &run.sources, &run.pulls);
+        self.start_source_pulls(id, channel, &run.sources, &run.source_pulls);
         run
     }
 
@@ -1097,34 +1107,8 @@ impl Runtime {
         };
         let old = run.config.clone();
         let grid = |c: &Channel| session_grid(c.engines.values().map(|e| e.ladder.segment_seconds));
-        // What of the sources the engines and the buses hold; a change of the rest (how a
-        // source arrives: its key, enabled, ...) only ends its publisher.
-        let tracks = |c: &Channel| -> Vec<_> {
-            c.sources
-                .iter()
-                .map(|(id, s)| {
-                    (
-                        id.clone(),
-                        s.kind,
-                        s.name.clone(),
-                        s.language.clone(),
-                        s.offset_ms,
-                        s.default,
-                        s.ladder.clone(),
-                    )
-                })
-                .collect()
-        };
-        let why = if grid(&old) != grid(next) {
-            // Sessions start on another grid.
-            Some("its segment grid changed")
-        } else if tracks(&old) != tracks(next) {
-            // Every engine packages every audio source as a track of its own; every
-            // camera angle has an engine of its own, with the channel's audio tracks.
-            Some("its sources changed")
-        } else {
-            None
-        };
+        // Sessions start on another grid.
+        let why = (grid(&old) != grid(next)).then_some("its segment grid changed");
         if let Some(why) = why {
             for ingest_id in old.ingests.keys() {
                 p.to_end.push((run.bus.clone(), ingest_id.to_string()));
@@ -1143,6 +1127,7 @@ impl Runtime {
                 p.changes.push(format!("engine {id}/{engine_id} removed"));
             }
         }
+        let buses_changed = self.update_sources(id, (&old, next), &mut run, p);
         // Priority only orders engines in the catalog: a change of it alone restarts
         // nothing.
         // Nor does recording: only the recorder starts or stops.
@@ -1228,20 +1213,31 @@ impl Runtime {
             }
         }
         let generated = |c: &Channel| -> Vec<_> {
-            let sources = c.sources.iter().map(|(k, s)| (k, &s.ingest));
             c.ingests
                 .iter()
-                .chain(sources)
                 .filter(|(_, i)| !matches!(i.protocol, IngestProtocol::Rtmp | IngestProtocol::Srt))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
+        let pulled = |c: &Channel| -> Vec<_> {
+            c.sources
+                .iter()
+                .filter(|(_, s)| s.ingest.protocol.is_pull())
+                .map(|(k, s)| (k.clone(), s.ingest.clone()))
+                .collect()
+        };
+        if pulled(&old) != pulled(next) || (buses_changed && !pulled(next).is_empty()) {
+            // Into the sources' buses as they are now.
+            run.source_pulls.cancel();
+            run.source_pulls = run.cancel.child_token();
+            self.start_source_pulls(id, next, &run.sources, &run.source_pulls);
+            p.changes.push(format!("source pulls of {id} restarted"));
+        }
         if generated(&old) != generated(next) {
             run.pulls.cancel();
             run.patterns.clear();
             run.pulls = run.cancel.child_token();
             run.patterns = self.start_ingests(id, next, &run.bus, &run.pulls);
-            self.start_source_pulls(id, next, &run.sources, &run.pulls);
             p.changes
                 .push(format!("pull and generated ingests of {id} restarted"));
         }
@@ -1281,6 +1277,132 @@ impl Runtime {
         self.channels.insert(id.clone(), run);
     }
 
+    /// Applies a change of a channel's sources while it runs; the main input and the
+    /// engines go on. A source added gets a bus, and its track in every engine (or its
+    /// angle engine); one removed, or whose kind or offset changed (its bus holds both),
+    /// loses its bus, its track and its publisher (which reconnects into the new bus).
+    /// A track's new name, language or default is taken in place. Camera angles restart
+    /// when their ladder changes, or the channel's audio tracks do (each packages them).
+    /// Returns whether any source's bus changed (source pulls then restart).
+    fn update_sources(
+        &self,
+        id: &Id,
+        (old, next): (&Channel, &Channel),
+        run: &mut ChannelRun,
+        p: &mut Pending,
+    ) -> bool {
+        let same_bus = |sid: &Id| match (old.sources.get(sid), next.sources.get(sid)) {
+            (Some(o), Some(n)) => o.kind == n.kind && o.offset_ms == n.offset_ms,
+            _ => false,
+        };
+        let stale: Vec<Id> = run
+            .sources
+            .keys()
+            .filter(|sid| !same_bus(sid))
+            .cloned()
+            .collect();
+        for sid in &stale {
+            if let Some(b) = run.sources.remove(sid) {
+                // Its publisher ends once the new stream keys are published.
+                p.to_end.push((b, sid.to_string()));
+            }
+            run.angles.remove(sid);
+            for e in run.engines.values_mut() {
+                if let Some((index, feed)) = e.tracks.remove(sid) {
+                    feed.cancel();
+                    engine_runner::lock(&e.packager).remove_track(index);
+                }
+            }
+            let what = if next.sources.contains_key(sid) {
+                "replaced (its kind or offset changed)"
+            } else {
+                "removed"
+            };
+            p.changes.push(format!("source {id}/{sid} {what}"));
+        }
+        let mut added = false;
+        for (sid, s) in &next.sources {
+            if run.sources.contains_key(sid) {
+                continue;
+            }
+            let b = match s.kind {
+                SourceKind::Audio => {
+                    ChannelBus::new_source(&run.bus, s.offset_ms, DEFAULT_BUS_CAPACITY)
+                }
+                SourceKind::Video => {
+                    ChannelBus::new_angle(&run.bus, s.offset_ms, DEFAULT_BUS_CAPACITY)
+                }
+            };
+            run.sources.insert(sid.clone(), b.clone());
+            added = true;
+            if let Some(spec) = track_spec(sid, s) {
+                for e in run.engines.values_mut() {
+                    let index = engine_runner::lock(&e.packager).add_track(spec.clone());
+                    let feed = self.feed_track(index, &b, &e.packager, &e.cancel, &e.span);
+                    e.tracks.insert(sid.clone(), (index, feed));
+                }
+            }
+            if !old.sources.contains_key(sid) {
+                p.changes.push(format!("source {id}/{sid} added"));
+            }
+        }
+        for (sid, s) in &next.sources {
+            let Some(spec) = track_spec(sid, s) else {
+                continue;
+            };
+            let before = old.sources.get(sid).and_then(|o| track_spec(sid, o));
+            if stale.contains(sid) || before.is_none_or(|b| b == spec) {
+                continue;
+            }
+            for e in run.engines.values() {
+                if let Some((index, _)) = e.tracks.get(sid) {
+                    engine_runner::lock(&e.packager).set_track_spec(*index, spec.clone());
+                }
+            }
+            p.changes.push(format!("source {id}/{sid} renamed"));
+        }
+        let audio = |c: &Channel| -> Vec<TrackSpec> {
+            c.sources
+                .iter()
+                .filter_map(|(sid, s)| track_spec(sid, s))
+                .collect()
+        };
+        let tracks_changed = audio(old) != audio(next);
+        for (sid, s) in &next.sources {
+            let Some(ladder) = s.ladder.as_ref().filter(|_| s.kind == SourceKind::Video) else {
+                continue;
+            };
+            let same_ladder = old.sources.get(sid).and_then(|o| o.ladder.as_ref()) == Some(ladder);
+            if run.angles.contains_key(sid) && same_ladder && !tracks_changed {
+                continue;
+            }
+            let angle =
+                self.start_angle(id, sid, ladder, next, (&run.bus, &run.sources), &run.cancel);
+            if run.angles.insert(sid.clone(), angle).is_some() {
+                p.changes.push(format!("camera angle {id}/{sid} restarted"));
+            }
+        }
+        !stale.is_empty() || added
+    }
+
+    /// Feeds extra track `index` of `packager` from `bus` until the returned token (a
+    /// child of `parent`) is cancelled.
+    fn feed_track(
+        &self,
+        index: usize,
+        bus: &Arc<ChannelBus>,
+        packager: &engine_runner::SharedPackager,
+        parent: &CancellationToken,
+        span: &tracing::Span,
+    ) -> CancellationToken {
+        let cancel = parent.child_token();
+        self.shared.tracker.spawn(
+            engine_runner::feed_track(index, bus.subscribe(), packager.clone(), cancel.clone())
+                .instrument(span.clone()),
+        );
+        cancel
+    }
+
     /// A fresh range of init versions for each call (an engine run, a camera angle's
     /// session): a viewer never fetches another run's init segment by its name.
     fn init_bases(&self) -> Arc<dyn Fn() -> u64 + Send + Sync> {
@@ -1311,19 +1433,7 @@ impl Runtime {
         let (mode, renditions) = transcode(ladder, encoder, segment_duration);
         let tracks = sources
             .iter()
-            .filter_map(|(sid, b)| {
-                let s = channel
-                    .sources
-                    .get(sid)
-                    .filter(|s| s.kind == SourceKind::Audio)?;
-                let spec = TrackSpec {
-                    rendition: source_rendition(sid.as_str()),
-                    name: s.name.clone(),
-                    language: s.language.clone(),
-                    default: s.default,
-                };
-                Some((spec, b.clone()))
-            })
+            .filter_map(|(sid, b)| Some((track_spec(sid, channel.sources.get(sid)?)?, b.clone())))
             .collect();
         let slot = Arc::new(AngleSlot::empty());
         let stats = Arc::new(EngineStats::default());
@@ -1435,20 +1545,11 @@ impl Runtime {
         // audio-only rendition beside the muxed main audio).
         let mut tracks = Vec::new();
         for (sid, source_bus) in sources {
-            let Some(s) = channel
-                .sources
-                .get(sid)
-                .filter(|s| s.kind == SourceKind::Audio)
-            else {
+            let Some(spec) = channel.sources.get(sid).and_then(|s| track_spec(sid, s)) else {
                 continue;
             };
-            let index = packager.add_track(TrackSpec {
-                rendition: source_rendition(sid.as_str()),
-                name: s.name.clone(),
-                language: s.language.clone(),
-                default: s.default,
-            });
-            tracks.push((index, source_bus.clone()));
+            let index = packager.add_track(spec);
+            tracks.push((sid.clone(), index, source_bus.clone()));
         }
         if let Some(previous) = continues {
             packager.continue_from(previous);
@@ -1496,21 +1597,18 @@ impl Runtime {
         // Every line the engine logs carries its ids (its packaging, on GStreamer's
         // threads, enters the same span).
         let span = tracing::info_span!("engine", channel = %channel_id, engine = %engine_id);
-        for (index, source_bus) in tracks {
-            self.shared.tracker.spawn(
-                engine_runner::feed_track(
-                    index,
-                    source_bus.subscribe(),
-                    sink.packager.clone(),
-                    cancel.clone(),
-                )
-                .instrument(span.clone()),
-            );
-        }
+        let tracks = tracks
+            .into_iter()
+            .map(|(sid, index, source_bus)| {
+                let feed = self.feed_track(index, &source_bus, &sink.packager, &cancel, &span);
+                (sid, (index, feed))
+            })
+            .collect();
         self.shared
             .tracker
             .spawn(supervise(format!("engine {name}"), cancel.clone(), {
                 let (bus, cancel, stats) = (bus.clone(), cancel.clone(), stats.clone());
+                let (sink, span) = (sink.clone(), span.clone());
                 let mut runs = 0u64;
                 move || {
                     runs += 1;
@@ -1536,6 +1634,9 @@ impl Runtime {
             output,
             stats,
             taps: tap_buses,
+            packager: sink.packager.clone(),
+            tracks,
+            span: span.clone(),
             recorder,
             cancel: cancel.clone(),
             _stop: cancel.drop_guard(),
@@ -1798,7 +1899,16 @@ impl Runtime {
     }
 }
 
-/// The slate is made at the size of the largest rendition any engine makes.
+/// The extra audio track of audio source `id` (`None` for a video source).
+fn track_spec(id: &Id, s: &Source) -> Option<TrackSpec> {
+    (s.kind == SourceKind::Audio).then(|| TrackSpec {
+        rendition: source_rendition(id.as_str()),
+        name: s.name.clone(),
+        language: s.language.clone(),
+        default: s.default,
+    })
+}
+
 /// A transcoding engine's mode for `ladder`, and the renditions it packages.
 fn transcode(
     ladder: &Ladder,
@@ -1837,6 +1947,7 @@ fn transcode(
     (mode, renditions)
 }
 
+/// The slate is made at the size of the largest rendition any engine makes.
 fn slate_size(channel: &Channel) -> (u32, u32) {
     channel
         .engines
