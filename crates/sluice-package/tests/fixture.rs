@@ -944,3 +944,80 @@ fn extra_track(part: MediaTime) {
     );
     assert!(size(7) < 94 * (silent.len() + 32), "{}", size(7));
 }
+
+/// An extra track removed while the packager runs leaves the multivariant playlists and
+/// the store (its playlists and segments are gone), takes nothing more, and one added again
+/// under the same name starts after the removed one's init versions.
+#[test]
+fn an_extra_track_is_removed_and_added_again_while_running() {
+    let fx = load_fixture();
+    let (mut p, out) = Packager::new(
+        settings(60 * S),
+        vec![spec("360p", 300)],
+        Some(AudioSpec { kbps: 64 }),
+    );
+    p.set_video_config(0, fx.video_cfg.clone());
+    p.set_audio_config(fx.audio_cfg.clone());
+    let fr_spec = TrackSpec {
+        rendition: "audio-fr".into(),
+        name: "Français".into(),
+        language: Some("fr".into()),
+        default: false,
+    };
+    let fr = p.add_track(fr_spec.clone());
+    p.set_track_config(fr, fx.audio_cfg.clone());
+    for f in fx.audio.iter().filter(|f| f.pts < OFFSET + 4 * S) {
+        p.push_track(fr, f.clone());
+    }
+    // Half the fixture, then the track goes.
+    let half = OFFSET + 4 * S;
+    let (video, audio): (Vec<_>, Vec<_>) = (
+        fx.video.iter().filter(|f| f.dts < half).cloned().collect(),
+        fx.audio.iter().filter(|f| f.dts < half).cloned().collect(),
+    );
+    for f in video {
+        p.push_video(0, f);
+    }
+    for f in audio {
+        p.push_audio(f);
+    }
+    assert!(out.media_playlist(OutputKind::Cmaf, "audio-fr").is_some());
+    assert!(out.media_playlist(OutputKind::Ts, "audio-fr").is_some());
+    p.remove_track(fr);
+    assert!(out.media_playlist(OutputKind::Cmaf, "audio-fr").is_none());
+    assert!(out.media_playlist(OutputKind::Ts, "audio-fr").is_none());
+    assert!(out.init_segment("audio-fr", 1).is_none());
+    assert!(!out.has_extra_track("audio-fr"));
+    // Frames for the removed index are ignored.
+    p.push_track(fr, fx.audio[0].clone());
+
+    // Added again, renamed: a new index, init versions after the old ones.
+    let again = p.add_track(TrackSpec {
+        name: "Français (2)".into(),
+        ..fr_spec
+    });
+    assert_ne!(again, fr);
+    p.set_track_config(again, fx.audio_cfg.clone());
+    for f in fx.audio.iter().filter(|f| f.dts >= half) {
+        p.push_track(again, f.clone());
+    }
+    for f in fx.video.iter().filter(|f| f.dts >= half) {
+        p.push_video(0, f.clone());
+    }
+    for f in fx.audio.iter().filter(|f| f.dts >= half) {
+        p.push_audio(f.clone());
+    }
+    p.finish();
+    assert!(
+        out.init_segment("audio-fr", 2).is_some(),
+        "the next init version"
+    );
+    let m = master(&out, OutputKind::Cmaf, None);
+    let names: Vec<_> = m.alternatives.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["audio", "Français (2)"],
+        "the removed one is not listed"
+    );
+    assert!(!msns(&media(&out, OutputKind::Cmaf, "audio-fr")).is_empty());
+}
