@@ -108,19 +108,25 @@ fn cam_status(server: &Server) -> serde_json::Value {
         .clone()
 }
 
+/// A server on [`CONFIG`], and the SRT URL its camera publishes to.
+pub fn start(name: &str) -> (Server, String) {
+    let port = free_udp_port();
+    let keys = format!("srt_listen = \"127.0.0.1:{port}\"");
+    let server = Server::start_with_server_keys(name, &keys, CONFIG);
+    let cam_url = format!("srt://127.0.0.1:{port}?streamid=publish:cam-key&pkt_size=1316");
+    (server, cam_url)
+}
+
 #[test]
 fn a_second_camera_is_an_angle_on_the_same_segment_numbers() {
     let _heavy = heavy();
-    let port = free_udp_port();
-    let keys = format!("srt_listen = \"127.0.0.1:{port}\"");
-    let server = Server::start_with_server_keys("angles", &keys, CONFIG);
+    let (server, cam_url) = start("angles");
     let (status, _, _) = get(&server.url("/live/all/angle/cam/cmaf/index.m3u8"));
     assert_eq!(status, 503, "not live before its camera publishes");
     let (status, _, _) = get(&server.url("/live/all/angle/nope/cmaf/index.m3u8"));
     assert_eq!(status, 404, "no such angle");
     let _main = Publisher::start(&server.rtmp_url("main-key"), 90, "320x180");
     server.wait_segments("/live/all/cmaf/180p/index.m3u8", 1, Duration::from_secs(30));
-    let cam_url = format!("srt://127.0.0.1:{port}?streamid=publish:cam-key&pkt_size=1316");
     let cam = Publisher::camera(&cam_url, 90, "320x180");
 
     // Its own multivariant playlist: the angle's ladder, with the channel's audio.

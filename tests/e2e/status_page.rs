@@ -338,7 +338,8 @@ channel = \"r\"
 
 /// hls.js in headless Chromium, on a channel with two audio sources: the status page
 /// lists the sources live; hls.js lists three audio tracks with their names and
-/// languages, plays, and switches to each extra track with no fatal error.
+/// languages, plays, and switches to each extra track with no fatal error, in CMAF and
+/// then in MPEG-TS (the main audio muxed, the extra tracks audio-only renditions).
 #[test]
 fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
     let _heavy = heavy();
@@ -420,6 +421,38 @@ fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
         );
         playing(&mut browser, &format!("playing on track {id}"));
     }
+    // MPEG-TS: the main audio muxed with the video, the extra tracks audio-only TS.
+    browser.eval(
+        r#"(() => {
+            window.h.detachMedia();
+            window.switched = [];
+            const h = new Hls({ lowLatencyMode: true });
+            h.on(Hls.Events.ERROR, (_, d) => window.errors.push((d.fatal ? 'fatal ' : '') + d.details));
+            h.on(Hls.Events.ERROR, (_, d) => window.errorDetails.push(
+                `${d.details} ${d.frag ? d.frag.type + ' ' + d.frag.url : ''} ${d.reason || (d.error && d.error.message) || ''}`));
+            h.on(Hls.Events.AUDIO_TRACK_SWITCHED, (_, d) => window.switched.push(d.id));
+            window.h.destroy();
+            window.h = h;
+            h.loadSource('/live/all/ts/index.m3u8');
+            h.attachMedia(window.v);
+            window.v.play().catch(() => {});
+        })()"#,
+    );
+    browser.wait_until(
+        "three audio tracks in TS",
+        "window.h.audioTracks.length === 3",
+        Duration::from_secs(30),
+    );
+    playing(&mut browser, "playing TS with its muxed audio");
+    for id in [2, 1] {
+        browser.eval(&format!("window.h.audioTrack = {id}"));
+        browser.wait_until(
+            &format!("switched to TS track {id}"),
+            &format!("window.switched.includes({id})"),
+            Duration::from_secs(30),
+        );
+        playing(&mut browser, &format!("playing on TS track {id}"));
+    }
     let errors = browser.eval("JSON.stringify(window.errors)");
     let errors: Vec<String> = serde_json::from_str(errors.as_str().unwrap()).unwrap();
     // No fatal error, and playback went on after every switch (checked above). Non-fatal
@@ -443,4 +476,79 @@ fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
         errors.iter().filter(|e| *e == "fragParsingError").count() <= 1,
         "{details}"
     );
+}
+
+/// hls.js in headless Chromium plays a camera angle (its own ladder, the channel's
+/// sound) and then the main stream again on the same page, with no fatal error; the
+/// status page shows the angle playing.
+#[test]
+fn hls_js_plays_a_camera_angle_and_the_main_stream() {
+    let _heavy = heavy();
+    let (server, cam_url) = crate::angles::start("hlsjs-angle");
+    let dir = scratch_dir("hlsjs-angle");
+    let _main = Publisher::start(&server.rtmp_url("main-key"), 90, "320x180");
+    server.wait_segments("/live/all/cmaf/180p/index.m3u8", 1, Duration::from_secs(30));
+    let _cam = Publisher::camera(&cam_url, 90, "320x180");
+    server.wait_segments(
+        "/live/all/angle/cam/cmaf/cam-144p/index.m3u8",
+        2,
+        Duration::from_secs(30),
+    );
+
+    let mut browser = Browser::launch(&dir.join("chromium"));
+    browser.call("Page.navigate", json!({"url": server.url("/")}));
+    browser.wait_until(
+        "hls.js loaded",
+        "typeof Hls === 'function' && Hls.isSupported()",
+        Duration::from_secs(30),
+    );
+    browser.wait_until(
+        "the angle on the page",
+        r#"document.querySelector('section[data-channel="c"] [data-source="cam"]')?.textContent === 'Tactical camera (camera angle): playing'"#,
+        Duration::from_secs(30),
+    );
+    browser.eval(
+        r#"(() => {
+            window.errors = [];
+            const v = document.createElement('video');
+            v.muted = true;
+            document.body.appendChild(v);
+            window.v = v;
+            window.play = (url) => {
+                if (window.h) window.h.destroy();
+                const h = new Hls({ lowLatencyMode: true });
+                window.h = h;
+                h.on(Hls.Events.ERROR, (_, d) => window.errors.push(
+                    `${d.fatal ? 'fatal ' : ''}${d.details} ${d.frag ? d.frag.url : ''}`));
+                h.loadSource(url);
+                h.attachMedia(v);
+                v.play().catch(() => {});
+            };
+            window.play('/live/all/angle/cam/cmaf/index.m3u8');
+        })()"#,
+    );
+    let playing = |b: &mut Browser, what: &str| {
+        b.eval("window.mark = window.v.currentTime");
+        b.wait_until(
+            what,
+            "window.v.currentTime - window.mark > 2",
+            Duration::from_secs(40),
+        );
+    };
+    playing(&mut browser, "playing the angle");
+    assert_eq!(
+        browser.eval("[window.v.videoWidth, window.v.videoHeight].join('x')"),
+        json!("256x144"),
+        "the angle's own ladder"
+    );
+    assert_eq!(browser.eval("window.h.audioTracks.length"), json!(1));
+    browser.eval("window.play('/live/all/cmaf/index.m3u8')");
+    playing(&mut browser, "playing the main stream");
+    assert_eq!(
+        browser.eval("[window.v.videoWidth, window.v.videoHeight].join('x')"),
+        json!("320x180")
+    );
+    let errors = browser.eval("JSON.stringify(window.errors)");
+    eprintln!("hls.js error events: {errors}");
+    assert!(!errors.as_str().unwrap().contains("fatal"), "{errors}");
 }
