@@ -372,36 +372,30 @@ fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
            && document.querySelector('section[data-channel="c"] [data-source="es"]')?.textContent === 'Español (es): live'"#,
         Duration::from_secs(30),
     );
+    // `start(url)`: a fresh hls.js on the one video element, its errors and track
+    // switches recorded.
     browser.eval(
         r#"(() => {
             window.errors = [];
-            window.switched = [];
+            window.errorDetails = [];
             const v = document.createElement('video');
             v.muted = true;
             document.body.appendChild(v);
             window.v = v;
-            const h = new Hls({ lowLatencyMode: true });
-            window.h = h;
-            h.on(Hls.Events.ERROR, (_, d) => window.errors.push((d.fatal ? 'fatal ' : '') + d.details));
-            window.errorDetails = [];
-            h.on(Hls.Events.ERROR, (_, d) => window.errorDetails.push(
-                `${d.details} ${d.frag ? d.frag.type + ' ' + d.frag.url : ''} ${d.reason || (d.error && d.error.message) || ''}`));
-            h.on(Hls.Events.AUDIO_TRACK_SWITCHED, (_, d) => window.switched.push(d.id));
-            h.loadSource('/live/all/cmaf/index.m3u8');
-            h.attachMedia(v);
-            v.play().catch(() => {});
+            window.start = (url) => {
+                if (window.h) window.h.destroy();
+                window.switched = [];
+                const h = new Hls({ lowLatencyMode: true });
+                window.h = h;
+                h.on(Hls.Events.ERROR, (_, d) => window.errors.push((d.fatal ? 'fatal ' : '') + d.details));
+                h.on(Hls.Events.ERROR, (_, d) => window.errorDetails.push(
+                    `${d.details} ${d.frag ? d.frag.type + ' ' + d.frag.url : ''} ${d.reason || (d.error && d.error.message) || ''}`));
+                h.on(Hls.Events.AUDIO_TRACK_SWITCHED, (_, d) => window.switched.push(d.id));
+                h.loadSource(url);
+                h.attachMedia(v);
+                v.play().catch(() => {});
+            };
         })()"#,
-    );
-    browser.wait_until(
-        "three audio tracks",
-        "window.h.audioTracks.length === 3",
-        Duration::from_secs(30),
-    );
-    let tracks =
-        browser.eval("JSON.stringify(window.h.audioTracks.map(t => [t.name, t.lang || '']))");
-    assert_eq!(
-        tracks,
-        json!(r#"[["audio",""],["Español","es"],["Français","fr"]]"#)
     );
     let playing = |b: &mut Browser, what: &str| {
         b.eval("window.mark = window.v.currentTime");
@@ -411,47 +405,32 @@ fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
             Duration::from_secs(40),
         );
     };
-    playing(&mut browser, "playing the main audio");
-    for id in [2, 1] {
-        browser.eval(&format!("window.h.audioTrack = {id}"));
+    // CMAF, then MPEG-TS (the main audio muxed with the video, the extra tracks
+    // audio-only TS): three tracks, playing, then on each extra track in turn.
+    for output in ["cmaf", "ts"] {
+        browser.eval(&format!("window.start('/live/all/{output}/index.m3u8')"));
         browser.wait_until(
-            &format!("switched to track {id}"),
-            &format!("window.switched.includes({id})"),
+            &format!("three audio tracks ({output})"),
+            "window.h.audioTracks.length === 3",
             Duration::from_secs(30),
         );
-        playing(&mut browser, &format!("playing on track {id}"));
-    }
-    // MPEG-TS: the main audio muxed with the video, the extra tracks audio-only TS.
-    browser.eval(
-        r#"(() => {
-            window.h.detachMedia();
-            window.switched = [];
-            const h = new Hls({ lowLatencyMode: true });
-            h.on(Hls.Events.ERROR, (_, d) => window.errors.push((d.fatal ? 'fatal ' : '') + d.details));
-            h.on(Hls.Events.ERROR, (_, d) => window.errorDetails.push(
-                `${d.details} ${d.frag ? d.frag.type + ' ' + d.frag.url : ''} ${d.reason || (d.error && d.error.message) || ''}`));
-            h.on(Hls.Events.AUDIO_TRACK_SWITCHED, (_, d) => window.switched.push(d.id));
-            window.h.destroy();
-            window.h = h;
-            h.loadSource('/live/all/ts/index.m3u8');
-            h.attachMedia(window.v);
-            window.v.play().catch(() => {});
-        })()"#,
-    );
-    browser.wait_until(
-        "three audio tracks in TS",
-        "window.h.audioTracks.length === 3",
-        Duration::from_secs(30),
-    );
-    playing(&mut browser, "playing TS with its muxed audio");
-    for id in [2, 1] {
-        browser.eval(&format!("window.h.audioTrack = {id}"));
-        browser.wait_until(
-            &format!("switched to TS track {id}"),
-            &format!("window.switched.includes({id})"),
-            Duration::from_secs(30),
+        let tracks =
+            browser.eval("JSON.stringify(window.h.audioTracks.map(t => [t.name, t.lang || '']))");
+        assert_eq!(
+            tracks,
+            json!(r#"[["audio",""],["Español","es"],["Français","fr"]]"#),
+            "{output}"
         );
-        playing(&mut browser, &format!("playing on TS track {id}"));
+        playing(&mut browser, &format!("playing the main audio ({output})"));
+        for id in [2, 1] {
+            browser.eval(&format!("window.h.audioTrack = {id}"));
+            browser.wait_until(
+                &format!("switched to track {id} ({output})"),
+                &format!("window.switched.includes({id})"),
+                Duration::from_secs(30),
+            );
+            playing(&mut browser, &format!("playing on track {id} ({output})"));
+        }
     }
     let errors = browser.eval("JSON.stringify(window.errors)");
     let errors: Vec<String> = serde_json::from_str(errors.as_str().unwrap()).unwrap();
