@@ -646,12 +646,13 @@ impl Publisher {
         self.ended
     }
 
-    /// Whether this feed owns the channel now.
-    /// It publishes to a channel's source (audio only), not to a channel.
-    pub fn is_source(&self) -> bool {
-        self.bus.follows.is_some()
+    /// It publishes to a channel's audio source (audio alone is its media), not to a
+    /// channel or a camera angle (which need video).
+    pub fn is_audio_source(&self) -> bool {
+        self.bus.follows.as_ref().is_some_and(|f| !f.video)
     }
 
+    /// Whether this feed owns the channel now.
     pub fn is_owner(&self) -> bool {
         self.bus.owner.load(Ordering::Relaxed) == self.id
     }

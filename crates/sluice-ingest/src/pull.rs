@@ -442,7 +442,7 @@ async fn pull_srt(
     let mut publisher = attach(bus, spec, addr)?;
     *played = true;
     tracing::info!(channel = %bus.channel(), ingest = %spec.ingest, source = %redacted(&spec.url), "pull: playing");
-    let mut demux = TsDemuxer::audio_only(publisher.is_source());
+    let mut demux = TsDemuxer::audio_only(publisher.is_audio_source());
     let mut events = Vec::new();
     loop {
         let next = tokio::time::timeout(IDLE_TIMEOUT, socket.next())

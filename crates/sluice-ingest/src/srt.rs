@@ -639,7 +639,7 @@ impl Connection {
     async fn run(mut self, mut rx: mpsc::Receiver<Packet>, cancel: CancellationToken) {
         let channel = self.publisher.channel().clone();
         let ingest = self.publisher.spec().ingest.clone();
-        let mut demux = TsDemuxer::audio_only(self.publisher.is_source());
+        let mut demux = TsDemuxer::audio_only(self.publisher.is_audio_source());
         let mut events = Vec::new();
         let mut out = BytesMut::with_capacity(2048);
         let mut last_media = Instant::now();

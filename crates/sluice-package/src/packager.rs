@@ -355,23 +355,28 @@ impl Packager {
         {
             tracing::warn!(rendition = %spec.rendition, "an extra audio track's rendition clashes with another rendition");
         }
-        // A track added again under a removed one's name goes on from its init versions:
-        // an init segment's name never means other bytes.
-        let base = self
+        // A track added again under a removed one's name takes its place (tracks removed
+        // and added again do not pile up) and goes on from its init versions: an init
+        // segment's name never means other bytes.
+        if let Some(i) = self
             .extra
             .iter()
-            .filter(|a| a.name == spec.rendition)
-            .map(|a| a.init_version)
-            .max()
-            .unwrap_or(self.init_version_base);
-        self.extra.push(AudioState::new(&spec.rendition, base));
+            .position(|a| a.retired && a.name == spec.rendition)
+        {
+            let base = self.extra[i].init_version;
+            self.extra[i] = AudioState::new(&spec.rendition, base);
+            self.output.add_extra_track(spec);
+            return i;
+        }
+        self.extra
+            .push(AudioState::new(&spec.rendition, self.init_version_base));
         self.output.add_extra_track(spec);
         self.extra.len() - 1
     }
 
     /// Extra track `i` is no longer offered (its source was removed): nothing more is
     /// written for it, and its playlists and segments leave the output. Its index stays
-    /// taken (and does nothing).
+    /// taken (and does nothing) until a track of the same rendition is added again.
     pub fn remove_track(&mut self, i: usize) {
         let Some(a) = self.extra.get_mut(i).filter(|a| !a.retired) else {
             return;
@@ -620,14 +625,15 @@ impl Packager {
             };
             self.output
                 .add_segment(OutputKind::Cmaf, &self.video[r].name, stored);
-            if r == 0 {
-                self.cut_audio(Cut {
-                    msn,
-                    start,
-                    end,
-                    discontinuity: false,
-                });
-            }
+        }
+        if r == 0 {
+            // CMAF audio, and extra tracks in TS too: every playlist lists segment `msn`.
+            self.cut_audio(Cut {
+                msn,
+                start,
+                end,
+                discontinuity: false,
+            });
         }
         if self.ts {
             self.video[r].pending_ts.push_back(PendingTs {

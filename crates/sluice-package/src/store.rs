@@ -92,6 +92,27 @@ pub struct SegmentRecord {
     pub program_date_time: Option<i64>,
 }
 
+/// The discontinuity sequence number of segment `msn` (its playlist's
+/// `EXT-X-DISCONTINUITY-SEQUENCE` plus the discontinuities up to it), from a playlist that
+/// lists it: one of `output` first, else of the other output (both number the same
+/// segments alike; a TS segment may still wait for its audio while its CMAF twin is out).
+/// `None` when none lists it.
+fn discontinuity_number_at(st: &State, output: OutputKind, msn: u64) -> Option<u64> {
+    let number = |t: &Track| {
+        let listed: Vec<_> = t.segments.iter().skip(t.listed_from).collect();
+        let at = listed.iter().position(|s| s.msn == msn)?;
+        let flagged = listed[..=at].iter().filter(|s| s.discontinuity).count();
+        Some(t.discontinuity_sequence + flagged as u64)
+    };
+    let of = |same: bool| {
+        st.tracks
+            .iter()
+            .filter(|((o, _), _)| (*o == output) == same)
+            .find_map(|(_, t)| number(t))
+    };
+    of(true).or_else(|| of(false))
+}
+
 /// Rendered multivariant playlists by (output, bitrate cap, extra audio tracks offered),
 /// each with the generation of the state it was rendered from; `None` = not available yet.
 type MultivariantCache =
@@ -539,7 +560,8 @@ impl EngineOutput {
             *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         }
         let bytes = seg.data.as_ref().map(|d| d.len() as u64);
-        self.update_track(output, rendition, true, |track, window, produced| {
+        let first = (seg.msn, seg.discontinuity);
+        self.update_track(output, rendition, true, first, |track, window, produced| {
             if let Some(bytes) = bytes {
                 produced.segments += 1;
                 produced.segment_bytes += bytes;
@@ -563,7 +585,8 @@ impl EngineOutput {
         *self.last_media.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         // Parts change no multivariant playlist: its cache stays good.
         let bytes = part.data.len() as u64;
-        self.update_track(output, rendition, publish, |track, _, produced| {
+        let first = (open.msn, open.discontinuity);
+        self.update_track(output, rendition, publish, first, |track, _, produced| {
             produced.parts += 1;
             produced.part_bytes += bytes;
             track.push_part(open, part)
@@ -572,12 +595,14 @@ impl EngineOutput {
 
     /// Changes a track under the lock; with `publish`, renders it outside, installs the
     /// render unless the track changed meanwhile (whoever changed it installs a newer
-    /// one), then signals it. Without, the next published change renders both.
+    /// one), then signals it. Without, the next published change renders both. `first`:
+    /// the (msn, discontinuity) of what is added, which numbers a track made by it.
     fn update_track(
         &self,
         output: OutputKind,
         rendition: &str,
         publish: bool,
+        first: (u64, bool),
         change: impl FnOnce(&mut Track, MediaTime, &mut Produced),
     ) {
         let key = (output, rendition.to_owned());
@@ -585,7 +610,18 @@ impl EngineOutput {
             let mut guard = self.write();
             let st = &mut *guard;
             let (d, window, part) = (st.segment_duration, st.window, st.part_target);
-            let base = st.discontinuity_base;
+            // A track that starts after others (an audio source that publishes late, or
+            // is added while the engine runs) takes their discontinuity number at its first
+            // segment, so that segment N carries the same number in every playlist
+            // (RFC 8216bis §6.2.4; hls.js matches audio to video by it).
+            let base = if st.tracks.contains_key(&key) {
+                0
+            } else {
+                let (msn, flagged) = first;
+                discontinuity_number_at(st, output, msn).map_or(st.discontinuity_base, |n| {
+                    n.saturating_sub(u64::from(flagged))
+                })
+            };
             let track = st.tracks.entry(key.clone()).or_insert_with(|| {
                 let mut t = Track::new(output, d, part);
                 t.discontinuity_sequence = base;

@@ -991,12 +991,12 @@ fn an_extra_track_is_removed_and_added_again_while_running() {
     // Frames for the removed index are ignored.
     p.push_track(fr, fx.audio[0].clone());
 
-    // Added again, renamed: a new index, init versions after the old ones.
+    // Added again, renamed: in the removed one's place, init versions after its own.
     let again = p.add_track(TrackSpec {
         name: "Français (2)".into(),
         ..fr_spec
     });
-    assert_ne!(again, fr);
+    assert_eq!(again, fr, "the removed track's place");
     p.set_track_config(again, fx.audio_cfg.clone());
     for f in fx.audio.iter().filter(|f| f.dts >= half) {
         p.push_track(again, f.clone());
@@ -1020,4 +1020,68 @@ fn an_extra_track_is_removed_and_added_again_while_running() {
         "the removed one is not listed"
     );
     assert!(!msns(&media(&out, OutputKind::Cmaf, "audio-fr")).is_empty());
+}
+
+/// The discontinuity sequence number of segment `msn` in `pl` (RFC 8216bis §6.2.4).
+fn discontinuity_number(pl: &MediaPlaylist, msn: u64) -> u64 {
+    let at = (msn - pl.media_sequence) as usize;
+    pl.discontinuity_sequence
+        + pl.segments[..=at]
+            .iter()
+            .filter(|s| s.discontinuity)
+            .count() as u64
+}
+
+/// A track that starts after a discontinuity of the main stream (its source published
+/// late, or it was added while running) carries the main stream's discontinuity number
+/// at each segment, so a player matches its segments to the video's.
+#[test]
+fn a_late_track_takes_the_discontinuity_numbers_of_the_stream() {
+    let fx = load_fixture();
+    let (mut p, out) = Packager::new(
+        settings(60 * S),
+        vec![spec("360p", 300)],
+        Some(AudioSpec { kbps: 64 }),
+    );
+    p.set_video_config(0, fx.video_cfg.clone());
+    p.set_audio_config(fx.audio_cfg.clone());
+    // Two input sessions, each followed by a discontinuity; then a track appears, and
+    // the third session carries it.
+    for round in 0..2 {
+        feed(&mut p, &fx, 1, round * 20 * S, 0, i64::MIN);
+        p.discontinuity();
+    }
+    let fr = p.add_track(TrackSpec {
+        rendition: "audio-fr".into(),
+        name: "Français".into(),
+        language: None,
+        default: false,
+    });
+    p.set_track_config(fr, fx.audio_cfg.clone());
+    for f in &fx.audio {
+        let f = Frame {
+            pts: f.pts + 40 * S,
+            dts: f.dts + 40 * S,
+            ..f.clone()
+        };
+        p.push_track(fr, f);
+    }
+    feed(&mut p, &fx, 1, 40 * S, 0, i64::MIN);
+    p.finish();
+    for kind in [OutputKind::Cmaf, OutputKind::Ts] {
+        let video = media(&out, kind, "360p");
+        let track = media(&out, kind, "audio-fr");
+        assert!(
+            video.segments.iter().filter(|s| s.discontinuity).count() >= 2,
+            "{kind:?}: the stream has two discontinuities"
+        );
+        assert!(!msns(&track).is_empty());
+        for msn in msns(&track) {
+            assert_eq!(
+                discontinuity_number(&track, msn),
+                discontinuity_number(&video, msn),
+                "{kind:?} segment {msn}"
+            );
+        }
+    }
 }

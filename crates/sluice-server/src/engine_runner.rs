@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::{MediaEvent, TrackKind};
+use sluice_core::{MediaEvent, MediaTime, TrackKind};
 use sluice_distribution::AngleSlot;
 use sluice_engine::{
     EncodedEvent, EngineMode, EngineRunner, EngineStats, GstFactory, Packaging, RunnerSettings,
@@ -174,6 +174,9 @@ struct AngleSession<'a> {
     session: u64,
     rx: &'a mut BusReceiver,
     next: &'a mut Option<MediaEvent>,
+    /// Frames before this media time are dropped, and the first passed on is a video
+    /// keyframe at or past it (see [`run_angle`]).
+    from: Option<MediaTime>,
 }
 
 impl sluice_core::MediaSource for AngleSession<'_> {
@@ -191,6 +194,13 @@ impl sluice_core::MediaSource for AngleSession<'_> {
                     *self.next = Some(ev);
                     return None;
                 }
+                MediaEvent::Frame(f) if self.from.is_some() => {
+                    let from = self.from.unwrap_or_default();
+                    if f.track == TrackKind::Video && f.keyframe && f.pts >= from {
+                        self.from = None;
+                        return Some(ev);
+                    }
+                }
                 _ => return Some(ev),
             }
         }
@@ -203,9 +213,22 @@ impl sluice_core::MediaSource for AngleSession<'_> {
 /// segment N of the main stream after every return; when the publisher leaves, the
 /// angle's playlists end and it is gone from the distributions until it returns.
 pub async fn run_angle(angle: Arc<AngleEngine>, mut rx: BusReceiver, cancel: CancellationToken) {
-    // A run after a panic: the session that was live is over.
+    // Whatever ends this run (a panic too) takes the angle off the distributions.
+    struct Unpublish(Arc<AngleSlot>);
+    impl Drop for Unpublish {
+        fn drop(&mut self) {
+            self.0.store(None);
+        }
+    }
+    let _unpublish = Unpublish(angle.slot.clone());
     angle.slot.store(None);
     let mut next: Option<MediaEvent> = None;
+    // The last segment number an earlier session published: a session placed behind it
+    // (its publisher came back within a segment, or the main input reconnected and its
+    // timeline did not move on) starts after it, so that a segment URL, served as
+    // immutable, never names other media.
+    let mut published: Option<u64> = None;
+    let d = angle.settings.segment_duration.max(1);
     loop {
         let first = match next.take() {
             Some(ev) => ev,
@@ -250,6 +273,7 @@ pub async fn run_angle(angle: Arc<AngleEngine>, mut rx: BusReceiver, cancel: Can
         for (index, bus) in tracks {
             tokio::spawn(feed_track(index, bus, packager.clone(), feeds.clone()).in_current_span());
         }
+        let output_for_floor = output.clone();
         angle.slot.store(Some(output));
         let sink = EngineSink {
             packager,
@@ -272,9 +296,21 @@ pub async fn run_angle(angle: Arc<AngleEngine>, mut rx: BusReceiver, cancel: Can
             session,
             rx: &mut rx,
             next: &mut next,
+            from: published.map(|n| {
+                i64::try_from(n.saturating_add(1))
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(d)
+            }),
         };
         runner.run(input, cancel.clone()).await;
         drop(feeds_guard);
+        if let Some(n) = angle
+            .renditions
+            .first()
+            .and_then(|r| output_for_floor.latest_msn(r.name.as_str()))
+        {
+            published = Some(published.map_or(n, |p| p.max(n)));
+        }
         angle.slot.store(None);
         tracing::info!(angle = %angle.name, session, "camera angle session ended; gone from the playlists");
         if cancel.is_cancelled() {

@@ -264,8 +264,8 @@ struct ChannelRun {
     engines: BTreeMap<Id, EngineRun>,
     /// Pull ingests (a child of `cancel`).
     pulls: CancellationToken,
-    /// Pulls of its sources (a child of `cancel`).
-    source_pulls: CancellationToken,
+    /// Pulls of its sources, each with its own token (a child of `cancel`).
+    source_pulls: BTreeMap<Id, CancellationToken>,
     patterns: Vec<TestPattern>,
     slate: Option<CancellationToken>,
     /// Input bitrate over the last sampling period (see [`sample_input`]).
@@ -277,8 +277,10 @@ impl ChannelRun {
     /// Stops it: its publishers are disconnected and no new one attaches, its engines
     /// end their playlists, generated sources stop.
     fn stop(self) {
-        self.bus.shut();
-        self.bus.close();
+        for b in std::iter::once(&self.bus).chain(self.sources.values()) {
+            b.shut();
+            b.close();
+        }
         drop(self);
     }
 }
@@ -1069,7 +1071,6 @@ impl Runtime {
             cancel.clone(),
         ));
         let pulls = cancel.child_token();
-        let source_pulls = cancel.child_token();
         let outputs = channel
             .outputs
             .iter()
@@ -1089,7 +1090,7 @@ impl Runtime {
             cancel,
             engines,
             pulls,
-            source_pulls,
+            source_pulls: BTreeMap::new(),
             patterns: Vec::new(),
             slate: None,
             input_kbps,
@@ -1097,7 +1098,11 @@ impl Runtime {
         };
         run.slate = self.start_slate(id, channel, &run.bus, &run.cancel);
         run.patterns = self.start_ingests(id, channel, &run.bus, &run.pulls);
-        self.start_source_pulls(id, channel, &run.sources, &run.source_pulls);
+        for (sid, b) in &run.sources {
+            if let Some(t) = self.start_source_pull(id, sid, channel, b, &run.cancel) {
+                run.source_pulls.insert(sid.clone(), t);
+            }
+        }
         run
     }
 
@@ -1127,7 +1132,7 @@ impl Runtime {
                 p.changes.push(format!("engine {id}/{engine_id} removed"));
             }
         }
-        let buses_changed = self.update_sources(id, (&old, next), &mut run, p);
+        let renewed = self.update_sources(id, (&old, next), &mut run, p);
         // Priority only orders engines in the catalog: a change of it alone restarts
         // nothing.
         // Nor does recording: only the recorder starts or stops.
@@ -1205,11 +1210,34 @@ impl Runtime {
                     .push(format!("ingest {id}/{ingest_id} changed or removed"));
             }
         }
+        // Sources whose bus stayed but whose ingest changed lose their publisher (the new
+        // key table is published by the caller); a pull restarts on a new bus or ingest.
         for (sid, source_bus) in &run.sources {
             let ingest = |c: &Channel| c.sources.get(sid).map(|s| s.ingest.clone());
-            if ingest(&old) != ingest(next) {
+            let changed = ingest(&old) != ingest(next);
+            if changed && !renewed.contains(sid) {
                 p.to_end.push((source_bus.clone(), sid.to_string()));
                 p.changes.push(format!("source {id}/{sid} changed"));
+            }
+            if (changed || renewed.contains(sid))
+                && let Some(t) = run.source_pulls.remove(sid)
+            {
+                t.cancel();
+            }
+        }
+        run.source_pulls.retain(|sid, t| {
+            let keep = next.sources.contains_key(sid);
+            if !keep {
+                t.cancel();
+            }
+            keep
+        });
+        for (sid, b) in &run.sources {
+            if !run.source_pulls.contains_key(sid)
+                && let Some(t) = self.start_source_pull(id, sid, next, b, &run.cancel)
+            {
+                run.source_pulls.insert(sid.clone(), t);
+                p.changes.push(format!("source {id}/{sid} pulls again"));
             }
         }
         let generated = |c: &Channel| -> Vec<_> {
@@ -1219,20 +1247,6 @@ impl Runtime {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        let pulled = |c: &Channel| -> Vec<_> {
-            c.sources
-                .iter()
-                .filter(|(_, s)| s.ingest.protocol.is_pull())
-                .map(|(k, s)| (k.clone(), s.ingest.clone()))
-                .collect()
-        };
-        if pulled(&old) != pulled(next) || (buses_changed && !pulled(next).is_empty()) {
-            // Into the sources' buses as they are now.
-            run.source_pulls.cancel();
-            run.source_pulls = run.cancel.child_token();
-            self.start_source_pulls(id, next, &run.sources, &run.source_pulls);
-            p.changes.push(format!("source pulls of {id} restarted"));
-        }
         if generated(&old) != generated(next) {
             run.pulls.cancel();
             run.patterns.clear();
@@ -1283,14 +1297,14 @@ impl Runtime {
     /// loses its bus, its track and its publisher (which reconnects into the new bus).
     /// A track's new name, language or default is taken in place. Camera angles restart
     /// when their ladder changes, or the channel's audio tracks do (each packages them).
-    /// Returns whether any source's bus changed (source pulls then restart).
+    /// Returns the sources with a new bus (added, or replaced): their pulls start anew.
     fn update_sources(
         &self,
         id: &Id,
         (old, next): (&Channel, &Channel),
         run: &mut ChannelRun,
         p: &mut Pending,
-    ) -> bool {
+    ) -> BTreeSet<Id> {
         let same_bus = |sid: &Id| match (old.sources.get(sid), next.sources.get(sid)) {
             (Some(o), Some(n)) => o.kind == n.kind && o.offset_ms == n.offset_ms,
             _ => false,
@@ -1320,7 +1334,7 @@ impl Runtime {
             };
             p.changes.push(format!("source {id}/{sid} {what}"));
         }
-        let mut added = false;
+        let mut renewed: BTreeSet<Id> = stale.iter().cloned().collect();
         for (sid, s) in &next.sources {
             if run.sources.contains_key(sid) {
                 continue;
@@ -1334,7 +1348,7 @@ impl Runtime {
                 }
             };
             run.sources.insert(sid.clone(), b.clone());
-            added = true;
+            renewed.insert(sid.clone());
             if let Some(spec) = track_spec(sid, s) {
                 for e in run.engines.values_mut() {
                     let index = engine_runner::lock(&e.packager).add_track(spec.clone());
@@ -1367,7 +1381,13 @@ impl Runtime {
                 .filter_map(|(sid, s)| track_spec(sid, s))
                 .collect()
         };
-        let tracks_changed = audio(old) != audio(next);
+        // An audio source with a new bus (its offset changed) is a track fed anew too.
+        let new_audio_bus = stale.iter().any(|sid| {
+            old.sources
+                .get(sid)
+                .is_some_and(|s| s.kind == SourceKind::Audio)
+        });
+        let tracks_changed = audio(old) != audio(next) || new_audio_bus;
         for (sid, s) in &next.sources {
             let Some(ladder) = s.ladder.as_ref().filter(|_| s.kind == SourceKind::Video) else {
                 continue;
@@ -1382,7 +1402,7 @@ impl Runtime {
                 p.changes.push(format!("camera angle {id}/{sid} restarted"));
             }
         }
-        !stale.is_empty() || added
+        renewed
     }
 
     /// Feeds extra track `index` of `packager` from `bus` until the returned token (a
@@ -1861,41 +1881,38 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Pulls of a channel's audio sources (`rtmp-pull`, `srt-pull`), into their buses.
-    fn start_source_pulls(
+    /// The pull of source `sid` (`rtmp-pull`, `srt-pull`) into its bus, if it is one and
+    /// enabled; stopped by the returned token (a child of `parent`).
+    fn start_source_pull(
         &self,
         channel_id: &Id,
+        sid: &Id,
         channel: &Channel,
-        sources: &BTreeMap<Id, Arc<ChannelBus>>,
-        cancel: &CancellationToken,
-    ) {
-        for (sid, source_bus) in sources {
-            let Some(ingest) = channel.sources.get(sid).map(|s| &s.ingest) else {
-                continue;
-            };
-            let pulled = matches!(
-                ingest.protocol,
-                IngestProtocol::RtmpPull | IngestProtocol::SrtPull
-            );
-            let (true, true, Some(url)) = (pulled, ingest.enabled, ingest.url.clone()) else {
-                continue;
-            };
-            let spec = PullSpec {
-                ingest: sid.clone(),
-                url,
-                passphrase: ingest.passphrase.clone(),
-                priority: 1,
-                max_kbps: ingest.max_kbps,
-            };
-            self.shared.tracker.spawn(supervise(
-                format!("pull {channel_id}/{sid}"),
-                cancel.clone(),
-                {
-                    let (bus, cancel) = (source_bus.clone(), cancel.clone());
-                    move || sluice_ingest::pull::run_pull(bus.clone(), spec.clone(), cancel.clone())
-                },
-            ));
-        }
+        source_bus: &Arc<ChannelBus>,
+        parent: &CancellationToken,
+    ) -> Option<CancellationToken> {
+        let ingest = &channel.sources.get(sid)?.ingest;
+        let url = ingest
+            .url
+            .clone()
+            .filter(|_| ingest.protocol.is_pull() && ingest.enabled)?;
+        let spec = PullSpec {
+            ingest: sid.clone(),
+            url,
+            passphrase: ingest.passphrase.clone(),
+            priority: 1,
+            max_kbps: ingest.max_kbps,
+        };
+        let cancel = parent.child_token();
+        self.shared.tracker.spawn(supervise(
+            format!("pull {channel_id}/{sid}"),
+            cancel.clone(),
+            {
+                let (bus, cancel) = (source_bus.clone(), cancel.clone());
+                move || sluice_ingest::pull::run_pull(bus.clone(), spec.clone(), cancel.clone())
+            },
+        ));
+        Some(cancel)
     }
 }
 
