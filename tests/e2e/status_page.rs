@@ -336,6 +336,42 @@ channel = \"r\"
     );
 }
 
+/// Sets up the page's player: `window.start(url)` plays `url` with a fresh hls.js on one
+/// video element (`window.v`, muted), recording error events (`window.errors`: details,
+/// `fatal ` first for fatal ones; `window.errorDetails`: with fragment and reason) and
+/// audio track switches (`window.switched`, since the last start).
+const HLS_PLAYER: &str = r#"(() => {
+            window.errors = [];
+            window.errorDetails = [];
+            const v = document.createElement('video');
+            v.muted = true;
+            document.body.appendChild(v);
+            window.v = v;
+            window.start = (url) => {
+                if (window.h) window.h.destroy();
+                window.switched = [];
+                const h = new Hls({ lowLatencyMode: true });
+                window.h = h;
+                h.on(Hls.Events.ERROR, (_, d) => window.errors.push((d.fatal ? 'fatal ' : '') + d.details));
+                h.on(Hls.Events.ERROR, (_, d) => window.errorDetails.push(
+                    `${d.details} ${d.frag ? d.frag.type + ' ' + d.frag.url : ''} ${d.reason || (d.error && d.error.message) || ''}`));
+                h.on(Hls.Events.AUDIO_TRACK_SWITCHED, (_, d) => window.switched.push(d.id));
+                h.loadSource(url);
+                h.attachMedia(v);
+                v.play().catch(() => {});
+            };
+        })()"#;
+
+/// Waits until the page's video has played two more seconds.
+fn playing_on(b: &mut Browser, what: &str) {
+    b.eval("window.mark = window.v.currentTime");
+    b.wait_until(
+        what,
+        "window.v.currentTime - window.mark > 2",
+        Duration::from_secs(40),
+    );
+}
+
 /// hls.js in headless Chromium, on a channel with two audio sources: the status page
 /// lists the sources live; hls.js lists three audio tracks with their names and
 /// languages, plays, and switches to each extra track with no fatal error, in CMAF and
@@ -374,37 +410,7 @@ fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
     );
     // `start(url)`: a fresh hls.js on the one video element, its errors and track
     // switches recorded.
-    browser.eval(
-        r#"(() => {
-            window.errors = [];
-            window.errorDetails = [];
-            const v = document.createElement('video');
-            v.muted = true;
-            document.body.appendChild(v);
-            window.v = v;
-            window.start = (url) => {
-                if (window.h) window.h.destroy();
-                window.switched = [];
-                const h = new Hls({ lowLatencyMode: true });
-                window.h = h;
-                h.on(Hls.Events.ERROR, (_, d) => window.errors.push((d.fatal ? 'fatal ' : '') + d.details));
-                h.on(Hls.Events.ERROR, (_, d) => window.errorDetails.push(
-                    `${d.details} ${d.frag ? d.frag.type + ' ' + d.frag.url : ''} ${d.reason || (d.error && d.error.message) || ''}`));
-                h.on(Hls.Events.AUDIO_TRACK_SWITCHED, (_, d) => window.switched.push(d.id));
-                h.loadSource(url);
-                h.attachMedia(v);
-                v.play().catch(() => {});
-            };
-        })()"#,
-    );
-    let playing = |b: &mut Browser, what: &str| {
-        b.eval("window.mark = window.v.currentTime");
-        b.wait_until(
-            what,
-            "window.v.currentTime - window.mark > 2",
-            Duration::from_secs(40),
-        );
-    };
+    browser.eval(HLS_PLAYER);
     // CMAF, then MPEG-TS (the main audio muxed with the video, the extra tracks
     // audio-only TS): three tracks, playing, then on each extra track in turn.
     for output in ["cmaf", "ts"] {
@@ -421,7 +427,7 @@ fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
             json!(r#"[["audio",""],["Español","es"],["Français","fr"]]"#),
             "{output}"
         );
-        playing(&mut browser, &format!("playing the main audio ({output})"));
+        playing_on(&mut browser, &format!("playing the main audio ({output})"));
         for id in [2, 1] {
             browser.eval(&format!("window.h.audioTrack = {id}"));
             browser.wait_until(
@@ -429,7 +435,7 @@ fn hls_js_lists_the_audio_tracks_and_switches_between_them() {
                 &format!("window.switched.includes({id})"),
                 Duration::from_secs(30),
             );
-            playing(&mut browser, &format!("playing on track {id} ({output})"));
+            playing_on(&mut browser, &format!("playing on track {id} ({output})"));
         }
     }
     let errors = browser.eval("JSON.stringify(window.errors)");
@@ -486,48 +492,26 @@ fn hls_js_plays_a_camera_angle_and_the_main_stream() {
         r#"document.querySelector('section[data-channel="c"] [data-source="cam"]')?.textContent === 'Tactical camera (camera angle): playing'"#,
         Duration::from_secs(30),
     );
-    browser.eval(
-        r#"(() => {
-            window.errors = [];
-            const v = document.createElement('video');
-            v.muted = true;
-            document.body.appendChild(v);
-            window.v = v;
-            window.play = (url) => {
-                if (window.h) window.h.destroy();
-                const h = new Hls({ lowLatencyMode: true });
-                window.h = h;
-                h.on(Hls.Events.ERROR, (_, d) => window.errors.push(
-                    `${d.fatal ? 'fatal ' : ''}${d.details} ${d.frag ? d.frag.url : ''}`));
-                h.loadSource(url);
-                h.attachMedia(v);
-                v.play().catch(() => {});
-            };
-            window.play('/live/all/angle/cam/cmaf/index.m3u8');
-        })()"#,
-    );
-    let playing = |b: &mut Browser, what: &str| {
-        b.eval("window.mark = window.v.currentTime");
-        b.wait_until(
-            what,
-            "window.v.currentTime - window.mark > 2",
-            Duration::from_secs(40),
-        );
-    };
-    playing(&mut browser, "playing the angle");
+    browser.eval(HLS_PLAYER);
+    browser.eval("window.start('/live/all/angle/cam/cmaf/index.m3u8')");
+    playing_on(&mut browser, "playing the angle");
     assert_eq!(
         browser.eval("[window.v.videoWidth, window.v.videoHeight].join('x')"),
         json!("256x144"),
         "the angle's own ladder"
     );
     assert_eq!(browser.eval("window.h.audioTracks.length"), json!(1));
-    browser.eval("window.play('/live/all/cmaf/index.m3u8')");
-    playing(&mut browser, "playing the main stream");
+    browser.eval("window.start('/live/all/cmaf/index.m3u8')");
+    playing_on(&mut browser, "playing the main stream");
     assert_eq!(
         browser.eval("[window.v.videoWidth, window.v.videoHeight].join('x')"),
         json!("320x180")
     );
     let errors = browser.eval("JSON.stringify(window.errors)");
-    eprintln!("hls.js error events: {errors}");
-    assert!(!errors.as_str().unwrap().contains("fatal"), "{errors}");
+    let details = browser.eval("JSON.stringify(window.errorDetails)");
+    eprintln!("hls.js error events: {details}");
+    assert!(
+        !errors.as_str().unwrap().contains("fatal"),
+        "{errors}: {details}"
+    );
 }

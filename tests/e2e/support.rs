@@ -381,29 +381,12 @@ impl Publisher {
     /// A second camera: colour bars (not the test picture) at 30 fps with a 880 Hz tone,
     /// H.264 + AAC in FLV (`rtmp://`) or MPEG-TS (`srt://`).
     pub fn camera(url: &str, seconds: u32, size: &str) -> Publisher {
-        let mut ffmpeg = tool("ffmpeg");
-        ffmpeg
-            .args(["-hide_banner", "-loglevel", "error", "-re"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("smptebars=size={size}:rate=30"),
-            ])
-            .args(["-f", "lavfi", "-i", "sine=frequency=880:sample_rate=48000"])
-            .args(["-t", &seconds.to_string()])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-            ])
-            .args(["-g", "30", "-pix_fmt", "yuv420p"])
-            .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
-            .args(["-f", container_for(url), url]);
-        Self::spawn(ffmpeg)
+        Self::ffmpeg_with(
+            url,
+            seconds,
+            (&format!("smptebars=size={size}:rate=30"), 880),
+            &["-preset", "ultrafast", "-tune", "zerolatency"],
+        )
     }
 
     /// Sends a signal (`STOP` freezes it mid-stream, `CONT` resumes it).
@@ -480,22 +463,34 @@ impl Publisher {
     }
 
     fn ffmpeg(url: &str, seconds: u32, size: &str, x264: &[&str]) -> Publisher {
+        let picture = format!("testsrc2=size={size}:rate=30");
+        Self::ffmpeg_with(url, seconds, (&picture, 440), x264)
+    }
+
+    /// A live publisher of `picture` (a lavfi source) and a tone of `hz`: H.264 (keyframe
+    /// a second, `x264` options) + AAC, in the container `url` takes.
+    fn ffmpeg_with(
+        url: &str,
+        seconds: u32,
+        (picture, hz): (&str, u32),
+        x264: &[&str],
+    ) -> Publisher {
         let mut ffmpeg = tool("ffmpeg");
         ffmpeg
             .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args(["-f", "lavfi", "-i", picture])
             .args([
                 "-f",
                 "lavfi",
                 "-i",
-                &format!("testsrc2=size={size}:rate=30"),
+                &format!("sine=frequency={hz}:sample_rate=48000"),
             ])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
             .args(["-t", &seconds.to_string()])
             .args(["-c:v", "libx264"])
             .args(x264)
             .args(["-g", "30", "-pix_fmt", "yuv420p"])
             .args(["-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2"])
-            .args(["-f", "flv", url]);
+            .args(["-f", container_for(url), url]);
         Self::spawn(ffmpeg)
     }
 

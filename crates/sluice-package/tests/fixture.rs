@@ -951,13 +951,7 @@ fn extra_track(part: MediaTime) {
 #[test]
 fn an_extra_track_is_removed_and_added_again_while_running() {
     let fx = load_fixture();
-    let (mut p, out) = Packager::new(
-        settings(60 * S),
-        vec![spec("360p", 300)],
-        Some(AudioSpec { kbps: 64 }),
-    );
-    p.set_video_config(0, fx.video_cfg.clone());
-    p.set_audio_config(fx.audio_cfg.clone());
+    let (mut p, out) = new_packager(vec![spec("360p", 300)], 60 * S, &fx);
     let fr_spec = TrackSpec {
         rendition: "audio-fr".into(),
         name: "Français".into(),
@@ -1038,13 +1032,7 @@ fn discontinuity_number(pl: &MediaPlaylist, msn: u64) -> u64 {
 #[test]
 fn a_late_track_takes_the_discontinuity_numbers_of_the_stream() {
     let fx = load_fixture();
-    let (mut p, out) = Packager::new(
-        settings(60 * S),
-        vec![spec("360p", 300)],
-        Some(AudioSpec { kbps: 64 }),
-    );
-    p.set_video_config(0, fx.video_cfg.clone());
-    p.set_audio_config(fx.audio_cfg.clone());
+    let (mut p, out) = new_packager(vec![spec("360p", 300)], 60 * S, &fx);
     // Two input sessions, each followed by a discontinuity; then a track appears, and
     // the third session carries it.
     for round in 0..2 {

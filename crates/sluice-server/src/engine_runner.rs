@@ -194,12 +194,14 @@ impl sluice_core::MediaSource for AngleSession<'_> {
                     *self.next = Some(ev);
                     return None;
                 }
-                MediaEvent::Frame(f) if self.from.is_some() => {
-                    let from = self.from.unwrap_or_default();
-                    if f.track == TrackKind::Video && f.keyframe && f.pts >= from {
-                        self.from = None;
-                        return Some(ev);
-                    }
+                // Before `from`: dropped up to a video keyframe at or past it.
+                MediaEvent::Frame(f)
+                    if self.from.is_some_and(|from| {
+                        f.track != TrackKind::Video || !f.keyframe || f.pts < from
+                    }) => {}
+                MediaEvent::Frame(_) => {
+                    self.from = None;
+                    return Some(ev);
                 }
                 _ => return Some(ev),
             }
@@ -221,7 +223,6 @@ pub async fn run_angle(angle: Arc<AngleEngine>, mut rx: BusReceiver, cancel: Can
         }
     }
     let _unpublish = Unpublish(angle.slot.clone());
-    angle.slot.store(None);
     let mut next: Option<MediaEvent> = None;
     // The last segment number an earlier session published: a session placed behind it
     // (its publisher came back within a segment, or the main input reconnected and its
@@ -273,8 +274,7 @@ pub async fn run_angle(angle: Arc<AngleEngine>, mut rx: BusReceiver, cancel: Can
         for (index, bus) in tracks {
             tokio::spawn(feed_track(index, bus, packager.clone(), feeds.clone()).in_current_span());
         }
-        let output_for_floor = output.clone();
-        angle.slot.store(Some(output));
+        angle.slot.store(Some(output.clone()));
         let sink = EngineSink {
             packager,
             taps: Arc::new(Vec::new()),
@@ -307,7 +307,7 @@ pub async fn run_angle(angle: Arc<AngleEngine>, mut rx: BusReceiver, cancel: Can
         if let Some(n) = angle
             .renditions
             .first()
-            .and_then(|r| output_for_floor.latest_msn(r.name.as_str()))
+            .and_then(|r| output.latest_msn(r.name.as_str()))
         {
             published = Some(published.map_or(n, |p| p.max(n)));
         }

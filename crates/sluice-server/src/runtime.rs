@@ -1038,17 +1038,7 @@ impl Runtime {
         let sources: BTreeMap<Id, Arc<ChannelBus>> = channel
             .sources
             .iter()
-            .map(|(sid, s)| {
-                let b = match s.kind {
-                    SourceKind::Audio => {
-                        ChannelBus::new_source(&bus, s.offset_ms, DEFAULT_BUS_CAPACITY)
-                    }
-                    SourceKind::Video => {
-                        ChannelBus::new_angle(&bus, s.offset_ms, DEFAULT_BUS_CAPACITY)
-                    }
-                };
-                (sid.clone(), b)
-            })
+            .map(|(sid, s)| (sid.clone(), source_bus(&bus, s)))
             .collect();
         let mut engines = BTreeMap::new();
         for engine_id in channel.engines.keys() {
@@ -1098,11 +1088,7 @@ impl Runtime {
         };
         run.slate = self.start_slate(id, channel, &run.bus, &run.cancel);
         run.patterns = self.start_ingests(id, channel, &run.bus, &run.pulls);
-        for (sid, b) in &run.sources {
-            if let Some(t) = self.start_source_pull(id, sid, channel, b, &run.cancel) {
-                run.source_pulls.insert(sid.clone(), t);
-            }
-        }
+        self.start_missing_source_pulls(id, channel, &mut run);
         run
     }
 
@@ -1232,13 +1218,8 @@ impl Runtime {
             }
             keep
         });
-        for (sid, b) in &run.sources {
-            if !run.source_pulls.contains_key(sid)
-                && let Some(t) = self.start_source_pull(id, sid, next, b, &run.cancel)
-            {
-                run.source_pulls.insert(sid.clone(), t);
-                p.changes.push(format!("source {id}/{sid} pulls again"));
-            }
+        for sid in self.start_missing_source_pulls(id, next, &mut run) {
+            p.changes.push(format!("source {id}/{sid} pulls again"));
         }
         let generated = |c: &Channel| -> Vec<_> {
             c.ingests
@@ -1339,14 +1320,7 @@ impl Runtime {
             if run.sources.contains_key(sid) {
                 continue;
             }
-            let b = match s.kind {
-                SourceKind::Audio => {
-                    ChannelBus::new_source(&run.bus, s.offset_ms, DEFAULT_BUS_CAPACITY)
-                }
-                SourceKind::Video => {
-                    ChannelBus::new_angle(&run.bus, s.offset_ms, DEFAULT_BUS_CAPACITY)
-                }
-            };
+            let b = source_bus(&run.bus, s);
             run.sources.insert(sid.clone(), b.clone());
             renewed.insert(sid.clone());
             if let Some(spec) = track_spec(sid, s) {
@@ -1444,13 +1418,9 @@ impl Runtime {
         (bus, sources): (&Arc<ChannelBus>, &BTreeMap<Id, Arc<ChannelBus>>),
         parent: &CancellationToken,
     ) -> AngleRun {
-        let segment_duration = secs_f64_to_nanos(ladder.segment_seconds);
-        let encoder = sluice_engine::resolve_encoder(encoder_choice(ladder.encoder))
-            .unwrap_or_else(|e| {
-                tracing::error!(angle = %source_id, error = %e, "falling back to x264");
-                Encoder::X264
-            });
-        let (mode, renditions) = transcode(ladder, encoder, segment_duration);
+        let settings = packager_settings(ladder, (true, false), true);
+        let encoder = encoder_for(ladder, source_id);
+        let (mode, renditions) = transcode(ladder, encoder, settings.segment_duration);
         let tracks = sources
             .iter()
             .filter_map(|(sid, b)| Some((track_spec(sid, channel.sources.get(sid)?)?, b.clone())))
@@ -1460,15 +1430,7 @@ impl Runtime {
         let angle = Arc::new(engine_runner::AngleEngine {
             name: format!("{channel_id}/angle/{source_id}"),
             mode,
-            settings: PackagerSettings {
-                segment_duration,
-                window: secs_f64_to_nanos(ladder.window_seconds),
-                cmaf: true,
-                ts: false,
-                init_version_base: 0,
-                part_duration: secs_f64_to_nanos(ladder.part_seconds),
-                keyframes_forced: true,
-            },
+            settings,
             renditions,
             tracks,
             main: bus.clone(),
@@ -1514,32 +1476,20 @@ impl Runtime {
     ) -> EngineRun {
         let engine = &channel.engines[engine_id];
         let ladder = &engine.ladder;
+        let outputs = (
+            engine.outputs.contains(&Output::Cmaf),
+            engine.outputs.contains(&Output::Ts),
+        );
+        let transcodes = matches!(engine.ladder_ref, LadderRef::Named(_));
         let settings = PackagerSettings {
-            segment_duration: secs_f64_to_nanos(ladder.segment_seconds),
-            window: secs_f64_to_nanos(ladder.window_seconds),
-            cmaf: engine.outputs.contains(&Output::Cmaf),
-            ts: engine.outputs.contains(&Output::Ts),
             // Each engine run its own range of init versions: a viewer that fails over
             // to another engine, or stays on an engine whose ladder changed, fetches
             // that run's init segment, never a cached one of the same name with other
             // parameter sets.
             init_version_base: self.init_bases()(),
-            part_duration: secs_f64_to_nanos(ladder.part_seconds),
-            keyframes_forced: matches!(engine.ladder_ref, LadderRef::Named(_)),
+            ..packager_settings(ladder, outputs, transcodes)
         };
-        let encoder = match engine.ladder_ref {
-            LadderRef::Passthrough => None,
-            // Checked when the configuration was taken (`check_encoders`): an error here
-            // means the hardware went away since.
-            LadderRef::Named(_) => Some(
-                sluice_engine::resolve_encoder(encoder_choice(ladder.encoder)).unwrap_or_else(
-                    |e| {
-                        tracing::error!(engine = %engine_id, error = %e, "falling back to x264");
-                        Encoder::X264
-                    },
-                ),
-            ),
-        };
+        let encoder = transcodes.then(|| encoder_for(ladder, engine_id));
         let (mode, renditions, audio) = match &engine.ladder_ref {
             LadderRef::Passthrough => (
                 EngineMode::Passthrough,
@@ -1881,6 +1831,26 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Starts the pull of every source of `run` that is one and has none running; returns
+    /// the sources started.
+    fn start_missing_source_pulls(
+        &self,
+        channel_id: &Id,
+        channel: &Channel,
+        run: &mut ChannelRun,
+    ) -> Vec<Id> {
+        let mut started = Vec::new();
+        for (sid, b) in &run.sources {
+            if !run.source_pulls.contains_key(sid)
+                && let Some(t) = self.start_source_pull(channel_id, sid, channel, b, &run.cancel)
+            {
+                run.source_pulls.insert(sid.clone(), t);
+                started.push(sid.clone());
+            }
+        }
+        started
+    }
+
     /// The pull of source `sid` (`rtmp-pull`, `srt-pull`) into its bus, if it is one and
     /// enabled; stopped by the returned token (a child of `parent`).
     fn start_source_pull(
@@ -1913,6 +1883,43 @@ impl Runtime {
             },
         ));
         Some(cancel)
+    }
+}
+
+/// How an engine on `ladder` packages: `(cmaf, ts)` outputs; `keyframes_forced` for a
+/// transcoding engine. Init versions start at 0: the caller gives each run its own range.
+fn packager_settings(
+    ladder: &Ladder,
+    (cmaf, ts): (bool, bool),
+    keyframes_forced: bool,
+) -> PackagerSettings {
+    PackagerSettings {
+        segment_duration: secs_f64_to_nanos(ladder.segment_seconds),
+        window: secs_f64_to_nanos(ladder.window_seconds),
+        cmaf,
+        ts,
+        init_version_base: 0,
+        part_duration: secs_f64_to_nanos(ladder.part_seconds),
+        keyframes_forced,
+    }
+}
+
+/// The encoder of `ladder`. Checked when the configuration was taken (`check_encoders`):
+/// an error here means the hardware went away since; x264 then, said in the log with the
+/// engine (or angle) `who`.
+fn encoder_for(ladder: &Ladder, who: &Id) -> Encoder {
+    sluice_engine::resolve_encoder(encoder_choice(ladder.encoder)).unwrap_or_else(|e| {
+        tracing::error!(engine = %who, error = %e, "falling back to x264");
+        Encoder::X264
+    })
+}
+
+/// The bus of source `s` of the channel whose bus is `main`: an audio track's or a camera
+/// angle's (see [`ChannelBus::new_source`], [`ChannelBus::new_angle`]).
+fn source_bus(main: &Arc<ChannelBus>, s: &Source) -> Arc<ChannelBus> {
+    match s.kind {
+        SourceKind::Audio => ChannelBus::new_source(main, s.offset_ms, DEFAULT_BUS_CAPACITY),
+        SourceKind::Video => ChannelBus::new_angle(main, s.offset_ms, DEFAULT_BUS_CAPACITY),
     }
 }
 
