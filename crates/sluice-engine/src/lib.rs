@@ -13,6 +13,7 @@
 //! - [`TestPattern`]: a built-in live source (moving picture with a clock, and
 //!   a tone), encoded like an encoder would send it.
 
+mod c_heap;
 mod encoder;
 mod error;
 pub mod runner;
@@ -36,9 +37,12 @@ use std::sync::OnceLock;
 /// Initialises GStreamer once for the process.
 pub fn init() -> Result<(), EngineError> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
-    INIT.get_or_init(|| gstreamer::init().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(EngineError::Init)?;
+    INIT.get_or_init(|| {
+        c_heap::limit_arenas();
+        gstreamer::init().map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(EngineError::Init)?;
     scale::register()
 }
 

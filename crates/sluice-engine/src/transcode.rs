@@ -881,6 +881,8 @@ impl Drop for Transcoder {
     fn drop(&mut self) {
         // Null is synchronous: once it returns no streaming thread calls the sinks again.
         let _ = self.pipeline.set_state(gst::State::Null);
+        // The pipeline's elements are freed when its fields drop, just after this.
+        crate::c_heap::after_pipeline_freed();
     }
 }
 

@@ -48,6 +48,25 @@ pub(crate) struct StoredSegment {
     pub parts: Vec<StoredPart>,
 }
 
+/// A CMAF segment made of its parts is their concatenation: its parts become views of the
+/// segment's bytes, so that the same media is not held twice while the parts stay listed
+/// (about three target durations of every rendition). Bytes served are the same; a part
+/// already being sent keeps its own buffer until it is sent.
+fn share_part_bytes(seg: &mut StoredSegment) {
+    let Some(data) = &seg.data else { return };
+    let total: usize = seg.parts.iter().map(|p| p.data.len()).sum();
+    if total != data.len() {
+        return;
+    }
+    let mut at = 0;
+    for p in &mut seg.parts {
+        let len = p.data.len();
+        debug_assert_eq!(p.data, data.slice(at..at + len));
+        p.data = data.slice(at..at + len);
+        at += len;
+    }
+}
+
 /// The segment being produced, as the parts published so far.
 #[derive(Debug, Clone)]
 pub(crate) struct OpenSegment {
@@ -168,7 +187,10 @@ impl Track {
             );
         }
         match self.open.take() {
-            Some(o) if o.msn == seg.msn && seg.parts.is_empty() => seg.parts = o.parts,
+            Some(o) if o.msn == seg.msn && seg.parts.is_empty() => {
+                seg.parts = o.parts;
+                share_part_bytes(&mut seg);
+            }
             // Parts of a later segment stay open; of an earlier one, they are dropped.
             Some(o) if o.msn > seg.msn => self.open = Some(o),
             _ => {}
@@ -691,6 +713,37 @@ mod tests {
 
     fn text(b: &Bytes) -> String {
         String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_closed_segments_parts_are_views_of_its_bytes() {
+        let mut t = Track::new(OutputKind::Cmaf, 2 * S, Some(S / 2));
+        let pieces = [&b"moof-mdat 1"[..], b"moof-mdat 22", b"moof-mdat 333"];
+        for (i, bytes) in pieces.iter().enumerate() {
+            let mut p = part(500, i == 0);
+            p.data = Bytes::copy_from_slice(bytes);
+            t.push_part(&open(0), p);
+        }
+        let mut whole = seg(0);
+        whole.data = Some(Bytes::from(pieces.concat()));
+        t.push(whole, 60 * S);
+        let data = t.segments[0].data.clone().unwrap();
+        let range = data.as_ptr() as usize..data.as_ptr() as usize + data.len();
+        for (i, bytes) in pieces.iter().enumerate() {
+            let part = t.part(0, i as u32).unwrap();
+            assert_eq!(&part[..], *bytes, "part {i} serves the same bytes");
+            assert!(
+                range.contains(&(part.as_ptr() as usize)),
+                "part {i} is held once"
+            );
+        }
+        // Parts that are not the segment's bytes (lengths differ) keep their own.
+        let mut t = ll_track(1, 0);
+        let mut other = seg(1);
+        other.data = Some(Bytes::from_static(b"different"));
+        t.push_part(&open(1), part(500, true));
+        t.push(other, 60 * S);
+        assert_eq!(&t.part(1, 0).unwrap()[..], b"p");
     }
 
     #[test]
