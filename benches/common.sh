@@ -9,6 +9,19 @@ bench_begin() {
   trap bench_end EXIT
 }
 
+# in_ram: the scratch folder on a tmpfs (/dev/shm) when the machine has one. Peers that
+# write their segments to files (nginx-rtmp, ffmpeg) would otherwise pay a disk file
+# system's cost (ext4's block allocation and journal under every fragment) that Sluice,
+# serving from memory, does not. Call before bench_begin; says which it is on stderr.
+in_ram() {
+  if [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs && -w /dev/shm ]]; then
+    export TMPDIR=/dev/shm
+    echo "bench: scratch files on tmpfs (/dev/shm)" >&2
+  else
+    echo "bench: no tmpfs at /dev/shm; peers write their files to $(df --output=fstype "${TMPDIR:-/tmp}" | tail -1) under ${TMPDIR:-/tmp}" >&2
+  fi
+}
+
 bench_end() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true

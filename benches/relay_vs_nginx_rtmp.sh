@@ -40,6 +40,7 @@ die() { echo "relay_vs_nginx_rtmp: $*" >&2; exit 1; }
 command -v ffmpeg >/dev/null || die "ffmpeg is needed"
 [[ -x $BIN ]] || (cd "$ROOT" && cargo build --release -p sluice-server) || die "cannot build sluice"
 
+in_ram
 bench_begin relay-vs-nginx-rtmp
 tick=$(getconf CLK_TCK)
 
