@@ -16,7 +16,8 @@
 //! A trim walks and locks each arena in turn, so it runs on a thread of its own, one
 //! second after the last pipeline torn down (a burst of sessions ending is one trim).
 //!
-//! These are the workspace's only foreign calls (`unsafe_code` is denied elsewhere).
+//! These two calls are the workspace's only `unsafe` code (`unsafe_code` is denied
+//! everywhere else; every other foreign call goes through a safe binding).
 
 use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
