@@ -13,12 +13,15 @@ bench_begin() {
 # write their segments to files (nginx-rtmp, ffmpeg) would otherwise pay a disk file
 # system's cost (ext4's block allocation and journal under every fragment) that Sluice,
 # serving from memory, does not. Call before bench_begin; says which it is on stderr.
+# in_ram [MiB]: only when /dev/shm has that much free (default 512).
 in_ram() {
-  if [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs && -w /dev/shm ]]; then
+  local avail
+  avail=$(df --output=avail -m /dev/shm 2>/dev/null | tail -1 | tr -d ' ' || echo 0)
+  if [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs && -w /dev/shm && ${avail:-0} -ge ${1:-512} ]]; then
     export TMPDIR=/dev/shm
     echo "bench: scratch files on tmpfs (/dev/shm)" >&2
   else
-    echo "bench: no tmpfs at /dev/shm; peers write their files to $(df --output=fstype "${TMPDIR:-/tmp}" | tail -1) under ${TMPDIR:-/tmp}" >&2
+    echo "bench: no tmpfs at /dev/shm with ${1:-512} MiB free; peers write their files to $(df --output=fstype "${TMPDIR:-/tmp}" | tail -1) under ${TMPDIR:-/tmp}" >&2
   fi
 }
 

@@ -22,6 +22,8 @@
 # 3.3 GB for the 1080p mode at 20 s) go to /dev/shm when it is a tmpfs.
 
 set -Eeuo pipefail
+# A failed measurement inside $(...) must stop the script, not leave an empty figure.
+shopt -s inherit_errexit
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/benches/common.sh"
 BENCH_MODES=${BENCH_MODES:-720p 1080p}
@@ -29,9 +31,11 @@ BENCH_SECONDS=${BENCH_SECONDS:-20}
 ROUNDS=${BENCH_ROUNDS:-3}
 need_tool ffmpeg ffmpeg
 need_tool python3 python3
+[[ -x /usr/bin/time ]] || need_tool /usr/bin/time time
+[[ $ROUNDS =~ ^[1-9]$ ]] || { echo "engine_floor: BENCH_ROUNDS must be 1..9" >&2; exit 1; }
 [[ $BENCH_SECONDS =~ ^[0-9]+$ ]] && ((BENCH_SECONDS >= 5 && BENCH_SECONDS <= 120)) ||
   { echo "engine_floor: BENCH_SECONDS must be 5..120" >&2; exit 1; }
-in_ram
+in_ram 4096
 bench_begin engine-floor
 
 # cpu <cmd...>: user+system CPU seconds of one run of the command (its children included).
@@ -42,8 +46,12 @@ cpu() {
 }
 # median <cmd...>: the median of ROUNDS runs of cpu.
 median() {
-  local v=() r
-  for ((r = 0; r < ROUNDS; r++)); do v+=("$(cpu "$@")"); done
+  local v=() r x
+  for ((r = 0; r < ROUNDS; r++)); do
+    x=$(cpu "$@")
+    [[ $x =~ ^[0-9]+\.[0-9]+$ ]] || { echo "engine_floor: no CPU figure for: $*" >&2; exit 1; }
+    v+=("$x")
+  done
   printf '%s\n' "${v[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
 

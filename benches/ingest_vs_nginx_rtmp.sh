@@ -125,6 +125,7 @@ run_srt_peer() { # ffmpeg|slt: prints CPU s / channel / s
   mkdir -p "$dir"
   for ((i = 0; i < N; i++)); do
     port=$(free_port)
+    while [[ " ${ports[*]} " == *" $port "* ]]; do port=$(free_port); done
     if [[ $1 == ffmpeg ]]; then
       mkdir -p "$dir/$i"
       # latency in microseconds for ffmpeg's libsrt options; 200 ms as Sluice's default.
@@ -139,7 +140,7 @@ run_srt_peer() { # ffmpeg|slt: prints CPU s / channel / s
     pids+=($!)
     ports[i]=$port
   done
-  sleep 1
+  sleep 3
   for ((i = 0; i < N; i++)); do
     ffmpeg -hide_banner -loglevel error -re -stream_loop -1 -i "$work/in.flv" -c copy \
       -f mpegts "srt://127.0.0.1:${ports[i]}?pkt_size=1316" </dev/null >/dev/null 2>&1 &
@@ -147,6 +148,15 @@ run_srt_peer() { # ffmpeg|slt: prints CPU s / channel / s
     pids+=($!)
   done
   measure "${servers[@]}"
+  # Which peers served a stream to the end: a server still running (and, for ffmpeg, one
+  # that wrote segments). A dead one would lower the CPU per channel unseen.
+  local live=0
+  for ((i = 0; i < N; i++)); do
+    kill -0 "${servers[i]}" 2>/dev/null || continue
+    [[ $1 != ffmpeg ]] || compgen -G "$dir/$i/*.ts" >/dev/null || continue
+    live=$((live + 1))
+  done
+  echo "$live" >"$dir/live"
   if [[ $1 == ffmpeg ]]; then
     ls "$dir"/*/ 2>/dev/null | grep -c '\.ts$' >"$dir/segments" || true
   fi
@@ -154,11 +164,12 @@ run_srt_peer() { # ffmpeg|slt: prints CPU s / channel / s
   for p in "${servers[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${servers[@]}"; do wait "$p" 2>/dev/null || true; done
 }
-ffmpeg_srt_cpu=nan slt_cpu=nan ffmpeg_segments=0
+ffmpeg_srt_cpu=nan slt_cpu=nan ffmpeg_segments=0 peers_live="-"
 if [[ $SRT_PEERS != 0 ]]; then
   ffmpeg_srt_cpu=$(run_srt_peer ffmpeg)
   ffmpeg_segments=$(cat "$work/ffmpeg/segments" 2>/dev/null || echo 0)
   slt_cpu=$(run_srt_peer slt)
+  peers_live="ffmpeg $(cat "$work/ffmpeg/live"), srt-live-transmit $(cat "$work/slt/live") of $N"
 fi
 
 # nginx once more, after Sluice: the machine drifts over the minutes a run takes (nginx's
@@ -166,23 +177,26 @@ fi
 nginx_second=$(run_nginx 2)
 nginx_cpu=$(python3 -c "print(f'{($nginx_first + $nginx_second) / 2:.5f}')")
 
-python3 - "$N" "$nginx_cpu" "$sluice_rtmp_cpu" "$sluice_srt_cpu" "$segments" "$live" "$accepted" "$nginx_first" "$nginx_second" "$ffmpeg_srt_cpu" "$slt_cpu" "$ffmpeg_segments" <<'PY'
+python3 - "$N" "$nginx_cpu" "$sluice_rtmp_cpu" "$sluice_srt_cpu" "$segments" "$live" "$accepted" "$nginx_first" "$nginx_second" "$ffmpeg_srt_cpu" "$slt_cpu" "$ffmpeg_segments" "$peers_live" <<'PY'
 import json, math, sys
-n, nginx, s_rtmp, s_srt, segs, live, accepted, ng1, ng2, f_srt, slt, f_segs = sys.argv[1:]
+n, nginx, s_rtmp, s_srt, segs, live, accepted, ng1, ng2, f_srt, slt, f_segs, peers_live = sys.argv[1:]
 nginx, s_rtmp, s_srt, f_srt, slt = float(nginx), float(s_rtmp), float(s_srt), float(f_srt), float(slt)
+# A server that measured nothing (it died, or nothing reached it) gives no ratio.
+def over(a, b):
+    return a / b if b > 0 and not math.isnan(b) else float("nan")
 print(f"publishers per server: {n} (1280x720 2.5 Mb/s + AAC, -c copy, looped)")
 print(f"{'server':<34}{'CPU s / channel / s':>22}{'vs nginx-rtmp':>16}")
 print(f"{'nginx-rtmp (RTMP in, TS HLS)':<34}{nginx:>22.5f}{1.0:>16.2f}  (mean of {ng1} before and {ng2} after Sluice)")
-print(f"{'sluice (RTMP in, CMAF+TS)':<34}{s_rtmp:>22.5f}{s_rtmp / nginx:>16.2f}")
-print(f"{'sluice (SRT in, CMAF+TS)':<34}{s_srt:>22.5f}{s_srt / nginx:>16.2f}")
+print(f"{'sluice (RTMP in, CMAF+TS)':<34}{s_rtmp:>22.5f}{over(s_rtmp, nginx):>16.2f}")
+print(f"{'sluice (SRT in, CMAF+TS)':<34}{s_srt:>22.5f}{over(s_srt, nginx):>16.2f}")
 if not math.isnan(f_srt):
-    print(f"{'ffmpeg/libsrt (SRT in, TS HLS)':<34}{f_srt:>22.5f}{f_srt / nginx:>16.2f}  sluice SRT / this: {s_srt / f_srt:.2f}")
-    print(f"{'srt-live-transmit (SRT in, none)':<34}{slt:>22.5f}{slt / nginx:>16.2f}  sluice SRT less RTMP / this: {(s_srt - s_rtmp) / slt:.2f}")
-print(f"(nginx wrote {segs} TS fragments; ffmpeg/libsrt held {f_segs}; sluice accepted {accepted} publishes of {2 * int(n)}; c0 variants after SRT: {live})")
+    print(f"{'ffmpeg/libsrt (SRT in, TS HLS)':<34}{f_srt:>22.5f}{over(f_srt, nginx):>16.2f}  sluice SRT / this: {over(s_srt, f_srt):.2f}")
+    print(f"{'srt-live-transmit (SRT in, none)':<34}{slt:>22.5f}{over(slt, nginx):>16.2f}  sluice SRT less RTMP / this: {over(s_srt - s_rtmp, slt):.2f}")
+print(f"(nginx wrote {segs} TS fragments; ffmpeg/libsrt held {f_segs}; sluice accepted {accepted} publishes of {2 * int(n)}; c0 variants after SRT: {live}; SRT peers live to the end: {peers_live})")
 nan_none = lambda v: None if math.isnan(v) else v
 print("BENCH_JSON " + json.dumps({"bench": "ingest_vs_nginx_rtmp", "publishers": int(n),
       "nginx_cpu_per_channel": nginx, "nginx_runs": [float(ng1), float(ng2)], "sluice_rtmp_cpu_per_channel": s_rtmp,
-      "sluice_srt_cpu_per_channel": s_srt, "rtmp_ratio": s_rtmp / nginx, "srt_ratio": s_srt / nginx,
+      "sluice_srt_cpu_per_channel": s_srt, "rtmp_ratio": nan_none(over(s_rtmp, nginx)), "srt_ratio": nan_none(over(s_srt, nginx)),
       "ffmpeg_libsrt_cpu_per_channel": nan_none(f_srt), "srt_live_transmit_cpu_per_channel": nan_none(slt),
-      "srt_vs_ffmpeg_libsrt": nan_none(s_srt / f_srt)}))
+      "srt_vs_ffmpeg_libsrt": nan_none(over(s_srt, f_srt))}))
 PY

@@ -10,11 +10,12 @@
 //! 134, 142, 147 and 159 MiB, and with a trim alone the C heap in use 10 s into each
 //! session 67, 71, 77 and 97 MiB. With arenas limited to one per core and `malloc_trim(0)`
 //! after a pipeline is freed: peaks 135, 136, 143, 145 MiB, C heap 68, 69, 74, 75 MiB
-//! (`benches/README.md`, session 27). An operator's `MALLOC_ARENA_MAX` is
-//! left as set.
+//! (`benches/README.md`, session 27). An operator's limit (`MALLOC_ARENA_MAX`, or
+//! `glibc.malloc.arena_max` in `GLIBC_TUNABLES`) is left as set.
 //!
 //! A trim walks and locks each arena in turn, so it runs on a thread of its own, one
-//! second after the last pipeline torn down (a burst of sessions ending is one trim).
+//! second after the first pipeline of a burst is torn down (sessions ending together share
+//! one trim; a teardown during a trim asks for one more).
 //!
 //! These two calls are the workspace's only `unsafe` code (`unsafe_code` is denied
 //! everywhere else; every other foreign call goes through a safe binding).
@@ -53,10 +54,12 @@ fn run(rx: Receiver<()>) {
     }
 }
 
-/// Limits glibc to one arena per core (its default is eight), unless `MALLOC_ARENA_MAX`
-/// says otherwise. Called once, before GStreamer starts any thread.
+/// Limits glibc to one arena per core (its default is eight), unless the operator set a
+/// limit. Called once, before GStreamer starts any thread.
 pub(crate) fn limit_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() || tunables.contains("glibc.malloc.arena_max")
+    {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -66,8 +69,10 @@ pub(crate) fn limit_arenas() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn set_arena_max(n: i32) {
-    // SAFETY: mallopt takes two integers and no pointer; M_ARENA_MAX only bounds the arenas
-    // created from now on.
+    // SAFETY: mallopt takes two integers and no pointer. glibc marks it MT-Unsafe only
+    // against concurrent changes of the same parameters: this is the process's one call,
+    // made once (under `init`'s OnceLock) before any GStreamer thread exists; it takes the
+    // main arena's lock, and M_ARENA_MAX only bounds the arenas created from then on.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, n);
     }

@@ -188,6 +188,8 @@ impl TestPattern {
 impl Drop for TestPattern {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
+        // A slate's encoder is freed as the pipeline's last reference drops, just after.
+        crate::c_heap::after_pipeline_freed();
     }
 }
 

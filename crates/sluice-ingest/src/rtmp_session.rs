@@ -162,6 +162,10 @@ pub struct RtmpSession {
     command_stream: u32,
     policy: RtmpPolicy,
     accepted_at: Instant,
+    /// Since when the connection has been waiting for a publish (or play): its accept,
+    /// then the end of each stream it finished. A publisher that unpublishes and stays
+    /// connected gets the same time to publish again, instead of being told it never did.
+    idle_since: Instant,
     last_input: Instant,
     /// Bytes received since the last complete frame (or since accept, before publishing).
     unproductive: usize,
@@ -214,6 +218,7 @@ impl RtmpSession {
             command_stream: 0,
             policy,
             accepted_at: now,
+            idle_since: now,
             last_input: now,
             unproductive: 0,
         }
@@ -235,7 +240,7 @@ impl RtmpSession {
                 "the handshake",
             )
         } else {
-            (self.accepted_at + self.policy.publish_timeout, "a publish")
+            (self.idle_since + self.policy.publish_timeout, "a publish")
         }
     }
 
@@ -576,11 +581,13 @@ impl RtmpSession {
             }
             ServerSessionEvent::PlayStreamFinished { .. } if self.playing.is_some() => {
                 self.playing = None;
+                self.idle_since = self.last_input;
                 out.push(RtmpAction::PlayFinished);
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 self.publishing = None;
                 self.publish_stream = None;
+                self.idle_since = self.last_input;
                 out.push(RtmpAction::PublishFinished);
             }
             // Audio and video never reach rml_rtmp (see `message`).
@@ -971,6 +978,28 @@ mod tests {
                 .check_deadline(t1 + policy.idle_timeout / 2)
                 .is_ok()
         );
+
+        // Unpublished long after accept: the publish deadline counts from the unpublish,
+        // not from the accept (which would close the connection at once, "timed out
+        // waiting for a publish", after a publish that went well).
+        let t2 = t0 + policy.publish_timeout * 3;
+        w.now = t2;
+        let stop = w.client.stop_publishing().unwrap();
+        for r in stop {
+            let actions = w.send(r).unwrap();
+            assert!(
+                actions
+                    .iter()
+                    .all(|a| matches!(a, RtmpAction::PublishFinished)),
+                "{actions:?}"
+            );
+        }
+        assert_eq!(w.server.publishing(), None);
+        assert_eq!(
+            w.server.deadline(),
+            (t2 + policy.publish_timeout, "a publish")
+        );
+        assert!(w.server.check_deadline(t2).is_ok());
     }
 
     impl Wire {
