@@ -46,8 +46,9 @@ pub struct RtmpPolicy {
     pub app: String,
     /// From accept to a completed handshake.
     pub handshake_timeout: Duration,
-    /// From accept to an accepted publish (handshake, connect, createStream, publish):
-    /// a peer that is not publishing by then is closed, so idle peers cannot hold slots.
+    /// From accept, or from the end of the last stream the peer finished, to an accepted
+    /// publish (handshake, connect, createStream, publish): a peer that is not publishing
+    /// by then is closed, so idle peers cannot hold slots.
     pub publish_timeout: Duration,
     /// A publisher that sends nothing for this long is closed.
     pub idle_timeout: Duration,
