@@ -67,6 +67,26 @@ cpu_ticks() {
   echo "$total"
 }
 
+# ladder_input <file> <width> <height> <seconds>: the engine benchmarks' input (testsrc2 at
+# 30 fps, x264 veryfast with a keyframe every 2 s, 3000k at 720p and 6000k above, and a
+# 48 kHz stereo tone as AAC 128k), FLV. engine_vs_ffmpeg.sh and engine_floor.sh share it.
+ladder_input() {
+  ffmpeg -hide_banner -nostdin -loglevel error -y \
+    -f lavfi -i "testsrc2=size=${2}x${3}:rate=30" \
+    -f lavfi -i "sine=frequency=440:sample_rate=48000" \
+    -t "$4" -map 0:v -map 1:a \
+    -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 -b:v $(($3 > 720 ? 6000 : 3000))k -pix_fmt yuv420p \
+    -c:a aac -b:a 128k -ac 2 -ar 48000 \
+    -f flv "$1"
+}
+
+# The x264 settings ffmpeg's ladder uses in the engine benchmarks: the engine's own
+# (zerolatency, no B-frames, no scene cuts, keyframes at most 240 apart and forced on the
+# 2 s segment grid; 240 = transcode.rs: max(60, ceil(segment_s * 120))). Rates per rung
+# come after them.
+LADDER_X264=(-c:v libx264 -preset veryfast -tune zerolatency -bf 0 -x264-params scenecut=0
+  -g 240 -force_key_frames "expr:gte(t,n_forced*2)")
+
 # copy_input: $work/in.flv, 10 s of 720p30 H.264 at 2.5 Mb/s (a keyframe every 2 s) and
 # AAC, encoded once for the -c copy publishers below.
 copy_input() {

@@ -55,7 +55,6 @@ median() {
   printf '%s\n' "${v[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
 
-X264=(-c:v libx264 -preset veryfast -tune zerolatency -bf 0 -x264-params scenecut=0 -g 240)
 FF=(ffmpeg -hide_banner -nostdin -loglevel error -y)
 
 for MODE in $BENCH_MODES; do
@@ -65,12 +64,7 @@ for MODE in $BENCH_MODES; do
     MW=1280 MH=720 RUNGS=("1280 720 2500" "854 480 1200" "640 360 700")
   fi
   IN=$work/$MODE.flv
-  # The input of engine_vs_ffmpeg.sh's mode.
-  "${FF[@]}" -f lavfi -i "testsrc2=size=${MW}x${MH}:rate=30" \
-    -f lavfi -i "sine=frequency=440:sample_rate=48000" -t "$BENCH_SECONDS" -map 0:v -map 1:a \
-    -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 \
-    -b:v $((MH > 720 ? 6000 : 3000))k -pix_fmt yuv420p -c:a aac -b:a 128k -ac 2 -ar 48000 \
-    -f flv "$IN"
+  ladder_input "$IN" "$MW" "$MH" "$BENCH_SECONDS"
 
   split="" maps=() rates=() i=0
   for r in "${RUNGS[@]}"; do
@@ -87,7 +81,7 @@ for MODE in $BENCH_MODES; do
   for ((j = 0; j < i; j++)); do outs+="[s$j]"; done
 
   F=$(median "${FF[@]}" -i "$IN" -filter_complex "[0:v]split=$i$outs;${split%;}" \
-    "${maps[@]}" -map 0:a "${X264[@]}" -force_key_frames "expr:gte(t,n_forced*2)" "${rates[@]}" \
+    "${maps[@]}" -map 0:a "${LADDER_X264[@]}" "${rates[@]}" \
     -c:a aac -b:a 128k -ar 48000 -ac 2 -f null -)
   D=$(median "${FF[@]}" -i "$IN" -map 0:v -f null -)
   A=$(median "${FF[@]}" -i "$IN" -map 0:a -c:a aac -b:a 128k -ar 48000 -ac 2 -f null -)
@@ -95,7 +89,7 @@ for MODE in $BENCH_MODES; do
   for r in "${RUNGS[@]}"; do
     read -r w h k <<<"$r"
     raw=(-f rawvideo -pix_fmt yuv420p -s "${w}x$h" -r 30 -i "$work/$MODE-$i.yuv")
-    E+=("$(median "${FF[@]}" "${raw[@]}" "${X264[@]}" -force_key_frames "expr:gte(t,n_forced*2)" \
+    E+=("$(median "${FF[@]}" "${raw[@]}" "${LADDER_X264[@]}" \
       -b:v "${k}k" -maxrate "${k}k" -bufsize "$((k * 6 / 10))k" -f null -)")
     R+=("$(median "${FF[@]}" "${raw[@]}" -f null -)")
     i=$((i + 1))

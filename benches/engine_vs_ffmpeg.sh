@@ -76,9 +76,10 @@ BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_MODES=${BENCH_MODES:-720p 1080p}
 BENCH_REUSE=${BENCH_REUSE:-0}
 SEG_S=2                                   # ladder segment duration (s)
-KEYINT_MAX=240                            # = transcode.rs: max(60, ceil(segment_s * 120))
 POLL_RATE=20                              # playlist polls per second (50 ms)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# ladder_input, LADDER_X264 (shared with engine_floor.sh); its cpu_ticks is redefined below.
+source "$ROOT/benches/common.sh"
 BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
 
 die() { echo "engine_vs_ffmpeg: $*" >&2; exit 1; }
@@ -185,13 +186,7 @@ run_mode() {
   # ------------------------------------------------------------ input
   IN=$MD/in.flv
   log "[$MODE] generating ${BENCH_SECONDS} s of ${MW}x${MH}@30 H.264+AAC into $IN"
-  ffmpeg -hide_banner -nostdin -loglevel error -y \
-    -f lavfi -i "testsrc2=size=${MW}x${MH}:rate=30" \
-    -f lavfi -i "sine=frequency=440:sample_rate=48000" \
-    -t "$BENCH_SECONDS" -map 0:v -map 1:a \
-    -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 -b:v $((MH > 720 ? 6000 : 3000))k -pix_fmt yuv420p \
-    -c:a aac -b:a 128k -ac 2 -ar 48000 \
-    -f flv "$IN"
+  ladder_input "$IN" "$MW" "$MH" "$BENCH_SECONDS"
   MEDIA_S=$(ffprobe -v error -show_entries format=duration -of default=nw=1:nk=1 "$IN")
   log "[$MODE] input: $(stat -c %s "$IN") bytes, $MEDIA_S s"
 
@@ -525,9 +520,7 @@ ffmpeg_ladder() {
     timeout $((BENCH_SECONDS * 10 + 60)) ffmpeg -hide_banner -nostdin -loglevel error -y -i "$IN" \
     -filter_complex "[0:v]split=$i$outs;${split%;}" \
     "${maps[@]}" -map 0:a \
-    -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -x264-params scenecut=0 \
-    -g "$KEYINT_MAX" -force_key_frames "expr:gte(t,n_forced*$SEG_S)" \
-    "${rates[@]}" \
+    "${LADDER_X264[@]}" "${rates[@]}" \
     "${copy[@]}" "${audio[@]}" \
     "$@" 2>"$lf" || { cat "$lf" "$tf" >&2; die "ffmpeg ladder failed"; }
   # /usr/bin/time measures `timeout`, which reaps ffmpeg: %U/%S include ffmpeg's CPU and %M is
